@@ -1,0 +1,1 @@
+"""Turns metered usage into correct Stripe bills, and proves every cent."""

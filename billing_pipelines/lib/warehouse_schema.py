@@ -1,0 +1,39 @@
+"""The usage warehouse's table definitions (ClickHouse SQL), shared by production and the sandbox."""
+
+USAGE_EVENTS_TABLE = "usage_events"
+
+# M12.1's metering table. One row per metered event. The RAG API's cache layer sometimes logs the
+# same query twice (same query_id, new event_id): billing counts distinct query_id, never rows.
+USAGE_EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS usage_events
+(
+    event_id         UUID,
+    query_id         String,
+    tenant_id        String,
+    timestamp        DateTime64(3, 'UTC'),
+    event_type       LowCardinality(String),
+    tokens_used      UInt32,
+    embeddings_count UInt32,
+    latency_ms       UInt32,
+    ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (tenant_id, timestamp, query_id)
+"""
+
+USAGE_EVENTS_COLUMNS = (
+    "event_id",
+    "query_id",
+    "tenant_id",
+    "timestamp",
+    "event_type",
+    "tokens_used",
+    "embeddings_count",
+    "latency_ms",
+    "ingested_at",
+)
+
+# Event kinds the RAG API emits. A "query" is the billable unit; embeddings and tokens are
+# reported alongside so finance can see cost drivers.
+EVENT_TYPES = ("query", "embedding")
