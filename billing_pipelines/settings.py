@@ -1,0 +1,163 @@
+"""One typed view of every setting, read from the environment at run time (never at import)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing_pipelines.lib.errors import BillingConfigError
+
+STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
+
+# `billing sandbox up` writes the embedded services' addresses here; real environment variables
+# always win over it, so production never reads this file.
+SANDBOX_ENV_FILE = "sandbox.env"
+
+
+def billing_home() -> Path:
+    """Folder for local state: embedded databases, sandbox addresses, Dagster home."""
+    return Path(os.environ.get("BILLING_HOME", ".billing")).resolve()
+
+
+class Settings(BaseSettings):
+    """Every knob of billing_pipelines; see .env.example for what each one means."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    database_url: str | None = Field(default=None, description="Billing PostgreSQL database.")
+    dagster_postgres_url: str | None = Field(default=None, description="Dagster's own storage.")
+    clickhouse_url: str | None = Field(default=None, description="Usage warehouse (HTTP).")
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = STRIPE_DEFAULT_API_BASE
+    stripe_webhook_secrets: SecretStr | None = None
+    stripe_max_network_retries: int = Field(default=3, ge=0, le=10)
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0)
+    usage_sync_lag_hours: float = Field(default=6.0, gt=0)
+
+    @field_validator("database_url", "dagster_postgres_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"postgresql", "postgres"}:
+            raise ValueError(
+                f"expected postgresql://user:password@host:5432/dbname, got scheme {parts.scheme!r}"
+            )
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("expected postgresql://user:password@host:5432/dbname (host and db)")
+        _port_of(parts)
+        return value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https", "clickhouse"}:
+            raise ValueError(
+                f"expected http(s)://user:password@host:8123/database, got scheme {parts.scheme!r}"
+            )
+        if not parts.hostname:
+            raise ValueError("expected http(s)://user:password@host:8123/database (no host)")
+        _port_of(parts)
+        return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("expected an http(s) base address such as https://api.stripe.com")
+        return value.rstrip("/")
+
+    @property
+    def uses_real_stripe(self) -> bool:
+        """True when requests go to Stripe itself rather than a local sandbox."""
+        return urlsplit(self.stripe_api_base).hostname == "api.stripe.com"
+
+    def require_database_url(self) -> str:
+        """The billing database URL, or a clear error naming DATABASE_URL."""
+        if not self.database_url:
+            raise BillingConfigError(
+                "DATABASE_URL is not set and no embedded services are running: "
+                "run `billing sandbox up` or set DATABASE_URL=postgresql://..."
+            )
+        return self.database_url
+
+    def require_clickhouse_url(self) -> str:
+        """The warehouse URL, or a clear error naming CLICKHOUSE_URL."""
+        if not self.clickhouse_url:
+            raise BillingConfigError(
+                "CLICKHOUSE_URL is not set and no embedded services are running: "
+                "run `billing sandbox up` or set CLICKHOUSE_URL=http://host:8123/db"
+            )
+        return self.clickhouse_url
+
+    def require_stripe_api_key(self) -> str:
+        """The Stripe secret key, or a clear error naming STRIPE_API_KEY."""
+        if self.stripe_api_key is None or not self.stripe_api_key.get_secret_value():
+            where = "api.stripe.com" if self.uses_real_stripe else self.stripe_api_base
+            raise BillingConfigError(
+                f"STRIPE_API_KEY is not set (requests would go to {where}): "
+                "set STRIPE_API_KEY=sk_test_... or run `billing sandbox up`"
+            )
+        return self.stripe_api_key.get_secret_value()
+
+    def webhook_secrets(self) -> list[str]:
+        """All accepted webhook endpoint secrets (several during a rotation)."""
+        if self.stripe_webhook_secrets is None:
+            return []
+        raw = self.stripe_webhook_secrets.get_secret_value()
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def _port_of(parts: object) -> None:
+    try:
+        _ = parts.port  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise ValueError("the port is not a number between 0 and 65535") from exc
+
+
+_ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "dagster_postgres_url": "DAGSTER_POSTGRES_URL",
+    "clickhouse_url": "CLICKHOUSE_URL",
+    "stripe_api_base": "STRIPE_API_BASE",
+    "stripe_max_network_retries": "STRIPE_MAX_NETWORK_RETRIES",
+    "stripe_timeout_seconds": "STRIPE_TIMEOUT_SECONDS",
+    "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
+}
+
+
+def load_settings() -> Settings:
+    """Read settings now from the environment; bad values become one BillingConfigError line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        name = _ENV_NAMES.get(field, field.upper())
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise BillingConfigError(f"{name} is invalid: {message}") from None
+
+
+def load_sandbox_env(home: Path | None = None) -> dict[str, str]:
+    """Export the running sandbox's addresses into os.environ, never overriding real settings."""
+    path = (home or billing_home()) / SANDBOX_ENV_FILE
+    exported: dict[str, str] = {}
+    if not path.exists():
+        return exported
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        if key not in os.environ:
+            os.environ[key] = value
+            exported[key] = value
+    return exported
