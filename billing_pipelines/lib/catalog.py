@@ -1,0 +1,81 @@
+"""The plan catalog as data, and the exact money math of its graduated usage tiers."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from pathlib import Path
+
+from billing_pipelines.lib.errors import BillingConfigError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One subscription plan: a monthly base fee plus overage above an included quantity."""
+
+    key: str
+    name: str
+    base_monthly_cents: int
+    included_queries: int
+    overage_cents_per_query: Decimal
+
+    def overage_cents(self, queries: int) -> Decimal:
+        """Exact (unrounded) usage charge for a period's billable queries."""
+        if queries < 0:
+            raise ValueError(f"queries must be >= 0, got {queries}")
+        return max(0, queries - self.included_queries) * self.overage_cents_per_query
+
+    def period_total_cents(self, queries: int) -> int:
+        """What one period costs, rounded to the cent as Stripe rounds line amounts."""
+        total = Decimal(self.base_monthly_cents) + self.overage_cents(queries)
+        return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All plans, the currency and the trial length."""
+
+    currency: str
+    trial_days: int
+    plans: dict[str, Plan]
+
+    def plan(self, key: str) -> Plan:
+        """The plan by key, or a clear error listing the plans that exist."""
+        try:
+            return self.plans[key]
+        except KeyError:
+            known = ", ".join(sorted(self.plans))
+            raise BillingConfigError(f"unknown plan {key!r} (known plans: {known})") from None
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Read and validate the catalog file (the packaged plans.toml by default)."""
+    if path is None:
+        text = resources.files("billing_pipelines").joinpath("plans.toml").read_text()
+        source = "plans.toml"
+    else:
+        text = path.read_text()
+        source = str(path)
+    try:
+        raw = tomllib.loads(text)
+        plans = {
+            key: Plan(
+                key=key,
+                name=str(body["name"]),
+                base_monthly_cents=int(body["base_monthly_cents"]),
+                included_queries=int(body["included_queries"]),
+                overage_cents_per_query=Decimal(str(body["overage_cents_per_query"])),
+            )
+            for key, body in raw["plans"].items()
+        }
+        catalog = Catalog(str(raw["currency"]), int(raw["trial_days"]), plans)
+    except (KeyError, ValueError, ArithmeticError, tomllib.TOMLDecodeError) as exc:
+        raise BillingConfigError(f"{source}: invalid plan catalog ({exc})") from None
+    for plan in plans.values():
+        if plan.base_monthly_cents < 0 or plan.included_queries < 0:
+            raise BillingConfigError(f"{source}: plan {plan.key} has a negative amount")
+        if plan.overage_cents_per_query <= 0:
+            raise BillingConfigError(f"{source}: plan {plan.key} has no overage price")
+    return catalog
