@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export BILLING_HOME ?= $(CURDIR)/.billing
+
+.PHONY: demo test lint ui up down status clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/billing demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check billing_pipelines billing_pipelines_tests bench
+	$(BIN)/ruff format --check billing_pipelines billing_pipelines_tests bench
+	$(BIN)/mypy billing_pipelines
+	$(BIN)/lint-imports
+
+test: $(VENV)/.installed lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+ui: $(VENV)/.installed
+	$(BIN)/billing ui
+
+up: $(VENV)/.installed
+	$(BIN)/billing sandbox up
+
+down: $(VENV)/.installed
+	$(BIN)/billing sandbox down
+
+status: $(VENV)/.installed
+	$(BIN)/billing sandbox status
+
+clean: down
+	rm -rf $(BILLING_HOME)

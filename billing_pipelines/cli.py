@@ -1,0 +1,211 @@
+"""The `billing` command: the home of every operator action."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError
+from billing_pipelines.settings import billing_home, load_sandbox_env, load_settings
+
+app = typer.Typer(help="Metered usage to correct Stripe bills: operator commands.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+sandbox_app = typer.Typer(help="Embedded services for local runs, demos and tests.",
+                          no_args_is_help=True)
+db_app = typer.Typer(help="The billing database schema.", no_args_is_help=True)
+usage_app = typer.Typer(help="Usage in the warehouse and its daily partitions.",
+                        no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(db_app, name="db")
+app.add_typer(usage_app, name="usage")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BillingConfigError(f"{option} must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _yesterday() -> date:
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def _with_services(func: F) -> F:
+    """Use the environment's servers, or the embedded ones (started if needed) for unset URLs."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        load_sandbox_env()
+        if not os.environ.get("DATABASE_URL") or not os.environ.get("CLICKHOUSE_URL"):
+            from billing_pipelines.sandbox import services
+
+            env = services.up(billing_home())
+            for key, value in env.items():
+                os.environ.setdefault(key, value)
+        load_settings()  # validate every setting now: one clear line beats a stack trace later
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- sandbox -----------------------------------------------------------------------------------
+
+
+@sandbox_app.command("up")
+def sandbox_up(
+    stripe: Annotated[bool, typer.Option(help="Also start the Stripe sandbox.")] = True,
+) -> None:
+    """Start embedded Postgres, the chDB warehouse bridge and the Stripe sandbox once."""
+    from billing_pipelines.sandbox import services
+
+    home = billing_home()
+    env = services.up(home, with_stripe=stripe)
+    typer.echo(f"embedded services are up under {home}")
+    for key, value in env.items():
+        typer.echo(f"  {key}={value}")
+    typer.echo(f"every `billing` command reads these from {home / services.ENV_FILE}")
+
+
+@sandbox_app.command("down")
+def sandbox_down() -> None:
+    """Stop every embedded service started under BILLING_HOME (data is kept)."""
+    from billing_pipelines.sandbox import services
+
+    stopped = services.down(billing_home())
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@sandbox_app.command("status")
+def sandbox_status() -> None:
+    """Show each embedded service and the address other processes connect to."""
+    from billing_pipelines.sandbox import services
+
+    for name, state in services.status(billing_home()).items():
+        typer.echo(f"{name:<11} {state}")
+
+
+@sandbox_app.command("clickhouse")
+def sandbox_clickhouse(
+    data: Annotated[Path, typer.Option(help="chDB data folder (owned by this process only).")],
+    port: Annotated[int, typer.Option(help="Loopback port for ClickHouse's HTTP interface.")],
+    host: str = "127.0.0.1",
+) -> None:
+    """Serve chDB over ClickHouse's HTTP interface (the one process that owns the data folder)."""
+    from billing_pipelines.sandbox.clickhouse_bridge import serve
+
+    serve(data, host, port)
+
+
+@sandbox_app.command("stripe")
+def sandbox_stripe(
+    port: Annotated[int, typer.Option(help="Loopback port for the Stripe API emulator.")],
+    host: str = "127.0.0.1",
+) -> None:
+    """Serve the stateful Stripe API emulator on loopback."""
+    from billing_pipelines.sandbox.stripe import serve
+
+    serve(host, port)
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+@_with_services
+def db_migrate() -> None:
+    """Apply pending billing-schema migrations (safe to run any number of times)."""
+    from billing_pipelines.lib import database, migrations
+
+    url = load_settings().require_database_url()
+    database.check_reachable(url)
+    applied = migrations.upgrade_to_head(url)
+    head = migrations.head_revision()
+    typer.echo(f"applied {', '.join(applied)}; now at {head}" if applied else f"up to date at {head}")
+
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+@usage_app.command("generate")
+@_with_services
+def usage_generate(
+    tenants: Annotated[int, typer.Option(min=1, help="How many tenants to simulate.")] = 50,
+    days: Annotated[int, typer.Option(min=1, max=400, help="How many UTC days.")] = 30,
+    start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD).")] = None,
+    seed: int = 7,
+    scale: Annotated[float, typer.Option(min=0.0001, help="Multiplies event volume.")] = 0.1,
+) -> None:
+    """Insert synthetic M12.1 usage (with duplicated and late events) into the warehouse."""
+    from billing_pipelines.sandbox import demo
+
+    first = _parse_day(start, "--start") if start else _yesterday() - timedelta(days=days - 1)
+    summary = demo.generate(tenant_count=tenants, start=first, days=days, seed=seed, scale=scale)
+    typer.echo(summary)
+
+
+@usage_app.command("materialize")
+@_with_services
+def usage_materialize(
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")],
+    end: Annotated[str | None, typer.Option(help="Last day, inclusive (default: start).")] = None,
+) -> None:
+    """Materialize daily_tenant_usage for a range of days, as runs on the Dagster instance."""
+    from billing_pipelines.runs import materialize_days
+
+    first = _parse_day(start, "--start")
+    last = _parse_day(end, "--end") if end else first
+    if last < first:
+        raise BillingConfigError("--end must not be before --start")
+    for day, ok in materialize_days("daily_usage_job", first, last, echo=typer.echo):
+        if not ok:
+            raise typer.Exit(1)
+
+
+# --- top level ---------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    tenants: Annotated[int, typer.Option(min=1)] = 50,
+    days: Annotated[int, typer.Option(min=1, max=60)] = 30,
+    seed: int = 7,
+) -> None:
+    """Run the whole local pipeline end to end on the embedded defaults and print a summary."""
+    from billing_pipelines.sandbox import demo
+
+    demo.run(tenant_count=tenants, days=days, seed=seed, echo=typer.echo)
+
+
+@app.command("ui")
+@_with_services
+def ui_command(port: int = 3000) -> None:
+    """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
+    root = Path(__file__).resolve().parents[1]
+    os.chdir(root)
+    os.execvp(  # noqa: S606 (replaces this process with the Dagster dev server)
+        "dagster",
+        ["dagster", "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+    )
+
+
+def main() -> None:
+    """Entry point: operator errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except (BillingConfigError, ServiceUnavailableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
