@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -186,6 +187,32 @@ def demo_command(
     demo.run(tenant_count=tenants, days=days, seed=seed, echo=typer.echo)
 
 
+@app.command("doctor")
+def doctor_command() -> None:
+    """Check every configured service is reachable and every required setting is present."""
+    from billing_pipelines.lib import database, warehouse
+
+    load_sandbox_env()
+    settings = load_settings()
+    problems: list[str] = []
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("billing database", lambda: database.check_reachable(settings.require_database_url())),
+        ("usage warehouse", lambda: warehouse.connect(settings.require_clickhouse_url()).ping()),
+        ("stripe api key", settings.require_stripe_api_key),
+    ]
+    for name, check in checks:
+        try:
+            check()
+            typer.echo(f"ok    {name}")
+        except (BillingConfigError, ServiceUnavailableError) as exc:
+            typer.echo(f"FAIL  {name}", err=False)
+            problems.append(str(exc))
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 @app.command("ui")
 @_with_services
 def ui_command(port: int = 3000) -> None:
@@ -200,6 +227,8 @@ def ui_command(port: int = 3000) -> None:
 
 def main() -> None:
     """Entry point: operator errors become one line on stderr and exit code 2."""
+    # clickhouse-connect logs a stack of driver errors before raising; our one line says it all.
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     try:
         app()
     except (BillingConfigError, ServiceUnavailableError) as exc:

@@ -9,7 +9,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from billing_pipelines.lib.errors import ServiceUnavailableError, redact_url
+from billing_pipelines.lib.errors import (
+    ServiceUnavailableError,
+    describe_connection_error,
+    redact_url,
+)
 
 
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 5, timeout: float = 10.0) -> ConnectionPool:
@@ -29,14 +33,9 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 5, timeout: float 
     except (PoolTimeout, psycopg.OperationalError) as exc:
         pool.close()
         raise ServiceUnavailableError(
-            f"DATABASE_URL: cannot connect to {redact_url(url)} ({_reason(exc)})"
+            f"DATABASE_URL: cannot connect to {redact_url(url)} ({describe_connection_error(exc)})"
         ) from None
     return pool
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 @contextmanager
@@ -53,5 +52,5 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
             return
     except psycopg.OperationalError as exc:
         raise ServiceUnavailableError(
-            f"DATABASE_URL: cannot connect to {redact_url(url)} ({_reason(exc)})"
+            f"DATABASE_URL: cannot connect to {redact_url(url)} ({describe_connection_error(exc)})"
         ) from None

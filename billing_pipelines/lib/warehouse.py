@@ -11,7 +11,12 @@ import pandas as pd
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError, redact_url
+from billing_pipelines.lib.errors import (
+    BillingConfigError,
+    ServiceUnavailableError,
+    describe_connection_error,
+    redact_url,
+)
 from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_DDL
 
 
@@ -66,9 +71,8 @@ def connect(url: str, *, connect_timeout: int = 10, send_receive_timeout: int = 
             compress=True,
         )
     except OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServiceUnavailableError(
-            f"CLICKHOUSE_URL: cannot reach {redact_url(url)} ({reason[:200]})"
+            f"CLICKHOUSE_URL: cannot reach {redact_url(url)} ({describe_connection_error(exc)})"
         ) from None
 
 
