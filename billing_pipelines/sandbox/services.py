@@ -168,7 +168,7 @@ def _dagster_home(home: Path) -> Path:
     """DAGSTER_HOME with the project's dagster.yaml (Postgres storage from the environment)."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    source = Path(__file__).resolve().parents[2] / "dagster.yaml"
+    source = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
     target = dagster_home / "dagster.yaml"
     if source.exists():
         target.write_text(source.read_text())

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded services, started once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from billing_pipelines.sandbox import services
+
+SERVICE_VARS = (
+    "DATABASE_URL",
+    "DAGSTER_POSTGRES_URL",
+    "CLICKHOUSE_URL",
+    "DAGSTER_HOME",
+    "STRIPE_API_BASE",
+    "STRIPE_API_KEY",
+)
+
+
+@pytest.fixture(scope="session")
+def billing_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private BILLING_HOME for this test session."""
+    return tmp_path_factory.mktemp("billing_home")
+
+
+@pytest.fixture(scope="session")
+def embedded_services(billing_home: Path) -> Iterator[dict[str, str]]:
+    """Embedded PostgreSQL + the chDB bridge (+ Stripe sandbox), the same way `billing sandbox up` does."""
+    saved = {key: os.environ.get(key) for key in (*SERVICE_VARS, "BILLING_HOME")}
+    env = services.up(billing_home)
+    os.environ["BILLING_HOME"] = str(billing_home)
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        services.down(billing_home)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
