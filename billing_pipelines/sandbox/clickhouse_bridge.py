@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,14 +56,28 @@ _RESULT_STATEMENT = re.compile(
 _ERROR_CODE = re.compile(r"Code: (\d+)\.")
 # ClickHouse's HTTP status for common exception codes; everything else is a 500.
 _HTTP_STATUS = {60: 404, 81: 404, 46: 404, 47: 404, 50: 404, 62: 400, 36: 400, 456: 400, 457: 400}
-_ENCODERS = {
+_ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "lz4": lz4.frame.compress,
     "zstd": zstd.compress,
     "gzip": gzip.compress,
     "deflate": zlib.compress,
 }
-_DECODERS = {
-    "lz4": lz4.frame.decompress,
+
+
+def _lz4_frames(data: bytes) -> bytes:
+    """Decode concatenated LZ4 frames (clickhouse-connect compresses each insert block alone)."""
+    out: list[bytes] = []
+    while data:
+        decoder = lz4.frame.LZ4FrameDecompressor()
+        out.append(decoder.decompress(data))
+        if not decoder.eof:
+            raise ValueError("truncated LZ4 frame in request body")
+        data = decoder.unused_data
+    return b"".join(out)
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "lz4": _lz4_frames,
     "zstd": zstd.decompress,
     "gzip": gzip.decompress,
     "deflate": zlib.decompress,
