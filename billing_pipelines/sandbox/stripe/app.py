@@ -1,0 +1,225 @@
+"""The ASGI app: auth, rate limit, faults, idempotency, param validation, dispatch, expand."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import threading
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import resources  # noqa: F401 - registers the routes
+from .params import validate
+from .render import expand, render
+from .router import Ctx, match
+from .store import API_VERSION, SandboxState
+from .webhooks import Chaos, WebhookDispatcher
+from .wire import StripeError, parse_form
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    return Response(
+        json.dumps(body, indent=2),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _api_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    if auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+        except ValueError:
+            return None
+    return None
+
+
+def create_app(
+    state: SandboxState | None = None,
+    *,
+    rate_limit: float | None = None,
+    fault_rate: float = 0.0,
+    latency_ms: int = 0,
+    seed: int = 0,
+    webhook_chaos: Chaos | None = None,
+) -> Starlette:
+    """A Starlette app emulating api.stripe.com over `state` (a fresh one by default)."""
+    st = state or SandboxState(seed=seed)
+    if st.webhooks is None:
+        st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
+    bucket = TokenBucket(rate_limit) if rate_limit else None
+    fault_rng = random.Random(seed)
+    counter = {"n": 0}
+
+    async def handle(request: Request) -> Response:
+        counter["n"] += 1
+        request_id = f"req_{seed:02d}{counter['n']:012d}"
+        headers = {"Request-Id": request_id, "Stripe-Version": API_VERSION}
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        key = _api_key(request)
+        if not key:
+            return _json(
+                401,
+                StripeError(
+                    401,
+                    "You did not provide an API key. You need to provide your API key in the "
+                    "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                    "YOUR_SECRET_KEY').",
+                ).body(),
+                headers,
+            )
+        if not key.startswith(("sk_test_", "rk_test_")):
+            shown = key[:8] + "*" * max(0, len(key) - 12) + key[-4:]
+            return _json(
+                401, StripeError(401, f"Invalid API Key provided: {shown}").body(), headers
+            )
+        if bucket is not None and not bucket.take():
+            return _json(
+                429,
+                StripeError(
+                    429,
+                    "Request rate limit exceeded. You can learn more about rate limits here "
+                    "https://stripe.com/docs/rate-limits.",
+                    code="rate_limit",
+                ).body(),
+                headers,
+            )
+        if fault_rate and fault_rng.random() < fault_rate:
+            return _json(500, StripeError(500, "An unknown error occurred").body(), headers)
+        method = request.method
+        path = request.url.path
+        raw = (await request.body()).decode() if method == "POST" else request.url.query
+        idem_key = request.headers.get("idempotency-key") if method == "POST" else None
+        status, body, extra = _dispatch(st, method, path, raw, idem_key, key, request_id)
+        headers.update(extra)
+        return _json(status, body, headers)
+
+    app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "DELETE"])])
+    app.state.sandbox = st
+    return app
+
+
+def _dispatch(
+    st: SandboxState,
+    method: str,
+    path: str,
+    raw: str,
+    idem_key: str | None,
+    api_key: str,
+    request_id: str,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    with st.lock:
+        _tick_real_time(st)
+        fingerprint = hashlib.sha256(f"{method} {path}\n{raw}".encode()).hexdigest()
+        store_key = f"{api_key}:{idem_key}" if idem_key else None
+        if store_key is not None:
+            _expire_idempotency(st)
+            prior = st.data.idempotency.get(store_key)
+            if prior is not None and st.real_now() - prior["created"] > (
+                st.settings.idempotency_ttl_seconds
+            ):
+                del st.data.idempotency[store_key]
+                prior = None
+            if prior is not None:
+                if prior["fingerprint"] != fingerprint:
+                    return (
+                        400,
+                        StripeError(
+                            400,
+                            "Keys for idempotent requests can only be used with the same parameters "
+                            "they were first used with. Try using a key other than "
+                            f"'{idem_key}' if you meant to execute a different request.",
+                            type="idempotency_error",
+                        ).body(),
+                        {},
+                    )
+                return (
+                    prior["status"],
+                    prior["body"],
+                    {"Idempotent-Replayed": "true", "Original-Request": prior["request_id"]},
+                )
+        found = match(method, path)
+        if found is None:
+            return (
+                404,
+                StripeError(
+                    404,
+                    f"Unrecognized request URL ({method}: {path}). Please see "
+                    "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+                ).body(),
+                {},
+            )
+        rt, args = found
+        extra: dict[str, str] = {}
+        try:
+            params = parse_form(raw)
+            if rt.params_cls is not None:
+                params = validate(params, rt.params_cls)
+            ctx = Ctx(st, request_id, idem_key, path)
+            result = rt.handler(ctx, params, **args)
+            body = expand(st, render(st, result), list(params.get("expand") or []))
+            status = 200
+        except StripeError as e:
+            status, body, extra = e.status, e.body(), e.headers
+            body["error"]["request_log_url"] = (
+                f"https://dashboard.stripe.com/test/logs/{request_id}"
+            )
+        if store_key is not None and status != 500:
+            st.data.idempotency[store_key] = {
+                "fingerprint": fingerprint,
+                "status": status,
+                "body": body,
+                "created": st.real_now(),
+                "request_id": request_id,
+            }
+        return status, body, extra
+
+
+def _expire_idempotency(st: SandboxState) -> None:
+    ttl = st.settings.idempotency_ttl_seconds
+    now = st.real_now()
+    if len(st.data.idempotency) % 1024 == 0:
+        for k in [k for k, v in st.data.idempotency.items() if now - v["created"] > ttl]:
+            del st.data.idempotency[k]
+
+
+def _tick_real_time(st: SandboxState) -> None:
+    """Run due lifecycle actions of customers without a test clock (at most once a second)."""
+    from .billing_engine import run_until
+
+    now = st.real_now()
+    if getattr(st, "_last_tick", None) != now:
+        st._last_tick = now  # type: ignore[attr-defined]
+        run_until(st, None, now)

@@ -1,0 +1,174 @@
+"""Invoice endpoints: retrieve/list/lines, pay, void, mark_uncollectible, finalize, preview;
+invoice items."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import stripe.params as P
+
+from .. import billing_engine as eng
+from ..clock import customer_now
+from ..router import Ctx, route
+from ..wire import StripeError, list_object
+from .customers import resolve_pm
+from .subscriptions import proration_items
+
+INV = "invoice"
+
+
+def _public(inv: dict[str, Any]) -> dict[str, Any]:
+    return inv
+
+
+@route("GET", "/v1/invoices/{id}", P.InvoiceRetrieveParams)
+def get_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    inv = ctx.state.get(INV, id)
+    if inv["status"] == "draft":
+        eng.refresh_metered_lines(ctx.state, inv)
+    return inv
+
+
+@route("GET", "/v1/invoices", P.InvoiceListParams)
+def list_invoices(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    items = ctx.state.all(INV)
+    if params.get("customer"):
+        items = [i for i in items if i["customer"] == params["customer"]]
+    if params.get("subscription"):
+        items = [i for i in items if i.get("_subscription") == params["subscription"]]
+    if params.get("status"):
+        items = [i for i in items if i["status"] == params["status"]]
+    if params.get("collection_method"):
+        items = [i for i in items if i["collection_method"] == params["collection_method"]]
+    return list_object(items, "/v1/invoices", params)
+
+
+@route("GET", "/v1/invoices/{id}/lines", P.InvoiceListLinesParams)
+def invoice_lines(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    inv = ctx.state.get(INV, id)
+    return list_object(copy.deepcopy(inv["lines"]["data"]), f"/v1/invoices/{id}/lines", params)
+
+
+@route("POST", "/v1/invoices/{id}/pay", P.InvoicePayParams)
+def pay_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    st = ctx.state
+    inv = st.get(INV, id)
+    pm = None
+    if params.get("payment_method"):
+        pm = resolve_pm(st, params["payment_method"])
+    if params.get("paid_out_of_band"):
+        eng.mark_paid(st, inv, customer_now(st, inv["customer"]))
+        return inv
+    eng.pay_now(st, inv, pm)
+    return inv
+
+
+@route("POST", "/v1/invoices/{id}/void", P.InvoiceVoidInvoiceParams)
+def void_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    inv = ctx.state.get(INV, id)
+    eng.void(ctx.state, inv, customer_now(ctx.state, inv["customer"]))
+    return inv
+
+
+@route("POST", "/v1/invoices/{id}/mark_uncollectible", P.InvoiceMarkUncollectibleParams)
+def mark_uncollectible(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    inv = ctx.state.get(INV, id)
+    eng.mark_uncollectible(ctx.state, inv, customer_now(ctx.state, inv["customer"]))
+    return inv
+
+
+@route("POST", "/v1/invoices/{id}/finalize", P.InvoiceFinalizeInvoiceParams)
+def finalize_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    inv = ctx.state.get(INV, id)
+    if "auto_advance" in params:
+        inv["auto_advance"] = bool(params["auto_advance"])
+    eng.finalize(ctx.state, inv, customer_now(ctx.state, inv["customer"]),
+                 attempt=bool(inv["auto_advance"]))
+    return inv
+
+
+@route("POST", "/v1/invoices/create_preview", P.InvoiceCreatePreviewParams)
+def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    """The next invoice of a subscription, with the prorations a proposed change would make."""
+    st = ctx.state
+    sub_id = params.get("subscription")
+    if not sub_id:
+        raise StripeError(400, "The sandbox previews existing subscriptions only: pass "
+                          "`subscription`.", param="subscription")
+    sub = st.get("subscription", sub_id, "subscription")
+    if params.get("customer") and params["customer"] != sub["customer"]:
+        raise StripeError(400, "The subscription does not belong to this customer.",
+                          param="customer")
+    now = customer_now(st, sub["customer"])
+    details = params.get("subscription_details") or {}
+    changes = details.get("items") or []
+    pdate = details.get("proration_date", now)
+    behavior = details.get("proration_behavior", "create_prorations")
+    trial = sub["status"] == "trialing"
+    shadow = copy.deepcopy(sub)
+    prorations = (proration_items(st, shadow, changes, pdate)
+                  if changes and behavior != "none" and not trial else [])
+    if changes:
+        _apply_shadow(st, shadow, changes)
+    start, end = eng.period_of(shadow)
+    next_end = eng.next_period_end(shadow, end)
+    lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+    for p in prorations:
+        line = eng._line(st, amount=p["amount"], price=p["price"], quantity=p["quantity"],
+                         start=p["period"]["start"], end=p["period"]["end"], sub_id=sub["id"],
+                         si_id=None, description=p["description"], proration=True)
+        lines.append(line)
+    if behavior != "always_invoice" or not changes:
+        lines += eng.licensed_lines(st, shadow, end, next_end)
+        if not trial:
+            lines += eng.metered_lines(st, shadow, start, end)
+    cus = st.table("customer")[sub["customer"]]
+    seq_before = st.data.seq
+    inv = eng.build_preview(st, customer=cus["id"], sub=shadow, lines=lines,
+                            period=(start, end), now=now)
+    inv["parent"]["subscription_details"]["subscription_proration_date"] = (
+        pdate if prorations else None)
+    del seq_before
+    return inv
+
+
+def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]]) -> None:
+    data = shadow["items"]["data"]
+    for ch in changes:
+        item = next((it for it in data if it["id"] == ch.get("id")), None)
+        if item is None:
+            if ch.get("price"):
+                price = st.get("price", ch["price"])
+                data.append({"id": "si_preview", "price": copy.deepcopy(price),
+                             "quantity": ch.get("quantity", 1),
+                             "current_period_start": data[0]["current_period_start"],
+                             "current_period_end": data[0]["current_period_end"]})
+            continue
+        if ch.get("deleted"):
+            data.remove(item)
+            continue
+        if ch.get("price"):
+            item["price"] = copy.deepcopy(st.get("price", ch["price"]))
+        if ch.get("quantity") not in (None, ""):
+            item["quantity"] = int(ch["quantity"])
+
+
+# ---- invoice items ---------------------------------------------------------------------------
+
+
+@route("GET", "/v1/invoiceitems", P.InvoiceItemListParams)
+def list_invoice_items(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    items = ctx.state.all("invoiceitem")
+    if params.get("customer"):
+        items = [i for i in items if i["customer"] == params["customer"]]
+    if params.get("invoice"):
+        items = [i for i in items if i.get("invoice") == params["invoice"]]
+    if params.get("pending"):
+        items = [i for i in items if not i.get("invoice")]
+    return list_object(items, "/v1/invoiceitems", params)
+
+
+@route("GET", "/v1/invoiceitems/{id}", P.InvoiceItemRetrieveParams)
+def get_invoice_item(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    return ctx.state.get("invoiceitem", id)

@@ -1,0 +1,404 @@
+"""Subscriptions: creation and first invoice, trials, renewals, plan changes with prorations,
+cancellation."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import stripe
+import stripe.params as P
+
+from .. import billing_engine as eng
+from ..clock import DAY, customer_now
+from ..router import Ctx, route
+from ..shapes import build
+from ..store import SandboxState
+from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
+from .catalog import amount_for
+from .customers import card_error, card_outcome, resolve_pm
+from .events import apply_metadata, emit
+
+SUBS = "subscription"
+
+
+def _new_item(st: SandboxState, sub_id: str, spec: dict[str, Any], now: int, i: int
+              ) -> dict[str, Any]:
+    if not spec.get("price"):
+        raise StripeError(400, f"Missing required param: items[{i}][price].",
+                          param=f"items[{i}][price]", code="parameter_missing")
+    price = st.get("price", spec["price"], f"items[{i}][price]")
+    if price["type"] != "recurring":
+        raise StripeError(400, "The price specified is set to `type=one_time` but this field "
+                          "only accepts prices with `type=recurring`.", param=f"items[{i}][price]")
+    if not price["active"]:
+        raise StripeError(400, f"The price specified is inactive. This field only accepts "
+                          f"active prices.", param=f"items[{i}][price]")
+    metered = price["recurring"]["usage_type"] == "metered"
+    if metered and spec.get("quantity") not in (None, ""):
+        raise StripeError(400, "Quantity should not be specified where usage_type is "
+                          "`metered`. Remove quantity from `items[0]`.",
+                          param=f"items[{i}][quantity]")
+    return build(
+        stripe.SubscriptionItem, id=st.new_id("si"), object="subscription_item", created=now,
+        metadata=dict(spec.get("metadata") or {}), price=copy.deepcopy(price),
+        quantity=None if metered else int(spec.get("quantity") or 1), subscription=sub_id,
+        discounts=[], tax_rates=[], billing_thresholds=None, plan=None,
+        current_period_start=now, current_period_end=now,
+    )
+
+
+def _strip_deleted(obj: dict[str, Any]) -> dict[str, Any]:
+    obj.pop("deleted", None)
+    return obj
+
+
+@route("POST", "/v1/subscriptions", P.SubscriptionCreateParams)
+def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    st = ctx.state
+    cus = st.get("customer", params["customer"], "customer")
+    now = customer_now(st, cus["id"])
+    specs = params.get("items") or []
+    if not specs:
+        raise StripeError(400, "Missing required param: items.", param="items",
+                          code="parameter_missing")
+    behavior = params.get("payment_behavior", "allow_incomplete")
+    pm_id = params.get("default_payment_method") or None
+    if pm_id:
+        pm = resolve_pm(st, pm_id, "default_payment_method")
+        if pm.get("customer") != cus["id"]:
+            raise StripeError(400, "The customer does not have a payment method with the ID "
+                              f"{pm_id}. The payment method must be attached to the customer.",
+                              param="default_payment_method")
+    trial_end = params.get("trial_end")
+    if trial_end == "now":
+        trial_end = None
+    if params.get("trial_period_days"):
+        trial_end = now + int(params["trial_period_days"]) * DAY
+    if trial_end is not None and trial_end <= now:
+        raise StripeError(400, "Invalid timestamp: must be an integer Unix timestamp in the "
+                          "future.", param="trial_end")
+    sub_id = st.new_id("sub")
+    items = [_new_item(st, sub_id, s, now, i) for i, s in enumerate(specs)]
+    currencies = {it["price"]["currency"] for it in items}
+    intervals = {(it["price"]["recurring"]["interval"],
+                  it["price"]["recurring"]["interval_count"]) for it in items}
+    if len(currencies) > 1 or len(intervals) > 1:
+        raise StripeError(400, "All prices on a subscription must have the same currency and "
+                          "recurring interval.", param="items")
+    anchor_day = datetime.fromtimestamp(now, UTC).day
+    sub = st.create(
+        stripe.Subscription, "sub", id=sub_id, object=SUBS,
+        automatic_tax={"disabled_reason": None, "enabled": False, "liability": None},
+        billing_cycle_anchor=trial_end or now, billing_cycle_anchor_config=None,
+        billing_mode={"type": "flexible", "flexible": {"proration_discounts": "included"},
+                      "updated_at": None},
+        billing_schedules=[], cancel_at=params.get("cancel_at"),
+        cancel_at_period_end=bool(params.get("cancel_at_period_end", False)),
+        collection_method=params.get("collection_method", "charge_automatically"),
+        created=now, currency=currencies.pop(), customer=cus["id"],
+        days_until_due=params.get("days_until_due"), default_payment_method=pm_id,
+        description=params.get("description") or None, discounts=[],
+        invoice_settings={"account_tax_ids": None, "issuer": {"type": "self"}},
+        items={"object": "list", "data": items, "has_more": False, "total_count": len(items),
+               "url": f"/v1/subscription_items?subscription={sub_id}"},
+        metadata=dict(params.get("metadata") or {}),
+        payment_settings={"payment_method_options": None, "payment_method_types": None,
+                          "save_default_payment_method": "off"},
+        start_date=now, status="incomplete", test_clock=cus.get("test_clock"),
+        trial_end=trial_end, trial_start=now if trial_end else None,
+        trial_settings={"end_behavior": {"missing_payment_method": (
+            (params.get("trial_settings") or {}).get("end_behavior") or {}
+        ).get("missing_payment_method", "create_invoice")}},
+    )
+    _strip_deleted(sub)
+    sub["_anchor_day"] = datetime.fromtimestamp(trial_end or now, UTC).day if trial_end \
+        else anchor_day
+    start = now
+    end = trial_end if trial_end else eng.next_period_end(sub, start)
+    eng.set_period(sub, start, end)
+    lines = [] if trial_end else eng.licensed_lines(st, sub, start, end)
+    total = sum(line["amount"] for line in lines)
+    if behavior == "error_if_incomplete" and total > 0:
+        outcome = card_outcome(eng.default_pm(st, sub, cus["id"]))
+        if outcome is not None:
+            del st.table(SUBS)[sub_id]
+            raise card_error(outcome if outcome != "no_payment_method" else "generic_decline")
+    if trial_end:
+        sub["status"] = "trialing"
+    emit(st, "customer.subscription.created", sub, created=now, request_id=ctx.request_id)
+    before = copy.deepcopy(sub)
+    inv = eng.new_invoice(st, customer=cus["id"], sub=sub, lines=lines,
+                          billing_reason="subscription_create", period=(start, start), now=now)
+    sub["latest_invoice"] = inv["id"]
+    # a successful first payment moves incomplete -> active (mark_paid emits the update)
+    eng.finalize(st, inv, now, attempt=behavior != "default_incomplete")
+    del before
+    return sub
+
+
+@route("GET", "/v1/subscriptions/{id}", P.SubscriptionRetrieveParams)
+def get_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    return ctx.state.get(SUBS, id)
+
+
+@route("GET", "/v1/subscriptions", P.SubscriptionListParams)
+def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    items = ctx.state.all(SUBS)
+    status = params.get("status")
+    if status and status != "all":
+        items = [s for s in items if s["status"] == status]
+    elif not status:
+        items = [s for s in items if s["status"] not in ("canceled", "incomplete_expired")]
+    if params.get("customer"):
+        items = [s for s in items if s["customer"] == params["customer"]]
+    if params.get("price"):
+        items = [s for s in items
+                 if any(i["price"]["id"] == params["price"] for i in s["items"]["data"])]
+    if params.get("test_clock"):
+        items = [s for s in items if s.get("test_clock") == params["test_clock"]]
+    return list_object(items, "/v1/subscriptions", params)
+
+
+@route("GET", "/v1/subscriptions/search", P.SubscriptionSearchParams)
+def search_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    clauses = parse_search_query(params["query"])
+    items = [s for s in ctx.state.all(SUBS) if matches_search(s, clauses)]
+    return search_object(items, "/v1/subscriptions/search", params)
+
+
+# ---- prorations --------------------------------------------------------------------------------
+
+
+def proration_items(st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]],
+                    proration_date: int) -> list[dict[str, Any]]:
+    """Unsaved invoice items crediting unused time and charging remaining time."""
+    start, end = eng.period_of(sub)
+    if not (start <= proration_date <= end):
+        raise StripeError(400, "proration_date must be within the current billing period.",
+                          param="proration_date")
+    frac = Decimal(end - proration_date) / Decimal(end - start)
+    out: list[dict[str, Any]] = []
+    by_id = {i["id"]: i for i in sub["items"]["data"]}
+    for ch in changes:
+        item = by_id.get(ch.get("id", ""))
+        old_price = st.table("price")[item["price"]["id"]] if item else None
+        new_price = st.table("price").get(ch.get("price") or "") or old_price
+        if ch.get("deleted"):
+            new_price = None
+        old_qty = int(item.get("quantity") or 1) if item else 0
+        new_qty = int(ch.get("quantity") or old_qty or 1)
+        for price, qty, sign, label in ((old_price, old_qty, -1, "Unused time on"),
+                                        (new_price, new_qty, 1, "Remaining time on")):
+            if price is None or price["recurring"]["usage_type"] == "metered":
+                continue
+            if price is old_price and new_price is old_price and qty == new_qty and sign == 1:
+                continue
+            if sign == -1 and new_price is old_price and old_qty == new_qty:
+                continue
+            amt = (Decimal(amount_for(price, qty)) * frac).quantize(Decimal(1), ROUND_HALF_UP)
+            out.append({
+                "price": price, "quantity": qty, "amount": sign * int(amt),
+                "description": f"{label} {qty} × {eng.product_name(st, price)} after "
+                               f"{eng._day(proration_date)}",
+                "period": {"start": proration_date, "end": end},
+            })
+    return out
+
+
+def save_invoice_items(st: SandboxState, sub: dict[str, Any], prorations: list[dict[str, Any]],
+                       now: int) -> list[dict[str, Any]]:
+    saved = []
+    for p in prorations:
+        ii = st.create(
+            stripe.InvoiceItem, "ii", object="invoiceitem", amount=p["amount"],
+            currency=p["price"]["currency"], customer=sub["customer"], date=now,
+            description=p["description"], discountable=False, discounts=[], invoice=None,
+            metadata={}, period=p["period"], proration=True, quantity=p["quantity"],
+            subscription=sub["id"], test_clock=sub.get("test_clock"), tax_rates=[],
+            pricing={"type": "price_details",
+                     "price_details": {"price": p["price"]["id"], "product": p["price"]["product"]},
+                     "unit_amount_decimal": p["price"].get("unit_amount_decimal")},
+            parent={"type": "subscription_details", "subscription_details": {
+                "subscription": sub["id"], "subscription_item": None}},
+        )
+        _strip_deleted(ii)
+        emit(st, "invoiceitem.created", ii, created=now)
+        saved.append(ii)
+    return saved
+
+
+@route("POST", "/v1/subscriptions/{id}", P.SubscriptionModifyParams)
+def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    st = ctx.state
+    sub = st.get(SUBS, id)
+    if sub["status"] in ("canceled", "incomplete_expired"):
+        raise StripeError(400, "A canceled subscription can only update its cancellation_details "
+                          "and metadata.")
+    now = customer_now(st, sub["customer"])
+    before = copy.deepcopy(sub)
+    if "metadata" in params:
+        apply_metadata(sub, params["metadata"])
+    if "cancel_at_period_end" in params:
+        sub["cancel_at_period_end"] = bool(params["cancel_at_period_end"])
+        sub["cancel_at"] = eng.period_of(sub)[1] if sub["cancel_at_period_end"] else None
+        sub["canceled_at"] = now if sub["cancel_at_period_end"] else None
+    if "default_payment_method" in params:
+        pm_id = params["default_payment_method"] or None
+        if pm_id:
+            pm = resolve_pm(st, pm_id, "default_payment_method")
+            if pm.get("customer") != sub["customer"]:
+                raise StripeError(400, "The payment method must be attached to the customer.",
+                                  param="default_payment_method")
+        sub["default_payment_method"] = pm_id
+    if "trial_end" in params and sub["status"] == "trialing":
+        if params["trial_end"] == "now":
+            eng_now = now
+            sub["trial_end"] = eng_now
+            end_trial(st, sub, eng_now)
+        else:
+            sub["trial_end"] = int(params["trial_end"])
+            eng.set_period(sub, eng.period_of(sub)[0], sub["trial_end"])
+    changes = params.get("items") or []
+    if changes:
+        behavior = params.get("proration_behavior", "create_prorations")
+        pdate = params.get("proration_date", now)
+        prorations = (proration_items(st, sub, changes, pdate)
+                      if behavior != "none" and sub["status"] != "trialing" else [])
+        _apply_item_changes(st, sub, changes, now)
+        saved = save_invoice_items(st, sub, prorations, now)
+        if behavior == "always_invoice" and saved:
+            start, end = eng.period_of(sub)
+            lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+            inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
+                                  billing_reason="subscription_update", period=(now, now),
+                                  now=now)
+            inv["parent"]["subscription_details"]["subscription_proration_date"] = pdate
+            sub["latest_invoice"] = inv["id"]
+            eng.finalize(st, inv, now)
+    emit(st, "customer.subscription.updated", sub, before=before, created=now,
+         request_id=ctx.request_id)
+    return sub
+
+
+def _apply_item_changes(st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]],
+                        now: int) -> None:
+    start, end = eng.period_of(sub)
+    data = sub["items"]["data"]
+    for i, ch in enumerate(changes):
+        if ch.get("id"):
+            item = next((it for it in data if it["id"] == ch["id"]), None)
+            if item is None:
+                raise StripeError(400, f"No such subscription item: '{ch['id']}'",
+                                  param=f"items[{i}][id]", code="resource_missing")
+            if ch.get("deleted"):
+                data.remove(item)
+                continue
+            if ch.get("price"):
+                item["price"] = copy.deepcopy(st.get("price", ch["price"], f"items[{i}][price]"))
+            if ch.get("quantity") not in (None, ""):
+                item["quantity"] = int(ch["quantity"])
+            if "metadata" in ch:
+                apply_metadata(item, ch["metadata"])
+        else:
+            item = _new_item(st, sub["id"], ch, now, i)
+            item["current_period_start"], item["current_period_end"] = start, end
+            data.append(item)
+    sub["items"]["total_count"] = len(data)
+
+
+# ---- lifecycle (driven by billing_engine.run_until) --------------------------------------------
+
+
+def renew(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    before = copy.deepcopy(sub)
+    old_start, old_end = eng.period_of(sub)
+    new_end = eng.next_period_end(sub, old_end)
+    lines = eng.metered_lines(st, sub, old_start, old_end)
+    eng.set_period(sub, old_end, new_end)
+    lines = eng.licensed_lines(st, sub, old_end, new_end) + lines
+    lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+    emit(st, "customer.subscription.updated", sub, before=before, created=t)
+    inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
+                          billing_reason="subscription_cycle", period=(old_start, old_end),
+                          now=t, auto_advance=sub["status"] != "unpaid")
+    sub["latest_invoice"] = inv["id"]
+
+
+def end_trial(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    before = copy.deepcopy(sub)
+    has_pm = eng.default_pm(st, sub, sub["customer"]) is not None
+    behavior = sub["trial_settings"]["end_behavior"]["missing_payment_method"]
+    if not has_pm and behavior == "cancel":
+        cancel_subscription_now(st, sub, reason="cancellation_requested", now=t)
+        return
+    if not has_pm and behavior == "pause":
+        sub["status"] = "paused"
+        sub["pause_collection"] = None
+        emit(st, "customer.subscription.paused", sub, created=t)
+        emit(st, "customer.subscription.updated", sub, before=before, created=t)
+        return
+    start = t
+    end = eng.next_period_end(sub, start)
+    sub["status"] = "active"
+    eng.set_period(sub, start, end)
+    lines = eng.licensed_lines(st, sub, start, end)
+    lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+    emit(st, "customer.subscription.updated", sub, before=before, created=t)
+    inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
+                          billing_reason="subscription_cycle", period=(start, start), now=t)
+    sub["latest_invoice"] = inv["id"]
+
+
+def cancel_subscription_now(st: SandboxState, sub: dict[str, Any], *, reason: str,
+                            now: int | None = None, comment: str | None = None) -> None:
+    t = now if now is not None else customer_now(st, sub["customer"])
+    sub["status"] = "canceled"
+    sub["canceled_at"] = sub.get("canceled_at") or t
+    sub["ended_at"] = t
+    sub["cancel_at_period_end"] = False if reason != "cancellation_requested" else \
+        sub["cancel_at_period_end"]
+    sub["cancellation_details"] = {"comment": comment, "feedback": None, "reason": reason}
+    for inv in st.table("invoice").values():
+        if inv.get("_subscription") == sub["id"] and inv["status"] == "open":
+            inv["next_payment_attempt"] = None
+    emit(st, "customer.subscription.deleted", sub, created=t)
+
+
+def expire_incomplete(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    before = copy.deepcopy(sub)
+    sub["status"] = "incomplete_expired"
+    sub["ended_at"] = t
+    inv = st.table("invoice").get(sub.get("latest_invoice") or "")
+    if inv is not None and inv["status"] == "open":
+        eng.void(st, inv, t)
+    emit(st, "customer.subscription.updated", sub, before=before, created=t)
+    emit(st, "customer.subscription.deleted", sub, created=t)
+
+
+@route("DELETE", "/v1/subscriptions/{id}", P.SubscriptionCancelParams)
+def cancel_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    sub = ctx.state.get(SUBS, id)
+    if sub["status"] in ("canceled", "incomplete_expired"):
+        raise StripeError(400, f"A canceled subscription can't be canceled again: {id}.",
+                          code="resource_missing")
+    details = params.get("cancellation_details") or {}
+    cancel_subscription_now(ctx.state, sub, reason="cancellation_requested",
+                            comment=details.get("comment") or None)
+    return sub
+
+
+@route("POST", "/v1/subscriptions/{id}/resume", P.SubscriptionResumeParams)
+def resume_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    st = ctx.state
+    sub = st.get(SUBS, id)
+    if sub["status"] != "paused":
+        raise StripeError(400, "Only paused subscriptions can be resumed.")
+    now = customer_now(st, sub["customer"])
+    end_trial(st, sub, now)
+    if sub["status"] == "paused":  # still no payment method
+        sub["status"] = "active"
+    emit(st, "customer.subscription.resumed", sub, created=now)
+    return sub
