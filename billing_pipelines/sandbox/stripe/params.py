@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import typing
+
+import typing_extensions
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, ForwardRef
@@ -18,7 +20,7 @@ from stripe._request_options import RequestOptions
 from .wire import StripeError
 
 _REQUEST_OPTION_KEYS = frozenset(RequestOptions.__annotations__)
-_NOT_REQUIRED = getattr(typing, "NotRequired", None)
+_NOT_REQUIRED = typing_extensions.NotRequired
 
 
 class Field(typing.NamedTuple):
@@ -63,7 +65,7 @@ def fields_of(cls: type) -> dict[str, Field]:
 
 
 def _is_typeddict(tp: Any) -> bool:
-    return isinstance(tp, type) and typing.is_typeddict(tp)
+    return isinstance(tp, type) and typing_extensions.is_typeddict(tp)
 
 
 def _options(tp: Any, module: str) -> list[Any]:

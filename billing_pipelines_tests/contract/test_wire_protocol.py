@@ -1,0 +1,142 @@
+"""Wire protocol of the Stripe sandbox, exercised through the official SDK over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import stripe
+
+from billing_pipelines.sandbox.stripe import SandboxHandle, run_in_thread
+
+from .conftest import API_KEY
+
+
+def test_missing_or_live_key_is_401_with_stripe_error_shape(stripe_sandbox: SandboxHandle):
+    r = httpx.get(f"{stripe_sandbox.url}/v1/customers")
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    bad = stripe.StripeClient(api_key="sk_live_nope", base_addresses={"api": stripe_sandbox.url})
+    with pytest.raises(stripe.AuthenticationError):
+        bad.v1.customers.list()
+
+
+def test_unknown_parameter_is_rejected_like_stripe(stripe_client: stripe.StripeClient):
+    with pytest.raises(stripe.InvalidRequestError) as e:
+        stripe_client.v1.customers.create({"emali": "x@y.z"})  # type: ignore[typeddict-unknown-key]
+    assert e.value.http_status == 400
+    assert "Received unknown parameter: emali" in str(e.value.user_message)
+    with pytest.raises(stripe.InvalidRequestError) as e2:
+        stripe_client.v1.prices.create({
+            "currency": "usd", "unit_amount": 1, "product_data": {"name": "x", "colour": "red"},
+        })  # type: ignore[typeddict-unknown-key]
+    assert e2.value.param == "product_data[colour]"
+
+
+def test_missing_object_is_404_resource_missing(stripe_client: stripe.StripeClient):
+    with pytest.raises(stripe.InvalidRequestError) as e:
+        stripe_client.v1.customers.retrieve("cus_nope")
+    assert e.value.http_status == 404
+    assert e.value.code == "resource_missing"
+
+
+def test_idempotency_replay_and_mismatch(stripe_client: stripe.StripeClient):
+    opts = {"idempotency_key": "k-1"}
+    a = stripe_client.v1.customers.create({"email": "a@x.io"}, opts)
+    b = stripe_client.v1.customers.create({"email": "a@x.io"}, opts)
+    assert a.id == b.id
+    assert b.last_response.headers.get("idempotent-replayed") == "true"
+    assert len(stripe_client.v1.customers.list().data) == 1
+    with pytest.raises(stripe.IdempotencyError):
+        stripe_client.v1.customers.create({"email": "other@x.io"}, opts)
+
+
+def test_idempotency_key_expires_after_24h(stripe_sandbox: SandboxHandle,
+                                           stripe_client: stripe.StripeClient):
+    a = stripe_client.v1.customers.create({"email": "a@x.io"}, {"idempotency_key": "k"})
+    stripe_sandbox.state.time_offset = 24 * 3600 + 1
+    b = stripe_client.v1.customers.create({"email": "a@x.io"}, {"idempotency_key": "k"})
+    assert a.id != b.id
+
+
+def test_pagination_auto_paging_iter(stripe_client: stripe.StripeClient):
+    ids = [stripe_client.v1.customers.create({"name": f"c{i}"}).id for i in range(25)]
+    page = stripe_client.v1.customers.list({"limit": 10})
+    assert page.has_more and len(page.data) == 10
+    assert page.data[0].id == ids[-1]  # newest first
+    seen = [c.id for c in page.auto_paging_iter()]
+    assert seen == list(reversed(ids))
+    back = stripe_client.v1.customers.list({"limit": 5, "ending_before": ids[10]})
+    assert [c.id for c in back.data] == list(reversed(ids[11:16]))
+
+
+def test_expand_nested_objects(stripe_client: stripe.StripeClient):
+    prod = stripe_client.v1.products.create({"name": "Pro"})
+    price = stripe_client.v1.prices.create({
+        "product": prod.id, "currency": "usd", "unit_amount": 9900,
+        "recurring": {"interval": "month"},
+    })
+    cus = stripe_client.v1.customers.create({"email": "e@x.io"})
+    pm = stripe_client.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
+    stripe_client.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
+    sub = stripe_client.v1.subscriptions.create({
+        "customer": cus.id, "items": [{"price": price.id}],
+        "expand": ["customer", "latest_invoice", "items.data.price.product",
+                   "customer.invoice_settings.default_payment_method"],
+    })
+    assert sub.customer.email == "e@x.io"
+    assert sub.customer.invoice_settings.default_payment_method.card.last4 == "4242"
+    assert sub.latest_invoice.status == "paid"
+    assert sub["items"].data[0].price.product.name == "Pro"
+    inv = stripe_client.v1.invoices.retrieve(sub.latest_invoice.id,
+                                             {"expand": ["parent.subscription_details.subscription"]})
+    assert inv.parent.subscription_details.subscription.id == sub.id
+    lst = stripe_client.v1.subscriptions.list({"expand": ["data.customer"]})
+    assert lst.data[0].customer.id == cus.id
+
+
+def test_search_by_metadata(stripe_client: stripe.StripeClient):
+    for t in ("t1", "t2", "t1"):
+        stripe_client.v1.customers.create({"metadata": {"tenant_id": t}})
+    res = stripe_client.v1.customers.search({"query": "metadata['tenant_id']:'t1'"})
+    assert res.object == "search_result" and len(res.data) == 2
+    assert all(c.metadata["tenant_id"] == "t1" for c in res.data)
+    page = stripe_client.v1.customers.search({"query": "metadata['tenant_id']:'t1'", "limit": 1})
+    assert page.has_more and page.next_page
+    assert len(list(page.auto_paging_iter())) == 2
+
+
+def test_rate_limit_429_visible_to_sdk():
+    h = run_in_thread(rate_limit=2.0)
+    try:
+        c = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url})
+        with pytest.raises(stripe.RateLimitError) as e:
+            for _ in range(10):
+                c.v1.customers.list()
+        assert e.value.http_status == 429
+        assert e.value.json_body["error"]["code"] == "rate_limit"
+    finally:
+        h.stop()
+
+
+def test_fault_injection_500_and_sdk_retries():
+    h = run_in_thread(fault_rate=0.5, seed=3)
+    try:
+        flaky = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url})
+        with pytest.raises(stripe.APIError):
+            for _ in range(20):
+                flaky.v1.customers.list()
+        robust = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url},
+                                     max_network_retries=8)
+        for i in range(5):  # retried POSTs carry one idempotency key: no duplicates
+            robust.v1.customers.create({"name": f"r{i}"})
+        with h.state.lock:
+            assert len(h.state.all("customer")) == 5
+    finally:
+        h.stop()
+
+
+def test_global_api_base_style(stripe_sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(stripe, "api_key", API_KEY)
+    monkeypatch.setattr(stripe, "api_base", stripe_sandbox.url)
+    cus = stripe.Customer.create(email="g@x.io")
+    assert stripe.Customer.retrieve(cus.id).email == "g@x.io"
