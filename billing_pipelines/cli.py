@@ -16,13 +16,18 @@ import typer
 from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError
 from billing_pipelines.settings import billing_home, load_sandbox_env, load_settings
 
-app = typer.Typer(help="Metered usage to correct Stripe bills: operator commands.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-sandbox_app = typer.Typer(help="Embedded services for local runs, demos and tests.",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="Metered usage to correct Stripe bills: operator commands.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(
+    help="Embedded services for local runs, demos and tests.", no_args_is_help=True
+)
 db_app = typer.Typer(help="The billing database schema.", no_args_is_help=True)
-usage_app = typer.Typer(help="Usage in the warehouse and its daily partitions.",
-                        no_args_is_help=True)
+usage_app = typer.Typer(
+    help="Usage in the warehouse and its daily partitions.", no_args_is_help=True
+)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(db_app, name="db")
 app.add_typer(usage_app, name="usage")
@@ -131,7 +136,9 @@ def db_migrate() -> None:
     database.check_reachable(url)
     applied = migrations.upgrade_to_head(url)
     head = migrations.head_revision()
-    typer.echo(f"applied {', '.join(applied)}; now at {head}" if applied else f"up to date at {head}")
+    typer.echo(
+        f"applied {', '.join(applied)}; now at {head}" if applied else f"up to date at {head}"
+    )
 
 
 # --- usage -------------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ def usage_materialize(
     last = _parse_day(end, "--end") if end else first
     if last < first:
         raise BillingConfigError("--end must not be before --start")
-    for day, ok in materialize_days("daily_usage_job", first, last, echo=typer.echo):
+    for _day, ok in materialize_days("daily_usage_job", first, last, echo=typer.echo):
         if not ok:
             raise typer.Exit(1)
 
@@ -219,7 +226,7 @@ def ui_command(port: int = 3000) -> None:
     """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
     root = Path(__file__).resolve().parents[1]
     os.chdir(root)
-    os.execvp(  # noqa: S606 (replaces this process with the Dagster dev server)
+    os.execvp(
         "dagster",
         ["dagster", "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
     )

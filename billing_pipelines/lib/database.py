@@ -16,7 +16,9 @@ from billing_pipelines.lib.errors import (
 )
 
 
-def open_pool(url: str, *, min_size: int = 1, max_size: int = 5, timeout: float = 10.0) -> ConnectionPool:
+def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 5, timeout: float = 10.0
+) -> ConnectionPool:
     """Open a small pool and prove one connection works, or say which server is unreachable."""
     pool = ConnectionPool(
         url,

@@ -100,7 +100,9 @@ def ensure_databases(admin_url: str, names: tuple[str, ...] = DATABASES) -> dict
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in names:
             if name not in existing:
-                conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+                conn.execute(
+                    psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name))
+                )
             urls[name] = admin_url.rsplit("/", 1)[0] + f"/{name}"
     return urls
 

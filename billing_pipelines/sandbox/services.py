@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,9 +76,12 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when something answers HTTP there (a 4xx still proves the server is up)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
-            return 200 <= response.status < 500
+            return 200 <= int(response.status) < 500
+    except urllib.error.HTTPError as exc:
+        return int(exc.code) < 500
     except OSError:
         return False
 
@@ -132,8 +136,14 @@ def up(home: Path, *, with_stripe: bool = True) -> dict[str, str]:
         state.clickhouse_pid = _spawn(
             home,
             "clickhouse",
-            ["sandbox", "clickhouse", "--data", str(home / "chdb"), "--port",
-             str(state.clickhouse_port)],
+            [
+                "sandbox",
+                "clickhouse",
+                "--data",
+                str(home / "chdb"),
+                "--port",
+                str(state.clickhouse_port),
+            ],
         )
         _save_state(home, state)
         _wait_http(clickhouse_ping, state.clickhouse_pid, "clickhouse", home)
@@ -205,7 +215,9 @@ def status(home: Path) -> dict[str, str]:
     report = {}
     pg_up = postgres.is_running(home / "postgres")
     report["postgres"] = (
-        f"running  postgresql://postgres@{HOST}:{state.postgres_port}/billing" if pg_up else "stopped"
+        f"running  postgresql://postgres@{HOST}:{state.postgres_port}/billing"
+        if pg_up
+        else "stopped"
     )
     ch_up = _pid_alive(state.clickhouse_pid) and _http_ok(
         f"http://{HOST}:{state.clickhouse_port}/ping"

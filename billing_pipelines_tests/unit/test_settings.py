@@ -14,8 +14,14 @@ from billing_pipelines.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "CLICKHOUSE_URL", "STRIPE_API_KEY", "STRIPE_API_BASE",
-                 "STRIPE_WEBHOOK_SECRETS", "DAGSTER_POSTGRES_URL"):
+    for name in (
+        "DATABASE_URL",
+        "CLICKHOUSE_URL",
+        "STRIPE_API_KEY",
+        "STRIPE_API_BASE",
+        "STRIPE_WEBHOOK_SECRETS",
+        "DAGSTER_POSTGRES_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -1,6 +1,5 @@
 """Daily per-tenant usage: the warehouse truth that every bill is computed from."""
 
-
 from datetime import date
 
 import dagster as dg
@@ -28,9 +27,7 @@ def daily_tenant_usage(
             "tenants": dg.MetadataValue.int(stored),
             "billable_queries": dg.MetadataValue.int(int(usage["billable_queries"].sum())),
             "tokens": dg.MetadataValue.int(int(usage["tokens"].sum())),
-            "duplicate_events_removed": dg.MetadataValue.int(
-                int(usage["duplicate_events"].sum())
-            ),
+            "duplicate_events_removed": dg.MetadataValue.int(int(usage["duplicate_events"].sum())),
             "preview": dg.MetadataValue.md(usage.head(10).to_markdown(index=False)),
         }
     )
