@@ -1,0 +1,185 @@
+"""Synthetic M12.1 usage is realistic, seeded, and its billing truth is exactly what it planned."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from billing_pipelines.lib.warehouse import daily_usage
+from billing_pipelines.sandbox.clickhouse_bridge import spawn_bridge
+from billing_pipelines.sandbox.usage_generator import (
+    GenerationSummary,
+    generate_usage,
+    planned_daily_queries,
+)
+
+TENANTS = ["acme", "globex", "initech"]
+START = date(2025, 11, 1)  # a Saturday: the month has 10 weekend days
+DAYS = 30
+RATES = {"acme": 40.0, "globex": 150.0, "initech": 400.0}
+CONTENT_HASH = (
+    "SELECT count(), sum(cityHash64(event_id, query_id, tenant_id, timestamp, event_type, "
+    "tokens_used, embeddings_count, latency_ms, ingested_at)) FROM usage_events"
+)
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A bridge process of our own over a fresh chDB folder."""
+    proc, bridge_port = spawn_bridge(tmp_path_factory.mktemp("chdb") / "data")
+    try:
+        yield bridge_port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def fresh_client(port: int) -> Client:
+    """A client on a new database, so each generation starts from an empty usage_events."""
+    name = f"gen_{uuid.uuid4().hex[:12]}"
+    clickhouse_connect.get_client(host="127.0.0.1", port=port).command(f"CREATE DATABASE {name}")
+    return clickhouse_connect.get_client(host="127.0.0.1", port=port, database=name)
+
+
+@pytest.fixture(scope="module")
+def month(port: int) -> tuple[Client, GenerationSummary]:
+    """One generated month for three tenants of very different sizes."""
+    client = fresh_client(port)
+    summary = generate_usage(client, TENANTS, START, DAYS, seed=42, events_per_tenant_day=RATES)
+    return client, summary
+
+
+def test_distinct_queries_per_tenant_day_are_the_planned_counts(
+    month: tuple[Client, GenerationSummary],
+) -> None:
+    client, _ = month
+    rows = client.query(
+        "SELECT tenant_id, toDate(timestamp), uniqExact(query_id) FROM usage_events "
+        "WHERE event_type = 'query' GROUP BY 1, 2"
+    ).result_rows
+    actual = {(tenant, day): count for tenant, day, count in rows}
+    planned = planned_daily_queries(TENANTS, START, DAYS, 42, RATES)
+    assert actual == {key: count for key, count in planned.items() if count}
+    # The plan itself follows the parameters: weekday means near the rate, weekends far lower.
+    for tenant, rate in RATES.items():
+        weekday = [c for (t, d), c in planned.items() if t == tenant and d.weekday() < 5]
+        weekend = [c for (t, d), c in planned.items() if t == tenant and d.weekday() >= 5]
+        mean_all = sum(weekday + weekend) / DAYS
+        assert abs(mean_all - rate) < 4 * (rate / DAYS) ** 0.5 + 0.1 * rate
+        assert sum(weekend) / len(weekend) < 0.6 * sum(weekday) / len(weekday)
+
+
+def test_billing_truth_matches_the_warehouse_daily_usage(
+    month: tuple[Client, GenerationSummary],
+) -> None:
+    client, summary = month
+    planned = planned_daily_queries(TENANTS, START, DAYS, 42, RATES)
+    total_duplicates = 0
+    for offset in range(DAYS):
+        day = START + timedelta(days=offset)
+        frame = daily_usage(client, day).set_index("tenant_id")
+        for tenant in TENANTS:
+            assert frame.loc[tenant, "billable_queries"] == planned[(tenant, day)]
+        total_duplicates += int(frame["duplicate_events"].sum())
+    assert total_duplicates == summary.duplicates
+
+
+def test_duplicates_and_late_events_are_present_at_their_rates(
+    month: tuple[Client, GenerationSummary],
+) -> None:
+    client, summary = month
+    rows, distinct_pairs, distinct_queries, late = client.query(
+        "SELECT count(), uniqExact(query_id, event_type), "
+        "uniqExactIf(query_id, event_type = 'query'), "
+        "countIf(ingested_at - timestamp >= 6 * 3600) FROM usage_events"
+    ).result_rows[0]
+    assert rows == summary.rows_inserted
+    assert rows - distinct_pairs == summary.duplicates > 0
+    assert 0.014 < summary.duplicates / distinct_pairs < 0.026  # duplicate_rate=0.02
+    assert late == summary.late_events > 0
+    assert 0.006 < late / rows < 0.014  # late_rate=0.01
+    assert distinct_queries == summary.distinct_queries
+    # A duplicate is the same query logged again: same tenant, kind, tokens, new event_id.
+    assert client.query(
+        "SELECT countIf(tenants > 1 OR token_values > 1 OR event_ids != copies) FROM ("
+        "SELECT uniqExact(tenant_id) AS tenants, uniqExact(tokens_used) AS token_values, "
+        "uniqExact(event_id) AS event_ids, count() AS copies FROM usage_events "
+        "GROUP BY query_id, event_type HAVING copies > 1)"
+    ).result_rows == [(0,)]
+
+
+def test_daily_shape_is_realistic(month: tuple[Client, GenerationSummary]) -> None:
+    client, _ = month
+    by_hour: dict[int, int] = {
+        hour: count
+        for hour, count in client.query(
+            "SELECT toHour(timestamp), count() FROM usage_events WHERE event_type = 'query' "
+            "GROUP BY 1"
+        ).result_rows
+    }
+    night = sum(by_hour.get(h, 0) for h in range(1, 5))
+    afternoon = sum(by_hour.get(h, 0) for h in range(13, 17))
+    assert afternoon > 3 * night
+    tokens, embeddings = client.query(
+        "SELECT avgIf(tokens_used, event_type = 'query'), avgIf(embeddings_count, "
+        "event_type = 'embedding') FROM usage_events"
+    ).result_rows[0]
+    assert 300 < tokens < 3000 and embeddings > 5
+
+
+def test_same_seed_same_data_and_waves_add_up(port: int) -> None:
+    kwargs = {"tenants": ["a", "b"], "start": START, "days": 10, "seed": 7}
+    first, second, other, waves = (fresh_client(port) for _ in range(4))
+    generate_usage(first, **kwargs)  # type: ignore[arg-type]
+    generate_usage(second, **kwargs)  # type: ignore[arg-type]
+    generate_usage(other, **{**kwargs, "seed": 8})  # type: ignore[arg-type]
+    fingerprint = first.query(CONTENT_HASH).result_rows
+    assert fingerprint == second.query(CONTENT_HASH).result_rows
+    assert fingerprint != other.query(CONTENT_HASH).result_rows
+    # Late arrivals: what had arrived by the cut-off, then the rest, is the same data set.
+    cutoff = datetime.combine(START + timedelta(days=10), datetime.min.time(), tzinfo=UTC)
+    early = generate_usage(waves, ingested_before=cutoff, **kwargs)  # type: ignore[arg-type]
+    late = generate_usage(waves, ingested_after=cutoff, **kwargs)  # type: ignore[arg-type]
+    # The second wave is (almost) all late events: only seconds-lagged rows from just before the
+    # cut-off can be in it without being late.
+    assert 0 < late.rows_inserted - 5 <= late.late_events <= late.rows_inserted
+    assert early.rows_inserted + late.rows_inserted == fingerprint[0][0]
+    assert waves.query(CONTENT_HASH).result_rows == fingerprint
+
+
+def test_monthly_targets_put_a_starter_tenant_over_its_included_queries(port: int) -> None:
+    client = fresh_client(port)
+    summary = generate_usage(
+        client, ["starter-heavy"], START, DAYS, seed=3, monthly_queries={"starter-heavy": 15_000}
+    )
+    expected = 15_000 * DAYS / (365.25 / 12)
+    assert abs(summary.distinct_queries - expected) < 0.05 * expected
+    assert summary.distinct_queries > 10_000  # the starter plan includes 10,000
+
+
+def test_invalid_arguments_are_rejected_before_writing(port: int) -> None:
+    client = fresh_client(port)
+    with pytest.raises(ValueError, match="days"):
+        generate_usage(client, ["a"], START, 0, seed=1)
+    with pytest.raises(ValueError, match="duplicate_rate"):
+        generate_usage(client, ["a"], START, 1, seed=1, duplicate_rate=1.5)
+    assert client.command("EXISTS TABLE usage_events") == 0
+
+
+@pytest.mark.slow
+def test_a_million_events_take_seconds(port: int) -> None:
+    client = fresh_client(port)
+    started = time.monotonic()
+    summary = generate_usage(
+        client, [f"t{i}" for i in range(8)], START, DAYS, seed=1, events_per_tenant_day=4_500
+    )
+    elapsed = time.monotonic() - started
+    assert summary.rows_inserted > 1_000_000
+    assert client.command("SELECT count() FROM usage_events") == summary.rows_inserted
+    assert elapsed < 60, f"{summary.rows_inserted} rows took {elapsed:.1f}s"
