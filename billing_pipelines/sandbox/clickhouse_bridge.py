@@ -140,19 +140,23 @@ class Engine:
             if target != self._database:
                 self._run("USE `" + target.replace("\\", "\\\\").replace("`", "\\`") + "`")
                 self._database = target
-            changed: dict[str, str] = {}
+            for name in settings:
+                if not _SETTING_NAME.match(name):
+                    raise BridgeError(f"Code: 115. DB::Exception: Bad setting '{name}'.", 115)
+            changed = {k: v for k, v in settings.items() if v != self._baseline_value(k)}
             try:
-                for name, value in settings.items():
-                    if not _SETTING_NAME.match(name):
-                        raise BridgeError(f"Code: 115. DB::Exception: Bad setting '{name}'.", 115)
-                    if value != self._baseline_value(name):
-                        changed[name] = self._baseline[name]
-                        self._run(f"SET {name} = {_quote_string(value)}")
+                if changed:
+                    self._run(
+                        "SET " + ", ".join(f"{k} = {_quote_string(v)}" for k, v in changed.items())
+                    )
                 return self._statement(raw, params)
             finally:
                 # Settings are per request in ClickHouse's HTTP interface: put the session back.
-                for name, value in changed.items():
-                    self._run(f"SET {name} = {_quote_string(value)}")
+                if changed:
+                    self._run(
+                        "SET "
+                        + ", ".join(f"{k} = {_quote_string(self._baseline[k])}" for k in changed)
+                    )
 
     def _statement(self, raw: bytes, params: dict[str, str]) -> tuple[bytes, dict[str, int]]:
         match = _INSERT_FORMAT.match(raw[: 1 << 16])

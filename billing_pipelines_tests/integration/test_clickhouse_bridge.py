@@ -248,6 +248,8 @@ def test_http_protocol_details(bridge: tuple[int, Path]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/ping")
     assert conn.getresponse().read() == b"Ok.\n"
+    conn.request("GET", "/?" + urlencode({"query": "SELECT {n:UInt8} + 1", "param_n": "41"}))
+    assert conn.getresponse().read() == b"42\n"  # same keep-alive connection, TabSeparated
 
 
 def _worker(port: int, database: str, worker: int, batches: int) -> int:
