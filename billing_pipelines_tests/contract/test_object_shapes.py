@@ -44,9 +44,9 @@ def _json_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, str | dict)
     if origin is typing.Literal:
         return value in typing.get_args(tp)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return isinstance(value, list)
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         return isinstance(value, dict)
     if tp is bool:
         return isinstance(value, bool)

@@ -77,7 +77,8 @@ def test_expand_nested_objects(stripe_client: stripe.StripeClient):
     })
     cus = stripe_client.v1.customers.create({"email": "e@x.io"})
     pm = stripe_client.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
-    stripe_client.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
+    stripe_client.v1.customers.update(
+        cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
     sub = stripe_client.v1.subscriptions.create({
         "customer": cus.id, "items": [{"price": price.id}],
         "expand": ["customer", "latest_invoice", "items.data.price.product",
@@ -87,8 +88,8 @@ def test_expand_nested_objects(stripe_client: stripe.StripeClient):
     assert sub.customer.invoice_settings.default_payment_method.card.last4 == "4242"
     assert sub.latest_invoice.status == "paid"
     assert sub["items"].data[0].price.product.name == "Pro"
-    inv = stripe_client.v1.invoices.retrieve(sub.latest_invoice.id,
-                                             {"expand": ["parent.subscription_details.subscription"]})
+    inv = stripe_client.v1.invoices.retrieve(
+        sub.latest_invoice.id, {"expand": ["parent.subscription_details.subscription"]})
     assert inv.parent.subscription_details.subscription.id == sub.id
     lst = stripe_client.v1.subscriptions.list({"expand": ["data.customer"]})
     assert lst.data[0].customer.id == cus.id

@@ -158,8 +158,8 @@ def _dispatch(
                         400,
                         StripeError(
                             400,
-                            "Keys for idempotent requests can only be used with the same parameters "
-                            "they were first used with. Try using a key other than "
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other than "
                             f"'{idem_key}' if you meant to execute a different request.",
                             type="idempotency_error",
                         ).body(),

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import sys
 import typing
-
-import typing_extensions
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache
 from typing import Any, ForwardRef
 
+import typing_extensions
 from stripe._request_options import RequestOptions
 
 from .wire import StripeError
@@ -34,7 +33,7 @@ def _resolve(tp: Any, module: str) -> Any:
     if isinstance(tp, ForwardRef):
         ns = vars(sys.modules[module])
         try:
-            return eval(tp.__forward_arg__, ns)  # noqa: S307 - SDK annotation strings
+            return eval(tp.__forward_arg__, ns)
         except Exception:
             return Any
     return tp
@@ -51,7 +50,7 @@ def _unwrap(tp: Any, module: str) -> tuple[Any, bool]:
     return tp, True
 
 
-@lru_cache(maxsize=None)
+@cache
 def fields_of(cls: type) -> dict[str, Field]:
     out: dict[str, Field] = {}
     for klass in reversed(cls.__mro__):
@@ -93,12 +92,12 @@ def coerce(value: Any, tp: Any, path: str, module: str = "typing") -> Any:
             return validate(value, o, prefix=path)
     for o in opts:
         origin = typing.get_origin(o)
-        if origin in (list, typing.List) and isinstance(value, list):
+        if origin in (list, list) and isinstance(value, list):
             (inner,) = typing.get_args(o) or (Any,)
             inner = _resolve(inner, module)
             return [coerce(v, inner, f"{path}[{i}]", module) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        if any(typing.get_origin(o) in (dict, typing.Dict) for o in opts) or any(
+        if any(typing.get_origin(o) in (dict, dict) for o in opts) or any(
             "StripeObject" in getattr(o, "__name__", str(o)) for o in opts
         ):
             return value

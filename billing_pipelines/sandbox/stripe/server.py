@@ -48,7 +48,7 @@ def _free_port(host: str) -> int:
 
 
 def run_in_thread(port: int = 0, host: str = "127.0.0.1", **opts: Any) -> SandboxHandle:
-    """Start the sandbox on a background thread; returns a handle with `.url`, `.state`, `.stop()`."""
+    """Start the sandbox on a background thread; the handle has `.url`, `.state`, `.stop()`."""
     state = opts.pop("state", None) or SandboxState(seed=opts.get("seed", 0))
     app = create_app(state, **opts)
     port = port or _free_port(host)

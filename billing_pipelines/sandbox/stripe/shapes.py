@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import typing
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from stripe._list_object import ListObject
@@ -36,9 +36,9 @@ def default_for(tp: Any) -> Any:
         return default_for(first)
     if origin is typing.Literal:
         return _args(tp)[0]
-    if origin in (list, typing.List):
+    if origin in (list, list):
         return []
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         return {}
     if isinstance(tp, type):
         if issubclass(tp, ListObject) or origin is ListObject:
@@ -79,7 +79,7 @@ def annotations_of(cls: type) -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _skeleton(cls: type) -> dict[str, Any]:
     return {name: default_for(tp) for name, tp in annotations_of(cls).items()}
 

@@ -149,7 +149,7 @@ class SandboxState:
 
     def restore(self, source: bytes | str | Path) -> None:
         blob = source if isinstance(source, bytes) else Path(source).read_bytes()
-        data, settings = pickle.loads(blob)  # noqa: S301 - our own snapshot files
+        data, settings = pickle.loads(blob)
         with self.lock:
             self.data = data
             self.settings = settings

@@ -26,7 +26,7 @@ class StripeError(Exception):
         status: int,
         message: str,
         *,
-        type: str | None = None,  # noqa: A002 - Stripe's field name
+        type: str | None = None,
         code: str | None = None,
         param: str | None = None,
         decline_code: str | None = None,

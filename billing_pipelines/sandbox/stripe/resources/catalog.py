@@ -24,7 +24,7 @@ def _now(ctx: Ctx) -> int:
 def create_product(state: SandboxState, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("id") and params["id"] in state.table("product"):
         raise StripeError(
-            400, f"Product already exists.", code="resource_already_exists", param="id"
+            400, "Product already exists.", code="resource_already_exists", param="id"
         )
     now = state.real_now()
     prod = state.create(
@@ -118,7 +118,7 @@ def _tier(t: dict[str, Any], i: int) -> dict[str, Any]:
     up_to = t.get("up_to")
     if up_to in (None, ""):
         raise StripeError(
-            400, "Missing required param: tiers[%d][up_to]." % i, param=f"tiers[{i}][up_to]"
+            400, f"Missing required param: tiers[{i}][up_to].", param=f"tiers[{i}][up_to]"
         )
     ua = t.get("unit_amount_decimal", t.get("unit_amount"))
     fa = t.get("flat_amount_decimal", t.get("flat_amount"))

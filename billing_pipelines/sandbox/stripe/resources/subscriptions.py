@@ -34,8 +34,8 @@ def _new_item(st: SandboxState, sub_id: str, spec: dict[str, Any], now: int, i: 
         raise StripeError(400, "The price specified is set to `type=one_time` but this field "
                           "only accepts prices with `type=recurring`.", param=f"items[{i}][price]")
     if not price["active"]:
-        raise StripeError(400, f"The price specified is inactive. This field only accepts "
-                          f"active prices.", param=f"items[{i}][price]")
+        raise StripeError(400, "The price specified is inactive. This field only accepts "
+                          "active prices.", param=f"items[{i}][price]")
     metered = price["recurring"]["usage_type"] == "metered"
     if metered and spec.get("quantity") not in (None, ""):
         raise StripeError(400, "Quantity should not be specified where usage_type is "
