@@ -12,6 +12,7 @@ import gzip
 import json
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -335,9 +336,16 @@ def make_server(data_path: Path, host: str = "127.0.0.1", port: int = 0) -> Brid
     return BridgeServer((host, port), Engine(Path(data_path)))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(data_path: Path, host: str, port: int) -> None:
     """Serve ClickHouse's HTTP interface for data_path until interrupted (the CLI entry point)."""
     server = make_server(data_path, host, port)
+    if threading.current_thread() is threading.main_thread():
+        # `billing sandbox down` sends SIGTERM: close chDB cleanly rather than die mid-write.
+        signal.signal(signal.SIGTERM, _interrupt)
     print(f"{READY_LINE} http://{host}:{server.port} (chDB at {data_path})", flush=True)
     try:
         server.serve_forever()
