@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from decimal import Decimal
 
 import httpx
 import stripe
@@ -27,7 +28,7 @@ def bench(n: int) -> dict[str, float]:
         price = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 9900,
                                     "recurring": {"interval": "month"}})
         usage = c.v1.prices.create({
-            "product": prod.id, "currency": "usd", "unit_amount_decimal": "0.08",
+            "product": prod.id, "currency": "usd", "unit_amount_decimal": Decimal("0.08"),
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}})
         cus = c.v1.customers.create({})
         pm = c.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
