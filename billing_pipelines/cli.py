@@ -52,13 +52,21 @@ def _with_services(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         load_sandbox_env()
-        if not os.environ.get("DATABASE_URL") or not os.environ.get("CLICKHOUSE_URL"):
+        # Validate what is set before starting anything: one clear line beats a stack trace.
+        settings = load_settings()
+        need_postgres, need_clickhouse = not settings.database_url, not settings.clickhouse_url
+        if need_postgres or need_clickhouse:
             from billing_pipelines.sandbox import services
 
-            env = services.up(billing_home())
+            env = services.up(
+                billing_home(),
+                with_postgres=need_postgres,
+                with_clickhouse=need_clickhouse,
+                # The Stripe sandbox stands in for Stripe only when no real key is configured.
+                with_stripe=settings.stripe_api_key is None,
+            )
             for key, value in env.items():
                 os.environ.setdefault(key, value)
-        load_settings()  # validate every setting now: one clear line beats a stack trace later
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -158,7 +166,11 @@ def usage_generate(
 
     first = _parse_day(start, "--start") if start else _yesterday() - timedelta(days=days - 1)
     summary = demo.generate(tenant_count=tenants, start=first, days=days, seed=seed, scale=scale)
-    typer.echo(summary)
+    typer.echo(
+        f"inserted {summary.rows_inserted:,} events for {summary.tenants} tenants, "
+        f"{summary.days} days from {summary.start}: {summary.distinct_queries:,} distinct "
+        f"queries, {summary.duplicates:,} duplicated, {summary.late_events:,} late"
+    )
 
 
 @usage_app.command("materialize")

@@ -28,7 +28,7 @@ def billing_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_services(billing_home: Path) -> Iterator[dict[str, str]]:
-    """Embedded PostgreSQL + the chDB bridge (+ Stripe sandbox), the same way `billing sandbox up` does."""
+    """Embedded PostgreSQL, the chDB bridge and the Stripe sandbox, as `billing sandbox up` does."""
     saved = {key: os.environ.get(key) for key in (*SERVICE_VARS, "BILLING_HOME")}
     env = services.up(billing_home)
     os.environ["BILLING_HOME"] = str(billing_home)

@@ -70,17 +70,17 @@ class BillingDatabase(dg.ConfigurableResource):
 
     def replace_daily_usage(self, day: date, usage: pd.DataFrame) -> int:
         """Idempotently store one day's usage: delete the partition, insert the new rows."""
+        columns = [
+            "tenant_id",
+            "billable_queries",
+            "tokens",
+            "embeddings",
+            "raw_events",
+            "duplicate_events",
+        ]
         rows = [
-            (
-                day,
-                str(r.tenant_id),
-                int(r.billable_queries),
-                int(r.tokens),
-                int(r.embeddings),
-                int(r.raw_events),
-                int(r.duplicate_events),
-            )
-            for r in usage.itertuples(index=False)
+            (day, str(tenant), *(int(v) for v in values))
+            for tenant, *values in usage[columns].itertuples(index=False, name=None)
         ]
         with self.transaction() as conn:
             conn.execute("DELETE FROM daily_tenant_usage WHERE usage_date = %s", (day,))

@@ -33,14 +33,10 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_to_head(database_url: str) -> list[str]:
     """Apply every pending migration; returns the revisions that were applied (empty if none)."""
-    before = current_revision(database_url)
-    command.upgrade(alembic_config(database_url), "head")
-    after = current_revision(database_url)
-    if before == after:
-        return []
-    script = ScriptDirectory.from_config(alembic_config(database_url))
-    applied = [rev.revision for rev in script.iterate_revisions(after, before)]
-    return list(reversed(applied))
+    config = alembic_config(database_url)
+    config.attributes["applied"] = []
+    command.upgrade(config, "head")
+    return list(config.attributes["applied"])
 
 
 def current_revision(database_url: str) -> str | None:

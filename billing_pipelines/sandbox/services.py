@@ -78,7 +78,7 @@ def _pid_alive(pid: int | None) -> bool:
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
     """True when something answers HTTP there (a 4xx still proves the server is up)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return 200 <= int(response.status) < 500
     except urllib.error.HTTPError as exc:
         return int(exc.code) < 500
@@ -90,7 +90,7 @@ def _spawn(home: Path, name: str, args: list[str]) -> int:
     log = (home / "logs").joinpath(f"{name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        process = subprocess.Popen(
             [sys.executable, "-m", "billing_pipelines.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -120,40 +120,39 @@ def stripe_sandbox_available() -> bool:
     return hasattr(stripe_sandbox, "serve")
 
 
-def up(home: Path, *, with_stripe: bool = True) -> dict[str, str]:
+def up(
+    home: Path,
+    *,
+    with_postgres: bool = True,
+    with_clickhouse: bool = True,
+    with_stripe: bool = True,
+) -> dict[str, str]:
     """Start whatever is not running yet, apply migrations, write sandbox.env; returns its vars."""
     home.mkdir(parents=True, exist_ok=True)
     state = _load_state(home)
+    env = {"DAGSTER_HOME": str(_dagster_home(home))}
 
-    state.postgres_port = state.postgres_port or free_port()
-    admin_url = postgres.start(home / "postgres", state.postgres_port, HOST)
-    urls = postgres.ensure_databases(admin_url)
-    migrations.upgrade_to_head(urls["billing"])
+    if with_postgres:
+        state.postgres_port = state.postgres_port or free_port()
+        admin_url = postgres.start(home / "postgres", state.postgres_port, HOST)
+        urls = postgres.ensure_databases(admin_url)
+        migrations.upgrade_to_head(urls["billing"])
+        env["DATABASE_URL"] = urls["billing"]
+        env["DAGSTER_POSTGRES_URL"] = urls["dagster"]
 
-    state.clickhouse_port = state.clickhouse_port or free_port()
-    clickhouse_ping = f"http://{HOST}:{state.clickhouse_port}/ping"
-    if not (_pid_alive(state.clickhouse_pid) and _http_ok(clickhouse_ping)):
-        state.clickhouse_pid = _spawn(
-            home,
-            "clickhouse",
-            [
-                "sandbox",
+    if with_clickhouse:
+        state.clickhouse_port = state.clickhouse_port or free_port()
+        clickhouse_ping = f"http://{HOST}:{state.clickhouse_port}/ping"
+        if not (_pid_alive(state.clickhouse_pid) and _http_ok(clickhouse_ping)):
+            data = str(home / "chdb")
+            state.clickhouse_pid = _spawn(
+                home,
                 "clickhouse",
-                "--data",
-                str(home / "chdb"),
-                "--port",
-                str(state.clickhouse_port),
-            ],
-        )
-        _save_state(home, state)
-        _wait_http(clickhouse_ping, state.clickhouse_pid, "clickhouse", home)
-
-    env = {
-        "DATABASE_URL": urls["billing"],
-        "DAGSTER_POSTGRES_URL": urls["dagster"],
-        "CLICKHOUSE_URL": f"http://default@{HOST}:{state.clickhouse_port}/default",
-        "DAGSTER_HOME": str(_dagster_home(home)),
-    }
+                ["sandbox", "clickhouse", "--data", data, "--port", str(state.clickhouse_port)],
+            )
+            _save_state(home, state)
+            _wait_http(clickhouse_ping, state.clickhouse_pid, "clickhouse", home)
+        env["CLICKHOUSE_URL"] = f"http://default@{HOST}:{state.clickhouse_port}/default"
 
     if with_stripe and stripe_sandbox_available():
         state.stripe_port = state.stripe_port or free_port()

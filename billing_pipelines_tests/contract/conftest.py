@@ -33,8 +33,9 @@ def stripe_client(stripe_sandbox: SandboxHandle) -> stripe.StripeClient:
     )
 
 
-def advance(client: stripe.StripeClient, clock_id: str, frozen_time: int,
-            timeout: float = 10.0) -> stripe.test_helpers.TestClock:
+def advance(
+    client: stripe.StripeClient, clock_id: str, frozen_time: int, timeout: float = 10.0
+) -> stripe.test_helpers.TestClock:
     """Advance a test clock through the API and poll until it is ready (like real Stripe)."""
     client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": frozen_time})
     deadline = time.monotonic() + timeout

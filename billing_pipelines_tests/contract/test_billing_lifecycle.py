@@ -14,26 +14,53 @@ FEB1 = T0 + 31 * DAY
 
 def _catalog(c: stripe.StripeClient) -> dict[str, str]:
     prod = c.v1.products.create({"name": "Pro"})
-    meter = c.v1.billing.meters.create({
-        "display_name": "Queries", "event_name": "queries",
-        "default_aggregation": {"formula": "sum"}, "event_time_window": "day"})
-    base = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 9900,
-                               "recurring": {"interval": "month"}, "lookup_key": "pro_base"})
-    starter = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 2900,
-                                  "recurring": {"interval": "month"},
-                                  "lookup_key": "starter_base"})
-    usage = c.v1.prices.create({
-        "product": prod.id, "currency": "usd", "billing_scheme": "tiered",
-        "tiers_mode": "graduated", "lookup_key": "pro_queries",
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        "tiers": [{"up_to": 100000, "unit_amount": 0},
-                  {"up_to": "inf", "unit_amount_decimal": "0.08"}]})
+    meter = c.v1.billing.meters.create(
+        {
+            "display_name": "Queries",
+            "event_name": "queries",
+            "default_aggregation": {"formula": "sum"},
+            "event_time_window": "day",
+        }
+    )
+    base = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 9900,
+            "recurring": {"interval": "month"},
+            "lookup_key": "pro_base",
+        }
+    )
+    starter = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 2900,
+            "recurring": {"interval": "month"},
+            "lookup_key": "starter_base",
+        }
+    )
+    usage = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "lookup_key": "pro_queries",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            "tiers": [
+                {"up_to": 100000, "unit_amount": 0},
+                {"up_to": "inf", "unit_amount_decimal": "0.08"},
+            ],
+        }
+    )
     return {"base": base.id, "usage": usage.id, "starter": starter.id, "meter": meter.id}
 
 
 def _customer(c: stripe.StripeClient, clock: str, pm: str | None) -> stripe.Customer:
-    cus = c.v1.customers.create({"email": "ops@tenant.io", "test_clock": clock,
-                                 "metadata": {"tenant_id": "t1"}})
+    cus = c.v1.customers.create(
+        {"email": "ops@tenant.io", "test_clock": clock, "metadata": {"tenant_id": "t1"}}
+    )
     if pm:
         attached = c.v1.payment_methods.attach(pm, {"customer": cus.id})
         c.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": attached.id}})
@@ -49,23 +76,33 @@ def test_graduated_tiers_bill_overage_at_period_end(stripe_client: stripe.Stripe
     cat = _catalog(c)
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
     cus = _customer(c, clock.id, "pm_card_visa")
-    sub = c.v1.subscriptions.create({"customer": cus.id, "items": [
-        {"price": cat["base"]}, {"price": cat["usage"]}]})
+    sub = c.v1.subscriptions.create(
+        {"customer": cus.id, "items": [{"price": cat["base"]}, {"price": cat["usage"]}]}
+    )
     assert sub.status == "active"
     item = sub["items"].data[0]
     assert (item.current_period_start, item.current_period_end) == (T0, FEB1)
     assert "current_period_end" not in sub  # moved to the items at this API version
     advance(c, clock.id, T0 + 30 * DAY)
-    c.v1.billing.meter_events.create({"event_name": "queries", "timestamp": T0 + 29 * DAY,
-                                      "payload": {"stripe_customer_id": cus.id,
-                                                  "value": "125000"}})
+    c.v1.billing.meter_events.create(
+        {
+            "event_name": "queries",
+            "timestamp": T0 + 29 * DAY,
+            "payload": {"stripe_customer_id": cus.id, "value": "125000"},
+        }
+    )
     advance(c, clock.id, FEB1 + 60)  # period ended: draft invoice, usage still accepted
     draft = c.v1.invoices.list({"customer": cus.id, "status": "draft"}).data[0]
     assert draft.automatically_finalizes_at == FEB1 + 3600
     assert draft.parent.subscription_details.subscription == sub.id
-    c.v1.billing.meter_events.create({  # late event for Jan 31 inside the grace hour
-        "event_name": "queries", "timestamp": FEB1 - 60, "identifier": "late",
-        "payload": {"stripe_customer_id": cus.id, "value": "0"}})
+    c.v1.billing.meter_events.create(
+        {  # late event for Jan 31 inside the grace hour
+            "event_name": "queries",
+            "timestamp": FEB1 - 60,
+            "identifier": "late",
+            "payload": {"stripe_customer_id": cus.id, "value": "0"},
+        }
+    )
     advance(c, clock.id, FEB1 + 2 * 3600)
     inv = c.v1.invoices.retrieve(draft.id)
     assert inv.status == "paid"
@@ -78,17 +115,24 @@ def test_graduated_tiers_bill_overage_at_period_end(stripe_client: stripe.Stripe
 
 
 def test_failing_card_retries_then_recovers_with_new_default_card(
-        stripe_client: stripe.StripeClient):
+    stripe_client: stripe.StripeClient,
+):
     c = stripe_client
     cat = _catalog(c)
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
     cus = _customer(c, clock.id, None)
-    bad = c.v1.payment_methods.create({"type": "card", "card": {
-        "number": "4000000000000341", "exp_month": 12, "exp_year": 2034}})
+    bad = c.v1.payment_methods.create(
+        {"type": "card", "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2034}}
+    )
     c.v1.payment_methods.attach(bad.id, {"customer": cus.id})
-    sub = c.v1.subscriptions.create({
-        "customer": cus.id, "items": [{"price": cat["base"]}], "trial_period_days": 14,
-        "default_payment_method": bad.id})
+    sub = c.v1.subscriptions.create(
+        {
+            "customer": cus.id,
+            "items": [{"price": cat["base"]}],
+            "trial_period_days": 14,
+            "default_payment_method": bad.id,
+        }
+    )
     assert sub.status == "trialing"
     advance(c, clock.id, T0 + 14 * DAY + 2 * 3600)  # trial ends, invoice finalizes, charge fails
     sub = c.v1.subscriptions.retrieve(sub.id)
@@ -132,23 +176,36 @@ def test_retries_exhausted_make_subscription_unpaid(stripe_client: stripe.Stripe
     assert inv.attempt_count == 4 and inv.next_payment_attempt is None and inv.status == "open"
     with pytest.raises(stripe.CardError):
         c.v1.invoices.pay(inv.id)
-    paid = c.v1.invoices.pay(inv.id, {"payment_method": c.v1.payment_methods.attach(
-        "pm_card_mastercard", {"customer": cus.id}).id})
+    paid = c.v1.invoices.pay(
+        inv.id,
+        {
+            "payment_method": c.v1.payment_methods.attach(
+                "pm_card_mastercard", {"customer": cus.id}
+            ).id
+        },
+    )
     assert paid.status == "paid"
     assert c.v1.subscriptions.retrieve(sub.id).status == "active"
 
 
-@pytest.mark.parametrize("behavior,status", [("cancel", "canceled"), ("pause", "paused"),
-                                              ("create_invoice", "past_due")])
-def test_trial_ends_without_payment_method(stripe_client: stripe.StripeClient, behavior: str,
-                                           status: str):
+@pytest.mark.parametrize(
+    "behavior,status", [("cancel", "canceled"), ("pause", "paused"), ("create_invoice", "past_due")]
+)
+def test_trial_ends_without_payment_method(
+    stripe_client: stripe.StripeClient, behavior: str, status: str
+):
     c = stripe_client
     cat = _catalog(c)
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
     cus = _customer(c, clock.id, None)
-    sub = c.v1.subscriptions.create({
-        "customer": cus.id, "items": [{"price": cat["base"]}], "trial_period_days": 14,
-        "trial_settings": {"end_behavior": {"missing_payment_method": behavior}}})
+    sub = c.v1.subscriptions.create(
+        {
+            "customer": cus.id,
+            "items": [{"price": cat["base"]}],
+            "trial_period_days": 14,
+            "trial_settings": {"end_behavior": {"missing_payment_method": behavior}},
+        }
+    )
     assert sub.status == "trialing" and sub.trial_end == T0 + 14 * DAY
     advance(c, clock.id, T0 + 12 * DAY)
     assert c.v1.events.list({"type": "customer.subscription.trial_will_end"}).data
@@ -162,16 +219,31 @@ def test_first_payment_behaviors(stripe_client: stripe.StripeClient):
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
     cus = _customer(c, clock.id, "pm_card_chargeCustomerFail")
     with pytest.raises(stripe.CardError):
-        c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": cat["base"]}],
-                                   "payment_behavior": "error_if_incomplete"})
+        c.v1.subscriptions.create(
+            {
+                "customer": cus.id,
+                "items": [{"price": cat["base"]}],
+                "payment_behavior": "error_if_incomplete",
+            }
+        )
     assert not c.v1.subscriptions.list({"customer": cus.id, "status": "all"}).data
-    s = c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": cat["base"]}],
-                                   "payment_behavior": "allow_incomplete",
-                                   "expand": ["latest_invoice"]})
+    s = c.v1.subscriptions.create(
+        {
+            "customer": cus.id,
+            "items": [{"price": cat["base"]}],
+            "payment_behavior": "allow_incomplete",
+            "expand": ["latest_invoice"],
+        }
+    )
     assert s.status == "incomplete" and s.latest_invoice.attempt_count == 1
-    d = c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": cat["base"]}],
-                                   "payment_behavior": "default_incomplete",
-                                   "expand": ["latest_invoice"]})
+    d = c.v1.subscriptions.create(
+        {
+            "customer": cus.id,
+            "items": [{"price": cat["base"]}],
+            "payment_behavior": "default_incomplete",
+            "expand": ["latest_invoice"],
+        }
+    )
     assert d.status == "incomplete" and d.latest_invoice.attempt_count == 0
     advance(c, clock.id, T0 + DAY)
     assert c.v1.subscriptions.retrieve(d.id).status == "incomplete_expired"
@@ -186,17 +258,31 @@ def test_proration_preview_equals_applied_proration(stripe_client: stripe.Stripe
     advance(c, clock.id, T0 + 10 * DAY)
     item = sub["items"].data[0].id
     pdate = T0 + 10 * DAY
-    preview = c.v1.invoices.create_preview({
-        "customer": cus.id, "subscription": sub.id,
-        "subscription_details": {"items": [{"id": item, "price": cat["base"]}],
-                                 "proration_date": pdate}})
-    pro = [ln.amount for ln in preview.lines.data
-           if (ln.parent.subscription_item_details or ln.parent.invoice_item_details).proration]
+    preview = c.v1.invoices.create_preview(
+        {
+            "customer": cus.id,
+            "subscription": sub.id,
+            "subscription_details": {
+                "items": [{"id": item, "price": cat["base"]}],
+                "proration_date": pdate,
+            },
+        }
+    )
+    pro = [
+        ln.amount
+        for ln in preview.lines.data
+        if (ln.parent.subscription_item_details or ln.parent.invoice_item_details).proration
+    ]
     expected = round(9900 * 21 / 31) - round(2900 * 21 / 31)
     assert sum(pro) == expected
-    upd = c.v1.subscriptions.update(sub.id, {
-        "items": [{"id": item, "price": cat["base"]}], "proration_date": pdate,
-        "proration_behavior": "create_prorations"})
+    upd = c.v1.subscriptions.update(
+        sub.id,
+        {
+            "items": [{"id": item, "price": cat["base"]}],
+            "proration_date": pdate,
+            "proration_behavior": "create_prorations",
+        },
+    )
     assert upd["items"].data[0].id == item and upd["items"].data[0].price.id == cat["base"]
     pending = c.v1.invoice_items.list({"customer": cus.id, "pending": True}).data
     assert sorted(ii.amount for ii in pending) == sorted(pro)
@@ -211,9 +297,14 @@ def test_always_invoice_and_cancel(stripe_client: stripe.StripeClient):
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
     cus = _customer(c, clock.id, "pm_card_visa")
     sub = c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": cat["starter"]}]})
-    upd = c.v1.subscriptions.update(sub.id, {
-        "items": [{"id": sub["items"].data[0].id, "price": cat["base"]}],
-        "proration_behavior": "always_invoice", "expand": ["latest_invoice"]})
+    upd = c.v1.subscriptions.update(
+        sub.id,
+        {
+            "items": [{"id": sub["items"].data[0].id, "price": cat["base"]}],
+            "proration_behavior": "always_invoice",
+            "expand": ["latest_invoice"],
+        },
+    )
     assert upd.latest_invoice.billing_reason == "subscription_update"
     assert upd.latest_invoice.status == "paid" and upd.latest_invoice.amount_paid == 9900 - 2900
     s = c.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
@@ -225,5 +316,6 @@ def test_always_invoice_and_cancel(stripe_client: stripe.StripeClient):
     other = c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": cat["base"]}]})
     gone = c.v1.subscriptions.cancel(other.id)
     assert gone.status == "canceled"
-    assert c.v1.subscriptions.search({
-        "query": "status:'canceled' AND metadata['x']:'y'"}).data == []
+    assert (
+        c.v1.subscriptions.search({"query": "status:'canceled' AND metadata['x']:'y'"}).data == []
+    )

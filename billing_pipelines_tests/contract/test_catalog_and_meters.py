@@ -15,10 +15,14 @@ T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
 
 
-def _meter(c: stripe.StripeClient, name: str = "queries", window: str | None = None,
-           formula: str = "sum") -> stripe.billing.Meter:
-    params: dict = {"display_name": name, "event_name": name,
-                    "default_aggregation": {"formula": formula}}
+def _meter(
+    c: stripe.StripeClient, name: str = "queries", window: str | None = None, formula: str = "sum"
+) -> stripe.billing.Meter:
+    params: dict = {
+        "display_name": name,
+        "event_name": name,
+        "default_aggregation": {"formula": formula},
+    }
     if window:
         params["event_time_window"] = window
     return c.v1.billing.meters.create(params)  # type: ignore[arg-type]
@@ -27,14 +31,35 @@ def _meter(c: stripe.StripeClient, name: str = "queries", window: str | None = N
 def test_prices_by_lookup_key_transfer_and_immutability(stripe_client: stripe.StripeClient):
     c = stripe_client
     prod = c.v1.products.create({"name": "Pro"})
-    p1 = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 9900,
-                             "recurring": {"interval": "month"}, "lookup_key": "pro_base"})
+    p1 = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 9900,
+            "recurring": {"interval": "month"},
+            "lookup_key": "pro_base",
+        }
+    )
     with pytest.raises(stripe.InvalidRequestError):
-        c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 10900,
-                            "recurring": {"interval": "month"}, "lookup_key": "pro_base"})
-    p2 = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 10900,
-                             "recurring": {"interval": "month"}, "lookup_key": "pro_base",
-                             "transfer_lookup_key": True})
+        c.v1.prices.create(
+            {
+                "product": prod.id,
+                "currency": "usd",
+                "unit_amount": 10900,
+                "recurring": {"interval": "month"},
+                "lookup_key": "pro_base",
+            }
+        )
+    p2 = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 10900,
+            "recurring": {"interval": "month"},
+            "lookup_key": "pro_base",
+            "transfer_lookup_key": True,
+        }
+    )
     found = c.v1.prices.list({"lookup_keys": ["pro_base"]}).data
     assert [p.id for p in found] == [p2.id]
     assert c.v1.prices.retrieve(p1.id).lookup_key is None
@@ -48,17 +73,29 @@ def test_metered_price_needs_meter_and_tiers(stripe_client: stripe.StripeClient)
     c = stripe_client
     prod = c.v1.products.create({"name": "Queries"})
     with pytest.raises(stripe.InvalidRequestError):
-        c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 1,
-                            "recurring": {"interval": "month", "usage_type": "metered"}})
+        c.v1.prices.create(
+            {
+                "product": prod.id,
+                "currency": "usd",
+                "unit_amount": 1,
+                "recurring": {"interval": "month", "usage_type": "metered"},
+            }
+        )
     m = _meter(c)
-    price = c.v1.prices.create({
-        "product": prod.id, "currency": "usd", "billing_scheme": "tiered",
-        "tiers_mode": "graduated",
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id},
-        "tiers": [{"up_to": 100000, "unit_amount": 0},
-                  {"up_to": "inf", "unit_amount_decimal": "0.08"}],
-        "expand": ["tiers"],
-    })
+    price = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id},
+            "tiers": [
+                {"up_to": 100000, "unit_amount": 0},
+                {"up_to": "inf", "unit_amount_decimal": "0.08"},
+            ],
+            "expand": ["tiers"],
+        }
+    )
     assert price.recurring.meter == m.id and price.recurring.usage_type == "metered"
     assert price.tiers[0].up_to == 100000 and price.tiers[1].up_to is None
     assert "tiers" not in c.v1.prices.retrieve(price.id)  # only when expanded, like Stripe
@@ -83,41 +120,69 @@ def test_meter_events_identifier_and_timestamp_bounds(stripe_client: stripe.Stri
     _meter(c)
     cus = c.v1.customers.create({})
     now = int(time.time())
-    ev = c.v1.billing.meter_events.create({
-        "event_name": "queries", "identifier": "t1-2026-01-01",
-        "payload": {"stripe_customer_id": cus.id, "value": "10"}})
+    ev = c.v1.billing.meter_events.create(
+        {
+            "event_name": "queries",
+            "identifier": "t1-2026-01-01",
+            "payload": {"stripe_customer_id": cus.id, "value": "10"},
+        }
+    )
     assert ev.identifier == "t1-2026-01-01" and ev.timestamp >= now
     with pytest.raises(stripe.InvalidRequestError) as dup:
-        c.v1.billing.meter_events.create({
-            "event_name": "queries", "identifier": "t1-2026-01-01",
-            "payload": {"stripe_customer_id": cus.id, "value": "10"}})
+        c.v1.billing.meter_events.create(
+            {
+                "event_name": "queries",
+                "identifier": "t1-2026-01-01",
+                "payload": {"stripe_customer_id": cus.id, "value": "10"},
+            }
+        )
     assert dup.value.http_status == 400
     assert "An event already exists with identifier t1-2026-01-01" in str(dup.value.user_message)
     with pytest.raises(stripe.InvalidRequestError) as old:
-        c.v1.billing.meter_events.create({
-            "event_name": "queries", "timestamp": now - 36 * DAY,
-            "payload": {"stripe_customer_id": cus.id, "value": "1"}})
+        c.v1.billing.meter_events.create(
+            {
+                "event_name": "queries",
+                "timestamp": now - 36 * DAY,
+                "payload": {"stripe_customer_id": cus.id, "value": "1"},
+            }
+        )
     assert old.value.code == "timestamp_too_far_in_past"
     with pytest.raises(stripe.InvalidRequestError) as fut:
-        c.v1.billing.meter_events.create({
-            "event_name": "queries", "timestamp": now + 6 * 60,
-            "payload": {"stripe_customer_id": cus.id, "value": "1"}})
+        c.v1.billing.meter_events.create(
+            {
+                "event_name": "queries",
+                "timestamp": now + 6 * 60,
+                "payload": {"stripe_customer_id": cus.id, "value": "1"},
+            }
+        )
     assert fut.value.code == "timestamp_in_future"
-    c.v1.billing.meter_events.create({  # 34 days back and 4 minutes ahead are fine
-        "event_name": "queries", "timestamp": now - 34 * DAY,
-        "payload": {"stripe_customer_id": cus.id, "value": "1"}})
-    c.v1.billing.meter_events.create({
-        "event_name": "queries", "timestamp": now + 4 * 60,
-        "payload": {"stripe_customer_id": cus.id, "value": "1"}})
+    c.v1.billing.meter_events.create(
+        {  # 34 days back and 4 minutes ahead are fine
+            "event_name": "queries",
+            "timestamp": now - 34 * DAY,
+            "payload": {"stripe_customer_id": cus.id, "value": "1"},
+        }
+    )
+    c.v1.billing.meter_events.create(
+        {
+            "event_name": "queries",
+            "timestamp": now + 4 * 60,
+            "payload": {"stripe_customer_id": cus.id, "value": "1"},
+        }
+    )
 
 
-def test_identifier_reusable_after_24h(stripe_sandbox: SandboxHandle,
-                                       stripe_client: stripe.StripeClient):
+def test_identifier_reusable_after_24h(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient
+):
     c = stripe_client
     _meter(c)
     cus = c.v1.customers.create({})
-    body = {"event_name": "queries", "identifier": "x",
-            "payload": {"stripe_customer_id": cus.id, "value": "1"}}
+    body = {
+        "event_name": "queries",
+        "identifier": "x",
+        "payload": {"stripe_customer_id": cus.id, "value": "1"},
+    }
     c.v1.billing.meter_events.create(body)  # type: ignore[arg-type]
     stripe_sandbox.state.time_offset = 24 * 3600 + 1
     c.v1.billing.meter_events.create(body)  # type: ignore[arg-type]
@@ -131,42 +196,59 @@ def test_pre_aggregated_day_window_summaries_and_cancel(stripe_client: stripe.St
     raw = _meter(c, "raw_queries")
     advance(c, clock.id, T0 + 3 * DAY)
     for name in ("queries", "raw_queries"):
-        for ident, ts, v in (("a", T0 + 3600, "100"), ("b", T0 + 7200, "150"),
-                             ("c", T0 + DAY + 60, "40")):
-            c.v1.billing.meter_events.create({
-                "event_name": name, "identifier": f"{name}-{ident}", "timestamp": ts,
-                "payload": {"stripe_customer_id": cus.id, "value": v}})
+        for ident, ts, v in (
+            ("a", T0 + 3600, "100"),
+            ("b", T0 + 7200, "150"),
+            ("c", T0 + DAY + 60, "40"),
+        ):
+            c.v1.billing.meter_events.create(
+                {
+                    "event_name": name,
+                    "identifier": f"{name}-{ident}",
+                    "timestamp": ts,
+                    "payload": {"stripe_customer_id": cus.id, "value": v},
+                }
+            )
 
     def total(meter_id: str, **kw: object) -> list[float]:
         res = c.v1.billing.meters.event_summaries.list(
-            meter_id, {"customer": cus.id, "start_time": T0, "end_time": T0 + 2 * DAY, **kw})
+            meter_id, {"customer": cus.id, "start_time": T0, "end_time": T0 + 2 * DAY, **kw}
+        )
         return [s.aggregated_value for s in res.data]
 
     assert total(daily.id) == [190.0]  # day 1: newest (150) replaces 100; day 2: 40
     assert total(raw.id) == [290.0]
     by_day = total(daily.id, value_grouping_window="day")
     assert sorted(by_day) == [40.0, 150.0]
-    adj = c.v1.billing.meter_event_adjustments.create({
-        "event_name": "raw_queries", "type": "cancel",
-        "cancel": {"identifier": "raw_queries-c"}})
+    adj = c.v1.billing.meter_event_adjustments.create(
+        {"event_name": "raw_queries", "type": "cancel", "cancel": {"identifier": "raw_queries-c"}}
+    )
     assert adj.status == "pending" and adj.cancel.identifier == "raw_queries-c"
     assert total(raw.id) == [250.0]
     with pytest.raises(stripe.InvalidRequestError):
         c.v1.billing.meters.event_summaries.list(
-            daily.id, {"customer": cus.id, "start_time": T0 + 1, "end_time": T0 + DAY})
+            daily.id, {"customer": cus.id, "start_time": T0 + 1, "end_time": T0 + DAY}
+        )
 
 
-def test_cancel_adjustment_only_within_24h(stripe_sandbox: SandboxHandle,
-                                           stripe_client: stripe.StripeClient):
+def test_cancel_adjustment_only_within_24h(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient
+):
     c = stripe_client
     _meter(c)
     cus = c.v1.customers.create({})
-    c.v1.billing.meter_events.create({"event_name": "queries", "identifier": "late",
-                                      "payload": {"stripe_customer_id": cus.id, "value": "1"}})
+    c.v1.billing.meter_events.create(
+        {
+            "event_name": "queries",
+            "identifier": "late",
+            "payload": {"stripe_customer_id": cus.id, "value": "1"},
+        }
+    )
     stripe_sandbox.state.time_offset = 25 * 3600
     with pytest.raises(stripe.InvalidRequestError):
-        c.v1.billing.meter_event_adjustments.create({
-            "event_name": "queries", "type": "cancel", "cancel": {"identifier": "late"}})
+        c.v1.billing.meter_event_adjustments.create(
+            {"event_name": "queries", "type": "cancel", "cancel": {"identifier": "late"}}
+        )
 
 
 def test_payment_methods_from_test_tokens_and_numbers(stripe_client: stripe.StripeClient):
@@ -174,8 +256,12 @@ def test_payment_methods_from_test_tokens_and_numbers(stripe_client: stripe.Stri
     cus = c.v1.customers.create({})
     visa = c.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
     assert visa.card.last4 == "4242" and visa.customer == cus.id
-    fail = c.v1.payment_methods.create({"type": "card", "card": {
-        "number": "4000000000000341", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    fail = c.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
     assert c.v1.payment_methods.attach(fail.id, {"customer": cus.id}).card.last4 == "0341"
     with pytest.raises(stripe.CardError) as e:
         c.v1.payment_methods.attach("pm_card_chargeDeclined", {"customer": cus.id})

@@ -21,8 +21,14 @@ from .conftest import API_KEY
 # Fields Stripe only includes when expanded ("includable"), or that only exist on deleted objects.
 NOT_BY_DEFAULT = {
     "price": {"tiers", "currency_options"},
-    "customer": {"subscriptions", "sources", "tax_ids", "tax", "cash_balance",
-                 "invoice_credit_balance"},
+    "customer": {
+        "subscriptions",
+        "sources",
+        "tax_ids",
+        "tax",
+        "cash_balance",
+        "invoice_credit_balance",
+    },
     "invoice": {"deleted"},
     "subscription_item": {"deleted"},
     "invoiceitem": {"deleted"},
@@ -82,29 +88,42 @@ def _check(obj: dict[str, Any], cls: type) -> list[str]:
 
 
 def _get(h: SandboxHandle, path: str, **params: Any) -> dict[str, Any]:
-    r = httpx.get(f"{h.url}{path}", params=params,
-                  headers={"Authorization": f"Bearer {API_KEY}"})
+    r = httpx.get(f"{h.url}{path}", params=params, headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200, r.text
     return dict(r.json())
 
 
-def test_returned_objects_match_sdk_annotations(stripe_sandbox: SandboxHandle,
-                                                stripe_client: stripe.StripeClient):
+def test_returned_objects_match_sdk_annotations(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient
+):
     c = stripe_client
     prod = c.v1.products.create({"name": "Pro"})
-    meter = c.v1.billing.meters.create({"display_name": "q", "event_name": "q",
-                                        "default_aggregation": {"formula": "sum"}})
-    price = c.v1.prices.create({"product": prod.id, "currency": "usd", "unit_amount": 9900,
-                                "recurring": {"interval": "month"}})
-    usage = c.v1.prices.create({
-        "product": prod.id, "currency": "usd", "unit_amount_decimal": "0.08",
-        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}})
+    meter = c.v1.billing.meters.create(
+        {"display_name": "q", "event_name": "q", "default_aggregation": {"formula": "sum"}}
+    )
+    price = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 9900,
+            "recurring": {"interval": "month"},
+        }
+    )
+    usage = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount_decimal": "0.08",
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+        }
+    )
     clock = c.v1.test_helpers.test_clocks.create({"frozen_time": 1767225600})
     cus = c.v1.customers.create({"test_clock": clock.id})
     pm = c.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
     c.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
-    sub = c.v1.subscriptions.create({"customer": cus.id, "items": [
-        {"price": price.id}, {"price": usage.id}]})
+    sub = c.v1.subscriptions.create(
+        {"customer": cus.id, "items": [{"price": price.id}, {"price": usage.id}]}
+    )
     ep = c.v1.webhook_endpoints.create({"url": "http://127.0.0.1:9/x", "enabled_events": ["*"]})
     inv_id = str(sub.latest_invoice)
     cases: list[tuple[str, type]] = [
@@ -127,7 +146,12 @@ def test_returned_objects_match_sdk_annotations(stripe_sandbox: SandboxHandle,
     problems += _check(inv["lines"]["data"][0], stripe.InvoiceLineItem)
     ev = _get(stripe_sandbox, "/v1/events")["data"][0]
     problems += _check(ev, stripe.Event)
-    summ = _get(stripe_sandbox, f"/v1/billing/meters/{meter.id}/event_summaries",
-                customer=cus.id, start_time=1767225600, end_time=1767229200)["data"][0]
+    summ = _get(
+        stripe_sandbox,
+        f"/v1/billing/meters/{meter.id}/event_summaries",
+        customer=cus.id,
+        start_time=1767225600,
+        end_time=1767229200,
+    )["data"][0]
     problems += _check(summ, stripe.billing.MeterEventSummary)
     assert problems == []

@@ -38,8 +38,13 @@ class Receiver:
 
         port = _free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{port}/hook"
-        cfg = uvicorn.Config(Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
-                             host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        cfg = uvicorn.Config(
+            Starlette(routes=[Route("/hook", hook, methods=["POST"])]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -58,11 +63,12 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
-def test_signed_delivery_with_retries_verifies(stripe_sandbox: SandboxHandle,
-                                               stripe_client: stripe.StripeClient,
-                                               receiver: Receiver):
-    ep = stripe_client.v1.webhook_endpoints.create({
-        "url": receiver.url, "enabled_events": ["customer.created"]})
+def test_signed_delivery_with_retries_verifies(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient, receiver: Receiver
+):
+    ep = stripe_client.v1.webhook_endpoints.create(
+        {"url": receiver.url, "enabled_events": ["customer.created"]}
+    )
     assert ep.secret and ep.secret.startswith("whsec_")
     cus = stripe_client.v1.customers.create({"email": "w@x.io"})
     stripe_client.v1.products.create({"name": "not subscribed"})
@@ -122,8 +128,9 @@ def test_event_list_filters_and_previous_attributes(stripe_client: stripe.Stripe
     assert not c.v1.events.list({"created": {"gt": first + 10_000}}).data
 
 
-def test_snapshot_restore_roundtrip(stripe_sandbox: SandboxHandle,
-                                    stripe_client: stripe.StripeClient, tmp_path: Any):
+def test_snapshot_restore_roundtrip(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient, tmp_path: Any
+):
     cus = stripe_client.v1.customers.create({"email": "s@x.io"})
     path = tmp_path / "stripe.snap"
     stripe_sandbox.state.snapshot(path)

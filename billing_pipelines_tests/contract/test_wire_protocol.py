@@ -26,9 +26,13 @@ def test_unknown_parameter_is_rejected_like_stripe(stripe_client: stripe.StripeC
     assert e.value.http_status == 400
     assert "Received unknown parameter: emali" in str(e.value.user_message)
     with pytest.raises(stripe.InvalidRequestError) as e2:
-        stripe_client.v1.prices.create({
-            "currency": "usd", "unit_amount": 1, "product_data": {"name": "x", "colour": "red"},
-        })  # type: ignore[typeddict-unknown-key]
+        stripe_client.v1.prices.create(
+            {
+                "currency": "usd",
+                "unit_amount": 1,
+                "product_data": {"name": "x", "colour": "red"},
+            }
+        )  # type: ignore[typeddict-unknown-key]
     assert e2.value.param == "product_data[colour]"
 
 
@@ -50,8 +54,9 @@ def test_idempotency_replay_and_mismatch(stripe_client: stripe.StripeClient):
         stripe_client.v1.customers.create({"email": "other@x.io"}, opts)
 
 
-def test_idempotency_key_expires_after_24h(stripe_sandbox: SandboxHandle,
-                                           stripe_client: stripe.StripeClient):
+def test_idempotency_key_expires_after_24h(
+    stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient
+):
     a = stripe_client.v1.customers.create({"email": "a@x.io"}, {"idempotency_key": "k"})
     stripe_sandbox.state.time_offset = 24 * 3600 + 1
     b = stripe_client.v1.customers.create({"email": "a@x.io"}, {"idempotency_key": "k"})
@@ -71,25 +76,38 @@ def test_pagination_auto_paging_iter(stripe_client: stripe.StripeClient):
 
 def test_expand_nested_objects(stripe_client: stripe.StripeClient):
     prod = stripe_client.v1.products.create({"name": "Pro"})
-    price = stripe_client.v1.prices.create({
-        "product": prod.id, "currency": "usd", "unit_amount": 9900,
-        "recurring": {"interval": "month"},
-    })
+    price = stripe_client.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 9900,
+            "recurring": {"interval": "month"},
+        }
+    )
     cus = stripe_client.v1.customers.create({"email": "e@x.io"})
     pm = stripe_client.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
     stripe_client.v1.customers.update(
-        cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
-    sub = stripe_client.v1.subscriptions.create({
-        "customer": cus.id, "items": [{"price": price.id}],
-        "expand": ["customer", "latest_invoice", "items.data.price.product",
-                   "customer.invoice_settings.default_payment_method"],
-    })
+        cus.id, {"invoice_settings": {"default_payment_method": pm.id}}
+    )
+    sub = stripe_client.v1.subscriptions.create(
+        {
+            "customer": cus.id,
+            "items": [{"price": price.id}],
+            "expand": [
+                "customer",
+                "latest_invoice",
+                "items.data.price.product",
+                "customer.invoice_settings.default_payment_method",
+            ],
+        }
+    )
     assert sub.customer.email == "e@x.io"
     assert sub.customer.invoice_settings.default_payment_method.card.last4 == "4242"
     assert sub.latest_invoice.status == "paid"
     assert sub["items"].data[0].price.product.name == "Pro"
     inv = stripe_client.v1.invoices.retrieve(
-        sub.latest_invoice.id, {"expand": ["parent.subscription_details.subscription"]})
+        sub.latest_invoice.id, {"expand": ["parent.subscription_details.subscription"]}
+    )
     assert inv.parent.subscription_details.subscription.id == sub.id
     lst = stripe_client.v1.subscriptions.list({"expand": ["data.customer"]})
     assert lst.data[0].customer.id == cus.id
@@ -126,8 +144,9 @@ def test_fault_injection_500_and_sdk_retries():
         with pytest.raises(stripe.APIError):
             for _ in range(20):
                 flaky.v1.customers.list()
-        robust = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url},
-                                     max_network_retries=8)
+        robust = stripe.StripeClient(
+            api_key=API_KEY, base_addresses={"api": h.url}, max_network_retries=8
+        )
         for i in range(5):  # retried POSTs carry one idempotency key: no duplicates
             robust.v1.customers.create({"name": f"r{i}"})
         with h.state.lock:

@@ -28,7 +28,7 @@ def test_definitions_load_and_every_asset_is_documented() -> None:
 
 def test_dagster_definitions_validate() -> None:
     dagster = shutil.which("dagster") or str(Path(os.sys.executable).parent / "dagster")
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [dagster, "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT,
         capture_output=True,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import uuid
 from collections.abc import Iterator
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import psycopg

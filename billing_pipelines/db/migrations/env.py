@@ -20,10 +20,14 @@ def run_migrations_online() -> None:
         connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         connection.commit()
         try:
+            applied: list[str] = config.attributes.setdefault("applied", [])
             context.configure(
                 connection=connection,
                 version_table=VERSION_TABLE,
                 transaction_per_migration=True,
+                # Record what this process applied while it holds the lock: another process
+                # may have done the work while we waited.
+                on_version_apply=lambda *, step, **_: applied.append(step.up_revision_id),
             )
             with context.begin_transaction():
                 context.run_migrations()

@@ -36,6 +36,5 @@ def daily_tenant_usage(
 daily_usage_job = dg.define_asset_job(
     "daily_usage_job",
     selection=[daily_tenant_usage],
-    partitions_def=daily_partitions,
     description="Compute and store one UTC day of per-tenant usage.",
 )

@@ -54,8 +54,9 @@ def next_period_end(sub: dict[str, Any], start: int) -> int:
     return add_interval(start, rec["interval"], rec["interval_count"], sub.get("_anchor_day"))
 
 
-def default_pm(st: SandboxState, sub: dict[str, Any] | None, customer_id: str
-               ) -> dict[str, Any] | None:
+def default_pm(
+    st: SandboxState, sub: dict[str, Any] | None, customer_id: str
+) -> dict[str, Any] | None:
     pm_id = (sub or {}).get("default_payment_method")
     if not pm_id:
         cus = st.table("customer").get(customer_id) or {}
@@ -66,59 +67,103 @@ def default_pm(st: SandboxState, sub: dict[str, Any] | None, customer_id: str
 # ---- invoice lines -----------------------------------------------------------------------------
 
 
-def _line(st: SandboxState, *, amount: int, price: dict[str, Any], quantity: int | None,
-          start: int, end: int, sub_id: str | None, si_id: str | None, description: str,
-          proration: bool = False, invoice_item: str | None = None) -> dict[str, Any]:
+def _line(
+    st: SandboxState,
+    *,
+    amount: int,
+    price: dict[str, Any],
+    quantity: int | None,
+    start: int,
+    end: int,
+    sub_id: str | None,
+    si_id: str | None,
+    description: str,
+    proration: bool = False,
+    invoice_item: str | None = None,
+) -> dict[str, Any]:
     line = build(stripe.InvoiceLineItem, id=st.new_id("il"), object="line_item")
     if invoice_item:
         parent = {
             "type": "invoice_item_details",
-            "invoice_item_details": {"invoice_item": invoice_item, "proration": proration,
-                                     "proration_details": {"credited_items": None},
-                                     "subscription": sub_id},
+            "invoice_item_details": {
+                "invoice_item": invoice_item,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": sub_id,
+            },
             "subscription_item_details": None,
         }
     else:
         parent = {
             "type": "subscription_item_details",
             "invoice_item_details": None,
-            "subscription_item_details": {"invoice_item": None, "proration": proration,
-                                          "proration_details": {"credited_items": None},
-                                          "subscription": sub_id,
-                                          "subscription_item": si_id},
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": sub_id,
+                "subscription_item": si_id,
+            },
         }
     line.update(
-        amount=amount, subtotal=amount, currency=price["currency"], description=description,
-        discountable=True, discounts=[], discount_amounts=[], livemode=False, metadata={},
-        parent=parent, period={"start": start, "end": end},
-        pricing={"type": "price_details",
-                 "price_details": {"price": price["id"], "product": price["product"]},
-                 "unit_amount_decimal": price.get("unit_amount_decimal")},
-        quantity=quantity, subscription=sub_id, taxes=[], pretax_credit_amounts=[],
+        amount=amount,
+        subtotal=amount,
+        currency=price["currency"],
+        description=description,
+        discountable=True,
+        discounts=[],
+        discount_amounts=[],
+        livemode=False,
+        metadata={},
+        parent=parent,
+        period={"start": start, "end": end},
+        pricing={
+            "type": "price_details",
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "unit_amount_decimal": price.get("unit_amount_decimal"),
+        },
+        quantity=quantity,
+        subscription=sub_id,
+        taxes=[],
+        pretax_credit_amounts=[],
     )
     return line
 
 
-def licensed_lines(st: SandboxState, sub: dict[str, Any], start: int, end: int,
-                   items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def licensed_lines(
+    st: SandboxState,
+    sub: dict[str, Any],
+    start: int,
+    end: int,
+    items: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     out = []
     for item in items or sub["items"]["data"]:
         price = st.table("price")[item["price"]["id"]]
         if (price.get("recurring") or {}).get("usage_type") == "metered":
             continue
         qty = int(item.get("quantity") or 1)
-        out.append(_line(
-            st, amount=amount_for(price, qty), price=price, quantity=qty, start=start, end=end,
-            sub_id=sub["id"], si_id=item["id"],
-            description=f"{qty} × {product_name(st, price)} (at "
-                        f"${Decimal(price.get('unit_amount_decimal') or 0) / 100:.2f} / "
-                        f"{price['recurring']['interval']})",
-        ))
+        out.append(
+            _line(
+                st,
+                amount=amount_for(price, qty),
+                price=price,
+                quantity=qty,
+                start=start,
+                end=end,
+                sub_id=sub["id"],
+                si_id=item["id"],
+                description=f"{qty} × {product_name(st, price)} (at "
+                f"${Decimal(price.get('unit_amount_decimal') or 0) / 100:.2f} / "
+                f"{price['recurring']['interval']})",
+            )
+        )
     return out
 
 
-def metered_quantity(st: SandboxState, price: dict[str, Any], customer: str, start: int,
-                     end: int) -> int:
+def metered_quantity(
+    st: SandboxState, price: dict[str, Any], customer: str, start: int, end: int
+) -> int:
     meter = st.table("billing.meter").get(price["recurring"]["meter"])
     if meter is None:
         return 0
@@ -126,35 +171,55 @@ def metered_quantity(st: SandboxState, price: dict[str, Any], customer: str, sta
     return max(0, int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
-def metered_lines(st: SandboxState, sub: dict[str, Any], start: int, end: int
-                  ) -> list[dict[str, Any]]:
+def metered_lines(
+    st: SandboxState, sub: dict[str, Any], start: int, end: int
+) -> list[dict[str, Any]]:
     out = []
     for item in sub["items"]["data"]:
         price = st.table("price")[item["price"]["id"]]
         if (price.get("recurring") or {}).get("usage_type") != "metered":
             continue
         qty = metered_quantity(st, price, sub["customer"], start, end)
-        out.append(_line(
-            st, amount=amount_for(price, qty), price=price, quantity=qty, start=start, end=end,
-            sub_id=sub["id"], si_id=item["id"],
-            description=f"{product_name(st, price)} (usage {_day(start)} – {_day(end)})",
-        ))
+        out.append(
+            _line(
+                st,
+                amount=amount_for(price, qty),
+                price=price,
+                quantity=qty,
+                start=start,
+                end=end,
+                sub_id=sub["id"],
+                si_id=item["id"],
+                description=f"{product_name(st, price)} (usage {_day(start)} – {_day(end)})",
+            )
+        )
     return out
 
 
-def pending_item_lines(st: SandboxState, customer: str, sub_id: str | None,
-                       invoice_id: str | None) -> list[dict[str, Any]]:
+def pending_item_lines(
+    st: SandboxState, customer: str, sub_id: str | None, invoice_id: str | None
+) -> list[dict[str, Any]]:
     """Lines for pending invoice items (prorations); marks them as invoiced if invoice_id."""
     out = []
     for ii in list(reversed(st.all("invoiceitem"))):
         if ii["customer"] != customer or ii.get("invoice") or ii.get("subscription") != sub_id:
             continue
         price = st.table("price")[ii["pricing"]["price_details"]["price"]]
-        out.append(_line(
-            st, amount=ii["amount"], price=price, quantity=ii["quantity"],
-            start=ii["period"]["start"], end=ii["period"]["end"], sub_id=sub_id, si_id=None,
-            description=ii["description"], proration=ii["proration"], invoice_item=ii["id"],
-        ))
+        out.append(
+            _line(
+                st,
+                amount=ii["amount"],
+                price=price,
+                quantity=ii["quantity"],
+                start=ii["period"]["start"],
+                end=ii["period"]["end"],
+                sub_id=sub_id,
+                si_id=None,
+                description=ii["description"],
+                proration=ii["proration"],
+                invoice_item=ii["id"],
+            )
+        )
         if invoice_id:
             ii["invoice"] = invoice_id
     return out
@@ -171,9 +236,18 @@ def _totals(inv: dict[str, Any]) -> None:
     inv["amount_remaining"] = max(0, total) - inv["amount_paid"]
 
 
-def new_invoice(st: SandboxState, *, customer: str, sub: dict[str, Any] | None,
-                lines: list[dict[str, Any]], billing_reason: str, period: tuple[int, int],
-                now: int, auto_advance: bool = True, preview: bool = False) -> dict[str, Any]:
+def new_invoice(
+    st: SandboxState,
+    *,
+    customer: str,
+    sub: dict[str, Any] | None,
+    lines: list[dict[str, Any]],
+    billing_reason: str,
+    period: tuple[int, int],
+    now: int,
+    auto_advance: bool = True,
+    preview: bool = False,
+) -> dict[str, Any]:
     cus = st.table("customer")[customer]
     inv_id = f"upcoming_in_{st.new_id('x')[2:]}" if preview else st.new_id("in")
     for line in lines:
@@ -184,39 +258,95 @@ def new_invoice(st: SandboxState, *, customer: str, sub: dict[str, Any] | None,
                 ii["invoice"] = inv_id
     currency = lines[0]["currency"] if lines else "usd"
     inv = build(
-        stripe.Invoice, id=inv_id, object="invoice", livemode=False,
-        account_country="US", account_name="Billing Pipelines Sandbox",
-        amount_paid=0, amount_overpaid=0, amount_paid_off_stripe=0, amount_shipping=0,
-        attempt_count=0, attempted=False, auto_advance=auto_advance,
-        automatic_tax={"disabled_reason": None, "enabled": False, "liability": None,
-                       "provider": None, "status": None},
+        stripe.Invoice,
+        id=inv_id,
+        object="invoice",
+        livemode=False,
+        account_country="US",
+        account_name="Billing Pipelines Sandbox",
+        amount_paid=0,
+        amount_overpaid=0,
+        amount_paid_off_stripe=0,
+        amount_shipping=0,
+        attempt_count=0,
+        attempted=False,
+        auto_advance=auto_advance,
+        automatic_tax={
+            "disabled_reason": None,
+            "enabled": False,
+            "liability": None,
+            "provider": None,
+            "status": None,
+        },
         automatically_finalizes_at=(now + st.settings.finalization_grace_seconds)
-        if auto_advance else None,
-        billing_reason=billing_reason, collection_method="charge_automatically",
-        created=now, currency=currency, customer=customer,
-        customer_email=cus.get("email"), customer_name=cus.get("name"),
-        customer_tax_exempt="none", customer_tax_ids=[], default_tax_rates=[], discounts=[],
-        effective_at=None, issuer={"type": "self", "account": None},
-        lines={"object": "list", "data": lines, "has_more": False,
-               "total_count": len(lines), "url": f"/v1/invoices/{inv_id}/lines"},
-        metadata={}, next_payment_attempt=None, number=None,
-        parent={"type": "subscription_details", "quote_details": None,
-                "subscription_details": {"metadata": dict(sub["metadata"]),
-                                         "subscription": sub["id"],
-                                         "subscription_proration_date": None}}
-        if sub else None,
-        payment_settings={"default_mandate": None, "payment_method_options": None,
-                          "payment_method_types": None},
-        period_start=period[0], period_end=period[1],
-        post_payment_credit_notes_amount=0, pre_payment_credit_notes_amount=0,
-        starting_balance=0, ending_balance=None, status="draft",
-        status_transitions={"finalized_at": None, "marked_uncollectible_at": None,
-                            "paid_at": None, "voided_at": None},
-        test_clock=cus.get("test_clock"), total_discount_amounts=[], total_taxes=[],
-        total_pretax_credit_amounts=[], webhooks_delivered_at=None,
-        payments={"object": "list", "data": [], "has_more": False,
-                  "url": f"/v1/invoice_payments?invoice={inv_id}"},
-        hosted_invoice_url=None, invoice_pdf=None, confirmation_secret=None,
+        if auto_advance
+        else None,
+        billing_reason=billing_reason,
+        collection_method="charge_automatically",
+        created=now,
+        currency=currency,
+        customer=customer,
+        customer_email=cus.get("email"),
+        customer_name=cus.get("name"),
+        customer_tax_exempt="none",
+        customer_tax_ids=[],
+        default_tax_rates=[],
+        discounts=[],
+        effective_at=None,
+        issuer={"type": "self", "account": None},
+        lines={
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "total_count": len(lines),
+            "url": f"/v1/invoices/{inv_id}/lines",
+        },
+        metadata={},
+        next_payment_attempt=None,
+        number=None,
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {
+                "metadata": dict(sub["metadata"]),
+                "subscription": sub["id"],
+                "subscription_proration_date": None,
+            },
+        }
+        if sub
+        else None,
+        payment_settings={
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
+        period_start=period[0],
+        period_end=period[1],
+        post_payment_credit_notes_amount=0,
+        pre_payment_credit_notes_amount=0,
+        starting_balance=0,
+        ending_balance=None,
+        status="draft",
+        status_transitions={
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        test_clock=cus.get("test_clock"),
+        total_discount_amounts=[],
+        total_taxes=[],
+        total_pretax_credit_amounts=[],
+        webhooks_delivered_at=None,
+        payments={
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={inv_id}",
+        },
+        hosted_invoice_url=None,
+        invoice_pdf=None,
+        confirmation_secret=None,
     )
     inv.pop("deleted", None)
     inv["_subscription"] = sub["id"] if sub else None
@@ -229,12 +359,26 @@ def new_invoice(st: SandboxState, *, customer: str, sub: dict[str, Any] | None,
     return inv
 
 
-def build_preview(st: SandboxState, *, customer: str, sub: dict[str, Any],
-                  lines: list[dict[str, Any]], period: tuple[int, int], now: int
-                  ) -> dict[str, Any]:
+def build_preview(
+    st: SandboxState,
+    *,
+    customer: str,
+    sub: dict[str, Any],
+    lines: list[dict[str, Any]],
+    period: tuple[int, int],
+    now: int,
+) -> dict[str, Any]:
     end = period[1]
-    inv = new_invoice(st, customer=customer, sub=sub, lines=lines,
-                      billing_reason="upcoming", period=period, now=end, preview=True)
+    inv = new_invoice(
+        st,
+        customer=customer,
+        sub=sub,
+        lines=lines,
+        billing_reason="upcoming",
+        period=period,
+        now=end,
+        preview=True,
+    )
     return inv
 
 
@@ -247,8 +391,9 @@ def refresh_metered_lines(st: SandboxState, inv: dict[str, Any]) -> None:
         price = st.table("price")[line["pricing"]["price_details"]["price"]]
         if (price.get("recurring") or {}).get("usage_type") != "metered":
             continue
-        qty = metered_quantity(st, price, inv["customer"], line["period"]["start"],
-                               line["period"]["end"])
+        qty = metered_quantity(
+            st, price, inv["customer"], line["period"]["start"], line["period"]["end"]
+        )
         line["quantity"] = qty
         line["amount"] = line["subtotal"] = amount_for(price, qty)
     _totals(inv)
@@ -256,8 +401,9 @@ def refresh_metered_lines(st: SandboxState, inv: dict[str, Any]) -> None:
 
 def finalize(st: SandboxState, inv: dict[str, Any], now: int, *, attempt: bool = True) -> None:
     if inv["status"] != "draft":
-        raise StripeError(400, "This invoice is already finalized, you can't re-finalize a "
-                          "non-draft invoice.")
+        raise StripeError(
+            400, "This invoice is already finalized, you can't re-finalize a non-draft invoice."
+        )
     refresh_metered_lines(st, inv)
     cus = st.table("customer")[inv["customer"]]
     seq = cus.get("next_invoice_sequence", 1)
@@ -297,8 +443,14 @@ def mark_paid(st: SandboxState, inv: dict[str, Any], now: int) -> None:
         emit(st, "customer.subscription.updated", sub, before=sbefore, created=now)
 
 
-def attempt_payment(st: SandboxState, inv: dict[str, Any], now: int, *, automatic: bool,
-                    payment_method: dict[str, Any] | None = None) -> str | None:
+def attempt_payment(
+    st: SandboxState,
+    inv: dict[str, Any],
+    now: int,
+    *,
+    automatic: bool,
+    payment_method: dict[str, Any] | None = None,
+) -> str | None:
     """Charge the invoice; returns None on success or the decline code."""
     sub = st.table("subscription").get(inv.get("_subscription") or "")
     pm = payment_method or default_pm(st, sub, inv["customer"])
@@ -335,8 +487,9 @@ def attempt_payment(st: SandboxState, inv: dict[str, Any], now: int, *, automati
     return outcome
 
 
-def _retries_exhausted(st: SandboxState, inv: dict[str, Any], sub: dict[str, Any] | None,
-                       now: int) -> None:
+def _retries_exhausted(
+    st: SandboxState, inv: dict[str, Any], sub: dict[str, Any] | None, now: int
+) -> None:
     if st.settings.invoice_after_retries == "uncollectible":
         mark_uncollectible(st, inv, now)
     if sub is None:
@@ -366,8 +519,9 @@ def mark_uncollectible(st: SandboxState, inv: dict[str, Any], now: int) -> None:
 
 def void(st: SandboxState, inv: dict[str, Any], now: int) -> None:
     if inv["status"] not in ("open", "uncollectible"):
-        raise StripeError(400, f"You can only void an open or uncollectible invoice "
-                          f"(invoice is {inv['status']}).")
+        raise StripeError(
+            400, f"You can only void an open or uncollectible invoice (invoice is {inv['status']})."
+        )
     inv["status"] = "void"
     inv["next_payment_attempt"] = None
     inv["auto_advance"] = False
@@ -427,8 +581,7 @@ def _on_clock(st: SandboxState, customer: str, clock_id: str | None) -> bool:
     return cus.get("test_clock") == clock_id
 
 
-def next_action(st: SandboxState, clock_id: str | None
-                ) -> tuple[int, str, dict[str, Any]] | None:
+def next_action(st: SandboxState, clock_id: str | None) -> tuple[int, str, dict[str, Any]] | None:
     best: tuple[int, str, dict[str, Any]] | None = None
     for sub in st.table("subscription").values():
         if not _on_clock(st, sub["customer"], clock_id):
@@ -475,4 +628,3 @@ def run_until(st: SandboxState, clock: dict[str, Any] | None, target: int) -> in
         elif action == "expire":
             subs.expire_incomplete(st, obj, t)
     return steps
-

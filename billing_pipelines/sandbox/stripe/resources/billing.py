@@ -83,8 +83,9 @@ def finalize_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any
     inv = ctx.state.get(INV, id)
     if "auto_advance" in params:
         inv["auto_advance"] = bool(params["auto_advance"])
-    eng.finalize(ctx.state, inv, customer_now(ctx.state, inv["customer"]),
-                 attempt=bool(inv["auto_advance"]))
+    eng.finalize(
+        ctx.state, inv, customer_now(ctx.state, inv["customer"]), attempt=bool(inv["auto_advance"])
+    )
     return inv
 
 
@@ -94,12 +95,16 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     st = ctx.state
     sub_id = params.get("subscription")
     if not sub_id:
-        raise StripeError(400, "The sandbox previews existing subscriptions only: pass "
-                          "`subscription`.", param="subscription")
+        raise StripeError(
+            400,
+            "The sandbox previews existing subscriptions only: pass `subscription`.",
+            param="subscription",
+        )
     sub = st.get("subscription", sub_id, "subscription")
     if params.get("customer") and params["customer"] != sub["customer"]:
-        raise StripeError(400, "The subscription does not belong to this customer.",
-                          param="customer")
+        raise StripeError(
+            400, "The subscription does not belong to this customer.", param="customer"
+        )
     now = customer_now(st, sub["customer"])
     details = params.get("subscription_details") or {}
     changes = details.get("items") or []
@@ -107,17 +112,29 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     behavior = details.get("proration_behavior", "create_prorations")
     trial = sub["status"] == "trialing"
     shadow = copy.deepcopy(sub)
-    prorations = (proration_items(st, shadow, changes, pdate)
-                  if changes and behavior != "none" and not trial else [])
+    prorations = (
+        proration_items(st, shadow, changes, pdate)
+        if changes and behavior != "none" and not trial
+        else []
+    )
     if changes:
         _apply_shadow(st, shadow, changes)
     start, end = eng.period_of(shadow)
     next_end = eng.next_period_end(shadow, end)
     lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     for p in prorations:
-        line = eng._line(st, amount=p["amount"], price=p["price"], quantity=p["quantity"],
-                         start=p["period"]["start"], end=p["period"]["end"], sub_id=sub["id"],
-                         si_id=None, description=p["description"], proration=True)
+        line = eng._line(
+            st,
+            amount=p["amount"],
+            price=p["price"],
+            quantity=p["quantity"],
+            start=p["period"]["start"],
+            end=p["period"]["end"],
+            sub_id=sub["id"],
+            si_id=None,
+            description=p["description"],
+            proration=True,
+        )
         lines.append(line)
     if behavior != "always_invoice" or not changes:
         lines += eng.licensed_lines(st, shadow, end, next_end)
@@ -125,10 +142,12 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
             lines += eng.metered_lines(st, shadow, start, end)
     cus = st.table("customer")[sub["customer"]]
     seq_before = st.data.seq
-    inv = eng.build_preview(st, customer=cus["id"], sub=shadow, lines=lines,
-                            period=(start, end), now=now)
+    inv = eng.build_preview(
+        st, customer=cus["id"], sub=shadow, lines=lines, period=(start, end), now=now
+    )
     inv["parent"]["subscription_details"]["subscription_proration_date"] = (
-        pdate if prorations else None)
+        pdate if prorations else None
+    )
     del seq_before
     return inv
 
@@ -140,10 +159,15 @@ def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]]
         if item is None:
             if ch.get("price"):
                 price = st.get("price", ch["price"])
-                data.append({"id": "si_preview", "price": copy.deepcopy(price),
-                             "quantity": ch.get("quantity", 1),
-                             "current_period_start": data[0]["current_period_start"],
-                             "current_period_end": data[0]["current_period_end"]})
+                data.append(
+                    {
+                        "id": "si_preview",
+                        "price": copy.deepcopy(price),
+                        "quantity": ch.get("quantity", 1),
+                        "current_period_start": data[0]["current_period_start"],
+                        "current_period_end": data[0]["current_period_end"],
+                    }
+                )
             continue
         if ch.get("deleted"):
             data.remove(item)

@@ -24,29 +24,53 @@ from .events import apply_metadata, emit
 SUBS = "subscription"
 
 
-def _new_item(st: SandboxState, sub_id: str, spec: dict[str, Any], now: int, i: int
-              ) -> dict[str, Any]:
+def _new_item(
+    st: SandboxState, sub_id: str, spec: dict[str, Any], now: int, i: int
+) -> dict[str, Any]:
     if not spec.get("price"):
-        raise StripeError(400, f"Missing required param: items[{i}][price].",
-                          param=f"items[{i}][price]", code="parameter_missing")
+        raise StripeError(
+            400,
+            f"Missing required param: items[{i}][price].",
+            param=f"items[{i}][price]",
+            code="parameter_missing",
+        )
     price = st.get("price", spec["price"], f"items[{i}][price]")
     if price["type"] != "recurring":
-        raise StripeError(400, "The price specified is set to `type=one_time` but this field "
-                          "only accepts prices with `type=recurring`.", param=f"items[{i}][price]")
+        raise StripeError(
+            400,
+            "The price specified is set to `type=one_time` but this field "
+            "only accepts prices with `type=recurring`.",
+            param=f"items[{i}][price]",
+        )
     if not price["active"]:
-        raise StripeError(400, "The price specified is inactive. This field only accepts "
-                          "active prices.", param=f"items[{i}][price]")
+        raise StripeError(
+            400,
+            "The price specified is inactive. This field only accepts active prices.",
+            param=f"items[{i}][price]",
+        )
     metered = price["recurring"]["usage_type"] == "metered"
     if metered and spec.get("quantity") not in (None, ""):
-        raise StripeError(400, "Quantity should not be specified where usage_type is "
-                          "`metered`. Remove quantity from `items[0]`.",
-                          param=f"items[{i}][quantity]")
+        raise StripeError(
+            400,
+            "Quantity should not be specified where usage_type is "
+            "`metered`. Remove quantity from `items[0]`.",
+            param=f"items[{i}][quantity]",
+        )
     return build(
-        stripe.SubscriptionItem, id=st.new_id("si"), object="subscription_item", created=now,
-        metadata=dict(spec.get("metadata") or {}), price=copy.deepcopy(price),
-        quantity=None if metered else int(spec.get("quantity") or 1), subscription=sub_id,
-        discounts=[], tax_rates=[], billing_thresholds=None, plan=None,
-        current_period_start=now, current_period_end=now,
+        stripe.SubscriptionItem,
+        id=st.new_id("si"),
+        object="subscription_item",
+        created=now,
+        metadata=dict(spec.get("metadata") or {}),
+        price=copy.deepcopy(price),
+        quantity=None if metered else int(spec.get("quantity") or 1),
+        subscription=sub_id,
+        discounts=[],
+        tax_rates=[],
+        billing_thresholds=None,
+        plan=None,
+        current_period_start=now,
+        current_period_end=now,
     )
 
 
@@ -62,60 +86,100 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     now = customer_now(st, cus["id"])
     specs = params.get("items") or []
     if not specs:
-        raise StripeError(400, "Missing required param: items.", param="items",
-                          code="parameter_missing")
+        raise StripeError(
+            400, "Missing required param: items.", param="items", code="parameter_missing"
+        )
     behavior = params.get("payment_behavior", "allow_incomplete")
     pm_id = params.get("default_payment_method") or None
     if pm_id:
         pm = resolve_pm(st, pm_id, "default_payment_method")
         if pm.get("customer") != cus["id"]:
-            raise StripeError(400, "The customer does not have a payment method with the ID "
-                              f"{pm_id}. The payment method must be attached to the customer.",
-                              param="default_payment_method")
+            raise StripeError(
+                400,
+                "The customer does not have a payment method with the ID "
+                f"{pm_id}. The payment method must be attached to the customer.",
+                param="default_payment_method",
+            )
     trial_end = params.get("trial_end")
     if trial_end == "now":
         trial_end = None
     if params.get("trial_period_days"):
         trial_end = now + int(params["trial_period_days"]) * DAY
     if trial_end is not None and trial_end <= now:
-        raise StripeError(400, "Invalid timestamp: must be an integer Unix timestamp in the "
-                          "future.", param="trial_end")
+        raise StripeError(
+            400,
+            "Invalid timestamp: must be an integer Unix timestamp in the future.",
+            param="trial_end",
+        )
     sub_id = st.new_id("sub")
     items = [_new_item(st, sub_id, s, now, i) for i, s in enumerate(specs)]
     currencies = {it["price"]["currency"] for it in items}
-    intervals = {(it["price"]["recurring"]["interval"],
-                  it["price"]["recurring"]["interval_count"]) for it in items}
+    intervals = {
+        (it["price"]["recurring"]["interval"], it["price"]["recurring"]["interval_count"])
+        for it in items
+    }
     if len(currencies) > 1 or len(intervals) > 1:
-        raise StripeError(400, "All prices on a subscription must have the same currency and "
-                          "recurring interval.", param="items")
+        raise StripeError(
+            400,
+            "All prices on a subscription must have the same currency and recurring interval.",
+            param="items",
+        )
     anchor_day = datetime.fromtimestamp(now, UTC).day
     sub = st.create(
-        stripe.Subscription, "sub", id=sub_id, object=SUBS,
+        stripe.Subscription,
+        "sub",
+        id=sub_id,
+        object=SUBS,
         automatic_tax={"disabled_reason": None, "enabled": False, "liability": None},
-        billing_cycle_anchor=trial_end or now, billing_cycle_anchor_config=None,
-        billing_mode={"type": "flexible", "flexible": {"proration_discounts": "included"},
-                      "updated_at": None},
-        billing_schedules=[], cancel_at=params.get("cancel_at"),
+        billing_cycle_anchor=trial_end or now,
+        billing_cycle_anchor_config=None,
+        billing_mode={
+            "type": "flexible",
+            "flexible": {"proration_discounts": "included"},
+            "updated_at": None,
+        },
+        billing_schedules=[],
+        cancel_at=params.get("cancel_at"),
         cancel_at_period_end=bool(params.get("cancel_at_period_end", False)),
         collection_method=params.get("collection_method", "charge_automatically"),
-        created=now, currency=currencies.pop(), customer=cus["id"],
-        days_until_due=params.get("days_until_due"), default_payment_method=pm_id,
-        description=params.get("description") or None, discounts=[],
+        created=now,
+        currency=currencies.pop(),
+        customer=cus["id"],
+        days_until_due=params.get("days_until_due"),
+        default_payment_method=pm_id,
+        description=params.get("description") or None,
+        discounts=[],
         invoice_settings={"account_tax_ids": None, "issuer": {"type": "self"}},
-        items={"object": "list", "data": items, "has_more": False, "total_count": len(items),
-               "url": f"/v1/subscription_items?subscription={sub_id}"},
+        items={
+            "object": "list",
+            "data": items,
+            "has_more": False,
+            "total_count": len(items),
+            "url": f"/v1/subscription_items?subscription={sub_id}",
+        },
         metadata=dict(params.get("metadata") or {}),
-        payment_settings={"payment_method_options": None, "payment_method_types": None,
-                          "save_default_payment_method": "off"},
-        start_date=now, status="incomplete", test_clock=cus.get("test_clock"),
-        trial_end=trial_end, trial_start=now if trial_end else None,
-        trial_settings={"end_behavior": {"missing_payment_method": (
-            (params.get("trial_settings") or {}).get("end_behavior") or {}
-        ).get("missing_payment_method", "create_invoice")}},
+        payment_settings={
+            "payment_method_options": None,
+            "payment_method_types": None,
+            "save_default_payment_method": "off",
+        },
+        start_date=now,
+        status="incomplete",
+        test_clock=cus.get("test_clock"),
+        trial_end=trial_end,
+        trial_start=now if trial_end else None,
+        trial_settings={
+            "end_behavior": {
+                "missing_payment_method": (
+                    (params.get("trial_settings") or {}).get("end_behavior") or {}
+                ).get("missing_payment_method", "create_invoice")
+            }
+        },
     )
     _strip_deleted(sub)
-    sub["_anchor_day"] = datetime.fromtimestamp(trial_end or now, UTC).day if trial_end \
-        else anchor_day
+    sub["_anchor_day"] = (
+        datetime.fromtimestamp(trial_end or now, UTC).day if trial_end else anchor_day
+    )
     start = now
     end = trial_end if trial_end else eng.next_period_end(sub, start)
     eng.set_period(sub, start, end)
@@ -130,8 +194,15 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         sub["status"] = "trialing"
     emit(st, "customer.subscription.created", sub, created=now, request_id=ctx.request_id)
     before = copy.deepcopy(sub)
-    inv = eng.new_invoice(st, customer=cus["id"], sub=sub, lines=lines,
-                          billing_reason="subscription_create", period=(start, start), now=now)
+    inv = eng.new_invoice(
+        st,
+        customer=cus["id"],
+        sub=sub,
+        lines=lines,
+        billing_reason="subscription_create",
+        period=(start, start),
+        now=now,
+    )
     sub["latest_invoice"] = inv["id"]
     # a successful first payment moves incomplete -> active (mark_paid emits the update)
     eng.finalize(st, inv, now, attempt=behavior != "default_incomplete")
@@ -155,8 +226,9 @@ def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("customer"):
         items = [s for s in items if s["customer"] == params["customer"]]
     if params.get("price"):
-        items = [s for s in items
-                 if any(i["price"]["id"] == params["price"] for i in s["items"]["data"])]
+        items = [
+            s for s in items if any(i["price"]["id"] == params["price"] for i in s["items"]["data"])
+        ]
     if params.get("test_clock"):
         items = [s for s in items if s.get("test_clock") == params["test_clock"]]
     return list_object(items, "/v1/subscriptions", params)
@@ -172,13 +244,15 @@ def search_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
 # ---- prorations --------------------------------------------------------------------------------
 
 
-def proration_items(st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]],
-                    proration_date: int) -> list[dict[str, Any]]:
+def proration_items(
+    st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]], proration_date: int
+) -> list[dict[str, Any]]:
     """Unsaved invoice items crediting unused time and charging remaining time."""
     start, end = eng.period_of(sub)
     if not (start <= proration_date <= end):
-        raise StripeError(400, "proration_date must be within the current billing period.",
-                          param="proration_date")
+        raise StripeError(
+            400, "proration_date must be within the current billing period.", param="proration_date"
+        )
     frac = Decimal(end - proration_date) / Decimal(end - start)
     out: list[dict[str, Any]] = []
     by_id = {i["id"]: i for i in sub["items"]["data"]}
@@ -190,8 +264,10 @@ def proration_items(st: SandboxState, sub: dict[str, Any], changes: list[dict[st
             new_price = None
         old_qty = int(item.get("quantity") or 1) if item else 0
         new_qty = int(ch.get("quantity") or old_qty or 1)
-        for price, qty, sign, label in ((old_price, old_qty, -1, "Unused time on"),
-                                        (new_price, new_qty, 1, "Remaining time on")):
+        for price, qty, sign, label in (
+            (old_price, old_qty, -1, "Unused time on"),
+            (new_price, new_qty, 1, "Remaining time on"),
+        ):
             if price is None or price["recurring"]["usage_type"] == "metered":
                 continue
             if price is old_price and new_price is old_price and qty == new_qty and sign == 1:
@@ -199,30 +275,52 @@ def proration_items(st: SandboxState, sub: dict[str, Any], changes: list[dict[st
             if sign == -1 and new_price is old_price and old_qty == new_qty:
                 continue
             amt = (Decimal(amount_for(price, qty)) * frac).quantize(Decimal(1), ROUND_HALF_UP)
-            out.append({
-                "price": price, "quantity": qty, "amount": sign * int(amt),
-                "description": f"{label} {qty} × {eng.product_name(st, price)} after "
-                               f"{eng._day(proration_date)}",
-                "period": {"start": proration_date, "end": end},
-            })
+            out.append(
+                {
+                    "price": price,
+                    "quantity": qty,
+                    "amount": sign * int(amt),
+                    "description": f"{label} {qty} × {eng.product_name(st, price)} after "
+                    f"{eng._day(proration_date)}",
+                    "period": {"start": proration_date, "end": end},
+                }
+            )
     return out
 
 
-def save_invoice_items(st: SandboxState, sub: dict[str, Any], prorations: list[dict[str, Any]],
-                       now: int) -> list[dict[str, Any]]:
+def save_invoice_items(
+    st: SandboxState, sub: dict[str, Any], prorations: list[dict[str, Any]], now: int
+) -> list[dict[str, Any]]:
     saved = []
     for p in prorations:
         ii = st.create(
-            stripe.InvoiceItem, "ii", object="invoiceitem", amount=p["amount"],
-            currency=p["price"]["currency"], customer=sub["customer"], date=now,
-            description=p["description"], discountable=False, discounts=[], invoice=None,
-            metadata={}, period=p["period"], proration=True, quantity=p["quantity"],
-            subscription=sub["id"], test_clock=sub.get("test_clock"), tax_rates=[],
-            pricing={"type": "price_details",
-                     "price_details": {"price": p["price"]["id"], "product": p["price"]["product"]},
-                     "unit_amount_decimal": p["price"].get("unit_amount_decimal")},
-            parent={"type": "subscription_details", "subscription_details": {
-                "subscription": sub["id"], "subscription_item": None}},
+            stripe.InvoiceItem,
+            "ii",
+            object="invoiceitem",
+            amount=p["amount"],
+            currency=p["price"]["currency"],
+            customer=sub["customer"],
+            date=now,
+            description=p["description"],
+            discountable=False,
+            discounts=[],
+            invoice=None,
+            metadata={},
+            period=p["period"],
+            proration=True,
+            quantity=p["quantity"],
+            subscription=sub["id"],
+            test_clock=sub.get("test_clock"),
+            tax_rates=[],
+            pricing={
+                "type": "price_details",
+                "price_details": {"price": p["price"]["id"], "product": p["price"]["product"]},
+                "unit_amount_decimal": p["price"].get("unit_amount_decimal"),
+            },
+            parent={
+                "type": "subscription_details",
+                "subscription_details": {"subscription": sub["id"], "subscription_item": None},
+            },
         )
         _strip_deleted(ii)
         emit(st, "invoiceitem.created", ii, created=now)
@@ -235,8 +333,9 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
     st = ctx.state
     sub = st.get(SUBS, id)
     if sub["status"] in ("canceled", "incomplete_expired"):
-        raise StripeError(400, "A canceled subscription can only update its cancellation_details "
-                          "and metadata.")
+        raise StripeError(
+            400, "A canceled subscription can only update its cancellation_details and metadata."
+        )
     now = customer_now(st, sub["customer"])
     before = copy.deepcopy(sub)
     if "metadata" in params:
@@ -250,8 +349,11 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
         if pm_id:
             pm = resolve_pm(st, pm_id, "default_payment_method")
             if pm.get("customer") != sub["customer"]:
-                raise StripeError(400, "The payment method must be attached to the customer.",
-                                  param="default_payment_method")
+                raise StripeError(
+                    400,
+                    "The payment method must be attached to the customer.",
+                    param="default_payment_method",
+                )
         sub["default_payment_method"] = pm_id
     if "trial_end" in params and sub["status"] == "trialing":
         if params["trial_end"] == "now":
@@ -265,34 +367,54 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
     if changes:
         behavior = params.get("proration_behavior", "create_prorations")
         pdate = params.get("proration_date", now)
-        prorations = (proration_items(st, sub, changes, pdate)
-                      if behavior != "none" and sub["status"] != "trialing" else [])
+        prorations = (
+            proration_items(st, sub, changes, pdate)
+            if behavior != "none" and sub["status"] != "trialing"
+            else []
+        )
         _apply_item_changes(st, sub, changes, now)
         saved = save_invoice_items(st, sub, prorations, now)
         if behavior == "always_invoice" and saved:
             start, end = eng.period_of(sub)
             lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
-            inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
-                                  billing_reason="subscription_update", period=(now, now),
-                                  now=now)
+            inv = eng.new_invoice(
+                st,
+                customer=sub["customer"],
+                sub=sub,
+                lines=lines,
+                billing_reason="subscription_update",
+                period=(now, now),
+                now=now,
+            )
             inv["parent"]["subscription_details"]["subscription_proration_date"] = pdate
             sub["latest_invoice"] = inv["id"]
             eng.finalize(st, inv, now)
-    emit(st, "customer.subscription.updated", sub, before=before, created=now,
-         request_id=ctx.request_id)
+    emit(
+        st,
+        "customer.subscription.updated",
+        sub,
+        before=before,
+        created=now,
+        request_id=ctx.request_id,
+    )
     return sub
 
 
-def _apply_item_changes(st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]],
-                        now: int) -> None:
+def _apply_item_changes(
+    st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]], now: int
+) -> None:
     start, end = eng.period_of(sub)
     data = sub["items"]["data"]
     for i, ch in enumerate(changes):
         if ch.get("id"):
             item = next((it for it in data if it["id"] == ch["id"]), None)
             if item is None:
-                raise StripeError(400, f"No such subscription item: '{ch['id']}'",
-                                  param=f"items[{i}][id]", code="resource_missing")
+                raise StripeError(
+                    400,
+                    f"No such subscription item: '{ch['id']}'",
+                    param=f"items[{i}][id]",
+                    code="resource_missing",
+                )
             if ch.get("deleted"):
                 data.remove(item)
                 continue
@@ -321,9 +443,16 @@ def renew(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     lines = eng.licensed_lines(st, sub, old_end, new_end) + lines
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     emit(st, "customer.subscription.updated", sub, before=before, created=t)
-    inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
-                          billing_reason="subscription_cycle", period=(old_start, old_end),
-                          now=t, auto_advance=sub["status"] != "unpaid")
+    inv = eng.new_invoice(
+        st,
+        customer=sub["customer"],
+        sub=sub,
+        lines=lines,
+        billing_reason="subscription_cycle",
+        period=(old_start, old_end),
+        now=t,
+        auto_advance=sub["status"] != "unpaid",
+    )
     sub["latest_invoice"] = inv["id"]
 
 
@@ -347,19 +476,33 @@ def end_trial(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     lines = eng.licensed_lines(st, sub, start, end)
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     emit(st, "customer.subscription.updated", sub, before=before, created=t)
-    inv = eng.new_invoice(st, customer=sub["customer"], sub=sub, lines=lines,
-                          billing_reason="subscription_cycle", period=(start, start), now=t)
+    inv = eng.new_invoice(
+        st,
+        customer=sub["customer"],
+        sub=sub,
+        lines=lines,
+        billing_reason="subscription_cycle",
+        period=(start, start),
+        now=t,
+    )
     sub["latest_invoice"] = inv["id"]
 
 
-def cancel_subscription_now(st: SandboxState, sub: dict[str, Any], *, reason: str,
-                            now: int | None = None, comment: str | None = None) -> None:
+def cancel_subscription_now(
+    st: SandboxState,
+    sub: dict[str, Any],
+    *,
+    reason: str,
+    now: int | None = None,
+    comment: str | None = None,
+) -> None:
     t = now if now is not None else customer_now(st, sub["customer"])
     sub["status"] = "canceled"
     sub["canceled_at"] = sub.get("canceled_at") or t
     sub["ended_at"] = t
-    sub["cancel_at_period_end"] = False if reason != "cancellation_requested" else \
-        sub["cancel_at_period_end"]
+    sub["cancel_at_period_end"] = (
+        False if reason != "cancellation_requested" else sub["cancel_at_period_end"]
+    )
     sub["cancellation_details"] = {"comment": comment, "feedback": None, "reason": reason}
     for inv in st.table("invoice").values():
         if inv.get("_subscription") == sub["id"] and inv["status"] == "open":
@@ -382,11 +525,13 @@ def expire_incomplete(st: SandboxState, sub: dict[str, Any], t: int) -> None:
 def cancel_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
     sub = ctx.state.get(SUBS, id)
     if sub["status"] in ("canceled", "incomplete_expired"):
-        raise StripeError(400, f"A canceled subscription can't be canceled again: {id}.",
-                          code="resource_missing")
+        raise StripeError(
+            400, f"A canceled subscription can't be canceled again: {id}.", code="resource_missing"
+        )
     details = params.get("cancellation_details") or {}
-    cancel_subscription_now(ctx.state, sub, reason="cancellation_requested",
-                            comment=details.get("comment") or None)
+    cancel_subscription_now(
+        ctx.state, sub, reason="cancellation_requested", comment=details.get("comment") or None
+    )
     return sub
 
 

@@ -21,9 +21,14 @@ from .events import emit
 def create_clock(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     st = ctx.state
     clock = st.create(
-        stripe.test_helpers.TestClock, "clock", object=CLOCKS, created=st.real_now(),
-        deletes_after=st.real_now() + 30 * 86400, frozen_time=params["frozen_time"],
-        name=params.get("name") or None, status="ready",
+        stripe.test_helpers.TestClock,
+        "clock",
+        object=CLOCKS,
+        created=st.real_now(),
+        deletes_after=st.real_now() + 30 * 86400,
+        frozen_time=params["frozen_time"],
+        name=params.get("name") or None,
+        status="ready",
         status_details={"advancing": None},
     )
     clock.pop("deleted", None)
@@ -61,8 +66,11 @@ def start_advance(st: SandboxState, clock: dict[str, Any], target: int) -> None:
     if clock["status"] != "ready":
         raise StripeError(400, "The test clock is already advancing; wait until it is ready.")
     if target <= clock["frozen_time"]:
-        raise StripeError(400, "The frozen_time must be after the current frozen_time of the "
-                          "test clock.", param="frozen_time")
+        raise StripeError(
+            400,
+            "The frozen_time must be after the current frozen_time of the test clock.",
+            param="frozen_time",
+        )
     clock["status"] = "advancing"
     clock["status_details"] = {"advancing": {"target_frozen_time": target}}
     clock["_now"] = clock["frozen_time"]
@@ -82,8 +90,7 @@ def start_advance(st: SandboxState, clock: dict[str, Any], target: int) -> None:
     threading.Thread(target=work, name=f"advance-{clock['id']}", daemon=True).start()
 
 
-@route("POST", "/v1/test_helpers/test_clocks/{id}/advance",
-       P.test_helpers.TestClockAdvanceParams)
+@route("POST", "/v1/test_helpers/test_clocks/{id}/advance", P.test_helpers.TestClockAdvanceParams)
 def advance_clock(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
     clock = ctx.state.get(CLOCKS, id)
     start_advance(ctx.state, clock, params["frozen_time"])

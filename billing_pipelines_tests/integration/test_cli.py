@@ -1,0 +1,126 @@
+"""The `billing` command: bad input and unreachable servers give one clear line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
+
+
+def _run(args: list[str], env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_"))
+    }
+    clean.update({"BILLING_HOME": str(home), **env})
+    return subprocess.run([*BILLING, *args], env=clean, capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DATABASE_URL": "mysql://app:hunter2@db/billing"}, "error: DATABASE_URL is invalid"),
+        ({"CLICKHOUSE_URL": "clickhouse://app:hunter2@:9000"}, "error: CLICKHOUSE_URL is invalid"),
+        (
+            {
+                "DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/billing",
+                "CLICKHOUSE_URL": "http://default@127.0.0.1:1/default",
+            },
+            "error: DATABASE_URL: cannot connect to postgresql://app:***@127.0.0.1:1/billing",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line(env: dict[str, str], expected: str, tmp_path: Path) -> None:
+    line = _one_error_line(_run(["db", "migrate"], env, tmp_path))
+    assert line.startswith(expected)
+    assert "hunter2" not in line
+
+
+def test_unreachable_warehouse_is_one_line(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": embedded_services["DATABASE_URL"],
+        "CLICKHOUSE_URL": "http://default:hunter2@127.0.0.1:1/default",
+    }
+    result = _run(["usage", "generate", "--tenants", "1", "--days", "1"], env, tmp_path)
+    line = _one_error_line(result)
+    assert line.startswith("error: CLICKHOUSE_URL: cannot reach http://default:***@127.0.0.1:1")
+
+
+def test_missing_stripe_key_outside_the_sandbox_is_named(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": embedded_services["DATABASE_URL"],
+        "CLICKHOUSE_URL": embedded_services["CLICKHOUSE_URL"],
+    }
+    result = _run(["doctor"], env, tmp_path)
+    line = _one_error_line(result)
+    assert line.startswith("error: STRIPE_API_KEY is not set (requests would go to api.stripe.com)")
+    assert "ok    billing database" in result.stdout
+    assert "ok    usage warehouse" in result.stdout
+
+
+def test_bad_date_is_a_clear_error(embedded_services: dict[str, str], tmp_path: Path) -> None:
+    env = {k: embedded_services[k] for k in ("DATABASE_URL", "CLICKHOUSE_URL")}
+    line = _one_error_line(_run(["usage", "materialize", "--start", "2026-13-01"], env, tmp_path))
+    assert line == "error: --start must be a date as YYYY-MM-DD, got '2026-13-01'"
+
+
+def test_sandbox_status_shows_running_services(
+    embedded_services: dict[str, str], billing_home: Path
+) -> None:
+    result = _run(["sandbox", "status"], {}, billing_home)
+    assert result.returncode == 0, result.stderr
+    status = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert status["postgres"].startswith("running  postgresql://")
+    assert status["clickhouse"].startswith("running  http://127.0.0.1:")
+
+
+def test_migrate_is_idempotent_from_the_cli(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: embedded_services[k] for k in ("DATABASE_URL", "CLICKHOUSE_URL")}
+    result = _run(["db", "migrate"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("up to date at ")
+
+
+def test_unset_warehouse_url_starts_only_the_embedded_bridge(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": embedded_services["DATABASE_URL"], "STRIPE_API_KEY": "sk_test_x"}
+    try:
+        result = _run(
+            ["usage", "generate", "--tenants", "2", "--days", "1", "--start", "2026-05-01"],
+            env,
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("inserted ") and "for 2 tenants, 1 days" in result.stdout
+        status = dict(
+            line.split(None, 1)
+            for line in _run(["sandbox", "status"], {}, tmp_path).stdout.splitlines()
+        )
+        assert status["clickhouse"].startswith("running")
+        # DATABASE_URL was given and a Stripe key is set: no embedded Postgres or Stripe sandbox.
+        assert status["postgres"] == "stopped"
+        assert status["stripe"] == "stopped"
+    finally:
+        _run(["sandbox", "down"], {}, tmp_path)
