@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stripe
 
 from billing_pipelines.sandbox import services
+from billing_pipelines.sandbox.stripe import SandboxHandle, Settings, run_in_thread
+from billing_pipelines_tests.support import API_KEY
 
 SERVICE_VARS = (
     "DATABASE_URL",
@@ -42,3 +45,24 @@ def embedded_services(billing_home: Path) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def stripe_sandbox() -> Iterator[SandboxHandle]:
+    """A fresh in-process Stripe sandbox (empty state) per test; webhook retries in milliseconds."""
+    handle = run_in_thread(port=0)
+    handle.state.settings = Settings(webhook_backoff_seconds=[0.05, 0.1, 0.2])
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def stripe_client(stripe_sandbox: SandboxHandle) -> stripe.StripeClient:
+    """The official SDK pointed at the per-test sandbox."""
+    return stripe.StripeClient(
+        api_key=API_KEY,
+        base_addresses={"api": stripe_sandbox.url},
+        max_network_retries=0,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from .conftest import advance
+from billing_pipelines_tests.support import advance
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400

@@ -8,8 +8,7 @@ import pytest
 import stripe
 
 from billing_pipelines.sandbox.stripe import SandboxHandle
-
-from .conftest import advance
+from billing_pipelines_tests.support import advance
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400

@@ -15,8 +15,7 @@ from stripe._stripe_object import StripeObject
 from billing_pipelines.sandbox.stripe import SandboxHandle
 from billing_pipelines.sandbox.stripe.resources.customers import _TYPE_KEYS
 from billing_pipelines.sandbox.stripe.shapes import annotations_of
-
-from .conftest import API_KEY
+from billing_pipelines_tests.support import API_KEY
 
 # Fields Stripe only includes when expanded ("includable"), or that only exist on deleted objects.
 NOT_BY_DEFAULT = {

@@ -17,8 +17,7 @@ from starlette.routing import Route
 from billing_pipelines.sandbox.stripe import Chaos, SandboxHandle, SandboxState, run_in_thread
 from billing_pipelines.sandbox.stripe.server import _free_port
 from billing_pipelines.sandbox.stripe.webhooks import sign
-
-from .conftest import API_KEY
+from billing_pipelines_tests.support import API_KEY
 
 
 class Receiver:

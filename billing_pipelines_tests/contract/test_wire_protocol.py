@@ -7,8 +7,7 @@ import pytest
 import stripe
 
 from billing_pipelines.sandbox.stripe import SandboxHandle, run_in_thread
-
-from .conftest import API_KEY
+from billing_pipelines_tests.support import API_KEY
 
 
 def test_missing_or_live_key_is_401_with_stripe_error_shape(stripe_sandbox: SandboxHandle):

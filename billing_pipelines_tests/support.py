@@ -1,0 +1,25 @@
+"""Helpers shared by every test folder (not fixtures: plain functions and constants)."""
+
+from __future__ import annotations
+
+import time
+
+import stripe
+
+# A test-mode key for the in-process Stripe sandbox; it grants nothing anywhere else.
+API_KEY = "sk_test_sandbox_contract"
+
+
+def advance(
+    client: stripe.StripeClient, clock_id: str, frozen_time: int, timeout: float = 10.0
+) -> stripe.test_helpers.TestClock:
+    """Advance a test clock through the API and poll until it is ready (like real Stripe)."""
+    client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": frozen_time})
+    deadline = time.monotonic() + timeout
+    while True:
+        clock = client.v1.test_helpers.test_clocks.retrieve(clock_id)
+        if clock.status == "ready":
+            return clock
+        if time.monotonic() > deadline:
+            raise TimeoutError(clock_id)
+        time.sleep(0.01)
