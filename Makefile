@@ -19,8 +19,8 @@ demo: $(VENV)/.installed
 	$(BIN)/billing demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check billing_pipelines billing_pipelines_tests bench
-	$(BIN)/ruff format --check billing_pipelines billing_pipelines_tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy billing_pipelines
 	$(BIN)/lint-imports
 
