@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
@@ -34,12 +34,30 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Meter:
+    """One billed usage metric: which daily usage column feeds which Stripe meter."""
+
+    metric: str
+    event_name: str
+    display_name: str
+    usage_column: str
+
+
+# Queries are what every plan's overage price bills; a catalog without [meters] bills them alone.
+DEFAULT_METERS = {
+    "queries": Meter("queries", "rag_api_queries", "RAG API billable queries", "billable_queries")
+}
+USAGE_COLUMNS = ("billable_queries", "tokens", "embeddings")
+
+
+@dataclass(frozen=True)
 class Catalog:
-    """All plans, the currency and the trial length."""
+    """All plans, the currency, the trial length and the billed usage meters."""
 
     currency: str
     trial_days: int
     plans: dict[str, Plan]
+    meters: dict[str, Meter] = field(default_factory=lambda: dict(DEFAULT_METERS))
 
     def plan(self, key: str) -> Plan:
         """The plan by key, or a clear error listing the plans that exist."""
@@ -70,7 +88,16 @@ def load_catalog(path: Path | None = None) -> Catalog:
             )
             for key, body in raw["plans"].items()
         }
-        catalog = Catalog(str(raw["currency"]), int(raw["trial_days"]), plans)
+        meters = {
+            key: Meter(
+                metric=key,
+                event_name=str(body["event_name"]),
+                display_name=str(body.get("display_name", key)),
+                usage_column=str(body["usage_column"]),
+            )
+            for key, body in raw.get("meters", {}).items()
+        } or dict(DEFAULT_METERS)
+        catalog = Catalog(str(raw["currency"]), int(raw["trial_days"]), plans, meters)
     except (KeyError, ValueError, ArithmeticError, tomllib.TOMLDecodeError) as exc:
         raise BillingConfigError(f"{source}: invalid plan catalog ({exc})") from None
     for plan in plans.values():
@@ -78,4 +105,13 @@ def load_catalog(path: Path | None = None) -> Catalog:
             raise BillingConfigError(f"{source}: plan {plan.key} has a negative amount")
         if plan.overage_cents_per_query <= 0:
             raise BillingConfigError(f"{source}: plan {plan.key} has no overage price")
+    if "queries" not in meters:
+        raise BillingConfigError(f"{source}: no [meters.queries]: every plan bills queries")
+    for meter in meters.values():
+        if meter.usage_column not in USAGE_COLUMNS:
+            known = ", ".join(USAGE_COLUMNS)
+            raise BillingConfigError(
+                f"{source}: meter {meter.metric} reads unknown usage column "
+                f"{meter.usage_column!r} (known: {known})"
+            )
     return catalog

@@ -27,11 +27,24 @@ def _insert(url: str, tenant: str, queries: range, copies: int = 1) -> None:
     client.insert("usage_events", rows, column_names=list(USAGE_EVENTS_COLUMNS))
 
 
+def _register_tenants(database_url: str, *tenant_ids: str) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        for tenant in tenant_ids:
+            conn.execute(
+                "INSERT INTO tenants (tenant_id, name, email, plan) VALUES (%s, %s, %s, 'pro') "
+                "ON CONFLICT (tenant_id) DO NOTHING",
+                (tenant, tenant, f"{tenant}@example.com"),
+            )
+
+
 @pytest.fixture
 def resources(embedded_services: dict[str, str]) -> dict[str, object]:
     client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
     warehouse.ensure_usage_schema(client)
     client.command("TRUNCATE TABLE usage_events")
+    _register_tenants(embedded_services["DATABASE_URL"], "t-a", "t-b")
     return {
         "warehouse": UsageWarehouse(url=embedded_services["CLICKHOUSE_URL"]),
         "billing_db": BillingDatabase(url=embedded_services["DATABASE_URL"]),
@@ -77,3 +90,25 @@ def test_rerun_is_idempotent_and_late_events_converge(
     late = _materialize(resources)
     assert late["billable_queries"] == 55
     assert _stored(embedded_services["DATABASE_URL"]) == {"t-a": 40, "t-b": 15}
+
+
+def test_unknown_tenant_fails_the_blocking_check_and_stores_nothing(
+    resources: dict[str, object], embedded_services: dict[str, str]
+) -> None:
+    url = embedded_services["CLICKHOUSE_URL"]
+    _insert(url, "t-a", range(3))
+    _materialize(resources)
+    _insert(url, "t-stranger", range(4))  # usage for a tenant the billing DB does not know
+    _insert(url, "t-a", range(3, 5))
+    result = dg.materialize(
+        [daily_tenant_usage],
+        partition_key=DAY.isoformat(),
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert "t-stranger" in str(evaluation.metadata["failure_cases"].value)
+    # The last good partition stays as it was: nothing of the bad day was stored.
+    assert _stored(embedded_services["DATABASE_URL"]) == {"t-a": 3}

@@ -1,0 +1,197 @@
+"""Exactly-once meter reporting, as pure decisions: what to send for one day, given the ledger.
+
+Each (tenant, metric, UTC day) has a value version: version 1 is the first total sent, and every
+change of the warehouse truth adds a version. The meter event identifier is derived from
+(tenant, metric, day, version), so a re-send of the same version is recognised by Stripe as a
+duplicate, and a new version (a later timestamp inside the same day, on a meter with a daily
+event window) replaces the previous day total instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from billing_pipelines.lib.warehouse import day_bounds
+
+# Stripe: identifiers are at most 100 characters.
+MAX_IDENTIFIER = 100
+MAX_VERSION = 86_399  # versions are seconds after midnight: one day holds them all
+
+DELIVERED = "delivered"
+PENDING = "pending"
+FAILED = "failed"
+SUPERSEDED = "superseded"
+OUT_OF_WINDOW = "out_of_window"
+
+Key = tuple[str, str]  # (tenant_id, metric)
+
+
+def identifier_for(tenant_id: str, metric: str, day: date, version: int) -> str:
+    """Deterministic meter event identifier for one value version of a tenant's day total."""
+    plain = f"bp-{day:%Y%m%d}-{metric}-v{version}-{tenant_id}"
+    if len(plain) <= MAX_IDENTIFIER:
+        return plain
+    digest = hashlib.sha256(tenant_id.encode()).hexdigest()[:32]
+    return f"bp-{day:%Y%m%d}-{metric}-v{version}-h{digest}"
+
+
+def event_timestamp(day: date, version: int) -> int:
+    """Unix time of a version's event: inside the day, later for every newer version."""
+    if not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"value version {version} out of range 1..{MAX_VERSION}")
+    start, _ = day_bounds(day)
+    return int(start.timestamp()) + version
+
+
+@dataclass(frozen=True)
+class DayTotal:
+    """The warehouse truth for one billable tenant and metric on one day."""
+
+    tenant_id: str
+    metric: str
+    value: int
+    stripe_customer_id: str
+    event_name: str
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """The newest ledger row of a (tenant, metric, day)."""
+
+    id: int
+    tenant_id: str
+    metric: str
+    value: int
+    value_version: int
+    identifier: str
+    stripe_customer_id: str
+    event_name: str
+    status: str
+
+
+@dataclass(frozen=True)
+class MeterReport:
+    """One meter event to send (a new version, or a re-send of an unconfirmed one)."""
+
+    tenant_id: str
+    metric: str
+    usage_date: date
+    value: int
+    value_version: int
+    identifier: str
+    stripe_customer_id: str
+    event_name: str
+    timestamp: int
+    ledger_id: int | None = None  # set once the pending ledger row exists
+
+    @property
+    def event_time(self) -> datetime:
+        """The event timestamp as an aware UTC datetime (for the ledger)."""
+        from datetime import UTC
+
+        return datetime.fromtimestamp(self.timestamp, UTC)
+
+
+@dataclass
+class DayPlan:
+    """What one day needs: new versions, re-sends of unconfirmed ones, and what is settled."""
+
+    new: list[MeterReport] = field(default_factory=list)
+    resend: list[MeterReport] = field(default_factory=list)
+    unchanged: int = 0
+    stranded: int = 0  # still out of Stripe's window at the same value: flagged, not re-sent
+
+    @property
+    def to_send(self) -> list[MeterReport]:
+        """Everything that goes to Stripe in this run."""
+        return [*self.resend, *self.new]
+
+
+def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEntry]) -> DayPlan:
+    """Decide the meter events for one day so that Stripe converges to `truth`.
+
+    A key that the ledger reported but that left the truth (usage deleted) is sent as 0, so
+    Stripe never keeps billing a total that the warehouse no longer has.
+    """
+    plan = DayPlan()
+    wanted = {(t.tenant_id, t.metric): t for t in truth}
+    for key, entry in latest.items():
+        if key not in wanted and entry.value != 0 and entry.status != SUPERSEDED:
+            wanted[key] = DayTotal(
+                entry.tenant_id, entry.metric, 0, entry.stripe_customer_id, entry.event_name
+            )
+    for key in sorted(wanted):
+        total = wanted[key]
+        entry = latest.get(key)
+        if entry is None and total.value == 0:
+            continue  # nothing was ever reported and nothing is owed
+        same = (
+            entry is not None
+            and entry.value == total.value
+            and entry.stripe_customer_id == total.stripe_customer_id
+        )
+        if same and entry is not None and entry.status == DELIVERED:
+            plan.unchanged += 1
+        elif same and entry is not None and entry.status == OUT_OF_WINDOW:
+            plan.stranded += 1
+        elif same and entry is not None and entry.status in (PENDING, FAILED):
+            plan.resend.append(
+                MeterReport(
+                    tenant_id=entry.tenant_id,
+                    metric=entry.metric,
+                    usage_date=day,
+                    value=entry.value,
+                    value_version=entry.value_version,
+                    identifier=entry.identifier,
+                    stripe_customer_id=entry.stripe_customer_id,
+                    event_name=entry.event_name,
+                    timestamp=event_timestamp(day, entry.value_version),
+                    ledger_id=entry.id,
+                )
+            )
+        else:
+            version = (entry.value_version if entry is not None else 0) + 1
+            plan.new.append(
+                MeterReport(
+                    tenant_id=total.tenant_id,
+                    metric=total.metric,
+                    usage_date=day,
+                    value=total.value,
+                    value_version=version,
+                    identifier=identifier_for(total.tenant_id, total.metric, day, version),
+                    stripe_customer_id=total.stripe_customer_id,
+                    event_name=total.event_name,
+                    timestamp=event_timestamp(day, version),
+                )
+            )
+    return plan
+
+
+@dataclass(frozen=True)
+class TotalMismatch:
+    """A tenant and metric whose Stripe day total differs from the warehouse."""
+
+    tenant_id: str
+    metric: str
+    warehouse: int
+    stripe: int
+
+    @property
+    def difference(self) -> int:
+        """Stripe minus warehouse: positive means over-billing."""
+        return self.stripe - self.warehouse
+
+
+def compare_totals(
+    warehouse: Mapping[Key, int], stripe_totals: Mapping[Key, int]
+) -> list[TotalMismatch]:
+    """Every (tenant, metric) whose totals differ; a key missing on one side counts as 0."""
+    keys = sorted(set(warehouse) | set(stripe_totals))
+    return [
+        TotalMismatch(t, m, warehouse.get((t, m), 0), stripe_totals.get((t, m), 0))
+        for t, m in keys
+        if warehouse.get((t, m), 0) != stripe_totals.get((t, m), 0)
+    ]

@@ -1,0 +1,159 @@
+"""Concurrent, rate-limited work against a rate-limited API, with retries and progress.
+
+Pacing is pyrate-limiter's sliding-window limiter shared by every worker thread; each attempt,
+retries included, takes a permit, so the request rate never exceeds the configured limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pyrate_limiter import Duration, Limiter, Rate
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Stripe's documented limits (requests per second) and the share of them we use by default:
+# other jobs (webhook handlers, reconciliation) use the same account at the same time.
+STRIPE_TEST_MODE_LIMIT = 25.0
+STRIPE_LIVE_METER_EVENTS_LIMIT = 1000.0
+DEFAULT_TEST_MODE_RATE = 20.0
+DEFAULT_LIVE_MODE_RATE = 400.0
+
+
+def default_rate(api_key: str) -> float:
+    """Requests per second for an account: a safe share of Stripe's test or live limit."""
+    live = api_key.startswith(("sk_live_", "rk_live_"))
+    return DEFAULT_LIVE_MODE_RATE if live else DEFAULT_TEST_MODE_RATE
+
+
+class RateLimiter:
+    """A blocking limiter of `per_second` acquisitions per second, shared across threads."""
+
+    def __init__(self, per_second: float) -> None:
+        if per_second <= 0:
+            raise ValueError(f"rate must be > 0, got {per_second}")
+        self.per_second = per_second
+        if per_second >= 1:
+            rate = Rate(int(per_second), Duration.SECOND)
+        else:
+            rate = Rate(1, int(1000 / per_second))
+        self._limiter = Limiter(rate, buffer_ms=5)
+
+    def acquire(self) -> None:
+        """Block until one more request may start."""
+        self._limiter.try_acquire("stripe", blocking=True)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts and exponential backoff with jitter for retryable failures."""
+
+    attempts: int = 6
+    initial_seconds: float = 0.5
+    max_seconds: float = 20.0
+
+
+@dataclass
+class Progress:
+    """Where a long push is, for progress logs."""
+
+    done: int
+    total: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        """Completed items per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self, what: str) -> str:
+        """One human line: counts, percent, rate and time left."""
+        pct = 100 * self.done / self.total if self.total else 100.0
+        eta = (self.total - self.done) / self.rate if self.rate else 0.0
+        return (
+            f"{what}: {self.done:,}/{self.total:,} ({pct:.0f}%), "
+            f"{self.rate:.1f}/s, about {eta:.0f}s left"
+        )
+
+
+def run_paced(
+    items: Iterable[T],
+    call: Callable[[T], R],
+    on_result: Callable[[T, R], object],
+    *,
+    limiter: RateLimiter,
+    retryable: type[BaseException] | tuple[type[BaseException], ...],
+    retry: RetryPolicy = RetryPolicy(),
+    workers: int = 8,
+    on_progress: Callable[[Progress], object] = lambda p: None,
+    progress_every_seconds: float = 10.0,
+) -> list[tuple[T, BaseException]]:
+    """Call `call(item)` for every item on `workers` threads, paced and retried.
+
+    `on_result` runs on the calling thread as results complete (e.g. to confirm a ledger row):
+    if it raises, no new work starts and the exception propagates. Items whose retries ran out
+    are returned with their last error; other exceptions from `call` propagate.
+    """
+    todo = list(items)
+    failures: list[tuple[T, BaseException]] = []
+
+    def attempt(item: T) -> R:
+        for try_ in Retrying(
+            retry=retry_if_exception_type(retryable),
+            wait=wait_exponential_jitter(initial=retry.initial_seconds, max=retry.max_seconds),
+            stop=stop_after_attempt(retry.attempts),
+            reraise=True,
+        ):
+            with try_:
+                limiter.acquire()
+                return call(item)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    started = time.monotonic()
+    last_report = started
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="paced") as pool:
+        # Keep a bounded window of submitted work so a crash leaves little in flight.
+        pending: dict[Future[R], T] = {}
+        queue = iter(todo)
+        window = max(1, workers) * 2
+        try:
+            for item in queue:
+                pending[pool.submit(attempt, item)] = item
+                if len(pending) >= window:
+                    break
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item = pending.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        on_result(item, future.result())
+                    elif isinstance(error, retryable):
+                        failures.append((item, error))
+                    else:
+                        raise error
+                    done += 1
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending[pool.submit(attempt, nxt)] = nxt
+                now = time.monotonic()
+                if now - last_report >= progress_every_seconds and pending:
+                    last_report = now
+                    on_progress(Progress(done, len(todo), now - started))
+        finally:
+            for future in pending:
+                future.cancel()
+    on_progress(Progress(done, len(todo), time.monotonic() - started))
+    return failures
