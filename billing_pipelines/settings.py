@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = Field(default=3, ge=0, le=10)
     stripe_timeout_seconds: float = Field(default=30.0, gt=0)
     usage_sync_lag_hours: float = Field(default=6.0, gt=0)
+    # Webhooks, dunning and notifications (issue 5).
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    webhook_max_body_bytes: int = Field(default=512 * 1024, ge=1024)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    smtp_url: SecretStr | None = None
+    notification_from: str = "Billing <billing@localhost>"
+    alert_email: str | None = None
 
     @field_validator("database_url", "dagster_postgres_url")
     @classmethod
@@ -132,6 +139,12 @@ _ENV_NAMES = {
     "stripe_max_network_retries": "STRIPE_MAX_NETWORK_RETRIES",
     "stripe_timeout_seconds": "STRIPE_TIMEOUT_SECONDS",
     "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
+    "webhook_tolerance_seconds": "WEBHOOK_TOLERANCE_SECONDS",
+    "webhook_max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
+    "webhook_max_attempts": "WEBHOOK_MAX_ATTEMPTS",
+    "smtp_url": "SMTP_URL",
+    "notification_from": "NOTIFICATION_FROM",
+    "alert_email": "ALERT_EMAIL",
 }
 
 

@@ -22,6 +22,9 @@ EXPECTED_TABLES = {
     "notification_outbox",
     "audit_log",
     "billing_schema_version",
+    # 0003: webhooks and dunning
+    "dunning_cases",
+    "alerts",
 }
 
 

@@ -1,0 +1,93 @@
+"""The dunning ladder as data: what happens after the 1st, 2nd, 3rd and 4th failed payment.
+
+DESIGN.md: attempt 1 reminder; 2 warning with a suspension date; 3 final warning and rate
+limit x 0.5 (soft suspension); 4+ suspend API access; any successful payment reactivates and
+resets. Effects are cumulative: the tenant's restriction is that of the highest step executed
+on any of its open (unpaid, not void) invoices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One rung: the failed-attempt count that triggers it, its email and its access effect."""
+
+    step: int
+    action: str
+    template: str
+    rate_limit_multiplier: Decimal = Decimal("1.00")
+    api_access_enabled: bool = True
+    # Step 2 announces when access will be suspended if nothing changes.
+    announces_suspension: bool = False
+
+
+@dataclass(frozen=True)
+class DunningLadder:
+    """The ordered rungs and when suspension happens relative to the first failure."""
+
+    steps: tuple[LadderStep, ...]
+    # Stripe's default retry schedule puts the 4th attempt 7 days after the first failure.
+    suspension_after_days: int = 7
+
+    def __post_init__(self) -> None:
+        numbers = [s.step for s in self.steps]
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"ladder steps must be 1..n in order, got {numbers}")
+
+    @property
+    def last(self) -> LadderStep:
+        """The final rung (suspension); every later failure stays on it."""
+        return self.steps[-1]
+
+    def step(self, number: int) -> LadderStep:
+        """The rung by number (1-based)."""
+        if not 1 <= number <= len(self.steps):
+            raise ValueError(f"no ladder step {number}")
+        return self.steps[number - 1]
+
+    def step_for_attempts(self, attempt_count: int) -> int:
+        """The rung an invoice with this many failed attempts is on (0 = none yet)."""
+        return max(0, min(attempt_count, len(self.steps)))
+
+    def due_step(self, attempt_count: int, executed: Iterable[int]) -> int | None:
+        """The next rung to run, or None. Missed rungs are not replayed: we jump to the current
+        one (three emails at once would help nobody), and never go back down."""
+        current = self.step_for_attempts(attempt_count)
+        done = max(executed, default=0)
+        return current if current > done else None
+
+    def effects(self, level: int) -> tuple[bool, Decimal]:
+        """(api_access_enabled, rate_limit_multiplier) for the highest rung reached."""
+        access, multiplier = True, Decimal("1.00")
+        for rung in self.steps[: max(0, min(level, len(self.steps)))]:
+            access = access and rung.api_access_enabled
+            multiplier = min(multiplier, rung.rate_limit_multiplier)
+        return access, multiplier
+
+    def suspension_date(self, first_failed_at: datetime) -> datetime:
+        """When access is suspended if the invoice stays unpaid (announced at step 2)."""
+        return first_failed_at + timedelta(days=self.suspension_after_days)
+
+
+DEFAULT_LADDER = DunningLadder(
+    steps=(
+        LadderStep(1, "reminder", "payment_reminder"),
+        LadderStep(2, "warning", "payment_warning", announces_suspension=True),
+        LadderStep(
+            3, "final_warning", "payment_final_warning", rate_limit_multiplier=Decimal("0.50")
+        ),
+        LadderStep(
+            4,
+            "suspend",
+            "suspended",
+            rate_limit_multiplier=Decimal("0.50"),
+            api_access_enabled=False,
+        ),
+    )
+)
