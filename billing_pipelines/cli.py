@@ -31,6 +31,8 @@ usage_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(db_app, name="db")
 app.add_typer(usage_app, name="usage")
+webhooks_app = typer.Typer(help="The Stripe webhook receiver.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -191,6 +193,40 @@ def usage_materialize(
             raise typer.Exit(1)
 
 
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+@webhooks_app.command("serve")
+@_with_services
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on (TLS terminates in front).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port for POST /webhooks/stripe.")] = 8787,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the webhook receiver: verify, store once by event id, answer 2xx (ASGI, uvicorn)."""
+    import uvicorn
+
+    settings = load_settings()
+    settings.require_database_url()
+    if not settings.webhook_secrets():
+        raise BillingConfigError(
+            "STRIPE_WEBHOOK_SECRETS is not set: set it to the endpoint's whsec_... secret "
+            "(comma-separated during a rotation)"
+        )
+    typer.echo(f"webhook receiver on http://{host}:{port}/webhooks/stripe ({workers} worker(s))")
+    uvicorn.run(
+        "billing_pipelines.webhooks.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
+
+
 # --- top level ---------------------------------------------------------------------------------
 
 
@@ -238,10 +274,10 @@ def ui_command(port: int = 3000) -> None:
     """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
     root = Path(__file__).resolve().parents[1]
     os.chdir(root)
-    os.execvp(
-        "dagster",
-        ["dagster", "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-    )
+    # The dagster executable installed beside this interpreter (the venv may not be on PATH).
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-w", str(root / "workspace.yaml")]
+    os.execv(dagster, [*command, "-h", "127.0.0.1", "-p", str(port)])
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""The ladder as data, and tenant access decided from Stripe's status and the ladder."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from billing_pipelines.lib.dunning_ladder import DEFAULT_LADDER, DunningLadder, LadderStep
+from billing_pipelines.lib.tenant_state import TenantState, change_action, decide
+
+BASE = TenantState(
+    billing_status="active",
+    api_access_enabled=True,
+    rate_limit_multiplier=Decimal("1.00"),
+    subscription_status="active",
+    payment_failures=0,
+    plan="pro",
+    stripe_subscription_id="sub_1",
+    trial_end=None,
+)
+
+
+def test_ladder_matches_the_design() -> None:
+    actions = [s.action for s in DEFAULT_LADDER.steps]
+    assert actions == ["reminder", "warning", "final_warning", "suspend"]
+    assert DEFAULT_LADDER.effects(0) == (True, Decimal("1.00"))
+    assert DEFAULT_LADDER.effects(1) == (True, Decimal("1.00"))
+    assert DEFAULT_LADDER.effects(2) == (True, Decimal("1.00"))
+    assert DEFAULT_LADDER.effects(3) == (True, Decimal("0.50"))
+    assert DEFAULT_LADDER.effects(4) == (False, Decimal("0.50"))
+    assert DEFAULT_LADDER.effects(9) == (False, Decimal("0.50"))  # 4+ stays suspended
+    assert DEFAULT_LADDER.step(2).announces_suspension
+    first = datetime(2026, 1, 15, 1, tzinfo=UTC)
+    assert DEFAULT_LADDER.suspension_date(first) == datetime(2026, 1, 22, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "done", "due"),
+    [
+        (0, [], None),
+        (1, [], 1),
+        (1, [1], None),
+        (2, [1], 2),
+        (3, [1], 3),  # a missed rung is jumped over, not replayed
+        (4, [1, 2, 3], 4),
+        (5, [1, 2, 3, 4], None),  # 4+ stays on the last rung
+        (2, [3], None),  # never goes back down
+    ],
+)
+def test_due_step(attempts: int, done: list[int], due: int | None) -> None:
+    assert DEFAULT_LADDER.due_step(attempts, done) == due
+
+
+def test_ladder_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="1..n"):
+        DunningLadder(steps=(LadderStep(2, "x", "payment_reminder"),))
+
+
+@pytest.mark.parametrize(
+    ("status", "level", "expected"),
+    [
+        ("active", 0, ("active", True, "1.00")),
+        ("past_due", 1, ("past_due", True, "1.00")),
+        ("past_due", 3, ("past_due", True, "0.50")),
+        ("past_due", 4, ("suspended", False, "0.50")),
+        ("unpaid", 0, ("suspended", False, "0.50")),  # Stripe gave up: suspend even unseen
+        ("active", 4, ("suspended", False, "0.50")),  # another invoice still at step 4
+        ("trialing", 0, ("trialing", True, "1.00")),
+        ("canceled", 0, ("canceled", False, "1.00")),
+        ("incomplete_expired", 0, ("canceled", False, "1.00")),
+        ("paused", 0, ("paused", False, "1.00")),
+        ("incomplete", 0, ("incomplete", False, "1.00")),
+    ],
+)
+def test_access_is_a_function_of_stripe_status_and_ladder(
+    status: str, level: int, expected: tuple[str, bool, str]
+) -> None:
+    after = decide(BASE, subscription_status=status, dunning_level=level, payment_failures=level)
+    assert (after.billing_status, after.api_access_enabled, str(after.rate_limit_multiplier)) == (
+        expected
+    )
+
+
+def test_change_actions_name_what_happened() -> None:
+    suspended = decide(BASE, subscription_status="past_due", dunning_level=4, payment_failures=4)
+    limited = decide(BASE, subscription_status="past_due", dunning_level=3, payment_failures=3)
+    assert change_action(BASE, suspended) == "tenant.suspend"
+    assert change_action(BASE, limited) == "tenant.rate_limit"
+    assert change_action(suspended, BASE) == "tenant.reactivate"
+    canceled = decide(BASE, subscription_status="canceled", dunning_level=0, payment_failures=0)
+    assert change_action(BASE, canceled) == "tenant.revoke_access"
+    assert suspended.as_json()["rate_limit_multiplier"] == "0.50"
