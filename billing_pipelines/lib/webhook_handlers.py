@@ -80,13 +80,15 @@ def converge_tenant(
     *,
     reason: str,
     subscription: stripe_state.SubscriptionView | None = None,
+    subscription_id: str | None = None,
     reactivation_invoice: stripe_state.InvoiceView | None = None,
 ) -> tuple[TenantState, TenantState] | None:
     """Recompute the tenant from Stripe's subscription and the ladder; write, audit, notify."""
     state = tenant.state
-    if subscription is None and state.stripe_subscription_id:
+    sub_id = state.stripe_subscription_id or subscription_id
+    if subscription is None and sub_id:
         subscription = stripe_state.fetch_subscription(
-            ctx.client, state.stripe_subscription_id, known_plans=set(ctx.catalog.plans)
+            ctx.client, sub_id, known_plans=set(ctx.catalog.plans)
         )
     if subscription is not None:
         state = replace(
@@ -103,7 +105,11 @@ def converge_tenant(
         payment_failures=failures,
         ladder=ctx.ladder,
     )
-    change = tenant_state.apply(ctx.conn, tenant, target, actor=ctx.actor, reason=reason)
+    why = (
+        f"{reason}; Stripe subscription {target.subscription_status or 'none'}, "
+        f"dunning step {level}, {failures} failed attempt(s)"
+    )
+    change = tenant_state.apply(ctx.conn, tenant, target, actor=ctx.actor, reason=why)
     if (
         change is not None
         and reactivation_invoice is not None
@@ -180,6 +186,7 @@ def apply_invoice_state(
             ctx,
             tenant,
             reason=f"invoice {invoice.id} is {invoice.status} in Stripe",
+            subscription_id=invoice.subscription,
             reactivation_invoice=invoice if invoice.status == "paid" else None,
         )
         return Outcome("processed", detail + (": tenant updated" if change else ""))
@@ -221,7 +228,12 @@ def apply_invoice_state(
                 before=None,
                 after={"status": "open", "attempt_count": invoice.attempt_count},
             )
-        converge_tenant(ctx, tenant, reason=f"invoice {invoice.id} payment failed")
+        converge_tenant(
+            ctx,
+            tenant,
+            reason=f"invoice {invoice.id} payment failed",
+            subscription_id=invoice.subscription,
+        )
         return Outcome(
             "processed",
             f"invoice {invoice.id} open after {invoice.attempt_count} failed attempt(s): "
