@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import stripe
 
@@ -66,3 +67,49 @@ def stripe_client(stripe_sandbox: SandboxHandle) -> stripe.StripeClient:
         base_addresses={"api": stripe_sandbox.url},
         max_network_retries=0,
     )
+
+
+@pytest.fixture(scope="session")
+def migrated_template(embedded_services: dict[str, str]) -> str:
+    """A migrated database that per-test databases are copied from (CREATE DATABASE TEMPLATE)."""
+    from psycopg import sql
+
+    from billing_pipelines.lib import migrations
+
+    admin = embedded_services["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
+    name = "billing_template"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = admin.rsplit("/", 1)[0] + f"/{name}"
+    migrations.upgrade_to_head(url)
+    return url
+
+
+@pytest.fixture
+def fresh_database_url(migrated_template: str) -> Iterator[str]:
+    """An empty, fully migrated billing database of this test's own (dropped afterwards).
+
+    Sandboxes number their objects deterministically, so two tests' Stripe ids can coincide:
+    a database per test keeps them from meeting in one tenants table.
+    """
+    import uuid
+
+    from psycopg import sql
+
+    admin = migrated_template.rsplit("/", 1)[0] + "/postgres"
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    template = migrated_template.rsplit("/", 1)[1]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

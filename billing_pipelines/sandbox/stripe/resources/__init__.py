@@ -1,3 +1,12 @@
 """Resource handlers; importing this package registers every route."""
 
-from . import billing, catalog, customers, events, meters, subscriptions, test_clocks  # noqa: F401
+from . import (  # noqa: F401
+    billing,
+    catalog,
+    customers,
+    events,
+    meters,
+    portal,
+    subscriptions,
+    test_clocks,
+)
