@@ -14,6 +14,7 @@ import psycopg
 
 from billing_pipelines.lib.meter_reports import (
     DELIVERED,
+    BillingAccount,
     FAILED,
     OUT_OF_WINDOW,
     Key,
@@ -135,3 +136,47 @@ def last_delivery(conn: Conn) -> tuple[date, Any] | None:
         """
     ).fetchone()
     return (row["usage_date"], row["at"]) if row else None
+
+
+def billing_accounts(conn: Conn) -> dict[str, BillingAccount]:
+    """Every tenant's Stripe customer and subscription (either may be missing)."""
+    rows = conn.execute(
+        "SELECT tenant_id, stripe_customer_id, stripe_subscription_id FROM tenants"
+    ).fetchall()
+    return {
+        r["tenant_id"]: BillingAccount(r["stripe_customer_id"], r["stripe_subscription_id"])
+        for r in rows
+    }
+
+
+def stored_usage(conn: Conn, day: date) -> dict[str, dict[str, int]]:
+    """The validated daily_tenant_usage partition: tenant -> usage column -> value."""
+    rows = conn.execute(
+        """
+        SELECT tenant_id, billable_queries, tokens, embeddings
+        FROM daily_tenant_usage WHERE usage_date = %s
+        """,
+        (day,),
+    ).fetchall()
+    return {r["tenant_id"]: {k: int(v) for k, v in r.items() if k != "tenant_id"} for r in rows}
+
+
+def out_of_window(conn: Conn, day: date) -> list[dict[str, Any]]:
+    """Newest versions Stripe refused as too old: tenant, metric, truth and what it bills."""
+    return conn.execute(
+        """
+        WITH latest AS (
+            SELECT DISTINCT ON (tenant_id, metric) tenant_id, metric, value, status
+            FROM usage_report_ledger WHERE usage_date = %s
+            ORDER BY tenant_id, metric, value_version DESC
+        )
+        SELECT l.tenant_id, l.metric, l.value AS truth,
+               coalesce((SELECT d.value FROM usage_report_ledger d
+                         WHERE d.usage_date = %s AND d.tenant_id = l.tenant_id
+                           AND d.metric = l.metric AND d.status = 'delivered'
+                         ORDER BY d.value_version DESC LIMIT 1), 0) AS billed
+        FROM latest l WHERE l.status = 'out_of_window'
+        ORDER BY l.tenant_id, l.metric
+        """,
+        (day, day),
+    ).fetchall()

@@ -10,7 +10,8 @@ event window) replaces the previous day total instead of adding to it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -111,18 +112,10 @@ class DayPlan:
 
 
 def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEntry]) -> DayPlan:
-    """Decide the meter events for one day so that Stripe converges to `truth`.
-
-    A key that the ledger reported but that left the truth (usage deleted) is sent as 0, so
-    Stripe never keeps billing a total that the warehouse no longer has.
-    """
+    """Decide the meter events for one day so that Stripe converges to `truth` (see
+    `desired_totals`); keys absent from `truth` are left alone."""
     plan = DayPlan()
     wanted = {(t.tenant_id, t.metric): t for t in truth}
-    for key, entry in latest.items():
-        if key not in wanted and entry.value != 0 and entry.status != SUPERSEDED:
-            wanted[key] = DayTotal(
-                entry.tenant_id, entry.metric, 0, entry.stripe_customer_id, entry.event_name
-            )
     for key in sorted(wanted):
         total = wanted[key]
         entry = latest.get(key)
@@ -171,6 +164,78 @@ def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEn
 
 
 @dataclass(frozen=True)
+class BillingAccount:
+    """Where a tenant is billed; without a customer and a subscription it is unbillable."""
+
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+
+    @property
+    def billable(self) -> bool:
+        """True when usage can be reported for this tenant."""
+        return bool(self.stripe_customer_id and self.stripe_subscription_id)
+
+
+@dataclass
+class DesiredDay:
+    """The totals Stripe should hold for a day, and the usage that cannot be billed."""
+
+    totals: list[DayTotal] = field(default_factory=list)
+    unbillable: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def desired_totals(
+    usage: Mapping[str, Mapping[str, int]],
+    accounts: Mapping[str, BillingAccount],
+    meters: Iterable[tuple[str, str, str]],
+    latest: Mapping[Key, LedgerEntry],
+) -> DesiredDay:
+    """Per billable tenant and metric, the day total Stripe must hold.
+
+    `usage` maps tenant -> usage column -> value; `meters` are (metric, event_name, column).
+    A (tenant, metric) the ledger reported that no longer has usage (deleted upstream) is
+    wanted at 0, so Stripe stops billing it; tenants without customer or subscription are
+    returned as unbillable with their usage.
+    """
+    meters = list(meters)
+    out = DesiredDay()
+    for tenant_id in sorted(usage):
+        account = accounts.get(tenant_id)
+        row = usage[tenant_id]
+        if account is None or not account.billable:
+            if any(row.get(column, 0) for _, _, column in meters):
+                out.unbillable[tenant_id] = {m: int(row.get(c, 0)) for m, _, c in meters}
+            continue
+        assert account.stripe_customer_id is not None
+        for metric, event_name, column in meters:
+            out.totals.append(
+                DayTotal(
+                    tenant_id,
+                    metric,
+                    int(row.get(column, 0)),
+                    account.stripe_customer_id,
+                    event_name,
+                )
+            )
+    wanted = {(t.tenant_id, t.metric) for t in out.totals}
+    for key, entry in sorted(latest.items()):
+        account = accounts.get(entry.tenant_id)
+        if (
+            key not in wanted
+            and entry.tenant_id not in usage
+            and entry.value != 0
+            and account is not None
+            and account.stripe_customer_id == entry.stripe_customer_id
+        ):
+            out.totals.append(
+                DayTotal(
+                    entry.tenant_id, entry.metric, 0, entry.stripe_customer_id, entry.event_name
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
 class TotalMismatch:
     """A tenant and metric whose Stripe day total differs from the warehouse."""
 
@@ -195,3 +260,26 @@ def compare_totals(
         for t, m in keys
         if warehouse.get((t, m), 0) != stripe_totals.get((t, m), 0)
     ]
+
+
+def settle_totals(
+    expected: Mapping[Key, int],
+    fetch: Callable[[list[Key]], Mapping[Key, int]],
+    *,
+    timeout_seconds: float,
+    poll_seconds: float = 2.0,
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[TotalMismatch]:
+    """Compare eventually consistent totals: re-read only the differing keys until they agree
+    or `timeout_seconds` pass; returns what still differs."""
+    deadline = clock() + timeout_seconds
+    keys = sorted(expected)
+    seen: dict[Key, int] = {}
+    while True:
+        seen.update(fetch(keys))
+        mismatches = compare_totals({k: expected[k] for k in seen}, seen)
+        if not mismatches or clock() >= deadline:
+            return mismatches
+        keys = [(m.tenant_id, m.metric) for m in mismatches]
+        sleep(poll_seconds)

@@ -105,12 +105,13 @@ class PriceSpec:
             or price.tiers_mode != "graduated"
         ):
             return False
+        tiers = (price["tiers"] if "tiers" in price else None) or []
         live = tuple(
             (t.up_to, _decimal(t.unit_amount_decimal, t.unit_amount))
-            for t in (price.get("tiers") or [])
+            for t in tiers
             if not _decimal(t.flat_amount_decimal, t.flat_amount)
         )
-        return len(live) == len(price.get("tiers") or []) and live == self.tiers
+        return len(live) == len(tiers) and live == self.tiers
 
 
 def _id_of(value: Any) -> str:

@@ -56,7 +56,7 @@ def is_retryable(exc: BaseException) -> bool:
 def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOutcome:
     """Send one day total; raises RetryableStripeError when the same call should be retried."""
     try:
-        client.v1.billing.meter_events.create(
+        created = client.v1.billing.meter_events.create(
             {
                 "event_name": report.event_name,
                 "identifier": report.identifier,
@@ -77,7 +77,10 @@ def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOu
         if exc.code == "timestamp_too_far_in_past":
             return SendOutcome(OUT_OF_WINDOW, error=_describe(exc))
         return SendOutcome(FAILED, error=_describe(exc))
-    return SendOutcome(DELIVERED)
+    # A replay of our own earlier request (same idempotency key): it was delivered before.
+    response = getattr(created, "last_response", None)
+    replayed = response is not None and response.headers.get("Idempotent-Replayed") == "true"
+    return SendOutcome(DELIVERED, duplicate=replayed)
 
 
 def _describe(exc: stripe.StripeError) -> str:

@@ -1,0 +1,1 @@
+"""Usage to Stripe: catalog sync, exactly-once meter reports, checks and schedules."""

@@ -1,0 +1,216 @@
+"""Usage to Stripe: the plan catalog in Stripe, and each day's usage as exactly-once meter events."""
+
+from datetime import date
+
+import dagster as dg
+
+from billing_pipelines.defs.partitions import daily_partitions
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.defs.usage.assets import daily_tenant_usage
+from billing_pipelines.lib import ledger, pacing, stripe_meters
+from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.meter_reports import (
+    DELIVERED,
+    FAILED,
+    OUT_OF_WINDOW,
+    MeterReport,
+    desired_totals,
+    plan_day,
+)
+from billing_pipelines.lib.stripe_catalog import sync_catalog
+from billing_pipelines.lib.stripe_meters import RetryableStripeError, SendOutcome
+
+STRIPE_POOL = "stripe_api"
+WINDOW_CHECK = "usage_within_stripe_window"
+BILLABLE_CHECK = "usage_tenants_billable"
+
+
+@dg.asset(group_name="metering", kinds={"stripe"}, tags={"domain": "metering"}, pool=STRIPE_POOL)
+def stripe_catalog(
+    context: dg.AssetExecutionContext, stripe: StripeResource
+) -> dg.MaterializeResult:
+    """The plan catalog as Stripe products, immutable prices by lookup key, and usage meters."""
+    report = sync_catalog(stripe.client(), load_catalog())
+    for change in report.changes:
+        context.log.info(change)
+    return dg.MaterializeResult(
+        metadata={
+            "changes": dg.MetadataValue.int(len(report.changes)),
+            "unchanged": dg.MetadataValue.int(report.unchanged),
+            "change_log": dg.MetadataValue.md(
+                "\n".join(f"- {c}" for c in report.changes) or "no changes"
+            ),
+            "prices": dg.MetadataValue.json(report.price_ids),
+            "meters": dg.MetadataValue.json(report.meter_ids),
+        }
+    )
+
+
+class MeterPushConfig(dg.Config):
+    """How fast to push; the defaults are a safe share of Stripe's test or live limits."""
+
+    requests_per_second: float | None = None
+    workers: int = 8
+    retry_attempts: int = 6
+    progress_every_seconds: float = 10.0
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=[daily_tenant_usage, stripe_catalog],
+    group_name="metering",
+    kinds={"stripe", "postgres"},
+    tags={"domain": "metering"},
+    pool=STRIPE_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            WINDOW_CHECK,
+            asset="stripe_meter_reports",
+            description="No changed day total is stranded beyond Stripe's 35-day window.",
+        ),
+        dg.AssetCheckSpec(
+            BILLABLE_CHECK,
+            asset="stripe_meter_reports",
+            description="Every tenant with usage has a Stripe customer and subscription.",
+        ),
+    ],
+)
+def stripe_meter_reports(
+    context: dg.AssetExecutionContext,
+    config: MeterPushConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dg.MaterializeResult:
+    """Each billable tenant's day totals in Stripe's meters, sent exactly once per value."""
+    day = date.fromisoformat(context.partition_key)
+    catalog = load_catalog()
+    client = stripe.client()
+    meter_ids = stripe_meters.active_meter_ids(client)
+    missing = [m.event_name for m in catalog.meters.values() if m.event_name not in meter_ids]
+    if missing:
+        raise dg.Failure(
+            f"no active Stripe meter for {', '.join(missing)}: materialize stripe_catalog first"
+        )
+    meters = [(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()]
+    rate = config.requests_per_second or pacing.default_rate(stripe.api_key)
+
+    # One reporter per day at a time, even outside the pool (the lock ends with the transaction).
+    with billing_db.transaction() as lock_conn:
+        ledger.lock_day(lock_conn, day)
+        with billing_db.transaction() as conn:
+            latest = ledger.latest_entries(conn, day)
+            desired = desired_totals(
+                ledger.stored_usage(conn, day), ledger.billing_accounts(conn), meters, latest
+            )
+            plan = plan_day(day, desired.totals, latest)
+        # The ledger rows exist (committed) before any call to Stripe.
+        with billing_db.transaction() as conn:
+            fresh = ledger.record_pending(conn, plan.new, context.run_id)
+        to_send = [*plan.resend, *fresh]
+        context.log.info(
+            "%s: %d meter events to send (%d new versions, %d unconfirmed re-sends), "
+            "%d unchanged, at most %.0f requests/s",
+            day,
+            len(to_send),
+            len(fresh),
+            len(plan.resend),
+            plan.unchanged,
+            rate,
+        )
+        outcomes: dict[str, int] = {DELIVERED: 0, FAILED: 0, OUT_OF_WINDOW: 0, "duplicate": 0}
+
+        def confirm(report: MeterReport, outcome: SendOutcome) -> None:
+            assert report.ledger_id is not None
+            with billing_db.transaction() as conn:
+                ledger.record_outcome(conn, report.ledger_id, outcome.status, outcome.error)
+            outcomes[outcome.status] += 1
+            outcomes["duplicate"] += outcome.duplicate
+            if outcome.status == FAILED:
+                context.log.error("%s: %s", report.identifier, outcome.error)
+
+        exhausted = pacing.run_paced(
+            to_send,
+            lambda report: stripe_meters.send_meter_event(client, report),
+            confirm,
+            limiter=pacing.RateLimiter(rate),
+            retryable=RetryableStripeError,
+            retry=pacing.RetryPolicy(attempts=config.retry_attempts),
+            workers=config.workers,
+            on_progress=lambda p: context.log.info(p.line(f"meter events for {day}")),
+            progress_every_seconds=config.progress_every_seconds,
+        )
+        for report, error in exhausted:
+            confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
+        with billing_db.transaction() as conn:
+            stranded = ledger.out_of_window(conn, day)
+
+    if outcomes[FAILED]:
+        # Failed rows stay in the ledger and are re-sent with the same identifier next run.
+        raise dg.Failure(
+            f"{outcomes[FAILED]} of {len(to_send)} meter events for {day} failed; "
+            "re-run the partition to retry them (same identifiers, no double count)"
+        )
+    totals = {
+        metric: sum(t.value for t in desired.totals if t.metric == metric)
+        for metric, _, _ in meters
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "sent": dg.MetadataValue.int(outcomes[DELIVERED] - outcomes["duplicate"]),
+            "already_delivered": dg.MetadataValue.int(outcomes["duplicate"]),
+            "unchanged": dg.MetadataValue.int(plan.unchanged),
+            "out_of_window": dg.MetadataValue.int(len(stranded)),
+            "billable_tenants": dg.MetadataValue.int(len({t.tenant_id for t in desired.totals})),
+            "unbillable_tenants": dg.MetadataValue.int(len(desired.unbillable)),
+            **{f"total_{m}": dg.MetadataValue.int(v) for m, v in totals.items()},
+            "requests_per_second_limit": dg.MetadataValue.float(float(rate)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=WINDOW_CHECK,
+                passed=not stranded,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    "changed totals Stripe refused as older than 35 days: bill or credit "
+                    "the difference by hand"
+                    if stranded
+                    else None
+                ),
+                metadata={
+                    "stranded": dg.MetadataValue.int(len(stranded)),
+                    "tenants": dg.MetadataValue.md(_table(stranded)),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name=BILLABLE_CHECK,
+                passed=not desired.unbillable,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "unbillable": dg.MetadataValue.int(len(desired.unbillable)),
+                    "tenants": dg.MetadataValue.md(
+                        _table(
+                            [{"tenant_id": t, **usage} for t, usage in desired.unbillable.items()]
+                        )
+                    ),
+                },
+            ),
+        ],
+    )
+
+
+def _table(rows: list[dict[str, object]], limit: int = 50) -> str:
+    if not rows:
+        return "none"
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"... and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+stripe_catalog_job = dg.define_asset_job(
+    "stripe_catalog_job",
+    selection=[stripe_catalog],
+    description="Sync the plan catalog (products, prices, meters) to Stripe.",
+)

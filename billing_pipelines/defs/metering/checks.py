@@ -1,0 +1,103 @@
+"""Checks that Stripe bills what the warehouse says, and that usage reaches Stripe on time."""
+
+from datetime import date
+
+import dagster as dg
+
+from billing_pipelines.defs.metering.assets import stripe_meter_reports
+from billing_pipelines.defs.partitions import daily_partitions
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
+from billing_pipelines.lib import ledger, pacing, stripe_meters
+from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.meter_reports import Key, settle_totals
+from billing_pipelines.settings import load_settings
+
+# Meter event summaries are eventually consistent: re-read differing totals for this long.
+SETTLE_SECONDS = 120.0
+
+
+@dg.asset_check(
+    asset=stripe_meter_reports,
+    partitions_def=daily_partitions,
+    description=(
+        "Stripe's meter event summaries for the day equal the warehouse totals per billable "
+        "tenant and metric (after letting summaries settle)."
+    ),
+    pool="stripe_api",
+)
+def meter_totals_match_warehouse(
+    context: dg.AssetCheckExecutionContext,
+    warehouse: UsageWarehouse,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dg.AssetCheckResult:
+    """Stripe's day totals equal the warehouse's distinct-event totals."""
+    day = date.fromisoformat(context.partition_key)
+    catalog = load_catalog()
+    usage = warehouse.daily_usage(day).set_index("tenant_id")
+    with billing_db.transaction() as conn:
+        accounts = ledger.billing_accounts(conn)
+        reported = ledger.latest_entries(conn, day)
+    customers = {t: a.stripe_customer_id for t, a in accounts.items() if a.billable}
+    expected: dict[Key, int] = {}
+    for meter in catalog.meters.values():
+        for tenant in customers:
+            value = int(usage.at[tenant, meter.usage_column]) if tenant in usage.index else 0
+            if value or (tenant, meter.metric) in reported:
+                expected[(tenant, meter.metric)] = value
+    client = stripe.client()
+    meter_ids = stripe_meters.active_meter_ids(client)
+    event_names = {m.metric: m.event_name for m in catalog.meters.values()}
+    limiter = pacing.RateLimiter(pacing.default_rate(stripe.api_key))
+
+    def fetch(keys: list[Key]) -> dict[Key, int]:
+        out = {}
+        for tenant, metric in keys:
+            limiter.acquire()
+            customer = customers[tenant]
+            assert customer is not None
+            total = stripe_meters.day_total(client, meter_ids[event_names[metric]], customer, day)
+            out[(tenant, metric)] = int(total)
+        return out
+
+    mismatches = settle_totals(expected, fetch, timeout_seconds=SETTLE_SECONDS)
+    rows = "\n".join(
+        f"| {m.tenant_id} | {m.metric} | {m.warehouse} | {m.stripe} | {m.difference:+} |"
+        for m in mismatches[:50]
+    )
+    return dg.AssetCheckResult(
+        passed=not mismatches,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "compared": dg.MetadataValue.int(len(expected)),
+            "mismatches": dg.MetadataValue.int(len(mismatches)),
+            "over_billed_units": dg.MetadataValue.int(
+                sum(m.difference for m in mismatches if m.difference > 0)
+            ),
+            "under_billed_units": dg.MetadataValue.int(
+                sum(-m.difference for m in mismatches if m.difference < 0)
+            ),
+            "details": dg.MetadataValue.md(
+                "| tenant | metric | warehouse | stripe | diff |\n|---|---|---|---|---|\n" + rows
+                if mismatches
+                else "all totals match"
+            ),
+        },
+    )
+
+
+@dg.definitions
+def usage_sync_freshness() -> dg.Definitions:
+    """Yesterday's usage must be in Stripe within the sync-lag budget after the day ends."""
+    lag_hours = load_settings().usage_sync_lag_hours
+    hours, minutes = int(lag_hours), int(round((lag_hours % 1) * 60))
+    checks = dg.build_time_partition_freshness_checks(
+        assets=[stripe_meter_reports],
+        deadline_cron=f"{minutes} {hours % 24} * * *",
+        timezone="UTC",
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
+    sensor = dg.build_sensor_for_freshness_checks(
+        freshness_checks=checks, name="usage_sync_freshness_sensor"
+    )
+    return dg.Definitions(asset_checks=checks, sensors=[sensor])

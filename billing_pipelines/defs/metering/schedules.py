@@ -1,0 +1,41 @@
+"""When usage goes to Stripe: right after each UTC day ends, and again for late events."""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from billing_pipelines.defs.metering.assets import stripe_meter_reports
+from billing_pipelines.defs.usage.assets import daily_tenant_usage
+
+usage_to_stripe_job = dg.define_asset_job(
+    "usage_to_stripe_job",
+    selection=dg.AssetSelection.assets(daily_tenant_usage, stripe_meter_reports),
+    description="One UTC day: usage from the warehouse, validated, then pushed to Stripe meters.",
+)
+
+# Invoices finalize about an hour after a period ends: at 00:10 UTC the previous day is pushed,
+# leaving ~50 minutes of the grace period for retries of a failed run.
+usage_to_stripe_daily = dg.build_schedule_from_partitioned_job(
+    usage_to_stripe_job,
+    name="usage_to_stripe_daily",
+    hour_of_day=0,
+    minute_of_hour=10,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+LATE_EVENT_DAYS = 3
+
+
+@dg.schedule(
+    cron_schedule="10 6 * * *",
+    job=usage_to_stripe_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def usage_to_stripe_late_events(context: dg.ScheduleEvaluationContext):
+    """Re-push the last few days so late warehouse events converge (unchanged days send nothing)."""
+    assert context.scheduled_execution_time is not None
+    today = context.scheduled_execution_time.date()
+    for back in range(1, LATE_EVENT_DAYS + 1):
+        key = (today - timedelta(days=back)).isoformat()
+        yield dg.RunRequest(run_key=f"late-{today.isoformat()}-{key}", partition_key=key)
