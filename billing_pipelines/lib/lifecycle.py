@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import stripe
-from stripe.params import SubscriptionResumeParams
 
 from billing_pipelines.lib import stripe_catalog, tenant_state
 from billing_pipelines.lib.catalog import Catalog, Plan
@@ -439,8 +438,8 @@ def reactivate(
         subscription = client.v1.subscriptions.retrieve(sub_id)
         if subscription.status not in ENDED:
             if subscription.status == "paused":
-                resume: SubscriptionResumeParams = {"billing_cycle_anchor": "now"}
-                client.v1.subscriptions.resume(sub_id, resume)
+                # The billing cycle restarts now (Stripe's default): no charge for the pause.
+                client.v1.subscriptions.resume(sub_id)
                 detail = "resumed the paused subscription"
             elif subscription.cancel_at_period_end:
                 client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": False})
