@@ -31,6 +31,14 @@ usage_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(db_app, name="db")
 app.add_typer(usage_app, name="usage")
+tenant_app = typer.Typer(
+    help="A tenant's subscription: onboard, change plan, cancel, cards.", no_args_is_help=True
+)
+invoice_app = typer.Typer(help="Invoices in Stripe.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+catalog_app = typer.Typer(help="The plan catalog in Stripe.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(invoice_app, name="invoice")
 webhooks_app = typer.Typer(help="The Stripe webhook receiver.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
 
@@ -228,6 +236,144 @@ def webhooks_serve(
 
 
 # --- top level ---------------------------------------------------------------------------------
+
+
+# --- tenants and invoices ----------------------------------------------------------------------
+
+
+def _show(output: dict[str, Any]) -> None:
+    for key in (
+        "preview",
+        "tenant_id",
+        "subscription_id",
+        "subscription_status",
+        "api_access_enabled",
+        "detail",
+    ):
+        if key in output:
+            typer.echo(f"{key:<20} {output[key]}")
+
+
+@catalog_app.command("sync")
+@_with_services
+def catalog_sync() -> None:
+    """Create or update Stripe products, prices and meters from plans.toml (idempotent)."""
+    from billing_pipelines.runs import materialize_asset
+
+    if not materialize_asset("stripe_catalog"):
+        raise BillingConfigError("stripe_catalog failed: see the run in the Dagster UI")
+    typer.echo("stripe_catalog is in sync with plans.toml")
+
+
+@tenant_app.command("create")
+@_with_services
+def tenant_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id in the SaaS.")],
+    plan: Annotated[str, typer.Option(help="Plan key from plans.toml.")],
+    email: Annotated[str, typer.Option(help="Billing contact.")],
+    name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
+    payment_method: Annotated[str | None, typer.Option(help="e.g. pm_card_visa.")] = None,
+    trial: Annotated[bool, typer.Option(help="Start with the catalog's trial.")] = True,
+) -> None:
+    """Onboard a tenant: Stripe customer, optional card, subscription (idempotent)."""
+    from billing_pipelines.runs import run_job
+
+    _show(
+        run_job(
+            "onboard_tenant",
+            {
+                "tenant_id": tenant,
+                "name": name or tenant,
+                "email": email,
+                "plan": plan,
+                "payment_method": payment_method,
+                "trial": trial,
+            },
+        )
+    )
+
+
+@tenant_app.command("change-plan")
+@_with_services
+def tenant_change_plan(
+    tenant: Annotated[str, typer.Option()],
+    plan: Annotated[str, typer.Option(help="The new plan.")],
+    apply: Annotated[bool, typer.Option(help="Apply it (default: preview only).")] = False,
+) -> None:
+    """Preview a plan change's prorated invoice; with --apply, make the change."""
+    from billing_pipelines.runs import run_job
+
+    _show(run_job("change_plan", {"tenant_id": tenant, "to_plan": plan, "apply": apply}))
+
+
+@invoice_app.command("preview")
+@_with_services
+def invoice_preview(
+    tenant: Annotated[str, typer.Option()],
+    plan: Annotated[str, typer.Option(help="The plan to price the change to.")],
+) -> None:
+    """What the tenant would be invoiced on moving to PLAN now (nothing changes)."""
+    from billing_pipelines.runs import run_job
+
+    _show(run_job("change_plan", {"tenant_id": tenant, "to_plan": plan, "apply": False}))
+
+
+@tenant_app.command("cancel")
+@_with_services
+def tenant_cancel(
+    tenant: Annotated[str, typer.Option()],
+    now: Annotated[bool, typer.Option(help="Cancel immediately instead of at period end.")] = False,
+) -> None:
+    """Cancel a tenant's subscription (at period end by default)."""
+    from billing_pipelines.runs import run_job
+
+    _show(run_job("cancel_subscription", {"tenant_id": tenant, "immediately": now}))
+
+
+@tenant_app.command("update-card")
+@_with_services
+def tenant_update_card(
+    tenant: Annotated[str, typer.Option()],
+    payment_method: Annotated[str, typer.Option(help="e.g. pm_card_visa.")],
+) -> None:
+    """Make a new card the default and retry the tenant's open invoices with it."""
+    from billing_pipelines.runs import run_job
+
+    _show(run_job("update_payment_method", {"tenant_id": tenant, "payment_method": payment_method}))
+
+
+@tenant_app.command("reactivate")
+@_with_services
+def tenant_reactivate(tenant: Annotated[str, typer.Option()]) -> None:
+    """Undo a pending cancellation, resume a paused subscription, or subscribe again."""
+    from billing_pipelines.runs import run_job
+
+    _show(run_job("reactivate_tenant", {"tenant_id": tenant}))
+
+
+@app.command("portal")
+@_with_services
+def portal_command(
+    tenant: Annotated[str, typer.Option()],
+    return_url: Annotated[str, typer.Option(help="Where the portal sends the customer back.")] = (
+        "https://example.com/account"
+    ),
+) -> None:
+    """Print a Stripe customer-portal link for the tenant (cards, invoices, PDFs)."""
+    from billing_pipelines.lib import database, lifecycle, stripe_api
+
+    settings = load_settings()
+    client = stripe_api.make_client(
+        settings.require_stripe_api_key(), api_base=settings.stripe_api_base
+    )
+    pool = database.open_pool(settings.require_database_url(), max_size=1)
+    try:
+        with database.transaction(pool) as conn:
+            typer.echo(lifecycle.portal_url(conn, client, tenant, return_url))
+    except lifecycle.LifecycleError as exc:
+        raise BillingConfigError(str(exc)) from None
+    finally:
+        pool.close()
 
 
 @app.command("demo")

@@ -40,3 +40,52 @@ def materialize_days(
         status = "ok" if result.success else "FAILED"
         echo(f"[{index}/{len(days)}] {job_name} {day}: {status} (run {result.run_id[:8]})")
         yield day, result.success
+
+
+def run_job(job_name: str, op_config: dict[str, object]) -> dict[str, object]:
+    """Run a single-op admin job in-process (recorded on the instance); returns the op's output.
+
+    A failure in the op becomes a BillingConfigError carrying the op's own message, so the
+    CLI shows one line instead of Dagster's wrapped stack trace.
+    """
+    from billing_pipelines.definitions import defs
+
+    job = defs().resolve_job_def(job_name)
+    (node,) = job.graph.node_names()
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        run_config={
+            "ops": {node: {"config": op_config}},
+            # The failure is reported below in one line; the full trace stays in the run's logs.
+            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+        },
+        raise_on_error=False,
+    )
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        message = f"{job_name} failed (run {result.run_id[:8]})"
+        if failures and failures[0].step_failure_data is not None:
+            error = failures[0].step_failure_data.error
+            cause = error.cause if error is not None and error.cause is not None else error
+            if cause is not None:
+                last = cause.message.strip().splitlines()[-1]
+                # "package.module.SomeError: what happened" -> "what happened"
+                head, _, rest = last.partition(": ")
+                message += ": " + (rest if rest and "." in head and " " not in head else last)
+        raise BillingConfigError(message)
+    output: dict[str, object] = result.output_for_node(node)
+    return output
+
+
+def materialize_asset(asset_key: str) -> bool:
+    """Materialize one unpartitioned asset (and its checks) as a run on the instance."""
+    from billing_pipelines.definitions import defs
+
+    job = defs().resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        asset_selection=[dg.AssetKey(asset_key)],
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
+    )
+    return result.success

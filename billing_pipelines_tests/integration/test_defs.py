@@ -24,6 +24,15 @@ def test_definitions_load_and_every_asset_is_documented() -> None:
         assert description and description.strip(), f"{key} has no business docstring"
     assert {"billing_db", "warehouse", "stripe"} <= set(definitions.resources or {})
     assert definitions.resolve_job_def("daily_usage_job").partitions_def is not None
+    for admin_job in (
+        "onboard_tenant",
+        "change_plan",
+        "cancel_subscription",
+        "update_payment_method",
+        "reactivate_tenant",
+    ):
+        job = definitions.resolve_job_def(admin_job)
+        assert job.description, f"{admin_job} needs a description for the launchpad"
 
 
 def test_dagster_definitions_validate() -> None:

@@ -170,3 +170,21 @@ def test_portal_link_for_the_tenant(
     with conn.transaction():
         url = lifecycle.portal_url(conn, stripe_client, tenant, "https://app.example.com/billing")
     assert url.startswith("https://billing.stripe.com/p/session/")
+
+
+def test_trial_without_card_pauses_then_card_and_reactivate_resume(
+    conn: Any, stripe_client: stripe.StripeClient, catalog: Catalog
+) -> None:
+    tenant, clock = _tid(), _clock(stripe_client)
+    _onboard(conn, stripe_client, catalog, tenant, test_clock=clock)
+    advance(stripe_client, clock, 1_780_000_000 + 15 * DAY)  # the 14-day trial is over
+    with conn.transaction():
+        carded = lifecycle.update_payment_method(
+            conn, stripe_client, catalog, tenant, "pm_card_visa"
+        )
+    # No card at trial end: Stripe paused the subscription and access stopped.
+    assert carded.subscription_status == "paused" and not carded.api_access_enabled
+    with conn.transaction():
+        resumed = lifecycle.reactivate(conn, stripe_client, catalog, tenant)
+    assert resumed.detail == "resumed the paused subscription"
+    assert resumed.subscription_status == "active" and resumed.api_access_enabled

@@ -1,0 +1,182 @@
+"""Admin actions on a tenant's subscription, launchable from the UI's launchpad and the CLI."""
+
+from typing import Any
+
+import dagster as dg
+
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.lib import lifecycle
+from billing_pipelines.lib.catalog import load_catalog
+
+# Lifecycle calls share Stripe's rate limit with the meter pushes.
+STRIPE_POOL = "stripe_api"
+
+
+def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -> dict[str, Any]:
+    context.add_output_metadata(
+        {
+            "tenant_id": result.tenant_id,
+            "subscription_id": result.subscription_id or "",
+            "subscription_status": result.subscription_status or "",
+            "api_access_enabled": result.api_access_enabled,
+            "detail": result.detail,
+        }
+    )
+    context.log.info("%s: %s", result.tenant_id, result.detail)
+    return dict(result.__dict__)
+
+
+class OnboardTenantConfig(dg.Config):
+    """A new tenant: plan, contact, optional card (a trial needs none)."""
+
+    tenant_id: str
+    name: str
+    email: str
+    plan: str
+    payment_method: str | None = None
+    trial: bool = True
+    trial_end_behavior: str = lifecycle.DEFAULT_TRIAL_END_BEHAVIOR
+
+
+@dg.op(pool=STRIPE_POOL)
+def onboard_tenant_op(
+    context: dg.OpExecutionContext,
+    config: OnboardTenantConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Create the tenant's Stripe customer and subscription (idempotent)."""
+    request = lifecycle.OnboardRequest(**config.model_dump())
+    with billing_db.transaction() as conn:
+        result = lifecycle.onboard(conn, stripe.client(), load_catalog(), request)
+    return _report(context, result)
+
+
+@dg.job(description="Onboard a tenant: Stripe customer, card, subscription with trial.")
+def onboard_tenant() -> None:
+    onboard_tenant_op()
+
+
+class ChangePlanConfig(dg.Config):
+    """Move a tenant to another plan; `apply: false` only previews the prorated invoice."""
+
+    tenant_id: str
+    to_plan: str
+    apply: bool = False
+    proration_date: int | None = None
+
+
+@dg.op(pool=STRIPE_POOL)
+def change_plan_op(
+    context: dg.OpExecutionContext,
+    config: ChangePlanConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Preview the plan change's invoice, then apply it with the same proration date."""
+    client, catalog = stripe.client(), load_catalog()
+    with billing_db.transaction() as conn:
+        preview = lifecycle.preview_plan_change(
+            conn, client, catalog, config.tenant_id, config.to_plan, config.proration_date
+        )
+    context.log.info("preview: %s", preview.describe())
+    out: dict[str, Any] = {"preview": preview.describe(), "amount_due": preview.amount_due}
+    context.add_output_metadata(
+        {"preview": preview.describe(), "amount_due_cents": preview.amount_due}
+    )
+    if config.apply:
+        with billing_db.transaction() as conn:
+            result = lifecycle.change_plan(
+                conn, client, catalog, config.tenant_id, config.to_plan, preview.proration_date
+            )
+        out.update(_report(context, result))
+    return out
+
+
+@dg.job(description="Change a tenant's plan: preview with proration, then apply (dry-run default).")
+def change_plan() -> None:
+    change_plan_op()
+
+
+class CancelSubscriptionConfig(dg.Config):
+    """Cancel at period end (default) or immediately."""
+
+    tenant_id: str
+    immediately: bool = False
+
+
+@dg.op(pool=STRIPE_POOL)
+def cancel_subscription_op(
+    context: dg.OpExecutionContext,
+    config: CancelSubscriptionConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Cancel the tenant's subscription; access follows Stripe's resulting status."""
+    with billing_db.transaction() as conn:
+        result = lifecycle.cancel(
+            conn, stripe.client(), load_catalog(), config.tenant_id, immediately=config.immediately
+        )
+    return _report(context, result)
+
+
+@dg.job(description="Cancel a tenant's subscription (at period end by default).")
+def cancel_subscription() -> None:
+    cancel_subscription_op()
+
+
+class UpdatePaymentMethodConfig(dg.Config):
+    """A new default card, and whether to retry open invoices with it now."""
+
+    tenant_id: str
+    payment_method: str
+    retry_open_invoices: bool = True
+
+
+@dg.op(pool=STRIPE_POOL)
+def update_payment_method_op(
+    context: dg.OpExecutionContext,
+    config: UpdatePaymentMethodConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Make the card the default and retry what is unpaid."""
+    with billing_db.transaction() as conn:
+        result = lifecycle.update_payment_method(
+            conn,
+            stripe.client(),
+            load_catalog(),
+            config.tenant_id,
+            config.payment_method,
+            retry_open_invoices=config.retry_open_invoices,
+        )
+    return _report(context, result)
+
+
+@dg.job(description="Update a tenant's card and retry its open invoices.")
+def update_payment_method() -> None:
+    update_payment_method_op()
+
+
+class ReactivateConfig(dg.Config):
+    """The tenant to bring back."""
+
+    tenant_id: str
+
+
+@dg.op(pool=STRIPE_POOL)
+def reactivate_op(
+    context: dg.OpExecutionContext,
+    config: ReactivateConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Withdraw a pending cancellation, resume a pause, or subscribe again."""
+    with billing_db.transaction() as conn:
+        result = lifecycle.reactivate(conn, stripe.client(), load_catalog(), config.tenant_id)
+    return _report(context, result)
+
+
+@dg.job(description="Reactivate a tenant: undo a cancellation, resume, or subscribe again.")
+def reactivate_tenant() -> None:
+    reactivate_op()
