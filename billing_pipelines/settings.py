@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = None
     notification_from: str = "Billing <billing@localhost>"
     alert_email: str | None = None
+    # Reconciliation and alerting (issue 6): a Slack-compatible chat webhook for operator alerts
+    # (its URL is a secret), and the Dagster UI address that alert links point at.
+    alert_chat_webhook_url: SecretStr | None = None
+    dagster_ui_url: str | None = None
 
     @field_validator("database_url", "dagster_postgres_url")
     @classmethod
@@ -145,6 +149,8 @@ _ENV_NAMES = {
     "smtp_url": "SMTP_URL",
     "notification_from": "NOTIFICATION_FROM",
     "alert_email": "ALERT_EMAIL",
+    "alert_chat_webhook_url": "ALERT_CHAT_WEBHOOK_URL",
+    "dagster_ui_url": "DAGSTER_UI_URL",
 }
 
 

@@ -25,6 +25,15 @@ EXPECTED_TABLES = {
     # 0003: webhooks and dunning
     "dunning_cases",
     "alerts",
+    # 0004: reconciliation
+    "stripe_customer_snapshots",
+    "stripe_subscription_snapshots",
+    "stripe_invoice_snapshots",
+    "stripe_invoice_line_snapshots",
+    "subscription_state_findings",
+    "usage_invoice_audit",
+    "billing_health_daily",
+    "alert_deliveries",
 }
 
 

@@ -1,0 +1,428 @@
+"""Reconciliation: Stripe snapshots, the tenant database against them, usage against invoices."""
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
+from billing_pipelines.lib import reconciliation, stripe_meters, stripe_snapshots, usage_audit
+from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.notifications import format_money
+from billing_pipelines.lib.reconciliation import Finding, TenantRow
+from billing_pipelines.lib.stripe_snapshots import (
+    CustomerSnapshot,
+    InvoiceSnapshot,
+    SubscriptionSnapshot,
+)
+
+STRIPE_POOL = "stripe_api"
+GROUP = "reconciliation"
+
+CANCELED_CHECK = "no_canceled_subscription_served"
+TRIAL_CHECK = "no_trial_ended_without_payment_method_served"
+UNPAID_CHECK = "no_unpaid_service"
+CONSISTENT_CHECK = "tenant_db_matches_stripe"
+AUDIT_CHECK = "usage_matches_invoices"
+
+# Leak checks: which finding categories each one fails on.
+LEAK_CHECKS = {
+    CANCELED_CHECK: (reconciliation.CANCELED_ACTIVE,),
+    TRIAL_CHECK: (reconciliation.TRIAL_ENDED_NO_PAYMENT_METHOD,),
+    UNPAID_CHECK: (reconciliation.INVOICE_STUCK_IN_DRAFT, reconciliation.SUBSCRIPTION_INCOMPLETE),
+}
+
+
+@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+def stripe_subscription_snapshot(
+    context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
+) -> dg.MaterializeResult:
+    """Every Stripe customer and subscription (all statuses) as of today, stored by date."""
+    taken_at = datetime.now(UTC)
+    state = stripe_snapshots.fetch_state(stripe.client(), set(load_catalog().plans))
+    with billing_db.transaction() as conn:
+        stripe_snapshots.store_state(conn, taken_at.date(), state, taken_at)
+    statuses: dict[str, int] = {}
+    for sub in state.subscriptions:
+        statuses[sub.status] = statuses.get(sub.status, 0) + 1
+    context.log.info(
+        "snapshot %s: %d customers, %d subscriptions",
+        taken_at.date(),
+        len(state.customers),
+        len(state.subscriptions),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "snapshot_date": dg.MetadataValue.text(taken_at.date().isoformat()),
+            "customers": dg.MetadataValue.int(len(state.customers)),
+            "subscriptions": dg.MetadataValue.int(len(state.subscriptions)),
+            "by_status": dg.MetadataValue.json(statuses),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+def stripe_invoice_snapshot(
+    context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
+) -> dg.MaterializeResult:
+    """Every Stripe invoice with its lines (quantities, amounts, periods) as of today."""
+    taken_at = datetime.now(UTC)
+    snapshot = stripe_snapshots.fetch_invoices(stripe.client())
+    with billing_db.transaction() as conn:
+        stripe_snapshots.store_invoices(conn, taken_at.date(), snapshot, taken_at)
+    statuses: dict[str, int] = {}
+    for inv in snapshot.invoices:
+        statuses[inv.status] = statuses.get(inv.status, 0) + 1
+    context.log.info(
+        "snapshot %s: %d invoices, %d lines",
+        taken_at.date(),
+        len(snapshot.invoices),
+        len(snapshot.lines),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "snapshot_date": dg.MetadataValue.text(taken_at.date().isoformat()),
+            "invoices": dg.MetadataValue.int(len(snapshot.invoices)),
+            "lines": dg.MetadataValue.int(len(snapshot.lines)),
+            "metered_lines": dg.MetadataValue.int(sum(1 for ln in snapshot.lines if ln.metered)),
+            "by_status": dg.MetadataValue.json(statuses),
+        }
+    )
+
+
+# ---- the tenant database against the snapshot --------------------------------------------------
+
+
+def _rows(conn: Any, sql: str, snapshot_date: date) -> list[dict[str, Any]]:
+    return list(conn.execute(sql, (snapshot_date,)).fetchall())
+
+
+def load_snapshot(
+    conn: Any,
+) -> tuple[
+    date,
+    datetime,
+    list[TenantRow],
+    list[SubscriptionSnapshot],
+    list[CustomerSnapshot],
+    list[InvoiceSnapshot],
+]:
+    """The newest snapshot and the tenant rows, read from the billing database."""
+    latest = conn.execute(
+        "SELECT snapshot_date, max(taken_at) AS taken_at FROM stripe_subscription_snapshots "
+        "GROUP BY snapshot_date ORDER BY snapshot_date DESC LIMIT 1"
+    ).fetchone()
+    if latest is None:
+        raise dg.Failure("no Stripe snapshot yet: materialize stripe_subscription_snapshot first")
+    day, taken_at = latest["snapshot_date"], latest["taken_at"]
+    sub_fields = [f for f in SubscriptionSnapshot.__dataclass_fields__]
+    cus_fields = [f for f in CustomerSnapshot.__dataclass_fields__]
+    inv_fields = [f for f in InvoiceSnapshot.__dataclass_fields__]
+    subs = [
+        SubscriptionSnapshot(**{k: r[k] for k in sub_fields})
+        for r in _rows(
+            conn, "SELECT * FROM stripe_subscription_snapshots WHERE snapshot_date = %s", day
+        )
+    ]
+    customers = [
+        CustomerSnapshot(**{k: r[k] for k in cus_fields})
+        for r in _rows(
+            conn, "SELECT * FROM stripe_customer_snapshots WHERE snapshot_date = %s", day
+        )
+    ]
+    invoice_day = conn.execute(
+        "SELECT max(snapshot_date) AS d FROM stripe_invoice_snapshots WHERE snapshot_date <= %s",
+        (day,),
+    ).fetchone()["d"]
+    invoices = [
+        InvoiceSnapshot(**{k: r[k] for k in inv_fields})
+        for r in _rows(
+            conn,
+            "SELECT * FROM stripe_invoice_snapshots WHERE snapshot_date = %s AND status = 'draft'",
+            invoice_day,
+        )
+    ]
+    tenants = [
+        TenantRow(
+            tenant_id=r["tenant_id"],
+            plan=r["plan"],
+            stripe_customer_id=r["stripe_customer_id"],
+            stripe_subscription_id=r["stripe_subscription_id"],
+            billing_status=r["billing_status"],
+            subscription_status=r["subscription_status"],
+            api_access_enabled=bool(r["api_access_enabled"]),
+        )
+        for r in conn.execute(
+            "SELECT tenant_id, plan, stripe_customer_id, stripe_subscription_id, billing_status, "
+            "subscription_status, api_access_enabled FROM tenants"
+        ).fetchall()
+    ]
+    return day, taken_at, tenants, subs, customers, invoices
+
+
+def store_findings(conn: Any, snapshot_date: date, findings: list[Finding]) -> None:
+    """Replace the snapshot date's findings."""
+    conn.execute(
+        "DELETE FROM subscription_state_findings WHERE snapshot_date = %s", (snapshot_date,)
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO subscription_state_findings (snapshot_date, category, revenue_leak,
+                tenant_id, customer_id, subscription_id, detail, local_state, stripe_state)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            [
+                (
+                    snapshot_date,
+                    f.category,
+                    f.revenue_leak,
+                    f.tenant_id,
+                    f.customer_id,
+                    f.subscription_id,
+                    f.detail,
+                    None if f.local_state is None else dg_json(f.local_state),
+                    None if f.stripe_state is None else dg_json(f.stripe_state),
+                )
+                for f in findings
+            ],
+        )
+
+
+def dg_json(value: Any) -> Any:
+    """A value for a jsonb column."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+def findings_table(findings: list[Finding], limit: int = 50) -> str:
+    """Findings as a markdown table for the Dagster UI."""
+    if not findings:
+        return "none"
+    lines = ["| category | tenant | customer | subscription | detail |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {f.category} | {f.tenant_id or ''} | {f.customer_id or ''} | "
+        f"{f.subscription_id or ''} | {f.detail} |"
+        for f in findings[:limit]
+    ]
+    if len(findings) > limit:
+        lines.append(f"... and {len(findings) - limit} more")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=[stripe_subscription_snapshot, stripe_invoice_snapshot],
+    group_name=GROUP,
+    kinds={"postgres"},
+    tags={"domain": GROUP},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CANCELED_CHECK,
+            asset="subscription_state_diff",
+            description="No tenant keeps API access after Stripe cancelled its subscription.",
+        ),
+        dg.AssetCheckSpec(
+            TRIAL_CHECK,
+            asset="subscription_state_diff",
+            description="No tenant is served after its trial ended without a payment method.",
+        ),
+        dg.AssetCheckSpec(
+            UNPAID_CHECK,
+            asset="subscription_state_diff",
+            description="No invoice is stuck in draft, no served subscription is incomplete.",
+        ),
+        dg.AssetCheckSpec(
+            CONSISTENT_CHECK,
+            asset="subscription_state_diff",
+            description="The tenant database agrees with Stripe in every category.",
+        ),
+    ],
+)
+def subscription_state_diff(
+    context: dg.AssetExecutionContext, billing_db: BillingDatabase
+) -> dg.MaterializeResult:
+    """Where the tenant database and Stripe disagree, by category, for the newest snapshot."""
+    with billing_db.transaction() as conn:
+        day, taken_at, tenants, subs, customers, invoices = load_snapshot(conn)
+        result = reconciliation.diff(tenants, subs, customers, invoices, as_of=taken_at)
+        store_findings(conn, day, result.findings)
+    grouped = result.by_category()
+    for finding in result.findings:
+        context.log.warning("%s: %s", finding.category, finding.detail)
+    checks = []
+    for name, categories in LEAK_CHECKS.items():
+        leaks = [f for c in categories for f in result.leaks(c)]
+        checks.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not leaks,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"{len(leaks)} revenue leak(s): run subscription_remediation_job"
+                    if leaks
+                    else None
+                ),
+                metadata={
+                    "leaks": dg.MetadataValue.int(len(leaks)),
+                    "tenants": dg.MetadataValue.md(findings_table(leaks)),
+                },
+            )
+        )
+    checks.append(
+        dg.AssetCheckResult(
+            check_name=CONSISTENT_CHECK,
+            passed=not result.findings,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "findings": dg.MetadataValue.int(len(result.findings)),
+                **{f"{c}": dg.MetadataValue.int(len(grouped[c])) for c in grouped},
+            },
+        )
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "snapshot_date": dg.MetadataValue.text(day.isoformat()),
+            "tenants": dg.MetadataValue.int(result.tenants),
+            "subscriptions": dg.MetadataValue.int(result.subscriptions),
+            "findings": dg.MetadataValue.int(len(result.findings)),
+            "state_mismatches": dg.MetadataValue.int(result.mismatches),
+            "revenue_leaks": dg.MetadataValue.int(sum(f.revenue_leak for f in result.findings)),
+            **{f"n_{c}": dg.MetadataValue.int(len(grouped[c])) for c in grouped},
+            "details": dg.MetadataValue.md(findings_table(result.findings)),
+        },
+        check_results=checks,
+    )
+
+
+# ---- usage against invoices --------------------------------------------------------------------
+
+
+class UsageAuditConfig(dg.Config):
+    """Which closed periods to audit: those whose period ended within the lookback."""
+
+    lookback_days: int = 40
+
+
+def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
+    """Differences as a markdown table: tenant, period, amount, causes."""
+    bad = [r for r in rows if not r.clean]
+    if not bad:
+        return "every audited period matches to the cent"
+    lines = ["| tenant | period | invoice | difference | causes |", "|---|---|---|---|---|"]
+    for r in bad[:limit]:
+        end = r.line.period_end - timedelta(seconds=1)
+        lines.append(
+            f"| {r.line.tenant_id or r.line.customer_id} | {r.line.period_start:%Y-%m-%d} to "
+            f"{end:%Y-%m-%d} | {r.line.invoice_id} | "
+            f"{format_money(r.difference_cents, r.line.currency)} | {'; '.join(r.causes)} |"
+        )
+    if len(bad) > limit:
+        lines.append(f"... and {len(bad) - limit} more")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=[stripe_invoice_snapshot, stripe_subscription_snapshot],
+    group_name=GROUP,
+    kinds={"stripe", "clickhouse", "postgres"},
+    tags={"domain": GROUP},
+    pool=STRIPE_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            AUDIT_CHECK,
+            asset="usage_invoice_audit",
+            description=(
+                "For every tenant and closed period, the warehouse, daily usage, ledger, Stripe "
+                "meters and the invoice agree, and the amount equals the catalog tiers."
+            ),
+        )
+    ],
+)
+def usage_invoice_audit(
+    context: dg.AssetExecutionContext,
+    config: UsageAuditConfig,
+    billing_db: BillingDatabase,
+    warehouse: UsageWarehouse,
+    stripe: StripeResource,
+) -> dg.MaterializeResult:
+    """Per tenant and closed billing period: every usage source and the invoice, side by side."""
+    catalog = load_catalog()
+    with billing_db.transaction() as conn:
+        latest = conn.execute(
+            "SELECT max(snapshot_date) AS d, max(taken_at) AS t FROM stripe_invoice_snapshots "
+            "WHERE snapshot_date = (SELECT max(snapshot_date) FROM stripe_invoice_snapshots)"
+        ).fetchone()
+        if latest is None or latest["d"] is None:
+            raise dg.Failure("no invoice snapshot yet: materialize stripe_invoice_snapshot first")
+        audit_date, taken_at = latest["d"], latest["t"]
+        lines = usage_audit.billed_lines(
+            conn, audit_date, catalog.plans, since=taken_at - timedelta(days=config.lookback_days)
+        )
+    tenants = [ln.tenant_id for ln in lines if ln.tenant_id]
+    days = [d for ln in lines for d in usage_audit.period_days(ln.period_start, ln.period_end)]
+    warehouse_truth: dict[usage_audit.Key, int] = {}
+    stored: dict[usage_audit.Key, int] = {}
+    delivered: dict[usage_audit.Key, int] = {}
+    if tenants and days:
+        first, last = min(days), max(days)
+        warehouse_truth = usage_audit.warehouse_queries(warehouse.client(), tenants, first, last)
+        with billing_db.transaction() as conn:
+            stored = usage_audit.stored_queries(conn, tenants, first, last)
+            delivered = usage_audit.ledger_queries(conn, tenants, first, last)
+    client = stripe.client()
+
+    def stripe_day_total(line: usage_audit.BilledLine, day: date) -> int:
+        if line.meter_id is None:
+            return 0
+        return int(stripe_meters.day_total(client, line.meter_id, line.customer_id, day))
+
+    rows = usage_audit.audit_lines(
+        lines,
+        warehouse=warehouse_truth,
+        stored=stored,
+        ledger=delivered,
+        stripe_day_total=stripe_day_total,
+    )
+    with billing_db.transaction() as conn:
+        usage_audit.store(conn, audit_date, rows)
+    bad = [r for r in rows if not r.clean]
+    for row in bad:
+        context.log.error(
+            "%s %s: %s", row.line.tenant_id, row.line.invoice_id, "; ".join(row.causes)
+        )
+    over = sum(r.difference_cents for r in rows if r.difference_cents > 0)
+    under = -sum(r.difference_cents for r in rows if r.difference_cents < 0)
+    explanations = "\n".join(
+        f"- {r.line.tenant_id or r.line.customer_id} / {r.line.invoice_id}: {r.explanation}"
+        for r in rows[:50]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "audit_date": dg.MetadataValue.text(audit_date.isoformat()),
+            "periods_audited": dg.MetadataValue.int(len(rows)),
+            "periods_with_differences": dg.MetadataValue.int(len(bad)),
+            "over_charged_cents": dg.MetadataValue.int(over),
+            "under_charged_cents": dg.MetadataValue.int(under),
+            "explanations": dg.MetadataValue.md(explanations or "no closed periods"),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=AUDIT_CHECK,
+                passed=not bad,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=(
+                    f"{len(bad)} billing period(s) differ: over-charged "
+                    f"{format_money(over, catalog.currency)}, under-charged "
+                    f"{format_money(under, catalog.currency)}"
+                    if bad
+                    else None
+                ),
+                metadata={
+                    "differences": dg.MetadataValue.int(len(bad)),
+                    "difference_cents": dg.MetadataValue.int(over - under),
+                    "details": dg.MetadataValue.md(audit_table(rows)),
+                },
+            )
+        ],
+    )
