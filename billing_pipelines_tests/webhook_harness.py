@@ -6,6 +6,7 @@ conftest.py of each test folder that uses them.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -288,18 +289,21 @@ class Harness:
         trial_days: int | None = None,
         trial_behavior: str | None = None,
         metered: bool = False,
+        on_clock: bool = True,
     ) -> tuple[stripe.Customer, stripe.Subscription, str]:
-        """A customer on a test clock at T0 with a Pro subscription, and its tenant row."""
+        """A customer (on a test clock at T0 unless told otherwise) with a Pro subscription,
+        and its tenant row."""
         c = self.client
         prices = self.catalog()
-        clock = c.v1.test_helpers.test_clocks.create({"frozen_time": T0})
-        customer = c.v1.customers.create(
-            {
-                "email": f"{tenant_id}@tenant.example",
-                "test_clock": clock.id,
-                "metadata": {"tenant_id": tenant_id},
-            }
-        )
+        clock_id = ""
+        params_c: dict[str, Any] = {
+            "email": f"{tenant_id}@tenant.example",
+            "metadata": {"tenant_id": tenant_id},
+        }
+        if on_clock:
+            clock_id = c.v1.test_helpers.test_clocks.create({"frozen_time": T0}).id
+            params_c["test_clock"] = clock_id
+        customer = c.v1.customers.create(params_c)  # type: ignore[arg-type]
         if card:
             pm = c.v1.payment_methods.attach(card, {"customer": customer.id})
             c.v1.customers.update(
@@ -320,12 +324,47 @@ class Harness:
         if trial_behavior:
             params["trial_settings"] = {"end_behavior": {"missing_payment_method": trial_behavior}}
         subscription = c.v1.subscriptions.create(params)  # type: ignore[arg-type]
-        return customer, subscription, clock.id
+        return customer, subscription, clock_id
 
     def tenant_row(self, tenant_id: str) -> dict[str, Any]:
         rows = query(self.db_url, "SELECT * FROM tenants WHERE tenant_id = %s", (tenant_id,))
         assert rows, tenant_id
         return rows[0]
+
+    # ---- the sandbox's delivery machinery -----------------------------------------------------
+
+    def endpoint_id(self) -> str:
+        return str(self.client.v1.webhook_endpoints.list().data[0].id)
+
+    def deliveries_paused(self, paused: bool) -> None:
+        """Disable the endpoint (events happen but are never delivered: missed webhooks)."""
+        self.client.v1.webhook_endpoints.update(self.endpoint_id(), {"disabled": paused})
+
+    def event_ids(self, event_type: str) -> list[str]:
+        """Ids of events of this type, oldest first."""
+        events = self.client.v1.events.list({"type": event_type, "limit": 100}).data
+        return [e.id for e in reversed(events)]
+
+    def redeliver(self, *event_ids: str) -> None:
+        """Have the sandbox deliver these events again (as Stripe does on retries)."""
+        state = self.sandbox.state
+        assert state.webhooks is not None
+        endpoint_id = self.endpoint_id()
+        with state.lock:
+            endpoint = state.table("webhook_endpoint")[endpoint_id]
+            events = [state.table("event")[eid] for eid in event_ids]
+        for event in events:
+            state.webhooks.enqueue(event, [endpoint])
+            assert state.webhooks.drain(10)
+
+    def signed(self, event_id: str) -> tuple[bytes, str]:
+        """The exact body the sandbox would deliver for this event, and a fresh signature."""
+        from billing_pipelines.sandbox.stripe.resources.events import render_event
+        from billing_pipelines.sandbox.stripe.webhooks import sign
+
+        with self.sandbox.state.lock:
+            body = json.dumps(render_event(self.sandbox.state.table("event")[event_id]), indent=2)
+        return body.encode(), sign(body, self.secret)
 
     def emails(self, to: str | None = None) -> list[EmailMessage]:
         return [m for m in self.smtp.messages if to is None or m["To"] == to]

@@ -178,4 +178,4 @@ def events_since(
     if types:
         params["types"] = types
     for event in client.v1.events.list(params).auto_paging_iter():
-        yield event.to_dict()
+        yield event.to_dict(for_json=True)
