@@ -24,7 +24,7 @@ def remediate_subscription_state(
 ) -> dg.Output[dict[str, int]]:
     """Converge every tenant the newest diff flagged to its current Stripe subscription."""
     settings = load_settings()
-    actor = f"reconciliation remediation (run {context.run_id[:8]})"
+    actor = f"reconciliation remediation (run {context.run.run_id[:8]})"
     with billing_db.transaction() as conn:
         targets = remediation.latest_targets(conn, only=set(config.tenant_ids) or None)
     outcomes = remediation.remediate(
@@ -48,7 +48,7 @@ def remediate_subscription_state(
         )
         with billing_db.transaction() as conn:
             alerting.raise_failure(
-                conn, remediation.admin_alert(context.run_id, changed, channel.ui_url), channel
+                conn, remediation.admin_alert(context.run.run_id, changed, channel.ui_url), channel
             )
     counts = {
         "flagged_tenants": len(targets),

@@ -1,0 +1,151 @@
+"""Usage against invoices over a closed billing period: the real pipeline (warehouse ->
+daily_tenant_usage -> meter reports -> Stripe invoice), then a double count seeded by a tampered
+ledger, against the Stripe sandbox, embedded PostgreSQL and the chDB warehouse."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import psycopg
+import stripe
+
+from billing_pipelines.defs.metering.assets import stripe_meter_reports
+from billing_pipelines.defs.reconciliation.assets import (
+    AUDIT_CHECK,
+    stripe_invoice_snapshot,
+    stripe_subscription_snapshot,
+    usage_invoice_audit,
+)
+from billing_pipelines.defs.usage.assets import daily_tenant_usage
+from billing_pipelines.lib import ledger, stripe_meters
+from billing_pipelines.lib import warehouse as wh
+from billing_pipelines.lib.meter_reports import (
+    DELIVERED,
+    MeterReport,
+    event_timestamp,
+    identifier_for,
+)
+from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines_tests.integration.reconciliation import support
+from billing_pipelines_tests.support import advance
+from billing_pipelines_tests.webhook_harness import query
+
+DAY = datetime.now(UTC).date() - timedelta(days=3)  # recent: inside Stripe's 35-day window
+START = int(wh.day_bounds(DAY)[0].timestamp())
+
+
+def insert_queries(tenant_id: str, count: int, copies: int = 1) -> None:
+    """`count` distinct queries on DAY, each logged `copies` times (cache duplicates)."""
+    start, _ = wh.day_bounds(DAY)
+    wh.connect(os.environ["CLICKHOUSE_URL"]).command(
+        """
+        INSERT INTO usage_events (event_id, query_id, tenant_id, timestamp, event_type,
+            tokens_used, embeddings_count, latency_ms)
+        SELECT generateUUIDv4(), concat({tenant:String}, '-q', toString(n)), {tenant:String},
+               {start:DateTime64(3, 'UTC')} + toIntervalSecond(n % 80000), 'query', 12, 1, 40
+        FROM (SELECT number % {count:UInt64} AS n FROM numbers({rows:UInt64}))
+        """,
+        parameters={"tenant": tenant_id, "start": start, "count": count, "rows": count * copies},
+    )
+
+
+def double_report(client: stripe.StripeClient, db_url: str, tenant_id: str, customer: str) -> None:
+    """A buggy reporter sends the tenant's DAY total again under the next day, through the same
+    ledger and meter event code the pipeline uses: Stripe now bills that usage twice."""
+    next_day: date = DAY + timedelta(days=1)
+    with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:
+        value = ledger.latest_entries(conn, DAY)[(tenant_id, "queries")].value
+        report = MeterReport(
+            tenant_id=tenant_id,
+            metric="queries",
+            usage_date=next_day,
+            value=value,
+            value_version=1,
+            identifier=identifier_for(tenant_id, "queries", next_day, 1),
+            stripe_customer_id=customer,
+            event_name="rag_api_queries",
+            timestamp=event_timestamp(next_day, 1),
+        )
+        (pending,) = ledger.record_pending(conn, [report], "tampered")
+        outcome = stripe_meters.send_meter_event(client, pending)
+        assert outcome.status == DELIVERED
+        assert pending.ledger_id is not None
+        ledger.record_outcome(conn, pending.ledger_id, DELIVERED)
+
+
+def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+    billing_db_url: str,
+    embedded_services: dict[str, str],
+) -> None:
+    c = stripe_client
+    support.catalog(c)
+    resources = support.resources(stripe_sandbox.url, billing_db_url)
+    ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
+    wh.ensure_usage_schema(ch)
+    ch.command("TRUNCATE TABLE usage_events")
+    _, _, clean_clock = support.tenant(c, billing_db_url, "t-clean", frozen_time=START)
+    doubled_customer, doubled_sub, doubled_clock = support.tenant(
+        c, billing_db_url, "t-doubled", frozen_time=START
+    )
+    for clock in (clean_clock, doubled_clock):
+        advance(c, clock, START + 86400 + 1800)  # DAY is over for both customers
+    insert_queries("t-clean", 125_000, copies=2)  # every query logged twice: billed once
+    insert_queries("t-doubled", 125_000)
+    pushed = dg.materialize(
+        [daily_tenant_usage, stripe_meter_reports],
+        partition_key=DAY.isoformat(),
+        resources=resources,
+    )
+    assert pushed.success
+    double_report(c, billing_db_url, "t-doubled", doubled_customer)
+
+    period_end = c.v1.subscriptions.retrieve(doubled_sub)["items"].data[0].current_period_end
+    for clock in (clean_clock, doubled_clock):
+        advance(c, clock, period_end + 2 * 3600)  # period closed, invoices finalized and paid
+
+    result = dg.materialize(
+        [stripe_subscription_snapshot, stripe_invoice_snapshot, usage_invoice_audit],
+        resources=resources,
+    )
+    assert result.success
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == AUDIT_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    details = check.metadata["details"].value
+    last = datetime.fromtimestamp(period_end - 1, UTC).date()
+    # The tenant, the period and the amount: 250,000 billed (150,000 over = $120.00) where the
+    # warehouse truth of 125,000 queries costs $20.00.
+    assert f"| t-doubled | {DAY} to {last} |" in details
+    assert "$100.00" in details and "over-charged by $100.00" in details
+    assert "t-clean" not in details
+    assert check.metadata["difference_cents"].value == 10_000
+
+    rows = {
+        r["tenant_id"]: r
+        for r in query(billing_db_url, "SELECT * FROM usage_invoice_audit ORDER BY tenant_id")
+    }
+    clean: dict[str, Any] = rows["t-clean"]
+    assert clean["difference_cents"] == 0 and clean["causes"] == []
+    assert (
+        clean["warehouse_queries"],
+        clean["daily_usage_queries"],
+        clean["ledger_queries"],
+        clean["stripe_meter_queries"],
+        clean["invoice_quantity"],
+    ) == (125_000,) * 5
+    assert clean["invoice_amount"] == clean["recomputed_amount"] == 2000
+    assert clean["explanation"] == (
+        f"For {DAY} to {last} (UTC): You used 125,000 queries: 25,000 over the 100,000 "
+        "included = $20.00."
+    )
+    doubled = rows["t-doubled"]
+    assert (doubled["warehouse_queries"], doubled["invoice_quantity"]) == (125_000, 250_000)
+    assert (doubled["invoice_amount"], doubled["recomputed_amount"]) == (12_000, 2_000)
+    assert doubled["difference_cents"] == 10_000
+    causes = " ".join(doubled["causes"])
+    assert f"{DAY + timedelta(days=1)}: the report ledger delivered 125,000 queries" in causes
+    assert "double count" in causes
