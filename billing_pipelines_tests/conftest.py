@@ -14,6 +14,30 @@ from billing_pipelines.sandbox import services
 from billing_pipelines.sandbox.stripe import SandboxHandle, Settings, run_in_thread
 from billing_pipelines_tests.support import API_KEY
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stripe-live",
+        action="store_true",
+        help="Also run tests marked stripe_live against real Stripe test mode (STRIPE_API_KEY).",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """stripe_live tests run only when asked for, and only with a test-mode key."""
+    key = os.environ.get("STRIPE_API_KEY", "")
+    if config.getoption("--stripe-live") and key.startswith(("sk_test_", "rk_test_")):
+        return
+    reason = (
+        "needs --stripe-live and STRIPE_API_KEY=sk_test_... (real Stripe test mode)"
+        if not key.startswith(("sk_test_", "rk_test_"))
+        else "real Stripe test mode runs only with --stripe-live"
+    )
+    for item in items:
+        if "stripe_live" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 SERVICE_VARS = (
     "DATABASE_URL",
     "DAGSTER_POSTGRES_URL",

@@ -1,0 +1,105 @@
+"""The same lifecycle against real Stripe test mode, with a test clock (opt-in, see README).
+
+Run: STRIPE_API_KEY=sk_test_... make test PYTEST_ARGS="--stripe-live -k stripe_test_mode".
+Everything it creates lives in the test-mode account on its own test clock, which the test
+deletes at the end (Stripe deletes the clock's customers and subscriptions with it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+import stripe
+from psycopg.rows import dict_row
+
+from billing_pipelines.lib import lifecycle, stripe_api, stripe_catalog
+from billing_pipelines.lib.catalog import load_catalog
+
+pytestmark = pytest.mark.stripe_live
+
+DAY = 86_400
+
+
+@pytest.fixture
+def live_client() -> stripe.StripeClient:
+    return stripe_api.make_client(os.environ["STRIPE_API_KEY"], max_network_retries=3)
+
+
+@pytest.fixture
+def clock(live_client: stripe.StripeClient) -> Iterator[str]:
+    start = int(datetime.now(UTC).timestamp())
+    created = live_client.v1.test_helpers.test_clocks.create(
+        {"frozen_time": start, "name": f"billing_pipelines {uuid.uuid4().hex[:6]}"}
+    )
+    yield str(created.id)
+    live_client.v1.test_helpers.test_clocks.delete(str(created.id))
+
+
+def _advance(client: stripe.StripeClient, clock_id: str, to: int) -> None:
+    client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": to})
+    deadline = time.monotonic() + 300
+    while client.v1.test_helpers.test_clocks.retrieve(clock_id).status != "ready":
+        assert time.monotonic() < deadline, "the test clock did not finish advancing"
+        time.sleep(2)
+
+
+def test_onboard_report_and_invoice_in_stripe_test_mode(
+    live_client: stripe.StripeClient, clock: str, fresh_database_url: str
+) -> None:
+    lifecycle_month(live_client, clock, fresh_database_url, _advance)
+
+
+def lifecycle_month(
+    client: stripe.StripeClient, clock: str, database_url: str, advance: Any
+) -> None:
+    """Onboard on a clock, report 125,000 queries, renew: the invoice bills $20.00 overage."""
+    live_client = client
+    _advance = advance
+    catalog = load_catalog()
+    stripe_catalog.sync_catalog(live_client, catalog)
+    tenant = f"live-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        with conn.transaction():
+            onboarded = lifecycle.onboard(
+                conn,
+                live_client,
+                catalog,
+                lifecycle.OnboardRequest(
+                    tenant_id=tenant,
+                    name="Live test",
+                    email="live@example.com",
+                    plan="pro",
+                    payment_method="pm_card_visa",
+                    trial=False,
+                    test_clock=clock,
+                ),
+            )
+        assert onboarded.subscription_status == "active"
+        sub: Any = live_client.v1.subscriptions.retrieve(str(onboarded.subscription_id))
+        period_end = int(sub["items"].data[0].current_period_end)
+        period_start = int(sub["items"].data[0].current_period_start)
+        # Usage can only be reported up to the clock's "now": let two days pass first.
+        _advance(live_client, clock, period_start + 2 * DAY)
+        live_client.v1.billing.meter_events.create(
+            {
+                "event_name": catalog.meters["queries"].event_name,
+                "payload": {"stripe_customer_id": str(onboarded.customer_id), "value": "125000"},
+                "identifier": f"{tenant}-queries-1",
+                "timestamp": period_start + DAY,
+            }
+        )
+        _advance(live_client, clock, period_end + 2 * 3600)
+        invoices = live_client.v1.invoices.list(
+            {"customer": str(onboarded.customer_id), "limit": 10}
+        )
+        renewal = [i for i in invoices.data if i.billing_reason == "subscription_cycle"]
+        assert renewal, "no renewal invoice after the period ended"
+        metered = [line for line in renewal[0].lines.data if line.amount == 2000]
+        assert metered, "125,000 queries on pro should bill 25,000 x $0.0008 = $20.00"
