@@ -1,0 +1,160 @@
+"""Alerts: a failed ERROR check and a failed run notify the configured channels (the email
+outbox and a chat webhook on loopback) once each, with a link to the run."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import dagster as dg
+import pytest
+import stripe
+
+from billing_pipelines.defs.alerting.sensors import (
+    failed_check_alert_sensor,
+    failed_run_alert_sensor,
+)
+from billing_pipelines.defs.reconciliation.assets import (
+    stripe_invoice_snapshot,
+    stripe_subscription_snapshot,
+    subscription_state_diff,
+    usage_invoice_audit,
+)
+from billing_pipelines.defs.resources import BillingDatabase
+from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines_tests.integration.reconciliation import support
+from billing_pipelines_tests.webhook_harness import query
+
+
+class ChatServer:
+    """A chat webhook on loopback that records every JSON body it receives."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/T0/secret-token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    server = ChatServer()
+    monkeypatch.setenv("ALERT_CHAT_WEBHOOK_URL", server.url)
+    monkeypatch.setenv("ALERT_EMAIL", "oncall@billing.example")
+    monkeypatch.setenv("DAGSTER_UI_URL", "https://dagster.billing.example")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_failed_error_check_and_failed_run_alert_once_each(
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+    billing_db_url: str,
+    chat: ChatServer,
+) -> None:
+    c = stripe_client
+    support.catalog(c)
+    resources = support.resources(stripe_sandbox.url, billing_db_url)
+    _, sub, _ = support.tenant(c, billing_db_url, "t-leaking")
+    c.v1.subscriptions.cancel(sub)
+    instance = dg.DagsterInstance.ephemeral()
+    diff = dg.materialize(
+        [stripe_subscription_snapshot, stripe_invoice_snapshot, subscription_state_diff],
+        resources=resources,
+        instance=instance,
+    )
+    assert diff.success  # a failed check does not fail the run: only the alert tells anyone
+    run = instance.get_run_by_id(diff.run_id)
+    assert run is not None
+    sensor_resources = {"billing_db": BillingDatabase(url=billing_db_url)}
+    for _ in range(2):  # the sensor may see the same run twice: still one alert
+        with dg.build_run_status_sensor_context(
+            sensor_name="failed_check_alert_sensor",
+            dagster_event=diff.get_run_success_event(),
+            dagster_instance=instance,
+            dagster_run=run,
+            resources=sensor_resources,
+        ) as context:
+            failed_check_alert_sensor(context)
+    alerts = query(billing_db_url, "SELECT * FROM alerts ORDER BY id")
+    assert [a["kind"] for a in alerts] == ["asset_check_failed"]
+    assert "no_canceled_subscription_served" in alerts[0]["summary"]
+    (message,) = chat.received
+    text = message["text"]
+    assert "ERROR check no_canceled_subscription_served failed on subscription_state_diff" in text
+    assert "revenue leak" in text
+    assert f"https://dagster.billing.example/runs/{diff.run_id}" in text
+    (mail,) = query(billing_db_url, "SELECT * FROM notification_outbox")
+    assert mail["recipient"] == "oncall@billing.example" and mail["template"] == "ops_alert"
+    delivery = query(billing_db_url, "SELECT * FROM alert_deliveries")[0]
+    assert delivery["status"] == "sent" and delivery["attempts"] == 1
+
+    # A failed run: the audit before any invoice snapshot exists.
+    query(billing_db_url, "DELETE FROM stripe_invoice_snapshots")
+    failed = dg.materialize(
+        [usage_invoice_audit], resources=resources, instance=instance, raise_on_error=False
+    )
+    assert not failed.success
+    failed_run = instance.get_run_by_id(failed.run_id)
+    assert failed_run is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name="failed_run_alert_sensor",
+        dagster_event=failed.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=failed_run,
+        resources=sensor_resources,
+    ) as context:
+        failed_run_alert_sensor(context.for_run_failure())
+    kinds = [a["kind"] for a in query(billing_db_url, "SELECT kind FROM alerts ORDER BY id")]
+    assert kinds == ["asset_check_failed", "run_failed"]
+    assert len(chat.received) == 2
+    assert "failed" in chat.received[1]["text"]
+    assert f"/runs/{failed.run_id}" in chat.received[1]["text"]
+    # The webhook URL is a secret: never stored with the alert.
+    assert "secret-token" not in json.dumps(
+        query(billing_db_url, "SELECT details FROM alerts"), default=str
+    )
+
+
+def test_unreachable_chat_webhook_is_retried_then_dead_lettered(
+    billing_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing_pipelines.lib import alerting, database
+
+    failure = alerting.run_failure(run_id="r1", job_name="job", error="boom", ui_url=None)
+    channel = alerting.AlertChannel(chat_webhook_url="http://127.0.0.1:9/hooks/secret-token")
+    pool = database.open_pool(billing_db_url)
+    try:
+        with database.transaction(pool) as conn:
+            assert alerting.raise_failure(conn, failure, channel)
+            assert not alerting.raise_failure(conn, failure, channel)  # once per failure
+        for _ in range(alerting.MAX_CHAT_ATTEMPTS):
+            with database.transaction(pool) as conn:
+                alerting.deliver_chat(conn, channel.chat_webhook_url or "")
+    finally:
+        pool.close()
+    (row,) = query(billing_db_url, "SELECT * FROM alert_deliveries")
+    assert row["status"] == "dead" and row["attempts"] == alerting.MAX_CHAT_ATTEMPTS
+    assert "secret-token" not in (row["last_error"] or "")

@@ -1,0 +1,92 @@
+"""billing_health: the daily series in its metadata, and threshold checks that fail, against a
+fresh embedded PostgreSQL database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+
+from billing_pipelines.defs.reconciliation.health import billing_health
+from billing_pipelines.defs.resources import BillingDatabase
+from billing_pipelines_tests.webhook_harness import query
+
+
+def webhook_events(db_url: str, prefix: str, processed: int, dead: int) -> None:
+    for i in range(processed + dead):
+        query(
+            db_url,
+            "INSERT INTO webhook_events (event_id, event_type, payload, status) "
+            "VALUES (%s, 'invoice.paid', '{}'::jsonb, %s)",
+            (f"{prefix}{i}", "processed" if i < processed else "dead"),
+        )
+
+
+def delivered_day(db_url: str, days_ago: int) -> None:
+    day = datetime.now(UTC).date() - timedelta(days=days_ago)
+    query(
+        db_url,
+        "INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value, value_version, "
+        "identifier, stripe_customer_id, meter_event_name, status, delivered_at) "
+        "VALUES ('t1', 'queries', %s, 5, 1, %s, 'cus_1', 'rag_api_queries', 'delivered', now())",
+        (day, f"id-{day}"),
+    )
+
+
+def run(db_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = dg.materialize([billing_health], resources={"billing_db": BillingDatabase(url=db_url)})
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("billing_health")
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return {k: v.value for k, v in mat.metadata.items()}, checks
+
+
+def test_billing_health_keeps_a_daily_series_and_fails_checks_past_thresholds(
+    billing_db_url: str,
+) -> None:
+    today = datetime.now(UTC).date()
+    for back in (2, 1):  # two earlier days of the series
+        query(
+            billing_db_url,
+            "INSERT INTO billing_health_daily (day, webhook_events, webhook_success_rate, "
+            "payment_first_attempts, invoice_failures, state_mismatches, dunning_failed, "
+            "dunning_recovered, dunning_suspended, dunning_open) "
+            "VALUES (%s, 10, 1.0, 0, 0, 0, 0, 0, 0, 0)",
+            (today - timedelta(days=back),),
+        )
+    webhook_events(billing_db_url, "evt_ok_", processed=100, dead=0)
+    delivered_day(billing_db_url, 1)  # yesterday is in Stripe: lag below 6 h only early in a day
+    healthy, checks = run(billing_db_url)
+    assert healthy["webhook_success_rate"] == 1.0 and healthy["webhook_events"] == 100
+    assert checks["webhook_success_rate"].passed
+    assert checks["state_mismatches"].passed and checks["invoice_generation_failures"].passed
+    series = healthy["series"]["days"]
+    assert [row["day"] for row in series] == [
+        (today - timedelta(days=2)).isoformat(),
+        (today - timedelta(days=1)).isoformat(),
+        today.isoformat(),
+    ]
+    assert series[-1]["webhook_events"] == 100
+
+    # 8 dead letters among 108 events: 92.6 %, below the 97 % alert line.
+    webhook_events(billing_db_url, "evt_dead_", processed=0, dead=8)
+    query(billing_db_url, "DELETE FROM usage_report_ledger")
+    delivered_day(billing_db_url, 3)  # newest delivered usage is 2 days old: > 6 h lag
+    query(
+        billing_db_url,
+        "INSERT INTO subscription_state_findings (snapshot_date, category, revenue_leak, "
+        "tenant_id, detail) VALUES (%s, 'canceled_in_stripe_active_locally', true, 't9', 'x')",
+        (today,),
+    )
+    sick, checks = run(billing_db_url)
+    assert round(sick["webhook_success_rate"], 3) == 0.926
+    webhook = checks["webhook_success_rate"]
+    assert not webhook.passed and webhook.severity == dg.AssetCheckSeverity.ERROR
+    lag = checks["usage_sync_lag"]
+    assert not lag.passed and lag.severity == dg.AssetCheckSeverity.ERROR
+    assert sick["usage_sync_lag_hours"] > 48
+    assert not checks["state_mismatches"].passed and sick["state_mismatches"] == 1
+    assert checks["first_attempt_payment_success_rate"].passed  # no invoices: no data, no alarm
+    assert len(sick["series"]["days"]) == 3  # today's row was replaced, not duplicated
+    assert sick["series"]["days"][-1]["state_mismatches"] == 1
