@@ -235,6 +235,22 @@ def webhooks_serve(
     )
 
 
+@usage_app.command("push")
+@_with_services
+def usage_push(
+    day: Annotated[
+        str | None, typer.Option("--date", help="UTC day to push (default: yesterday).")
+    ] = None,
+) -> None:
+    """Compute, validate and push one UTC day of usage to Stripe's meters (safe to re-run)."""
+    from billing_pipelines.runs import materialize_days
+
+    chosen = _parse_day(day, "--date") if day else _yesterday()
+    for _day, ok in materialize_days("usage_to_stripe_job", chosen, chosen, echo=typer.echo):
+        if not ok:
+            raise typer.Exit(1)
+
+
 # --- top level ---------------------------------------------------------------------------------
 
 

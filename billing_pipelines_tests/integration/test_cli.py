@@ -124,3 +124,27 @@ def test_unset_warehouse_url_starts_only_the_embedded_bridge(
         assert status["stripe"] == "stopped"
     finally:
         _run(["sandbox", "down"], {}, tmp_path)
+
+
+def test_usage_push_rejects_a_bad_date(tmp_path: Path) -> None:
+    line = _one_error_line(_run(["usage", "push", "--date", "2026-02-30"], {}, tmp_path))
+    assert line == "error: --date must be a date as YYYY-MM-DD, got '2026-02-30'"
+
+
+def test_catalog_sync_then_usage_push_from_the_shell(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from billing_pipelines.lib import warehouse
+
+    client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
+    warehouse.ensure_usage_schema(client)
+    client.command("TRUNCATE TABLE usage_events")  # no other test's tenants on this day
+    day = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+    synced = _run(["catalog", "sync"], embedded_services, tmp_path)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "in sync with plans.toml" in synced.stdout
+    pushed = _run(["usage", "push", "--date", day], embedded_services, tmp_path)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert f"usage_to_stripe_job {day}: ok" in pushed.stdout

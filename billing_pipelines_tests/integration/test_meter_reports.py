@@ -113,7 +113,15 @@ class Env:
             [daily_tenant_usage, stripe_meter_reports, meter_totals_match_warehouse],
             partition_key=day.isoformat(),
             resources=self.resources,
-            run_config={"ops": {"stripe_meter_reports": {"config": config}}} if config else None,
+            run_config={
+                "ops": {
+                    "stripe_meter_reports": {"config": config},
+                    # The sandbox's summaries are immediately consistent: settle briefly.
+                    "stripe_meter_reports_meter_totals_match_warehouse": {
+                        "config": {"settle_seconds": 1, "poll_seconds": 0.5}
+                    },
+                }
+            },
             raise_on_error=False,
         )
         return result
@@ -136,9 +144,10 @@ def env(embedded_services: dict[str, str]) -> Iterator[Env]:
     client = stripe.StripeClient(
         api_key=API_KEY, base_addresses={"api": handle.url}, max_network_retries=0
     )
-    database_url, clickhouse_url = embedded_services["DATABASE_URL"], embedded_services[
-        "CLICKHOUSE_URL"
-    ]
+    database_url, clickhouse_url = (
+        embedded_services["DATABASE_URL"],
+        embedded_services["CLICKHOUSE_URL"],
+    )
     ch = wh.connect(clickhouse_url)
     wh.ensure_usage_schema(ch)
     ch.command("TRUNCATE TABLE usage_events")
@@ -191,7 +200,11 @@ def test_catalog_sync_is_idempotent_and_a_changed_price_moves_its_lookup_key(env
     ).data[0]
     assert new.id != old.id and new.tiers[1].unit_amount_decimal == Decimal("0.07")
     kept = c.v1.prices.retrieve(old.id, {"expand": ["tiers"]})
-    assert kept.active and kept.lookup_key is None and kept.tiers[1].unit_amount_decimal == Decimal("0.08")
+    assert (
+        kept.active
+        and kept.lookup_key is None
+        and kept.tiers[1].unit_amount_decimal == Decimal("0.08")
+    )
     assert sync_catalog(c, changed).changes == []
 
 
@@ -359,9 +372,7 @@ def test_rate_limited_stripe_429s_are_retried_until_delivered(env: Env) -> None:
             partition_key=DAY.isoformat(),
             resources=resources,
             # Deliberately faster than the account allows: Stripe answers 429, we back off.
-            run_config={
-                "ops": {"stripe_meter_reports": {"config": {"requests_per_second": 40}}}
-            },
+            run_config={"ops": {"stripe_meter_reports": {"config": {"requests_per_second": 40}}}},
         )
     finally:
         limited.stop()

@@ -12,8 +12,12 @@ from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.lib.meter_reports import Key, settle_totals
 from billing_pipelines.settings import load_settings
 
-# Meter event summaries are eventually consistent: re-read differing totals for this long.
-SETTLE_SECONDS = 120.0
+
+class TotalsCheckConfig(dg.Config):
+    """Meter event summaries are eventually consistent: re-read differing totals this long."""
+
+    settle_seconds: float = 120.0
+    poll_seconds: float = 5.0
 
 
 @dg.asset_check(
@@ -27,6 +31,7 @@ SETTLE_SECONDS = 120.0
 )
 def meter_totals_match_warehouse(
     context: dg.AssetCheckExecutionContext,
+    config: TotalsCheckConfig,
     warehouse: UsageWarehouse,
     billing_db: BillingDatabase,
     stripe: StripeResource,
@@ -60,7 +65,9 @@ def meter_totals_match_warehouse(
             out[(tenant, metric)] = int(total)
         return out
 
-    mismatches = settle_totals(expected, fetch, timeout_seconds=SETTLE_SECONDS)
+    mismatches = settle_totals(
+        expected, fetch, timeout_seconds=config.settle_seconds, poll_seconds=config.poll_seconds
+    )
     rows = "\n".join(
         f"| {m.tenant_id} | {m.metric} | {m.warehouse} | {m.stripe} | {m.difference:+} |"
         for m in mismatches[:50]
