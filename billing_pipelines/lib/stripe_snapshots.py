@@ -124,6 +124,28 @@ class InvoiceSnapshotSet:
 # ---- reading Stripe ----------------------------------------------------------------------------
 
 
+def pages(
+    client: stripe.StripeClient, path: str, params: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Every object of a list endpoint, auto-paged with `starting_after`, as plain dicts.
+
+    Snapshots read tens of thousands of objects: the SDK's raw request (same auth, retries,
+    idempotency and error mapping as its typed services) skips building a StripeObject per
+    nested field, which is most of the client's time at that size.
+    """
+    cursor: str | None = None
+    while True:
+        page_params = {**params, "limit": PAGE}
+        if cursor:
+            page_params["starting_after"] = cursor
+        body = client.raw_request("get", path, **page_params).data
+        data = body.get("data") or []
+        yield from data
+        if not body.get("has_more") or not data:
+            return
+        cursor = str(data[-1]["id"])
+
+
 def plan_of(price: dict[str, Any], known_plans: set[str]) -> str | None:
     """The catalog plan a price belongs to: its metadata `plan`, else its lookup key prefix."""
     plan = (price.get("metadata") or {}).get("plan")
@@ -135,8 +157,7 @@ def plan_of(price: dict[str, Any], known_plans: set[str]) -> str | None:
 
 def fetch_customers(client: stripe.StripeClient) -> Iterator[CustomerSnapshot]:
     """Every customer, auto-paged."""
-    for customer in client.v1.customers.list({"limit": PAGE}).auto_paging_iter():
-        raw = customer.to_dict()
+    for raw in pages(client, "/v1/customers", {}):
         yield CustomerSnapshot(
             customer_id=raw["id"],
             email=raw.get("email"),
@@ -191,12 +212,12 @@ def fetch_state(client: stripe.StripeClient, known_plans: set[str]) -> StripeSna
     """All customers and all subscriptions (every status), with each latest invoice expanded."""
     customers = list(fetch_customers(client))
     has_pm = {c.customer_id: c.has_default_payment_method for c in customers}
-    listed = client.v1.subscriptions.list(
-        {"status": "all", "limit": PAGE, "expand": ["data.latest_invoice"]}
+    listed = pages(
+        client, "/v1/subscriptions", {"status": "all", "expand": ["data.latest_invoice"]}
     )
     subscriptions = [
         subscription_snapshot(raw, has_pm.get(str(_id(raw.get("customer"))), False), known_plans)
-        for raw in (s.to_dict() for s in listed.auto_paging_iter())
+        for raw in listed
     ]
     return StripeSnapshot(customers, subscriptions)
 
@@ -204,10 +225,10 @@ def fetch_state(client: stripe.StripeClient, known_plans: set[str]) -> StripeSna
 def _metered_prices(client: stripe.StripeClient) -> dict[str, str | None]:
     """Metered price id -> its meter id, for every price (active or not)."""
     out: dict[str, str | None] = {}
-    for price in client.v1.prices.list({"limit": PAGE}).auto_paging_iter():
-        recurring = price.to_dict().get("recurring") or {}
+    for price in pages(client, "/v1/prices", {}):
+        recurring = price.get("recurring") or {}
         if recurring.get("usage_type") == "metered":
-            out[price.id] = recurring.get("meter")
+            out[str(price["id"])] = recurring.get("meter")
     return out
 
 
@@ -265,18 +286,12 @@ def fetch_invoices(client: stripe.StripeClient) -> InvoiceSnapshotSet:
     metered = _metered_prices(client)
     invoices: list[InvoiceSnapshot] = []
     lines: list[InvoiceLineSnapshot] = []
-    for invoice in client.v1.invoices.list({"limit": PAGE}).auto_paging_iter():
-        raw = invoice.to_dict()
+    for raw in pages(client, "/v1/invoices", {}):
         invoices.append(invoice_snapshot(raw))
         embedded = raw.get("lines") or {}
         data = list(embedded.get("data") or [])
         if embedded.get("has_more"):
-            data = [
-                ln.to_dict()
-                for ln in client.v1.invoices.line_items.list(
-                    raw["id"], {"limit": PAGE}
-                ).auto_paging_iter()
-            ]
+            data = list(pages(client, f"/v1/invoices/{raw['id']}/lines", {}))
         lines.extend(line_snapshot(raw["id"], ln, metered) for ln in data)
     return InvoiceSnapshotSet(invoices, lines)
 
