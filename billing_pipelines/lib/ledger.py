@@ -14,9 +14,9 @@ import psycopg
 
 from billing_pipelines.lib.meter_reports import (
     DELIVERED,
-    BillingAccount,
     FAILED,
     OUT_OF_WINDOW,
+    BillingAccount,
     Key,
     LedgerEntry,
     MeterReport,
@@ -63,54 +63,74 @@ def latest_entries(conn: Conn, day: date) -> dict[Key, LedgerEntry]:
 
 def record_pending(conn: Conn, reports: Iterable[MeterReport], run_id: str) -> list[MeterReport]:
     """Write a pending row per new version (before any call) and supersede older open rows."""
-    out = []
-    for report in reports:
-        conn.execute(
-            """
-            UPDATE usage_report_ledger SET status = 'superseded', updated_at = now()
-            WHERE tenant_id = %s AND metric = %s AND usage_date = %s
-              AND value_version < %s AND status IN ('pending', 'failed')
-            """,
-            (report.tenant_id, report.metric, report.usage_date, report.value_version),
+    reports = list(reports)
+    if not reports:
+        return []
+    columns = list(
+        zip(
+            *[
+                (
+                    r.tenant_id,
+                    r.metric,
+                    r.usage_date,
+                    r.value,
+                    r.value_version,
+                    r.identifier,
+                    r.stripe_customer_id,
+                    r.event_name,
+                    r.event_time,
+                )
+                for r in reports
+            ],
+            strict=True,
         )
-        row = conn.execute(
-            """
-            INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value,
-                value_version, identifier, stripe_customer_id, meter_event_name, status,
-                event_timestamp, run_id)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)
-            RETURNING id
-            """,
-            (
-                report.tenant_id,
-                report.metric,
-                report.usage_date,
-                report.value,
-                report.value_version,
-                report.identifier,
-                report.stripe_customer_id,
-                report.event_name,
-                report.event_time,
-                run_id,
-            ),
-        ).fetchone()
-        assert row is not None
-        out.append(replace(report, ledger_id=row["id"]))
-    return out
-
-
-def record_outcome(conn: Conn, ledger_id: int, status: str, error: str | None = None) -> None:
-    """Confirm a row after its call: delivered, failed (retried next run) or out_of_window."""
-    if status not in (DELIVERED, FAILED, OUT_OF_WINDOW):
-        raise ValueError(f"not an outcome status: {status}")
+    )
+    tenants, metrics, days, values, versions, identifiers, customers, events, stamps = (
+        list(c) for c in columns
+    )
     conn.execute(
         """
-        UPDATE usage_report_ledger
-        SET status = %s, attempts = attempts + 1, last_error = %s, updated_at = now(),
-            delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END
-        WHERE id = %s
+        UPDATE usage_report_ledger l SET status = 'superseded', updated_at = now()
+        FROM unnest(%s::text[], %s::text[], %s::date[], %s::int[]) AS n(t, m, d, v)
+        WHERE l.tenant_id = n.t AND l.metric = n.m AND l.usage_date = n.d
+          AND l.value_version < n.v AND l.status IN ('pending', 'failed')
         """,
-        (status, error, status, ledger_id),
+        (tenants, metrics, days, versions),
+    )
+    rows = conn.execute(
+        """
+        INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value, value_version,
+            identifier, stripe_customer_id, meter_event_name, status, event_timestamp, run_id)
+        SELECT t, m, d, v, ver, i, c, e, 'pending', ts, %s
+        FROM unnest(%s::text[], %s::text[], %s::date[], %s::bigint[], %s::int[], %s::text[],
+                    %s::text[], %s::text[], %s::timestamptz[])
+             AS n(t, m, d, v, ver, i, c, e, ts)
+        RETURNING id, identifier
+        """,
+        (run_id, tenants, metrics, days, values, versions, identifiers, customers, events, stamps),
+    ).fetchall()
+    ids = {r["identifier"]: r["id"] for r in rows}
+    return [replace(r, ledger_id=ids[r.identifier]) for r in reports]
+
+
+def record_outcomes(conn: Conn, outcomes: Iterable[tuple[int, str, str | None]]) -> None:
+    """Confirm rows after their calls: (ledger id, delivered | failed | out_of_window, error)."""
+    outcomes = list(outcomes)
+    if not outcomes:
+        return
+    for _, status, _ in outcomes:
+        if status not in (DELIVERED, FAILED, OUT_OF_WINDOW):
+            raise ValueError(f"not an outcome status: {status}")
+    ids, statuses, errors = (list(c) for c in zip(*outcomes, strict=True))
+    conn.execute(
+        """
+        UPDATE usage_report_ledger l
+        SET status = n.s, attempts = l.attempts + 1, last_error = n.e, updated_at = now(),
+            delivered_at = CASE WHEN n.s = 'delivered' THEN now() ELSE l.delivered_at END
+        FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS n(id, s, e)
+        WHERE l.id = n.id
+        """,
+        (ids, statuses, errors),
     )
 
 

@@ -118,7 +118,7 @@ def _id_of(value: Any) -> str:
     return value if isinstance(value, str) else str(value.id)
 
 
-def _decimal(decimal_text: str | None, integer: int | None) -> Decimal:
+def _decimal(decimal_text: str | Decimal | None, integer: int | None) -> Decimal:
     if decimal_text not in (None, ""):
         return Decimal(str(decimal_text))
     return Decimal(integer or 0)
@@ -259,7 +259,7 @@ def sync_catalog(client: stripe.StripeClient, catalog: Catalog) -> CatalogSyncRe
             report.unchanged += 1
             continue
         # Never edit a live price: create its successor and move the lookup key to it.
-        created = client.v1.prices.create(spec.create_params(report.meter_ids))
+        created = client.v1.prices.create(spec.create_params(report.meter_ids))  # type: ignore[arg-type]
         report.price_ids[spec.lookup_key] = created.id
         before = f" (was {live.id}, left as is)" if live is not None else ""
         report.changes.append(f"created price {spec.lookup_key} = {created.id}{before}")

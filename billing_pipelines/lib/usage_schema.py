@@ -1,4 +1,4 @@
-"""The contract of one day of per-tenant usage, as a pandera schema: nothing is billed unless it holds."""
+"""One day of per-tenant usage as a pandera schema: nothing is billed unless it holds."""
 
 from __future__ import annotations
 

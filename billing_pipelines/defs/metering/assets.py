@@ -1,5 +1,6 @@
-"""Usage to Stripe: the plan catalog in Stripe, and each day's usage as exactly-once meter events."""
+"""Usage to Stripe: the plan catalog in Stripe and each day's usage as exactly-once meter events."""
 
+import time
 from datetime import date
 
 import dagster as dg
@@ -23,6 +24,9 @@ from billing_pipelines.lib.stripe_meters import RetryableStripeError, SendOutcom
 STRIPE_POOL = "stripe_api"
 WINDOW_CHECK = "usage_within_stripe_window"
 BILLABLE_CHECK = "usage_tenants_billable"
+# Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
+CONFIRM_BATCH = 25
+CONFIRM_EVERY_SECONDS = 0.25
 
 
 @dg.asset(group_name="metering", kinds={"stripe"}, tags={"domain": "metering"}, pool=STRIPE_POOL)
@@ -119,18 +123,41 @@ def stripe_meter_reports(
         )
         outcomes: dict[str, int] = {DELIVERED: 0, FAILED: 0, OUT_OF_WINDOW: 0, "duplicate": 0}
 
-        def confirm(report: MeterReport, outcome: SendOutcome) -> None:
-            assert report.ledger_id is not None
+        unconfirmed: list[tuple[int, str, str | None]] = []
+        last_flush = [time.monotonic()]
+
+        def flush() -> None:
             with billing_db.transaction() as conn:
-                ledger.record_outcome(conn, report.ledger_id, outcome.status, outcome.error)
+                ledger.record_outcomes(conn, unconfirmed)
+            unconfirmed.clear()
+            last_flush[0] = time.monotonic()
+
+        def confirm(report: MeterReport, outcome: SendOutcome) -> None:
+            # Confirmations are written in small batches (a crash leaves them pending, and a
+            # re-run re-sends them with the same identifier: Stripe answers "already have it").
+            assert report.ledger_id is not None
+            unconfirmed.append((report.ledger_id, outcome.status, outcome.error))
             outcomes[outcome.status] += 1
             outcomes["duplicate"] += outcome.duplicate
             if outcome.status == FAILED:
                 context.log.error("%s: %s", report.identifier, outcome.error)
+            due = time.monotonic() - last_flush[0] >= CONFIRM_EVERY_SECONDS
+            if len(unconfirmed) >= CONFIRM_BATCH or due:
+                flush()
 
+        retried = [0]
+
+        def send(report: MeterReport) -> SendOutcome:
+            try:
+                return stripe_meters.send_meter_event(client, report)
+            except RetryableStripeError:
+                retried[0] += 1  # a lost race for a slot is not worth a log line each
+                raise
+
+        started = time.monotonic()
         exhausted = pacing.run_paced(
             to_send,
-            lambda report: stripe_meters.send_meter_event(client, report),
+            send,
             confirm,
             limiter=pacing.RateLimiter(rate),
             retryable=RetryableStripeError,
@@ -141,6 +168,8 @@ def stripe_meter_reports(
         )
         for report, error in exhausted:
             confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
+        flush()
+        push_seconds = time.monotonic() - started
         with billing_db.transaction() as conn:
             stranded = ledger.out_of_window(conn, day)
 
@@ -164,6 +193,8 @@ def stripe_meter_reports(
             "unbillable_tenants": dg.MetadataValue.int(len(desired.unbillable)),
             **{f"total_{m}": dg.MetadataValue.int(v) for m, v in totals.items()},
             "requests_per_second_limit": dg.MetadataValue.float(float(rate)),
+            "push_seconds": dg.MetadataValue.float(round(push_seconds, 2)),
+            "retried_requests": dg.MetadataValue.int(retried[0]),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -39,7 +39,10 @@ def meter_totals_match_warehouse(
     """Stripe's day totals equal the warehouse's distinct-event totals."""
     day = date.fromisoformat(context.partition_key)
     catalog = load_catalog()
-    usage = warehouse.daily_usage(day).set_index("tenant_id")
+    usage: dict[str, dict[str, int]] = {
+        str(row["tenant_id"]): {str(k): int(v) for k, v in row.items() if k != "tenant_id"}
+        for row in warehouse.daily_usage(day).to_dict("records")
+    }
     with billing_db.transaction() as conn:
         accounts = ledger.billing_accounts(conn)
         reported = ledger.latest_entries(conn, day)
@@ -47,7 +50,7 @@ def meter_totals_match_warehouse(
     expected: dict[Key, int] = {}
     for meter in catalog.meters.values():
         for tenant in customers:
-            value = int(usage.at[tenant, meter.usage_column]) if tenant in usage.index else 0
+            value = usage.get(tenant, {}).get(meter.usage_column, 0)
             if value or (tenant, meter.metric) in reported:
                 expected[(tenant, meter.metric)] = value
     client = stripe.client()
