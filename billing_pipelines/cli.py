@@ -394,14 +394,13 @@ def portal_command(
 
 @app.command("demo")
 def demo_command(
-    tenants: Annotated[int, typer.Option(min=1)] = 50,
-    days: Annotated[int, typer.Option(min=1, max=60)] = 30,
+    tenants: Annotated[int, typer.Option(min=1, max=5000)] = 50,
     seed: int = 7,
 ) -> None:
-    """Run the whole local pipeline end to end on the embedded defaults and print a summary."""
+    """Simulate a billing month end to end on the embedded services and print the report."""
     from billing_pipelines.sandbox import demo
 
-    demo.run(tenant_count=tenants, days=days, seed=seed, echo=typer.echo)
+    demo.run(tenant_count=tenants, seed=seed, echo=typer.echo)
 
 
 @app.command("doctor")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -11,7 +12,11 @@ from billing_pipelines.lib.errors import BillingConfigError
 
 
 def materialize_days(
-    job_name: str, first: date, last: date, echo: Callable[[str], object] = print
+    job_name: str,
+    first: date,
+    last: date,
+    echo: Callable[[str], object] | None = print,
+    run_config: dict[str, Any] | None = None,
 ) -> Iterator[tuple[date, bool]]:
     """Run a daily-partitioned job for each day from first to last, reporting progress."""
     from billing_pipelines.definitions import defs
@@ -35,10 +40,14 @@ def materialize_days(
             partition_key=day.isoformat(),
             raise_on_error=False,
             # Step-level events still land in the instance for the UI; the console shows progress.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={
+                **(run_config or {}),
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
         )
         status = "ok" if result.success else "FAILED"
-        echo(f"[{index}/{len(days)}] {job_name} {day}: {status} (run {result.run_id[:8]})")
+        if echo is not None:
+            echo(f"[{index}/{len(days)}] {job_name} {day}: {status} (run {result.run_id[:8]})")
         yield day, result.success
 
 

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import psycopg
 
@@ -104,38 +104,42 @@ def generate(
     )
 
 
-def run(tenant_count: int, days: int, seed: int, echo: Echo = print) -> None:
-    """Start services, generate a month of usage, materialize each day, print the summary."""
-    from billing_pipelines.runs import materialize_days
+def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
+    """Start services, simulate a billing month on a test clock, and print the report."""
+    from billing_pipelines.sandbox import month
 
     started = time.monotonic()
     _require_embedded()
-    echo("1/4 starting embedded PostgreSQL, the chDB warehouse bridge and the Stripe sandbox ...")
-    env = services.up(billing_home())
+    echo("1/3 starting embedded PostgreSQL and the chDB warehouse bridge ...")
+    env = services.up(billing_home(), with_stripe=False)
     for key, value in env.items():
         os.environ.setdefault(key, value)
     settings = load_settings()
-    client = warehouse.connect(settings.require_clickhouse_url())
-    warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    database_url = settings.require_database_url()
+    clickhouse_url = settings.require_clickhouse_url()
+    echo("2/3 simulating a billing month day by day on a Stripe test clock ...")
 
-    last = datetime.now(UTC).date() - timedelta(days=1)
-    first = last - timedelta(days=days - 1)
-    echo(f"2/4 generating {days} days of usage for {tenant_count} tenants ({first} .. {last}) ...")
-    summary = generate(tenant_count, first, days, seed)
-    echo(
-        f"    {summary.rows_inserted:,} events, {summary.distinct_queries:,} distinct queries, "
-        f"{summary.duplicates:,} duplicated by the cache, {summary.late_events:,} late"
+    def final_report(result: month.MonthResult) -> None:
+        echo("3/3 report")
+        month.report(result, echo)
+        last = result.start + timedelta(days=result.days - 1)
+        client = warehouse.connect(clickhouse_url)
+        _print_summary(database_url, client, result.start, last, echo)
+
+    result = month.simulate(
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        tenant_count=tenant_count,
+        seed=seed,
+        echo=echo,
+        on_done=final_report,
     )
-
-    echo(f"3/4 materializing daily_tenant_usage for {days} daily partitions ...")
-    failures = [day for day, ok in materialize_days("daily_usage_job", first, last, echo) if not ok]
-    if failures:
-        raise RuntimeError(f"daily_tenant_usage failed for {', '.join(map(str, failures))}")
-
-    echo("4/4 summary")
-    _print_summary(settings.require_database_url(), client, first, last, echo)
-    echo(f"done in {time.monotonic() - started:.0f}s. Browse runs, lineage and metadata: make ui")
+    if result.failed_runs:
+        raise RuntimeError(f"{len(result.failed_runs)} run(s) failed: {result.failed_runs[:5]}")
+    echo(
+        f"done in {time.monotonic() - started:.0f}s. Browse the runs, lineage, checks and "
+        "billing_health: make ui (the same Dagster instance)"
+    )
 
 
 def _print_summary(database_url: str, client: object, first: date, last: date, echo: Echo) -> None:
