@@ -113,6 +113,11 @@ def record_pending(conn: Conn, reports: Iterable[MeterReport], run_id: str) -> l
     return [replace(r, ledger_id=ids[r.identifier]) for r in reports]
 
 
+def record_outcome(conn: Conn, ledger_id: int, status: str, error: str | None = None) -> None:
+    """Confirm one row after its call: delivered, failed (retried next run) or out_of_window."""
+    record_outcomes(conn, [(ledger_id, status, error)])
+
+
 def record_outcomes(conn: Conn, outcomes: Iterable[tuple[int, str, str | None]]) -> None:
     """Confirm rows after their calls: (ledger id, delivered | failed | out_of_window, error)."""
     outcomes = list(outcomes)
