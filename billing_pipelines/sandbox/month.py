@@ -196,6 +196,7 @@ class MonthResult:
     database_url: str
     customers: dict[str, str]
     timings: dict[str, float]
+    checks: dict[str, bool]
 
 
 def simulate(
@@ -310,6 +311,17 @@ def simulate(
         # Let the last finalizations, payments and deliveries land.
         _advance(client, sandbox, clock, t0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
+        mark = time.monotonic()
+        reconciliation = definitions.resolve_job_def("reconciliation_job").execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags={"demo": "simulated_month"},
+            raise_on_error=False,
+        )
+        checks = {e.check_name: e.passed for e in reconciliation.get_asset_check_evaluations()}
+        if not reconciliation.success:
+            pump.failed.append("reconciliation_job")
+        timed("reconciliation", mark)
         sandbox.state.snapshot(f"{instance.root_directory}/stripe_sandbox_state.pickle")
         result = MonthResult(
             start=first,
@@ -323,6 +335,7 @@ def simulate(
             database_url=database_url,
             customers=customers,
             timings=timings,
+            checks=checks,
         )
         if on_done is not None:
             on_done(result)
