@@ -294,6 +294,43 @@ def billed_lines(
     ]
 
 
+def fee_explanations(
+    conn: Conn, snapshot_date: date, invoice_ids: Iterable[str], plans: Mapping[str, Plan]
+) -> list[tuple[str, str, str]]:
+    """(invoice, line, sentence) for the non-usage lines of these invoices: base fees and
+    prorations, in words support can paste to a customer."""
+    rows = conn.execute(
+        """
+        SELECT l.invoice_id, l.line_id, l.amount, l.period_start, l.period_end, l.description,
+               i.currency, coalesce(s.plan, t.plan) AS plan
+        FROM stripe_invoice_line_snapshots l
+        JOIN stripe_invoice_snapshots i
+          ON i.snapshot_date = l.snapshot_date AND i.invoice_id = l.invoice_id
+        LEFT JOIN stripe_subscription_snapshots s
+          ON s.snapshot_date = i.snapshot_date AND s.subscription_id = i.subscription_id
+        LEFT JOIN tenants t ON t.stripe_customer_id = i.customer_id
+        WHERE l.snapshot_date = %s AND NOT l.metered AND l.invoice_id = ANY(%s)
+        ORDER BY l.invoice_id, l.line_id
+        """,
+        (snapshot_date, sorted(set(invoice_ids))),
+    ).fetchall()
+    out = []
+    for r in rows:
+        plan = plans.get(r["plan"]) if r["plan"] else None
+        money = format_money(int(r["amount"]), r["currency"])
+        period = ""
+        if r["period_start"] and r["period_end"]:
+            end = r["period_end"] - timedelta(seconds=1)
+            period = f"For {r['period_start']:%Y-%m-%d} to {end:%Y-%m-%d} (UTC): "
+        if plan is not None and int(r["amount"]) == plan.base_monthly_cents:
+            text = f"{period}the {plan.name} plan's monthly base fee, {money}."
+        else:
+            what = r["description"] or "an adjustment (proration or credit)"
+            text = f"{period}{what}, {money}."
+        out.append((r["invoice_id"], r["line_id"], text))
+    return out
+
+
 def store(conn: Conn, audit_date: date, rows: Iterable[AuditRow]) -> int:
     """Replace the day's audit rows."""
     conn.execute("DELETE FROM usage_invoice_audit WHERE audit_date = %s", (audit_date,))

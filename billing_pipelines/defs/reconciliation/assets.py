@@ -386,6 +386,9 @@ def usage_invoice_audit(
     )
     with billing_db.transaction() as conn:
         usage_audit.store(conn, audit_date, rows)
+        fees = usage_audit.fee_explanations(
+            conn, audit_date, [r.line.invoice_id for r in rows], catalog.plans
+        )
     bad = [r for r in rows if not r.clean]
     for row in bad:
         context.log.error(
@@ -393,9 +396,11 @@ def usage_invoice_audit(
         )
     over = sum(r.difference_cents for r in rows if r.difference_cents > 0)
     under = -sum(r.difference_cents for r in rows if r.difference_cents < 0)
+    tenant_of = {r.line.invoice_id: r.line.tenant_id or r.line.customer_id for r in rows}
+    explained = [(r.line.invoice_id, r.line.line_id, r.explanation) for r in rows] + fees
     explanations = "\n".join(
-        f"- {r.line.tenant_id or r.line.customer_id} / {r.line.invoice_id}: {r.explanation}"
-        for r in rows[:50]
+        f"- {tenant_of.get(invoice, '')} / {invoice} / {line}: {text}"
+        for invoice, line, text in sorted(explained)[:100]
     )
     return dg.MaterializeResult(
         metadata={
