@@ -9,11 +9,12 @@ daemon would, so the demo does not wait for the daemon's 30-second ticks.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.sandbox import usage_generator
 from billing_pipelines.sandbox.demo import demo_tenants
 from billing_pipelines.sandbox.services import free_port
-from billing_pipelines.sandbox.stripe import SandboxHandle, Settings, run_in_thread
+from billing_pipelines.sandbox.stripe import Chaos, SandboxHandle, Settings, run_in_thread
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
 
 Echo = Callable[[str], object]
@@ -181,6 +182,20 @@ def _advance(client: stripe.StripeClient, sandbox: SandboxHandle, clock: str, to
     sandbox.state.webhooks.drain(30)
 
 
+@dataclass(frozen=True)
+class DayContext:
+    """What a test hook may touch on a simulated day (after the clock moved, before sensors)."""
+
+    offset: int
+    day: date
+    client: stripe.StripeClient
+    sandbox: SandboxHandle
+    clock: str
+    database_url: str
+    pump: SensorPump
+    people: list[Cast]
+
+
 @dataclass
 class MonthResult:
     """What happened, for the report and the tests."""
@@ -209,6 +224,8 @@ def simulate(
     echo: Echo = print,
     usage_scale: float = 1.0,
     on_done: Callable[[MonthResult], object] | None = None,
+    webhook_chaos: Chaos | None = None,
+    hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
 ) -> MonthResult:
     """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
 
@@ -230,12 +247,13 @@ def simulate(
     clickhouse = warehouse.connect(clickhouse_url)
     _reset(database_url, clickhouse)
 
-    sandbox = run_in_thread(port=0, rate_limit=100.0)
+    sandbox = run_in_thread(port=0, rate_limit=100.0, webhook_chaos=webhook_chaos)
     # Stripe retries webhooks for days; a demo month compresses that to seconds.
     sandbox.state.settings = Settings(webhook_backoff_seconds=[0.2, 0.5, 1.0, 2.0])
     receiver_port = free_port()
-    import os
-
+    # Runs read Stripe's address from the environment: point them at this sandbox, and put
+    # back whatever was there when the month is over.
+    saved_env = {key: os.environ.get(key) for key in ("STRIPE_API_BASE", "STRIPE_API_KEY")}
     os.environ["STRIPE_API_BASE"] = sandbox.url
     os.environ["STRIPE_API_KEY"] = SANDBOX_KEY
     client = stripe_api.make_client(SANDBOX_KEY, api_base=sandbox.url)
@@ -301,6 +319,10 @@ def simulate(
                         pump.failed.append(f"usage_to_stripe_job {day}")
             mark = timed("usage and meter push runs", mark)
             _story_events(client, database_url, catalog, people, offset, days)
+            if hooks and offset in hooks:
+                hooks[offset](
+                    DayContext(offset, day, client, sandbox, clock, database_url, pump, people)
+                )
             launched = pump.pump()
             timed("sensors and their runs", mark)
             what = "usage pushed" if offset < days else "renewal, payments and retries"
@@ -343,6 +365,11 @@ def simulate(
     finally:
         receiver.stop()
         sandbox.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _onboard(
