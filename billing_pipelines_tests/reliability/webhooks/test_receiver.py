@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -70,46 +70,65 @@ def _post(receiver: ReceiverServer, body: bytes, headers: dict[str, str]) -> htt
 
 
 BODY = _event()
-NOW = int(time.time())
-REJECTIONS = [
-    ("missing header", BODY, {}, 400, "missing_signature"),
-    ("bad signature", BODY, {"Stripe-Signature": _sig(BODY, "whsec_wrong")}, 400, "bad_signature"),
+Headers = Callable[[], dict[str, str]]
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# Headers are built when the test runs: a signature made at import time would be stale by then.
+REJECTIONS: list[tuple[str, bytes, Headers, int, str | None]] = [
+    ("missing header", BODY, lambda: {}, 400, "missing_signature"),
+    (
+        "bad signature",
+        BODY,
+        lambda: {"Stripe-Signature": _sig(BODY, "whsec_wrong")},
+        400,
+        "bad_signature",
+    ),
     (
         "tampered body",
         BODY.replace(b"customer.created", b"invoice.paid"),
-        {"Stripe-Signature": _sig(BODY)},
+        lambda: {"Stripe-Signature": _sig(BODY)},
         400,
         "bad_signature",
     ),
     (
         "stale timestamp",
         BODY,
-        {"Stripe-Signature": _sig(BODY, t=NOW - 3600)},
+        lambda: {"Stripe-Signature": _sig(BODY, t=_now() - 3600)},
         400,
         "timestamp_too_old",
     ),
     (
         "future timestamp",
         BODY,
-        {"Stripe-Signature": _sig(BODY, t=NOW + 3600)},
+        lambda: {"Stripe-Signature": _sig(BODY, t=_now() + 3600)},
         400,
         "timestamp_in_future",
     ),
-    ("malformed json", b"{not json", {"Stripe-Signature": _sig(b"{not json")}, 400, None),
+    ("malformed json", b"{not json", lambda: {"Stripe-Signature": _sig(b"{not json")}, 400, None),
     (
         "not an event",
         b'{"id": "cus_1"}',
-        {"Stripe-Signature": _sig(b'{"id": "cus_1"}')},
+        lambda: {"Stripe-Signature": _sig(b'{"id": "cus_1"}')},
         400,
         "malformed_event",
     ),
-    ("oversized", b"x" * (65 * 1024), {"Stripe-Signature": "t=1,v1=00"}, 413, "body_too_large"),
-    ("garbled header", BODY, {"Stripe-Signature": "v1"}, 400, "malformed_signature"),
+    (
+        "oversized",
+        b"x" * (65 * 1024),
+        lambda: {"Stripe-Signature": "t=1,v1=00"},
+        413,
+        "body_too_large",
+    ),
+    ("garbled header", BODY, lambda: {"Stripe-Signature": "v1"}, 400, "malformed_signature"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("body", "headers", "status", "reason"),
+    ("body", "make_headers", "status", "reason"),
     [r[1:] for r in REJECTIONS],
     ids=[r[0] for r in REJECTIONS],
 )
@@ -117,11 +136,12 @@ def test_rejected_requests_store_nothing(
     receiver: ReceiverServer,
     billing_db_url: str,
     body: bytes,
-    headers: dict[str, str],
+    make_headers: Headers,
     status: int,
     reason: str | None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    headers = make_headers()
     with caplog.at_level(logging.DEBUG, logger="billing_pipelines.webhooks"):
         response = _post(receiver, body, headers)
     assert response.status_code == status
