@@ -31,7 +31,6 @@ import psycopg
 import stripe
 from psycopg.rows import dict_row
 
-from billing_pipelines.defs.reconciliation.assets import load_snapshot, store_findings
 from billing_pipelines.lib import reconciliation, stripe_snapshots
 from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.lib.stripe_catalog import sync_catalog
@@ -109,9 +108,9 @@ def snapshot_and_diff(client: stripe.StripeClient, db_url: str) -> dict[str, Any
         stripe_snapshots.store_state(conn, taken_at.date(), state, taken_at)
     t2 = time.perf_counter()
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        day, as_of, tenants, subs, customers, invoices = load_snapshot(conn)
+        day, as_of, tenants, subs, customers, invoices = reconciliation.load_snapshot(conn)
         result = reconciliation.diff(tenants, subs, customers, invoices, as_of=as_of)
-        store_findings(conn, day, result.findings)
+        reconciliation.store_findings(conn, day, result.findings)
     t3 = time.perf_counter()
     return {
         "subscriptions": len(state.subscriptions),

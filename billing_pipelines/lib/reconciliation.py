@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
 
 from billing_pipelines.lib.stripe_snapshots import (
     CustomerSnapshot,
@@ -302,3 +305,122 @@ def remediation_targets(findings: Iterable[Finding]) -> dict[str, tuple[str | No
         sub, categories = out.get(finding.tenant_id, (finding.subscription_id, []))
         out[finding.tenant_id] = (sub or finding.subscription_id, [*categories, finding.category])
     return out
+
+
+# ---- the billing database ----------------------------------------------------------------------
+
+
+def _rows(
+    conn: psycopg.Connection[Any], sql: str, snapshot_date: date | None
+) -> list[dict[str, Any]]:
+    return list(conn.execute(sql, (snapshot_date,)).fetchall())
+
+
+def load_snapshot(
+    conn: psycopg.Connection[Any],
+) -> tuple[
+    date,
+    datetime,
+    list[TenantRow],
+    list[SubscriptionSnapshot],
+    list[CustomerSnapshot],
+    list[InvoiceSnapshot],
+]:
+    """The newest snapshot and the tenant rows, read from the billing database."""
+    latest = conn.execute(
+        "SELECT snapshot_date, max(taken_at) AS taken_at FROM stripe_subscription_snapshots "
+        "GROUP BY snapshot_date ORDER BY snapshot_date DESC LIMIT 1"
+    ).fetchone()
+    if latest is None:
+        raise LookupError("no Stripe snapshot yet: materialize stripe_subscription_snapshot first")
+    day, taken_at = latest["snapshot_date"], latest["taken_at"]
+    sub_fields = [f for f in SubscriptionSnapshot.__dataclass_fields__]
+    cus_fields = [f for f in CustomerSnapshot.__dataclass_fields__]
+    inv_fields = [f for f in InvoiceSnapshot.__dataclass_fields__]
+    subs = [
+        SubscriptionSnapshot(**{k: r[k] for k in sub_fields})
+        for r in _rows(
+            conn, "SELECT * FROM stripe_subscription_snapshots WHERE snapshot_date = %s", day
+        )
+    ]
+    customers = [
+        CustomerSnapshot(**{k: r[k] for k in cus_fields})
+        for r in _rows(
+            conn, "SELECT * FROM stripe_customer_snapshots WHERE snapshot_date = %s", day
+        )
+    ]
+    newest = conn.execute(
+        "SELECT max(snapshot_date) AS d FROM stripe_invoice_snapshots WHERE snapshot_date <= %s",
+        (day,),
+    ).fetchone()
+    invoice_day = newest["d"] if newest else None
+    invoices = [
+        InvoiceSnapshot(**{k: r[k] for k in inv_fields})
+        for r in _rows(
+            conn,
+            "SELECT * FROM stripe_invoice_snapshots WHERE snapshot_date = %s AND status = 'draft'",
+            invoice_day,
+        )
+    ]
+    tenants = [
+        TenantRow(
+            tenant_id=r["tenant_id"],
+            plan=r["plan"],
+            stripe_customer_id=r["stripe_customer_id"],
+            stripe_subscription_id=r["stripe_subscription_id"],
+            billing_status=r["billing_status"],
+            subscription_status=r["subscription_status"],
+            api_access_enabled=bool(r["api_access_enabled"]),
+        )
+        for r in conn.execute(
+            "SELECT tenant_id, plan, stripe_customer_id, stripe_subscription_id, billing_status, "
+            "subscription_status, api_access_enabled FROM tenants"
+        ).fetchall()
+    ]
+    return day, taken_at, tenants, subs, customers, invoices
+
+
+def store_findings(
+    conn: psycopg.Connection[Any], snapshot_date: date, findings: list[Finding]
+) -> None:
+    """Replace the snapshot date's findings."""
+    conn.execute(
+        "DELETE FROM subscription_state_findings WHERE snapshot_date = %s", (snapshot_date,)
+    )
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO subscription_state_findings (snapshot_date, category, revenue_leak,
+                tenant_id, customer_id, subscription_id, detail, local_state, stripe_state)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            [
+                (
+                    snapshot_date,
+                    f.category,
+                    f.revenue_leak,
+                    f.tenant_id,
+                    f.customer_id,
+                    f.subscription_id,
+                    f.detail,
+                    None if f.local_state is None else Jsonb(f.local_state),
+                    None if f.stripe_state is None else Jsonb(f.stripe_state),
+                )
+                for f in findings
+            ],
+        )
+
+
+def findings_table(findings: list[Finding], limit: int = 50) -> str:
+    """Findings as a markdown table for the Dagster UI."""
+    if not findings:
+        return "none"
+    lines = ["| category | tenant | customer | subscription | detail |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {f.category} | {f.tenant_id or ''} | {f.customer_id or ''} | "
+        f"{f.subscription_id or ''} | {f.detail} |"
+        for f in findings[:limit]
+    ]
+    if len(findings) > limit:
+        lines.append(f"... and {len(findings) - limit} more")
+    return "\n".join(lines)

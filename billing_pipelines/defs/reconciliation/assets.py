@@ -1,7 +1,6 @@
 """Reconciliation: Stripe snapshots, the tenant database against them, usage against invoices."""
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import dagster as dg
 
@@ -9,12 +8,6 @@ from billing_pipelines.defs.resources import BillingDatabase, StripeResource, Us
 from billing_pipelines.lib import reconciliation, stripe_meters, stripe_snapshots, usage_audit
 from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.lib.notifications import format_money
-from billing_pipelines.lib.reconciliation import Finding, TenantRow
-from billing_pipelines.lib.stripe_snapshots import (
-    CustomerSnapshot,
-    InvoiceSnapshot,
-    SubscriptionSnapshot,
-)
 
 STRIPE_POOL = "stripe_api"
 GROUP = "reconciliation"
@@ -93,124 +86,6 @@ def stripe_invoice_snapshot(
 # ---- the tenant database against the snapshot --------------------------------------------------
 
 
-def _rows(conn: Any, sql: str, snapshot_date: date) -> list[dict[str, Any]]:
-    return list(conn.execute(sql, (snapshot_date,)).fetchall())
-
-
-def load_snapshot(
-    conn: Any,
-) -> tuple[
-    date,
-    datetime,
-    list[TenantRow],
-    list[SubscriptionSnapshot],
-    list[CustomerSnapshot],
-    list[InvoiceSnapshot],
-]:
-    """The newest snapshot and the tenant rows, read from the billing database."""
-    latest = conn.execute(
-        "SELECT snapshot_date, max(taken_at) AS taken_at FROM stripe_subscription_snapshots "
-        "GROUP BY snapshot_date ORDER BY snapshot_date DESC LIMIT 1"
-    ).fetchone()
-    if latest is None:
-        raise dg.Failure("no Stripe snapshot yet: materialize stripe_subscription_snapshot first")
-    day, taken_at = latest["snapshot_date"], latest["taken_at"]
-    sub_fields = [f for f in SubscriptionSnapshot.__dataclass_fields__]
-    cus_fields = [f for f in CustomerSnapshot.__dataclass_fields__]
-    inv_fields = [f for f in InvoiceSnapshot.__dataclass_fields__]
-    subs = [
-        SubscriptionSnapshot(**{k: r[k] for k in sub_fields})
-        for r in _rows(
-            conn, "SELECT * FROM stripe_subscription_snapshots WHERE snapshot_date = %s", day
-        )
-    ]
-    customers = [
-        CustomerSnapshot(**{k: r[k] for k in cus_fields})
-        for r in _rows(
-            conn, "SELECT * FROM stripe_customer_snapshots WHERE snapshot_date = %s", day
-        )
-    ]
-    invoice_day = conn.execute(
-        "SELECT max(snapshot_date) AS d FROM stripe_invoice_snapshots WHERE snapshot_date <= %s",
-        (day,),
-    ).fetchone()["d"]
-    invoices = [
-        InvoiceSnapshot(**{k: r[k] for k in inv_fields})
-        for r in _rows(
-            conn,
-            "SELECT * FROM stripe_invoice_snapshots WHERE snapshot_date = %s AND status = 'draft'",
-            invoice_day,
-        )
-    ]
-    tenants = [
-        TenantRow(
-            tenant_id=r["tenant_id"],
-            plan=r["plan"],
-            stripe_customer_id=r["stripe_customer_id"],
-            stripe_subscription_id=r["stripe_subscription_id"],
-            billing_status=r["billing_status"],
-            subscription_status=r["subscription_status"],
-            api_access_enabled=bool(r["api_access_enabled"]),
-        )
-        for r in conn.execute(
-            "SELECT tenant_id, plan, stripe_customer_id, stripe_subscription_id, billing_status, "
-            "subscription_status, api_access_enabled FROM tenants"
-        ).fetchall()
-    ]
-    return day, taken_at, tenants, subs, customers, invoices
-
-
-def store_findings(conn: Any, snapshot_date: date, findings: list[Finding]) -> None:
-    """Replace the snapshot date's findings."""
-    conn.execute(
-        "DELETE FROM subscription_state_findings WHERE snapshot_date = %s", (snapshot_date,)
-    )
-    with conn.cursor() as cur:
-        cur.executemany(
-            """
-            INSERT INTO subscription_state_findings (snapshot_date, category, revenue_leak,
-                tenant_id, customer_id, subscription_id, detail, local_state, stripe_state)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-            """,
-            [
-                (
-                    snapshot_date,
-                    f.category,
-                    f.revenue_leak,
-                    f.tenant_id,
-                    f.customer_id,
-                    f.subscription_id,
-                    f.detail,
-                    None if f.local_state is None else dg_json(f.local_state),
-                    None if f.stripe_state is None else dg_json(f.stripe_state),
-                )
-                for f in findings
-            ],
-        )
-
-
-def dg_json(value: Any) -> Any:
-    """A value for a jsonb column."""
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value)
-
-
-def findings_table(findings: list[Finding], limit: int = 50) -> str:
-    """Findings as a markdown table for the Dagster UI."""
-    if not findings:
-        return "none"
-    lines = ["| category | tenant | customer | subscription | detail |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {f.category} | {f.tenant_id or ''} | {f.customer_id or ''} | "
-        f"{f.subscription_id or ''} | {f.detail} |"
-        for f in findings[:limit]
-    ]
-    if len(findings) > limit:
-        lines.append(f"... and {len(findings) - limit} more")
-    return "\n".join(lines)
-
-
 @dg.asset(
     deps=[stripe_subscription_snapshot, stripe_invoice_snapshot],
     group_name=GROUP,
@@ -244,9 +119,12 @@ def subscription_state_diff(
 ) -> dg.MaterializeResult:
     """Where the tenant database and Stripe disagree, by category, for the newest snapshot."""
     with billing_db.transaction() as conn:
-        day, taken_at, tenants, subs, customers, invoices = load_snapshot(conn)
+        try:
+            day, taken_at, tenants, subs, customers, invoices = reconciliation.load_snapshot(conn)
+        except LookupError as exc:
+            raise dg.Failure(str(exc)) from None
         result = reconciliation.diff(tenants, subs, customers, invoices, as_of=taken_at)
-        store_findings(conn, day, result.findings)
+        reconciliation.store_findings(conn, day, result.findings)
     grouped = result.by_category()
     for finding in result.findings:
         context.log.warning("%s: %s", finding.category, finding.detail)
@@ -265,7 +143,7 @@ def subscription_state_diff(
                 ),
                 metadata={
                     "leaks": dg.MetadataValue.int(len(leaks)),
-                    "tenants": dg.MetadataValue.md(findings_table(leaks)),
+                    "tenants": dg.MetadataValue.md(reconciliation.findings_table(leaks)),
                 },
             )
         )
@@ -289,7 +167,7 @@ def subscription_state_diff(
             "state_mismatches": dg.MetadataValue.int(result.mismatches),
             "revenue_leaks": dg.MetadataValue.int(sum(f.revenue_leak for f in result.findings)),
             **{f"n_{c}": dg.MetadataValue.int(len(grouped[c])) for c in grouped},
-            "details": dg.MetadataValue.md(findings_table(result.findings)),
+            "details": dg.MetadataValue.md(reconciliation.findings_table(result.findings)),
         },
         check_results=checks,
     )
