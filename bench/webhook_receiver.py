@@ -201,6 +201,14 @@ def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started, its session, and any descendant in a group of its own
+    (the daemon's code server)."""
+    import psutil
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
@@ -210,6 +218,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except ProcessLookupError:
             pass
         process.wait(timeout=10)
+    for child in family:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for child in alive:
+        child.kill()
 
 
 def _effects(env: dict[str, str], home: Path, samples: int) -> list[float]:

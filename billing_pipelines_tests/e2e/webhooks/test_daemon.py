@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import stripe
@@ -46,15 +47,28 @@ def dagster_storage(embedded_services: dict[str, str]) -> Iterator[str]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the daemon and everything it started (code server, run workers): its session."""
+    """Stop the daemon and everything it started: its session, and the code server, which
+    Dagster puts in a process group of its own."""
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        pass
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
+    for child in family:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for child in alive:
+        child.kill()
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
