@@ -14,6 +14,7 @@ import pytest
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.lib import warehouse
 from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError
+from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
 
 DAY = date(2026, 3, 14)
 
@@ -29,17 +30,7 @@ def _events(tenant: str, queries: int, duplicated: int, day: date = DAY) -> list
     return rows
 
 
-COLUMNS = [
-    "event_id",
-    "query_id",
-    "tenant_id",
-    "timestamp",
-    "event_type",
-    "tokens_used",
-    "embeddings_count",
-    "latency_ms",
-    "ingested_at",
-]
+COLUMNS = list(USAGE_EVENTS_COLUMNS)
 
 
 @pytest.fixture
