@@ -13,7 +13,7 @@ from billing_pipelines.lib.errors import BillingConfigError
 
 
 @functools.cache
-def _definitions() -> dg.Definitions:
+def code_location() -> dg.Definitions:
     """The code location's definitions, built once per process (each build re-imports defs/)."""
     from billing_pipelines.definitions import defs
 
@@ -28,7 +28,7 @@ def materialize_days(
     run_config: dict[str, Any] | None = None,
 ) -> Iterator[tuple[date, bool]]:
     """Run a daily-partitioned job for each day from first to last, reporting progress."""
-    job = _definitions().resolve_job_def(job_name)
+    job = code_location().resolve_job_def(job_name)
     partitions = job.partitions_def
     assert partitions is not None, f"{job_name} is not partitioned"
     instance = dg.DagsterInstance.get()
@@ -63,7 +63,7 @@ def run_job(job_name: str, op_config: dict[str, object]) -> dict[str, object]:
     A failure in the op becomes a BillingConfigError carrying the op's own message, so the
     CLI shows one line instead of Dagster's wrapped stack trace.
     """
-    job = _definitions().resolve_job_def(job_name)
+    job = code_location().resolve_job_def(job_name)
     (node,) = job.graph.node_names()
     result = job.execute_in_process(
         instance=dg.DagsterInstance.get(),
@@ -92,7 +92,7 @@ def run_job(job_name: str, op_config: dict[str, object]) -> dict[str, object]:
 
 def materialize_asset(asset_key: str) -> bool:
     """Materialize one unpartitioned asset (and its checks) as a run on the instance."""
-    job = _definitions().resolve_implicit_global_asset_job_def()
+    job = code_location().resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=dg.DagsterInstance.get(),
         asset_selection=[dg.AssetKey(asset_key)],
