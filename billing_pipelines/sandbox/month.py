@@ -23,6 +23,7 @@ import dagster as dg
 import psycopg
 import stripe
 import uvicorn
+from dateutil.relativedelta import relativedelta
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -241,8 +242,8 @@ def simulate(
         return now
 
     first = start or month_start(datetime.now(UTC).date())
-    period_days = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - first
-    days = period_days.days
+    # One billing period: Stripe anchors monthly subscriptions on their start date.
+    days = (first + relativedelta(months=1) - first).days
     t0 = int(datetime.combine(first, datetime.min.time(), tzinfo=UTC).timestamp())
     catalog = load_catalog()
     clickhouse = warehouse.connect(clickhouse_url)

@@ -7,7 +7,7 @@ cancelled behind our back; each test then checks one failure's guarantee on what
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -21,9 +21,11 @@ from billing_pipelines.sandbox import month
 from billing_pipelines.sandbox.stripe import Chaos
 
 TENANTS = 6  # one per card story: good, good_trial, none_trial, fails_later, recovers, declined
-START = date(2026, 10, 1)
-OUTAGE_FROM, OUTAGE_TO = 29, 32  # no deliveries from Oct 30 to Nov 3: the renewal is missed
-DRIFT_DAY = 38  # Nov 8: someone cancels a subscription in the Stripe dashboard, no webhook
+# Relative to today: the recovery job lists Stripe's last 30 days of real time, so the
+# simulated outage (around the renewal, ~10 days ago) falls inside that window on any date.
+START = datetime.now(UTC).date() - timedelta(days=40)
+OUTAGE_FROM, OUTAGE_TO = 26, 32  # no deliveries across the period's last days and its renewal
+DRIFT_DAY = 38  # a week after renewal someone cancels in the Stripe dashboard: no webhook
 
 
 def _endpoint(ctx: month.DayContext) -> str:
@@ -65,7 +67,7 @@ def simulated(embedded_services: dict[str, str]) -> dict[str, Any]:
         seen["rerun_ok"] = [
             ok
             for _, ok in materialize_days(
-                "usage_to_stripe_job", date(2026, 10, 5), date(2026, 10, 7), None
+                "usage_to_stripe_job", START + timedelta(days=4), START + timedelta(days=6), None
             )
         ]
         seen["ledger_after"] = _rows(url, "SELECT count(*) AS n FROM usage_report_ledger")[0]["n"]
