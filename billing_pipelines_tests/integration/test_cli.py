@@ -126,8 +126,11 @@ def test_unset_warehouse_url_starts_only_the_embedded_bridge(
         _run(["sandbox", "down"], {}, tmp_path)
 
 
-def test_usage_push_rejects_a_bad_date(tmp_path: Path) -> None:
-    line = _one_error_line(_run(["usage", "push", "--date", "2026-02-30"], {}, tmp_path))
+def test_usage_push_rejects_a_bad_date(embedded_services: dict[str, str], tmp_path: Path) -> None:
+    # With the URLs set nothing is started in tmp_path (an unset URL would start and leave
+    # embedded services running there).
+    env = {k: embedded_services[k] for k in ("DATABASE_URL", "CLICKHOUSE_URL")}
+    line = _one_error_line(_run(["usage", "push", "--date", "2026-02-30"], env, tmp_path))
     assert line == "error: --date must be a date as YYYY-MM-DD, got '2026-02-30'"
 
 
