@@ -504,4 +504,17 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.runs.items()))}); "
         f"failed runs: {len(result.failed_runs)}"
     )
+    failing = sorted(name for name, passed in result.checks.items() if not passed)
+    numbers["failing_checks"] = len(failing)
+    echo(
+        f"    reconciliation: {len(result.checks)} asset checks, "
+        + (f"failing: {', '.join(failing)}" if failing else "all pass")
+        + ("" if result.reconciliation_ok else "; reconciliation_job FAILED (see the UI)")
+    )
+    audit = result.checks.get("usage_matches_invoices")
+    if audit is None:
+        verdict = "not evaluated"
+    else:
+        verdict = "zero difference" if audit else "DIFFERENCES (see usage_invoice_audit)"
+    echo(f"    usage vs invoices audit (every tenant, closed period): {verdict}")
     return numbers
