@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import wraps
@@ -445,6 +446,8 @@ def main() -> None:
     """Entry point: operator errors become one line on stderr and exit code 2."""
     # clickhouse-connect logs a stack of driver errors before raising; our one line says it all.
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
+    # Dagster's own freshness-check sensor passes a beta parameter; operators can't act on it.
+    warnings.filterwarnings("ignore", message="Parameter `owners`")
     try:
         app()
     except (BillingConfigError, ServiceUnavailableError) as exc:
