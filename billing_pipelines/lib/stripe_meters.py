@@ -11,6 +11,12 @@ from datetime import date
 from decimal import Decimal
 
 import stripe
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from billing_pipelines.lib.meter_reports import (
     DELIVERED,
@@ -94,6 +100,14 @@ def active_meter_ids(client: stripe.StripeClient) -> dict[str, str]:
     return {m.event_name: m.id for m in listed.auto_paging_iter()}
 
 
+# Reads are safe to repeat: a 429 (the SDK does not retry those) waits and asks again, so an
+# audit of many tenants shares the account's rate limit instead of failing on it.
+@retry(
+    retry=retry_if_exception_type(stripe.RateLimitError),
+    wait=wait_exponential_jitter(initial=0.5, max=8),
+    stop=stop_after_attempt(8),
+    reraise=True,
+)
 def day_total(client: stripe.StripeClient, meter_id: str, customer_id: str, day: date) -> Decimal:
     """Stripe's aggregated meter value for one customer over one UTC day."""
     start, end = day_bounds(day)
