@@ -377,12 +377,12 @@ def portal_command(
     ),
 ) -> None:
     """Print a Stripe customer-portal link for the tenant (cards, invoices, PDFs)."""
-    from billing_pipelines.lib import database, lifecycle, stripe_api
+    from billing_pipelines.defs.resources import StripeResource
+    from billing_pipelines.lib import database, lifecycle
 
     settings = load_settings()
-    client = stripe_api.make_client(
-        settings.require_stripe_api_key(), api_base=settings.stripe_api_base
-    )
+    # The same client the Dagster resource builds: configured retries and timeout included.
+    client = StripeResource(api_key=settings.require_stripe_api_key()).client()
     pool = database.open_pool(settings.require_database_url(), max_size=1)
     try:
         with database.transaction(pool) as conn:

@@ -177,7 +177,7 @@ def _reset(database_url: str, clickhouse: Any) -> None:
     clickhouse.command("TRUNCATE TABLE usage_events")
 
 
-def _advance(client: stripe.StripeClient, sandbox: SandboxHandle, clock: str, to: int) -> None:
+def _advance(sandbox: SandboxHandle, clock: str, to: int) -> None:
     sandbox.advance_clock(clock, to)
     assert sandbox.state.webhooks is not None
     sandbox.state.webhooks.drain(30)
@@ -311,7 +311,7 @@ def simulate(
             day = first + timedelta(days=offset)
             mark = time.monotonic()
             # 00:30 the next morning: inside the hour before an invoice finalizes.
-            _advance(client, sandbox, clock, t0 + (offset + 1) * DAY + 30 * 60)
+            _advance(sandbox, clock, t0 + (offset + 1) * DAY + 30 * 60)
             mark = timed("stripe clock and webhooks", mark)
             if offset < days:
                 for _, ok in materialize_days(
@@ -333,7 +333,7 @@ def simulate(
                 f"{time.monotonic() - started:.0f}s"
             )
         # Let the last finalizations, payments and deliveries land.
-        _advance(client, sandbox, clock, t0 + (days + 10) * DAY + 2 * HOUR)
+        _advance(sandbox, clock, t0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
         mark = time.monotonic()
         reconciliation = definitions.resolve_job_def("reconciliation_job").execute_in_process(
