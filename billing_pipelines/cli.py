@@ -282,10 +282,23 @@ def catalog_sync() -> None:
     typer.echo("stripe_catalog is in sync with plans.toml")
 
 
+def _new_tenant_id(value: str) -> str:
+    # Runs while the options are parsed: a refused id starts no service and touches nothing.
+    from billing_pipelines.lib.tenant_ids import check_tenant_id
+
+    return check_tenant_id(value)
+
+
 @tenant_app.command("create")
 @_with_services
 def tenant_create(
-    tenant: Annotated[str, typer.Option(help="Tenant id in the SaaS.")],
+    tenant: Annotated[
+        str,
+        typer.Option(
+            help="Tenant id in the SaaS: letters, digits, _ . - (at most 64).",
+            callback=_new_tenant_id,
+        ),
+    ],
     plan: Annotated[str, typer.Option(help="Plan key from plans.toml.")],
     email: Annotated[str, typer.Option(help="Billing contact.")],
     name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,

@@ -68,6 +68,35 @@ class Catalog:
             raise BillingConfigError(f"unknown plan {key!r} (known plans: {known})") from None
 
 
+# Metrics a plan has a price for (overage_cents_per_query); a meter for anything else is unpriced.
+PRICED_METRICS = frozenset({"queries"})
+# The amounts every plan must state: a plan without them has no price.
+PLAN_FIELDS = ("name", "base_monthly_cents", "included_queries", "overage_cents_per_query")
+
+
+def _plan(source: str, key: str, body: object) -> Plan:
+    """One [plans.<key>] table, or an error naming the plan and what it lacks."""
+    if not isinstance(body, dict):
+        raise BillingConfigError(f"{source}: plan {key} is not a table of fields")
+    missing = [f for f in PLAN_FIELDS if f not in body]
+    if missing:
+        unpriced = {"base_monthly_cents", "overage_cents_per_query"} & set(missing)
+        raise BillingConfigError(
+            f"{source}: invalid plan catalog: plan {key} "
+            f"{'has no price: ' if unpriced else ''}missing {', '.join(missing)}"
+        )
+    try:
+        return Plan(
+            key=key,
+            name=str(body["name"]),
+            base_monthly_cents=int(body["base_monthly_cents"]),
+            included_queries=int(body["included_queries"]),
+            overage_cents_per_query=Decimal(str(body["overage_cents_per_query"])),
+        )
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise BillingConfigError(f"{source}: plan {key} has an invalid amount ({exc})") from None
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
     """Read and validate the catalog file (the packaged plans.toml by default)."""
     if path is None:
@@ -78,16 +107,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
         source = str(path)
     try:
         raw = tomllib.loads(text)
-        plans = {
-            key: Plan(
-                key=key,
-                name=str(body["name"]),
-                base_monthly_cents=int(body["base_monthly_cents"]),
-                included_queries=int(body["included_queries"]),
-                overage_cents_per_query=Decimal(str(body["overage_cents_per_query"])),
-            )
-            for key, body in raw["plans"].items()
-        }
+        plans = {key: _plan(source, key, body) for key, body in raw["plans"].items()}
         meters = {
             key: Meter(
                 metric=key,
@@ -107,6 +127,18 @@ def load_catalog(path: Path | None = None) -> Catalog:
             raise BillingConfigError(f"{source}: plan {plan.key} has no overage price")
     if "queries" not in meters:
         raise BillingConfigError(f"{source}: no [meters.queries]: every plan bills queries")
+    unpriced = sorted(set(meters) - PRICED_METRICS)
+    if unpriced and plans:
+        # Every plan's subscription gets one metered price per meter (by lookup key), but plans
+        # price queries only: such a meter would collect usage nobody is billed for, and
+        # onboarding would fail only after creating the Stripe customer.
+        many = len(plans) > 1
+        raise BillingConfigError(
+            f"{source}: plan{'s' if many else ''} {', '.join(sorted(plans))} "
+            f"{'have' if many else 'has'} no price for metric "
+            f"{', '.join(unpriced)} ([meters.{unpriced[0]}]): plans price only "
+            f"{', '.join(sorted(PRICED_METRICS))} (overage_cents_per_query); remove the meter"
+        )
     for meter in meters.values():
         if meter.usage_column not in USAGE_COLUMNS:
             known = ", ".join(USAGE_COLUMNS)

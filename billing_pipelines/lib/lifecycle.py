@@ -18,6 +18,7 @@ import stripe
 from billing_pipelines.lib import stripe_catalog, tenant_state
 from billing_pipelines.lib.catalog import Catalog, Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.tenant_ids import check_tenant_id
 from billing_pipelines.lib.webhook_handlers import HandlerContext, converge_tenant
 
 # Subscription statuses after which a tenant needs a new subscription to be billed again.
@@ -177,6 +178,9 @@ def onboard(
     actor: str = "lifecycle.onboard_tenant",
 ) -> LifecycleResult:
     """Create (or find) the tenant, its Stripe customer and its subscription; idempotent."""
+    # Validate every input before the first write or Stripe call: a refused onboarding leaves
+    # no tenant row and no Stripe customer behind.
+    check_tenant_id(request.tenant_id)
     plan = catalog.plan(request.plan)
     if request.trial_end_behavior not in TRIAL_END_BEHAVIORS:
         raise BillingConfigError(
