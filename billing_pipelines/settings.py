@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = Field(default=3, ge=0, le=10)
     stripe_timeout_seconds: float = Field(default=30.0, gt=0)
     usage_sync_lag_hours: float = Field(default=6.0, gt=0)
+    # The largest day total per tenant and metric the meter push sends; above it the value is
+    # corrupt (an overflow, a unit mix-up), refused, and the run fails naming it.
+    meter_daily_value_ceiling: int = Field(default=1_000_000_000, ge=1)
     # Webhooks, dunning and notifications (issue 5).
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     webhook_max_body_bytes: int = Field(default=512 * 1024, ge=1024)
@@ -143,6 +146,7 @@ _ENV_NAMES = {
     "stripe_max_network_retries": "STRIPE_MAX_NETWORK_RETRIES",
     "stripe_timeout_seconds": "STRIPE_TIMEOUT_SECONDS",
     "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
+    "meter_daily_value_ceiling": "METER_DAILY_VALUE_CEILING",
     "webhook_tolerance_seconds": "WEBHOOK_TOLERANCE_SECONDS",
     "webhook_max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
     "webhook_max_attempts": "WEBHOOK_MAX_ATTEMPTS",

@@ -10,10 +10,12 @@ event window) replaces the previous day total instead of adding to it.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 
 from billing_pipelines.lib.warehouse import day_bounds
 
@@ -176,6 +178,71 @@ class BillingAccount:
         return bool(self.stripe_customer_id and self.stripe_subscription_id)
 
 
+@dataclass(frozen=True)
+class RefusedValue:
+    """A stored usage value the push will not send: missing, not a whole number, negative or
+    above the sanity ceiling."""
+
+    tenant_id: str
+    usage_date: date
+    column: str
+    value: object
+    reason: str
+
+    def describe(self) -> str:
+        """One line for the operator: tenant, day, column, value and why."""
+        return (
+            f"tenant {self.tenant_id!r} on {self.usage_date}: "
+            f"{self.column} = {self.value!r} ({self.reason})"
+        )
+
+
+def _count(value: object, ceiling: int) -> int | str:
+    """The value as a billable whole number, or the reason it cannot be billed."""
+    if value is None:
+        return "missing"
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return "not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    if isinstance(value, Decimal) and not value.is_finite():
+        return "not a finite number"
+    if value != int(value):
+        return "not a whole number"
+    if value < 0:
+        return "negative"
+    if value > ceiling:
+        return f"above the sanity ceiling of {ceiling:,} (METER_DAILY_VALUE_CEILING)"
+    return int(value)
+
+
+def screen_usage(
+    day: date,
+    usage: Mapping[str, Mapping[str, object]],
+    columns: Iterable[str],
+    ceiling: int,
+) -> tuple[dict[str, dict[str, int]], list[RefusedValue]]:
+    """Split a day's stored usage into tenants whose billed columns are sane whole numbers and
+    the refused values; a tenant with any refused value is held back entirely (nothing of it is
+    sent, and what Stripe already has for it is left as it is)."""
+    columns = list(dict.fromkeys(columns))
+    clean: dict[str, dict[str, int]] = {}
+    refused: list[RefusedValue] = []
+    for tenant_id in sorted(usage):
+        row = usage[tenant_id]
+        counts: dict[str, int] = {}
+        for column in columns:
+            value = row.get(column, 0)  # a column absent from the row is no usage, as below
+            checked = _count(value, ceiling)
+            if isinstance(checked, str):
+                refused.append(RefusedValue(tenant_id, day, column, value, checked))
+            else:
+                counts[column] = checked
+        if len(counts) == len(columns):
+            clean[tenant_id] = counts
+    return clean, refused
+
+
 @dataclass
 class DesiredDay:
     """The totals Stripe should hold for a day, and the usage that cannot be billed."""
@@ -189,13 +256,15 @@ def desired_totals(
     accounts: Mapping[str, BillingAccount],
     meters: Iterable[tuple[str, str, str]],
     latest: Mapping[Key, LedgerEntry],
+    held: Collection[str] = (),
 ) -> DesiredDay:
     """Per billable tenant and metric, the day total Stripe must hold.
 
     `usage` maps tenant -> usage column -> value; `meters` are (metric, event_name, column).
     A (tenant, metric) the ledger reported that no longer has usage (deleted upstream) is
     wanted at 0, so Stripe stops billing it; tenants without customer or subscription are
-    returned as unbillable with their usage.
+    returned as unbillable with their usage. `held` tenants (their stored usage was refused)
+    get no total at all: absent from `usage` is not the same as "no usage" for them.
     """
     meters = list(meters)
     out = DesiredDay()
@@ -223,6 +292,7 @@ def desired_totals(
         if (
             key not in wanted
             and entry.tenant_id not in usage
+            and entry.tenant_id not in held
             and entry.value != 0
             and account is not None
             and account.stripe_customer_id == entry.stripe_customer_id

@@ -1,5 +1,6 @@
 """Usage to Stripe: the plan catalog in Stripe and each day's usage as exactly-once meter events."""
 
+import dataclasses
 import time
 from datetime import date
 
@@ -15,11 +16,14 @@ from billing_pipelines.lib.meter_reports import (
     FAILED,
     OUT_OF_WINDOW,
     MeterReport,
+    RefusedValue,
     desired_totals,
     plan_day,
+    screen_usage,
 )
 from billing_pipelines.lib.stripe_catalog import sync_catalog
 from billing_pipelines.lib.stripe_meters import RetryableStripeError, SendOutcome
+from billing_pipelines.settings import load_settings
 
 STRIPE_POOL = "stripe_api"
 WINDOW_CHECK = "usage_within_stripe_window"
@@ -97,16 +101,26 @@ def stripe_meter_reports(
         )
     meters = [(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()]
     rate = config.requests_per_second or pacing.default_rate(stripe.api_key)
+    ceiling = load_settings().meter_daily_value_ceiling
 
     # One reporter per day at a time, even outside the pool (the lock ends with the transaction).
     with billing_db.transaction() as lock_conn:
         ledger.lock_day(lock_conn, day)
         with billing_db.transaction() as conn:
             latest = ledger.latest_entries(conn, day)
+            # Values that cannot be a day's usage (negative, above the ceiling, not a whole
+            # number) are never sent; those tenants are held as Stripe has them, the others
+            # are pushed (one bad row must not leave every tenant unbilled at period end).
+            usage, refused = screen_usage(
+                day, ledger.stored_usage(conn, day), [c for _, _, c in meters], ceiling
+            )
+            held = {r.tenant_id for r in refused}
             desired = desired_totals(
-                ledger.stored_usage(conn, day), ledger.billing_accounts(conn), meters, latest
+                usage, ledger.billing_accounts(conn), meters, latest, held=held
             )
             plan = plan_day(day, desired.totals, latest)
+        for refusal in refused:
+            context.log.error("refused, not sent: %s", refusal.describe())
         # The ledger rows exist (committed) before any call to Stripe.
         with billing_db.transaction() as conn:
             fresh = ledger.record_pending(conn, plan.new, context.run_id)
@@ -173,11 +187,22 @@ def stripe_meter_reports(
         with billing_db.transaction() as conn:
             stranded = ledger.out_of_window(conn, day)
 
+    problems = [_refused_message(day, refused)] if refused else []
     if outcomes[FAILED]:
         # Failed rows stay in the ledger and are re-sent with the same identifier next run.
-        raise dg.Failure(
+        problems.append(
             f"{outcomes[FAILED]} of {len(to_send)} meter events for {day} failed; "
             "re-run the partition to retry them (same identifiers, no double count)"
+        )
+    if problems:
+        raise dg.Failure(
+            "\n".join(problems),
+            metadata={
+                "sent": dg.MetadataValue.int(outcomes[DELIVERED] - outcomes["duplicate"]),
+                "failed": dg.MetadataValue.int(outcomes[FAILED]),
+                "refused_values": dg.MetadataValue.int(len(refused)),
+                "refused": dg.MetadataValue.md(_table([dataclasses.asdict(r) for r in refused])),
+            },
         )
     totals = {
         metric: sum(t.value for t in desired.totals if t.metric == metric)
@@ -226,6 +251,18 @@ def stripe_meter_reports(
                 },
             ),
         ],
+    )
+
+
+def _refused_message(day: date, refused: list[RefusedValue], limit: int = 20) -> str:
+    tenants = sorted({r.tenant_id for r in refused})
+    lines = [r.describe() for r in refused[:limit]]
+    if len(refused) > limit:
+        lines.append(f"... and {len(refused) - limit} more")
+    return (
+        f"{len(refused)} stored usage value(s) for {day} refused: nothing was sent for "
+        f"{len(tenants)} tenant(s), the others were pushed; fix daily_tenant_usage and "
+        "re-run the partition:\n" + "\n".join(lines)
     )
 
 
