@@ -89,3 +89,26 @@ def test_a_held_tenant_is_neither_zeroed_nor_reported_while_others_are() -> None
     # Without the hold, the refused tenant would have been zeroed in Stripe: the bug it prevents.
     unheld = desired_totals(clean, accounts, meters, latest)
     assert ("held", 0) in [(t.tenant_id, t.value) for t in unheld.totals]
+
+
+def test_the_warehouse_side_refuses_nan_and_negative_before_anything_is_stored() -> None:
+    """The first gate: daily_tenant_usage's pandera schema (its blocking check)."""
+    import pandas as pd
+
+    from billing_pipelines.lib.usage_schema import COUNT_COLUMNS, validate_daily_usage
+
+    frame = pd.DataFrame(
+        {"tenant_id": ["t1", "t2"], **{c: [2, 2] for c in COUNT_COLUMNS}, "duplicate_events": 0}
+    )
+    frame["billable_queries"] = [float("nan"), 1.0]  # a NaN turns the column into floats
+    frame["tokens"] = [5, -7]
+    validation = validate_daily_usage(frame, {"t1", "t2"})
+    assert not validation.passed
+    cases = {
+        (c.check, c.column, str(c.failure_case)) for c in validation.failure_cases.itertuples()
+    }
+    assert cases >= {
+        ("not_nullable", "billable_queries", "nan"),
+        ("dtype('int64')", "billable_queries", "nan"),
+        ("greater_than_or_equal_to(0)", "tokens", "-7"),
+    }
