@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -113,12 +114,25 @@ def create_app(config: ReceiverConfig) -> Starlette:
     if not config.secrets:
         raise BillingConfigError("STRIPE_WEBHOOK_SECRETS is not set: the receiver cannot verify")
     metrics = Metrics()
+
+    async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+        # Test each connection as it is handed out (one round trip). One dead connection means
+        # the server restarted and every idle one is dead too: test them all at once, so the
+        # request waits for a new connection instead of backing off once per dead socket (and
+        # answering 503 although the database is back).
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            await pool.check()
+            raise
+
     pool = AsyncConnectionPool(
         config.database_url,
         min_size=config.pool_min_size,
         max_size=config.pool_max_size,
         timeout=config.pool_timeout_seconds,
         open=False,
+        check=check,
         kwargs={"autocommit": True, "connect_timeout": max(1, int(config.pool_timeout_seconds))},
     )
     secrets = tuple(config.secrets)
