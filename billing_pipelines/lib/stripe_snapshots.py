@@ -15,7 +15,15 @@ from typing import Any
 import psycopg
 import stripe
 
+from billing_pipelines.lib.stripe_api import retry_reads
+
 PAGE = 100
+
+
+@retry_reads
+def _page(client: stripe.StripeClient, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One page of a list endpoint; a 429 or a 5xx asks for the same page again."""
+    return dict(client.raw_request("get", path, **params).data)
 
 
 def _ts(value: Any) -> datetime | None:
@@ -138,7 +146,7 @@ def pages(
         page_params = {**params, "limit": PAGE}
         if cursor:
             page_params["starting_after"] = cursor
-        body = client.raw_request("get", path, **page_params).data
+        body = _page(client, path, page_params)
         data = body.get("data") or []
         yield from data
         if not body.get("has_more") or not data:

@@ -13,6 +13,8 @@ from typing import Any
 
 import stripe
 
+from billing_pipelines.lib.stripe_api import retry_reads
+
 
 def _ts(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), UTC) if value else None
@@ -66,6 +68,7 @@ class InvoiceView:
         return sum(metered) if metered else None
 
 
+@retry_reads
 def _metered(client: stripe.StripeClient, price_id: str | None, cache: dict[str, bool]) -> bool:
     if not price_id:
         return False
@@ -75,6 +78,7 @@ def _metered(client: stripe.StripeClient, price_id: str | None, cache: dict[str,
     return cache[price_id]
 
 
+@retry_reads
 def fetch_invoice(
     client: stripe.StripeClient, invoice_id: str, *, with_lines: bool = False
 ) -> InvoiceView:
@@ -143,6 +147,7 @@ def _plan_of(raw: dict[str, Any], known_plans: set[str]) -> str | None:
     return None
 
 
+@retry_reads
 def fetch_subscription(
     client: stripe.StripeClient, subscription_id: str, *, known_plans: set[str]
 ) -> SubscriptionView:

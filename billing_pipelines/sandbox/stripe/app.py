@@ -9,6 +9,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from starlette.applications import Starlette
@@ -70,20 +71,40 @@ def create_app(
     *,
     rate_limit: float | None = None,
     fault_rate: float = 0.0,
+    fault_after_rate: float = 0.0,
+    throttle_rate: float = 0.0,
     latency_ms: int = 0,
     seed: int = 0,
     webhook_chaos: Chaos | None = None,
 ) -> Starlette:
-    """A Starlette app emulating api.stripe.com over `state` (a fresh one by default)."""
+    """A Starlette app emulating api.stripe.com over `state` (a fresh one by default).
+
+    Injected faults, drawn from one `random.Random(seed)` per app (one draw per authenticated
+    request, so a seed replays the same sequence of faults by arrival order):
+
+    - `throttle_rate`: answer 429 `rate_limit` (as Stripe's rate limiter does) without doing
+      the work; the SDK does not retry it (no `Stripe-Should-Retry`).
+    - `fault_rate`: answer 500 *before* dispatching: nothing happened.
+    - `fault_after_rate`: dispatch the request (its side effect and its idempotency record are
+      kept), then answer 500 anyway, as Stripe does when it fails after the work or the
+      connection drops on the way back. A retry with the same Idempotency-Key is replayed.
+
+    `rate_limit` (requests/s, token bucket) adds real 429s on top. `app.state.faults` counts
+    what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
+    `app.state.requests` every request received, by method.
+    """
     st = state or SandboxState(seed=seed)
     if st.webhooks is None:
         st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
     bucket = TokenBucket(rate_limit) if rate_limit else None
     fault_rng = random.Random(seed)
+    faults: Counter[tuple[str, str]] = Counter()
+    requests: Counter[str] = Counter()
     counter = {"n": 0}
 
     async def handle(request: Request) -> Response:
         counter["n"] += 1
+        requests[request.method] += 1
         request_id = f"req_{seed:02d}{counter['n']:012d}"
         headers = {"Request-Id": request_id, "Stripe-Version": API_VERSION}
         if latency_ms:
@@ -116,18 +137,46 @@ def create_app(
                 ).body(),
                 headers,
             )
-        if fault_rate and fault_rng.random() < fault_rate:
-            return _json(500, StripeError(500, "An unknown error occurred").body(), headers)
         method = request.method
+        fault = None
+        if fault_rate or fault_after_rate or throttle_rate:
+            # One draw per request: [throttle | before | after | no fault].
+            draw = fault_rng.random()
+            if draw < throttle_rate:
+                fault = "throttle"
+            elif draw < throttle_rate + fault_rate:
+                fault = "before"
+            elif draw < throttle_rate + fault_rate + fault_after_rate:
+                fault = "after"
+        if fault is not None:
+            faults[(fault, method)] += 1
+        if fault == "throttle":
+            return _json(
+                429,
+                StripeError(
+                    429,
+                    "Request rate limit exceeded. You can learn more about rate limits here "
+                    "https://stripe.com/docs/rate-limits.",
+                    code="rate_limit",
+                ).body(),
+                headers,
+            )
+        if fault == "before":
+            return _json(500, StripeError(500, "An unknown error occurred").body(), headers)
         path = request.url.path
         raw = (await request.body()).decode() if method == "POST" else request.url.query
         idem_key = request.headers.get("idempotency-key") if method == "POST" else None
         status, body, extra = _dispatch(st, method, path, raw, idem_key, key, request_id)
+        if fault == "after":
+            # The work is done (and replayable by its idempotency key); the answer is lost.
+            return _json(500, StripeError(500, "An unknown error occurred").body(), headers)
         headers.update(extra)
         return _json(status, body, headers)
 
     app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "DELETE"])])
     app.state.sandbox = st
+    app.state.faults = faults
+    app.state.requests = requests
     return app
 
 
