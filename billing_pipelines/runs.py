@@ -26,12 +26,13 @@ def materialize_days(
     last: date,
     echo: Callable[[str], object] | None = print,
     run_config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> Iterator[tuple[date, bool]]:
     """Run a daily-partitioned job for each day from first to last, reporting progress."""
     job = code_location().resolve_job_def(job_name)
     partitions = job.partitions_def
     assert partitions is not None, f"{job_name} is not partitioned"
-    instance = dg.DagsterInstance.get()
+    instance = instance or dg.DagsterInstance.get()
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     known = set(partitions.get_partition_keys(dynamic_partitions_store=instance))
     missing = [d.isoformat() for d in days if d.isoformat() not in known]

@@ -136,6 +136,8 @@ def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
     )
     if result.failed_runs:
         raise RuntimeError(f"{len(result.failed_runs)} run(s) failed: {result.failed_runs[:5]}")
+    phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.timings.items())
+    echo(f"    time by phase: {phases}")
     echo(
         f"done in {time.monotonic() - started:.0f}s. Browse the runs, lineage, checks and "
         "billing_health: make ui (the same Dagster instance)"

@@ -269,6 +269,9 @@ def simulate(
 
     definitions = defs()
     instance = dg.DagsterInstance.get()
+    # Dagster's Postgres storages open a new connection per stored event unless told they are
+    # a long-lived process; the month is one, and ~120 runs of event writes add up.
+    instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
     pump = SensorPump(definitions, instance)
     try:
         echo(f"    Stripe sandbox {sandbox.url}, webhook receiver :{receiver_port}")
@@ -279,6 +282,7 @@ def simulate(
         onboarding: Counter[str] = Counter()
         customers: dict[str, str] = {}
         echo(f"    onboarding {len(people)} tenants on a test clock at {first} ...")
+        mark = time.monotonic()
         for person in people:
             story = _onboard(database_url, client, catalog, clock, person)
             onboarding[story] += 1
@@ -287,7 +291,7 @@ def simulate(
                 conn.execute("SELECT tenant_id, stripe_customer_id FROM tenants").fetchall()
             )
         pump.pump()
-
+        mark = timed("onboarding", mark)
         summary = usage_generator.generate_usage(
             clickhouse,
             [p.tenant_id for p in people],
@@ -303,6 +307,7 @@ def simulate(
             f"{first + timedelta(days=days - 1)} ({summary.duplicates:,} cache duplicates, "
             f"{summary.late_events:,} late)"
         )
+        timed("usage generation", mark)
         push_config = {
             "ops": {"stripe_meter_reports": {"config": {"requests_per_second": PUSH_RATE}}}
         }
@@ -315,7 +320,12 @@ def simulate(
             mark = timed("stripe clock and webhooks", mark)
             if offset < days:
                 for _, ok in materialize_days(
-                    "usage_to_stripe_job", day, day, echo=None, run_config=push_config
+                    "usage_to_stripe_job",
+                    day,
+                    day,
+                    echo=None,
+                    run_config=push_config,
+                    instance=instance,
                 ):
                     if not ok:
                         pump.failed.append(f"usage_to_stripe_job {day}")

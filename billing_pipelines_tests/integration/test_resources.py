@@ -131,3 +131,18 @@ def test_stripe_resource_builds_sdk_client_against_configured_base(
     assert client._requestor.base_addresses["api"] == "http://127.0.0.1:9"
     with pytest.raises(BillingConfigError, match="STRIPE_API_KEY is not set"):
         StripeResource(api_key="").client()
+
+
+def test_embedded_postgres_commits_billing_durably_and_dagster_events_asynchronously(
+    embedded_services: dict[str, str],
+) -> None:
+    import psycopg
+
+    def setting(url: str) -> str:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            assert row is not None
+            return str(row[0])
+
+    assert setting(embedded_services["DATABASE_URL"]) == "on"
+    assert setting(embedded_services["DAGSTER_POSTGRES_URL"]) == "off"

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.context import handler_context
+from billing_pipelines.defs.webhooks.context import handler_setup
 from billing_pipelines.lib import stripe_state, tenant_state, webhook_handlers
 
 
@@ -38,11 +38,12 @@ def remind_trials_ending(
                 (now, now + timedelta(days=config.within_days)),
             )
         ]
-    client = stripe.client()
+    handlers = handler_setup(stripe.client())
+    client = handlers.client
     queued = 0
     for tenant_id in candidates:
         with billing_db.transaction() as conn:
-            ctx = handler_context(conn, client, f"trial reminders (run {context.run_id[:8]})")
+            ctx = handlers.context(conn, f"trial reminders (run {context.run_id[:8]})")
             tenant = tenant_state.lock_by_id(conn, tenant_id)
             if tenant is None or tenant.state.stripe_subscription_id is None:
                 continue

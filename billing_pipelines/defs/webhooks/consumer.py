@@ -3,7 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.context import describe_error, handler_context
+from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
 from billing_pipelines.lib import alerts, webhook_handlers, webhook_queue
 from billing_pipelines.lib.webhook_queue import RetryPolicy
 from billing_pipelines.settings import load_settings
@@ -33,7 +33,7 @@ def process_webhook_events(
     """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
     policy = retry_policy()
     owner = context.run_id
-    client = stripe.client()
+    handlers = handler_setup(stripe.client())
     with billing_db.transaction() as conn:
         claimed = webhook_queue.claim(conn, config.row_ids, owner=owner, policy=policy)
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
@@ -45,7 +45,7 @@ def process_webhook_events(
                 if not webhook_queue.still_owned(conn, row.id, owner):
                     counts["not_claimed"] += 1
                     continue
-                outcome = webhook_handlers.handle(handler_context(conn, client, actor), row.payload)
+                outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
                 webhook_queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
             counts[outcome.status] += 1
             context.log.info(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
@@ -62,7 +62,7 @@ def process_webhook_events(
                         summary=f"Stripe event {row.event_id} ({row.event_type}) dead-lettered "
                         f"after {row.attempts} attempts",
                         details={"event": row.event_id, "type": row.event_type, "error": error},
-                        notify=load_settings().alert_email,
+                        notify=handlers.alert_email,
                     )
             counts[status] += 1
             context.log.warning(

@@ -1,26 +1,45 @@
 """Builds the handler context (transaction, Stripe client, catalog, alert address) for an op."""
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import stripe
 
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog import Catalog, load_catalog
 from billing_pipelines.lib.webhook_handlers import HandlerContext
 from billing_pipelines.settings import load_settings
+
+
+@dataclass(frozen=True)
+class HandlerSetup:
+    """What every event a run handles shares, read once per run (not once per event)."""
+
+    client: stripe.StripeClient
+    catalog: Catalog
+    alert_email: str | None
+
+    def context(self, conn: psycopg.Connection[Any], actor: str) -> HandlerContext:
+        """A HandlerContext for one transaction; `actor` names the run and the trigger."""
+        return HandlerContext(
+            conn=conn,
+            client=self.client,
+            catalog=self.catalog,
+            actor=actor,
+            alert_email=self.alert_email,
+        )
+
+
+def handler_setup(client: stripe.StripeClient) -> HandlerSetup:
+    """Read the catalog and the alert address for one run's handlers."""
+    return HandlerSetup(client, load_catalog(), load_settings().alert_email)
 
 
 def handler_context(
     conn: psycopg.Connection[Any], client: stripe.StripeClient, actor: str
 ) -> HandlerContext:
-    """A HandlerContext for one transaction; `actor` names the run and the trigger."""
-    return HandlerContext(
-        conn=conn,
-        client=client,
-        catalog=load_catalog(),
-        actor=actor,
-        alert_email=load_settings().alert_email,
-    )
+    """A HandlerContext for a run that handles a single transaction."""
+    return handler_setup(client).context(conn, actor)
 
 
 def describe_error(exc: BaseException) -> str:
