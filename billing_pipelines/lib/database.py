@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -20,14 +21,24 @@ def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 5, timeout: float = 10.0
 ) -> ConnectionPool:
     """Open a small pool and prove one connection works, or say which server is unreachable."""
+
+    def check(conn: psycopg.Connection[Any]) -> None:
+        # Reconnect transparently after a database restart instead of handing out dead sockets.
+        # One dead connection means every idle one is dead: test them all at once, or the pool
+        # backs off about 1, 2, 4 s per dead socket before it hands out a new connection.
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            pool.check()
+            raise
+
     pool = ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         open=False,
-        # Reconnect transparently after a database restart instead of handing out dead sockets.
-        check=ConnectionPool.check_connection,
+        check=check,
         kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(timeout))},
     )
     try:

@@ -13,17 +13,25 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import dagster as dg
 import httpx
+import psycopg
 import pytest
 import stripe
 
-from billing_pipelines.lib import migrations
+from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.lib import migrations, stripe_meters
 from billing_pipelines.sandbox import postgres
-from billing_pipelines.sandbox.stripe import SandboxHandle, Settings
+from billing_pipelines.sandbox.stripe import SandboxHandle, SandboxState, Settings
 from billing_pipelines.webhooks import ReceiverConfig
+from billing_pipelines_tests.integration.test_meter_reports import DAY, Env, metadata
+from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (
     ReceiverServer,
     free_port,
@@ -32,7 +40,7 @@ from billing_pipelines_tests.webhook_harness import (
 )
 
 BURST = 300  # webhook events in the burst
-TENANTS = 240  # tenants in the meter push (one metered metric each)
+TENANTS = 200  # tenants in the meter push (one metered metric each)
 
 
 # ---- a private PostgreSQL we may restart --------------------------------------------------------
@@ -54,10 +62,11 @@ class RestartablePostgres:
         migrations.upgrade_to_head(url)
         return url
 
-    def restart(self) -> None:
+    def restart(self, between: Callable[[], object] = lambda: None) -> None:
         """Fast shutdown (every session is cut), then start on the same folder and port."""
         postgres.stop(self.data_dir)
         assert not postgres.is_running(self.data_dir)
+        between()
         postgres.start(self.data_dir, self.port)
         self.restarts += 1
 
@@ -83,6 +92,8 @@ class RestartWhen(threading.Thread):
         self.server, self.ready, self.timeout = server, ready, timeout
         self.error: BaseException | None = None
         self.restarted = threading.Event()
+        self.while_down: Callable[[], int] = lambda: 0
+        self.seen_while_down = -1  # what `while_down()` said with the server stopped
 
     def run(self) -> None:
         try:
@@ -91,7 +102,7 @@ class RestartWhen(threading.Thread):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the restart trigger never fired")
                 time.sleep(0.002)
-            self.server.restart()
+            self.server.restart(between=lambda: setattr(self, "seen_while_down", self.while_down()))
             self.restarted.set()
         except BaseException as exc:  # reported by finish() on the test's thread
             self.error = exc
@@ -188,3 +199,108 @@ def test_webhook_burst_across_a_postgres_restart_is_stored_exactly_once(
         assert httpx.get(f"{receiver.url}/readyz").status_code == 200
     finally:
         receiver.stop()
+
+
+# ---- 2. a meter push ----------------------------------------------------------------------------
+
+QUERIES_EVENT = "rag_api_queries"  # the catalog's one metered metric
+
+
+def _accepted(state: SandboxState) -> list[dict[str, Any]]:
+    """Meter events the sandbox accepted (a duplicate identifier is refused, not stored)."""
+    with state.lock:
+        return [e for e in state.data.meter_events if e["event_name"] == QUERIES_EVENT]
+
+
+def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
+    server: RestartablePostgres,
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    db_url = server.fresh_database()
+    resources = {
+        "billing_db": BillingDatabase(url=db_url),
+        "stripe": StripeResource(
+            api_key=API_KEY, api_base=stripe_sandbox.url, max_network_retries=0
+        ),
+    }
+    assert dg.materialize([stripe_catalog], resources=resources).success
+    # The warehouse is not part of this fault: the day's usage is stored as daily_tenant_usage
+    # stores it, and the push reads it from the database that restarts.
+    env = Env(stripe_sandbox, stripe_client, db_url, clickhouse_url="", resources=resources)
+    with ThreadPoolExecutor(4) as workers:  # set-up only: overlaps the SDK's round trips
+        tenants = list(workers.map(lambda _: env.tenant(), range(TENANTS)))
+    usage = {tenant: 1_000 + 37 * i for i, tenant in enumerate(tenants)}
+    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO daily_tenant_usage (usage_date, tenant_id, billable_queries, tokens, "
+            "embeddings, raw_events, duplicate_events) VALUES (%s, %s, %s, 0, 0, %s, 0)",
+            [(DAY, tenant, queries, queries) for tenant, queries in usage.items()],
+        )
+
+    def push() -> dg.ExecuteInProcessResult:
+        # Paced well below the push's ceiling so the restart lands while it is sending.
+        return dg.materialize(
+            [stripe_meter_reports],
+            partition_key=DAY.isoformat(),
+            resources=resources,
+            run_config={
+                "ops": {
+                    "stripe_meter_reports": {"config": {"requests_per_second": 60, "workers": 4}}
+                }
+            },
+            raise_on_error=False,
+        )
+
+    state = stripe_sandbox.state
+    restart = RestartWhen(server, lambda: len(_accepted(state)) >= TENANTS // 3)
+    restart.while_down = lambda: len(_accepted(state))
+    restart.start()
+    first = push()
+    restart.finish()
+
+    # The restart cut the connection holding the day's lock: the run fails, and says why.
+    assert not first.success
+    (failure,) = [e for e in first.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "billing database connection was lost during the meter push" in str(
+        failure.event_specific_data
+    )
+    ledger = "SELECT status, count(*) FROM usage_report_ledger WHERE usage_date = %s GROUP BY 1"
+    with psycopg.connect(db_url) as conn:
+        statuses = dict(conn.execute(ledger, (DAY,)).fetchall())
+    # Its pool reconnected: outcomes were confirmed after the restart, in the same run (more
+    # rows are delivered than Stripe had accepted while the server was down).
+    assert sum(statuses.values()) == TENANTS
+    assert statuses.get("delivered", 0) > restart.seen_while_down > 0
+
+    second = push()
+    assert second.success
+    meta = metadata(second)
+    unconfirmed = TENANTS - statuses.get("delivered", 0)
+    assert meta["sent"] + meta["already_delivered"] == unconfirmed
+    assert meta["unchanged"] == TENANTS - unconfirmed
+    with psycopg.connect(db_url) as conn:
+        assert dict(conn.execute(ledger, (DAY,)).fetchall()) == {"delivered": TENANTS}
+        versions = conn.execute("SELECT DISTINCT value_version FROM usage_report_ledger").fetchall()
+        stored = dict(
+            conn.execute(
+                "SELECT t.stripe_customer_id, u.billable_queries FROM daily_tenant_usage u "
+                "JOIN tenants t USING (tenant_id) WHERE u.usage_date = %s",
+                (DAY,),
+            ).fetchall()
+        )
+    assert versions == [(1,)]  # one value per tenant and day: nothing re-versioned
+
+    # Stripe accepted exactly one meter event per tenant and metric, each identifier once ...
+    accepted = _accepted(state)
+    assert len(accepted) == TENANTS
+    assert len({e["identifier"] for e in accepted}) == TENANTS
+    assert sorted(e["payload"]["stripe_customer_id"] for e in accepted) == sorted(stored)
+    # ... and its day totals (the meter event summaries API) equal the stored usage exactly.
+    meter_id = stripe_meters.active_meter_ids(stripe_client)[QUERIES_EVENT]
+    billed = {
+        customer: int(stripe_meters.day_total(stripe_client, meter_id, customer, DAY))
+        for customer in stored
+    }
+    assert billed == stored
+    assert sum(billed.values()) == sum(usage.values()) == TENANTS * 1_000 + 37 * sum(range(TENANTS))

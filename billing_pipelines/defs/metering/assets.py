@@ -2,15 +2,19 @@
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import dagster as dg
+import psycopg
 
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import ledger, pacing, stripe_meters
 from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.errors import describe_connection_error
 from billing_pipelines.lib.meter_reports import (
     DELIVERED,
     FAILED,
@@ -104,7 +108,7 @@ def stripe_meter_reports(
     ceiling = load_settings().meter_daily_value_ceiling
 
     # One reporter per day at a time, even outside the pool (the lock ends with the transaction).
-    with billing_db.transaction() as lock_conn:
+    with _database_outage_fails_the_push(day), billing_db.transaction() as lock_conn:
         ledger.lock_day(lock_conn, day)
         with billing_db.transaction() as conn:
             latest = ledger.latest_entries(conn, day)
@@ -264,6 +268,24 @@ def _refused_message(day: date, refused: list[RefusedValue], limit: int = 20) ->
         f"{len(tenants)} tenant(s), the others were pushed; fix daily_tenant_usage and "
         "re-run the partition:\n" + "\n".join(lines)
     )
+
+
+@contextmanager
+def _database_outage_fails_the_push(day: date) -> Iterator[None]:
+    """A billing database lost mid-push (e.g. restarted) ends the run with a plain failure."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:  # PoolTimeout included
+        # The connection holding the day lock died with the server, and the lock with it: the
+        # push can no longer claim it ran alone, so it fails. Sent events keep their ledger
+        # rows and identifiers: a re-run confirms them (Stripe recognises each identifier).
+        raise dg.Failure(
+            description=(
+                f"the billing database connection was lost during the meter push for {day} "
+                f"({describe_connection_error(exc)}); re-run the partition to confirm and finish "
+                "it (same identifiers, no double count)"
+            )
+        ) from exc
 
 
 def _table(rows: list[dict[str, object]], limit: int = 50) -> str:
