@@ -53,7 +53,6 @@ class RestartablePostgres:
     data_dir: Path
     port: int
     admin_url: str
-    restarts: int = 0
 
     def fresh_database(self) -> str:
         """A new, migrated billing database on this server."""
@@ -68,7 +67,6 @@ class RestartablePostgres:
         assert not postgres.is_running(self.data_dir)
         between()
         postgres.start(self.data_dir, self.port)
-        self.restarts += 1
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +84,20 @@ class RestartWhen(threading.Thread):
     """Restarts the server from a background thread as soon as `ready()` holds."""
 
     def __init__(
-        self, server: RestartablePostgres, ready: Callable[[], bool], timeout: float = 60
+        self,
+        server: RestartablePostgres,
+        ready: Callable[[], bool],
+        while_down: Callable[[], int] = lambda: 0,
+        timeout: float = 60,
     ) -> None:
         super().__init__(name="postgres-restart", daemon=True)
-        self.server, self.ready, self.timeout = server, ready, timeout
+        self.server, self.ready, self.while_down, self.timeout = server, ready, while_down, timeout
         self.error: BaseException | None = None
         self.restarted = threading.Event()
-        self.while_down: Callable[[], int] = lambda: 0
         self.seen_while_down = -1  # what `while_down()` said with the server stopped
+
+    def _look(self) -> None:
+        self.seen_while_down = self.while_down()
 
     def run(self) -> None:
         try:
@@ -102,7 +106,7 @@ class RestartWhen(threading.Thread):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the restart trigger never fired")
                 time.sleep(0.002)
-            self.server.restart(between=lambda: setattr(self, "seen_while_down", self.while_down()))
+            self.server.restart(between=self._look)
             self.restarted.set()
         except BaseException as exc:  # reported by finish() on the test's thread
             self.error = exc
@@ -138,7 +142,7 @@ def test_webhook_burst_across_a_postgres_restart_is_stored_exactly_once(
     receiver = ReceiverServer(
         ReceiverConfig(database_url=db_url, secrets=[secret], pool_timeout_seconds=0.5), port=port
     )
-    # Stripe-like retries, compressed: they outlast a restart (about a second) many times over.
+    # Stripe-like retries, compressed: they outlast a restart (a second or two) many times over.
     stripe_sandbox.state.settings = Settings(
         webhook_backoff_seconds=[0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8]
     )
@@ -253,8 +257,11 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
         )
 
     state = stripe_sandbox.state
-    restart = RestartWhen(server, lambda: len(_accepted(state)) >= TENANTS // 3)
-    restart.while_down = lambda: len(_accepted(state))
+    restart = RestartWhen(
+        server,
+        ready=lambda: len(_accepted(state)) >= TENANTS // 3,
+        while_down=lambda: len(_accepted(state)),
+    )
     restart.start()
     first = push()
     restart.finish()
