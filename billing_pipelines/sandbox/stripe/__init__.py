@@ -6,11 +6,12 @@ Standalone: imports nothing from billing code.
 
 from .app import create_app
 from .server import SandboxHandle, run_in_thread, serve
-from .store import SandboxState, Settings
+from .store import FaultRates, SandboxState, Settings
 from .webhooks import Chaos
 
 __all__ = [
     "Chaos",
+    "FaultRates",
     "SandboxHandle",
     "SandboxState",
     "Settings",

@@ -21,7 +21,7 @@ from . import resources  # noqa: F401 - registers the routes
 from .params import validate
 from .render import expand, render
 from .router import Ctx, match
-from .store import API_VERSION, SandboxState
+from .store import API_VERSION, FaultRates, SandboxState
 from .webhooks import Chaos, WebhookDispatcher
 from .wire import StripeError, parse_form
 
@@ -89,7 +89,9 @@ def create_app(
       kept), then answer 500 anyway, as Stripe does when it fails after the work or the
       connection drops on the way back. A retry with the same Idempotency-Key is replayed.
 
-    `rate_limit` (requests/s, token bucket) adds real 429s on top. `app.state.faults` counts
+    The three rates live in `state.faults` (a FaultRates), so a test can change them while the
+    sandbox serves (a bad day, then a good one). `rate_limit` (requests/s, token bucket) adds
+    real 429s on top. `app.state.faults` counts
     what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
     `app.state.requests` every request received, by method.
     """
@@ -97,6 +99,8 @@ def create_app(
     if st.webhooks is None:
         st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
     bucket = TokenBucket(rate_limit) if rate_limit else None
+    if fault_rate or fault_after_rate or throttle_rate:
+        st.faults = FaultRates(throttle=throttle_rate, before=fault_rate, after=fault_after_rate)
     fault_rng = random.Random(seed)
     faults: Counter[tuple[str, str]] = Counter()
     requests: Counter[str] = Counter()
@@ -139,14 +143,15 @@ def create_app(
             )
         method = request.method
         fault = None
-        if fault_rate or fault_after_rate or throttle_rate:
+        rates = st.faults
+        if rates.any:
             # One draw per request: [throttle | before | after | no fault].
             draw = fault_rng.random()
-            if draw < throttle_rate:
+            if draw < rates.throttle:
                 fault = "throttle"
-            elif draw < throttle_rate + fault_rate:
+            elif draw < rates.throttle + rates.before:
                 fault = "before"
-            elif draw < throttle_rate + fault_rate + fault_after_rate:
+            elif draw < rates.throttle + rates.before + rates.after:
                 fault = "after"
         if fault is not None:
             faults[(fault, method)] += 1

@@ -77,6 +77,20 @@ class Data:
     seq: int = 0
 
 
+@dataclass
+class FaultRates:
+    """Share of API requests answered with an injected failure; changeable while serving."""
+
+    throttle: float = 0.0  # 429 rate_limit, nothing done
+    before: float = 0.0  # 500 before the work: nothing happened
+    after: float = 0.0  # the work is done, then 500: the answer is lost
+
+    @property
+    def any(self) -> bool:
+        """Whether any fault may be injected."""
+        return bool(self.throttle or self.before or self.after)
+
+
 class SandboxState:
     """The whole emulated Stripe account. All access goes through `lock`."""
 
@@ -87,6 +101,7 @@ class SandboxState:
         self.rng = random.Random(seed)
         self.time_offset = 0.0  # shifts "real" time (for testing TTLs)
         self.webhooks: WebhookDispatcher | None = None
+        self.faults = FaultRates()
         self._by_id: dict[str, str] = {}
 
     # ---- time -------------------------------------------------------------------------------
