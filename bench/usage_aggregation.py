@@ -1,0 +1,399 @@
+"""Benchmark: `daily_tenant_usage` on chDB at N events, against pandas, and Dagster's overhead.
+
+Reproduce: `python bench/usage_aggregation.py --events 1000000 --events 10000000
+--events 50000000`
+
+Starts embedded PostgreSQL and the chDB warehouse bridge (its own process, as `billing sandbox
+up` runs it) under a temporary BILLING_HOME. Per size N, one UTC day holds N usage events (the
+table is emptied between sizes, so each size is one day partition on its own):
+
+- data: generated inside chDB with `numbers()` and one INSERT ... SELECT (the Python generator
+  would need minutes per 10 M rows), with the generator's shape: `--tenants` tenants with its
+  log-uniform size spread, 1/21 embedding-ingest events, 2 % cache duplicates (same query id,
+  new event id, same tokens, up to 2 s later, same day), hour-of-day weights, log-normal tokens;
+  then merged to one part (OPTIMIZE FINAL), as a day at rest is. Not timed.
+- bare query: `warehouse.daily_usage` (the function the asset's resource calls: the real SQL,
+  clickhouse-connect over HTTP to the bridge, result as a DataFrame) -> events/s.
+- pipeline: `daily_usage_job` for that day through `materialize_days` (what `billing usage
+  materialize` runs) on the Postgres-backed Dagster instance: query, pandera validation,
+  store in Postgres, events and metadata -> overhead over the bare query.
+- baseline: the same aggregation as a pandas group-by (distinct (tenant, query id, kind), then
+  per tenant) in a separate process over the same rows exported to Parquet; the load is timed
+  apart from the group-by, and the result must equal the warehouse's, row for row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import psycopg
+
+from billing_pipelines.lib import warehouse
+from billing_pipelines.lib.usage_schema import validate_daily_usage
+from billing_pipelines.sandbox import services
+from billing_pipelines.sandbox.usage_generator import HOUR_WEIGHTS, SIZE_SPREAD
+
+# Share of events that are a cache double-log, and of distinct events that are document
+# ingests (the generator draws ingests at 5 % of queries: 0.05 / 1.05 of all).
+DUPLICATE_RATE = 0.02
+INGEST_SHARE = 0.05 / 1.05
+
+# One INSERT ... SELECT in the warehouse. Every random draw is a hash of (seed, tenant, k), so a
+# duplicate (copy = 1) repeats its original's query id and tokens; only its event id and
+# timestamp differ, as with the RAG API's cache bug.
+GENERATE_SQL = """
+INSERT INTO usage_events (event_id, query_id, tenant_id, timestamp, event_type, tokens_used,
+                          embeddings_count, latency_ms, ingested_at)
+SELECT
+    generateUUIDv4(k)                                                    AS event_id,
+    concat(if(is_query, 'q_', 'e_'), lower(hex(h_id)), substring(lower(hex(h_id2)), 1, 8))
+                                                                         AS query_id,
+    concat('bench-', leftPad(toString(t), 5, '0'))                       AS tenant_id,
+    fromUnixTimestamp64Milli(ts_ms, 'UTC')                               AS timestamp,
+    if(is_query, 'query', 'embedding')                                   AS event_type,
+    tokens                                                               AS tokens_used,
+    if(is_query, 1, greatest(1, intDiv(tokens, 350)))                    AS embeddings_count,
+    toUInt32(exp(if(is_query, log(450), log(2500)) + if(is_query, 0.5, 0.7) * z2))
+                                                                         AS latency_ms,
+    fromUnixTimestamp64Milli(ts_ms + if(u_late < 0.01, 21600000 + h_lag % 237600000,
+                                        50 + h_lag % 4950), 'UTC')      AS ingested_at
+FROM
+(
+    SELECT
+        t, k, copy, is_query, h_id, h_id2, z2, u_late, h_lag,
+        toUInt32(if(is_query,
+            least(greatest(exp(log(900) + 0.6 * z1), 40), 32000),
+            least(greatest(exp(log(12000) + 0.9 * z1), 200), 2000000)))  AS tokens,
+        least({day0:Int64} + 3600000 * hour + h_ms % 3600000 + copy * (1 + h_dup % 1999),
+              {day0:Int64} + 86399999)                                   AS ts_ms
+    FROM
+    (
+        SELECT
+            t, k, copy,
+            cityHash64({seed:UInt64}, t, k, 1)                           AS h_id,
+            cityHash64({seed:UInt64}, t, k, 2)                           AS h_id2,
+            (bitShiftRight(cityHash64({seed:UInt64}, t, k, 3), 11) + 0.5) / exp2(53) AS u_kind,
+            u_kind >= {ingest_share:Float64}                             AS is_query,
+            (bitShiftRight(cityHash64({seed:UInt64}, t, k, 4), 11) + 0.5) / exp2(53) AS u1,
+            (bitShiftRight(cityHash64({seed:UInt64}, t, k, 5), 11) + 0.5) / exp2(53) AS u2,
+            sqrt(-2 * log(u1)) * cos(2 * pi() * u2)                      AS z1,
+            sqrt(-2 * log(u1)) * sin(2 * pi() * u2)                      AS z2,
+            {hours:Array(UInt8)}[1 + (cityHash64({seed:UInt64}, t, k, 6) % 1000)] AS hour,
+            cityHash64({seed:UInt64}, t, k, 7)                           AS h_ms,
+            cityHash64({seed:UInt64}, t, k, 8)                           AS h_dup,
+            (bitShiftRight(cityHash64({seed:UInt64}, t, k, 9, copy), 11) + 0.5) / exp2(53)
+                                                                         AS u_late,
+            cityHash64({seed:UInt64}, t, k, 10, copy)                    AS h_lag
+        FROM
+        (
+            SELECT t, k,
+                   (bitShiftRight(cityHash64({seed:UInt64}, t, k, 0), 11) / exp2(53))
+                       < {duplicate_rate:Float64}                        AS duplicated
+            FROM
+            (
+                SELECT number AS t, {counts:Array(UInt32)}[number + 1] AS n
+                FROM numbers({tenants:UInt32})
+            )
+            ARRAY JOIN range(n) AS k
+        )
+        ARRAY JOIN range(1 + duplicated) AS copy
+    )
+)
+"""
+
+PANDAS_COLUMNS = ["tenant_id", "query_id", "event_type", "tokens_used", "embeddings_count"]
+# chDB writes the file itself (INTO OUTFILE takes a literal, not a bound parameter).
+EXPORT_SQL = (
+    "SELECT tenant_id, query_id, event_type, tokens_used, embeddings_count, timestamp "
+    "FROM usage_events INTO OUTFILE '{path}' TRUNCATE FORMAT Parquet"
+)
+
+
+def tenant_counts(tenants: int, distinct_events: int, seed: int) -> list[int]:
+    """Distinct events per tenant: the generator's log-uniform size spread, summing to the total."""
+    rng = np.random.default_rng(seed)
+    low, high = np.log(SIZE_SPREAD[0]), np.log(SIZE_SPREAD[1])
+    weights = np.exp(rng.uniform(low, high, tenants))
+    counts = np.floor(weights / weights.sum() * distinct_events).astype(np.int64)
+    counts[: distinct_events - int(counts.sum())] += 1  # hand out the rounding remainder
+    return [int(c) for c in counts]
+
+
+def hour_table() -> list[int]:
+    """1,000 permille buckets -> UTC hour, drawn with the generator's hour-of-day weights."""
+    cdf = np.cumsum(HOUR_WEIGHTS)
+    cdf[-1] = 1.0
+    return [int(h) for h in np.searchsorted(cdf, (np.arange(1000) + 0.5) / 1000)]
+
+
+def generate(client: Any, day: date, events: int, tenants: int, seed: int) -> dict[str, int]:
+    """Empty the table and insert about `events` rows for one UTC day; returns its counts."""
+    warehouse.ensure_usage_schema(client)
+    client.command("TRUNCATE TABLE usage_events")
+    day0 = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp() * 1000)
+    client.command(
+        GENERATE_SQL,
+        parameters={
+            "day0": day0,
+            "seed": seed,
+            "ingest_share": INGEST_SHARE,
+            "duplicate_rate": DUPLICATE_RATE,
+            "hours": hour_table(),
+            "counts": tenant_counts(tenants, round(events / (1 + DUPLICATE_RATE)), seed),
+            "tenants": tenants,
+        },
+    )
+    client.command("OPTIMIZE TABLE usage_events FINAL")
+    row = client.query(
+        "SELECT count(), countIf(event_type = 'embedding'), min(timestamp), max(timestamp) "
+        "FROM usage_events"
+    ).result_rows[0]
+    parts = client.query("SELECT count() FROM system.parts WHERE table = 'usage_events' AND active")
+    assert row[2].date() == day and row[3].date() == day, row
+    return {
+        "rows": int(row[0]),
+        "embedding_rows": int(row[1]),
+        "parts": int(parts.result_rows[0][0]),
+    }
+
+
+def pandas_daily_usage(frame: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The warehouse query as a pandas group-by: distinct (tenant, query, kind), then per tenant."""
+    start, end = warehouse.day_bounds(day)
+    rows = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)]
+    per_query = (
+        rows.groupby(["tenant_id", "query_id", "event_type"], sort=False, observed=True)
+        .agg(
+            tokens=("tokens_used", "first"),
+            embeddings=("embeddings_count", "first"),
+            copies=("tokens_used", "size"),
+        )
+        .reset_index()
+    )
+    per_query["is_query"] = per_query["event_type"] == "query"
+    out = per_query.groupby("tenant_id", sort=True, observed=True).agg(
+        billable_queries=("is_query", "sum"),
+        tokens=("tokens", "sum"),
+        embeddings=("embeddings", "sum"),
+        raw_events=("copies", "sum"),
+        distinct=("copies", "size"),
+    )
+    out["duplicate_events"] = out["raw_events"] - out["distinct"]
+    out = out.drop(columns="distinct").reset_index()
+    out["tenant_id"] = out["tenant_id"].astype(str)
+    for column in warehouse.DAILY_USAGE_COLUMNS[1:]:
+        out[column] = out[column].astype("int64")
+    return out[warehouse.DAILY_USAGE_COLUMNS]
+
+
+def _pandas_child(path: str, day: date, repeat: int, answer: Any) -> None:
+    """Separate process, so its peak RSS is the baseline's alone: load, then group-by."""
+    t0 = time.perf_counter()
+    frame = pd.read_parquet(path)
+    load_s = time.perf_counter() - t0
+    loaded_rss = psutil.Process().memory_info().rss
+    times = []
+    for _ in range(repeat):
+        t1 = time.perf_counter()
+        result = pandas_daily_usage(frame, day)
+        times.append(time.perf_counter() - t1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    answer.send({"load_s": load_s, "times": times, "rss": loaded_rss, "peak": peak, "df": result})
+
+
+def pandas_baseline(path: Path, day: date, repeat: int) -> dict[str, Any]:
+    """Run the pandas group-by in a fresh process and bring back its result and costs."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_pandas_child, args=(str(path), day, repeat, send))
+    child.start()
+    try:
+        answer: dict[str, Any] = receive.recv()
+    finally:
+        child.join()
+    return answer
+
+
+def _bridge_peak_mib(pid: int | None) -> float:
+    """The chDB bridge's peak resident memory so far (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, action="append", help="events in the day")
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measure (median)")
+    parser.add_argument(
+        "--pandas-max-events",
+        type=int,
+        default=50_000_000,
+        help="skip the pandas baseline above this size (memory)",
+    )
+    parser.add_argument("--seed", type=int, default=8)
+    args = parser.parse_args()
+    sizes = args.events or [1_000_000, 10_000_000, 50_000_000]
+    day = datetime.now(UTC).date() - timedelta(days=2)
+    home = Path(tempfile.mkdtemp(prefix="bench-usage-aggregation-"))
+    env = services.up(home, with_stripe=False)
+    state = services._load_state(home)
+    # The code location reads its settings from the environment, as `billing` does.
+    os.environ.update({**env, "BILLING_HOME": str(home)})
+    print(
+        f"python {platform.python_version()}, pandas {pd.__version__}, {os.cpu_count()} vCPU, "
+        f"load average {os.getloadavg()[0]:.2f} at start, day {day}, {args.tenants} tenants"
+    )
+    rows_out: list[dict[str, Any]] = []
+    try:
+        from billing_pipelines.runs import code_location, materialize_days
+
+        client = warehouse.connect(env["CLICKHOUSE_URL"], send_receive_timeout=1800)
+        with psycopg.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO tenants (tenant_id, name, email, plan, billing_status) "
+                "VALUES (%s, %s, %s, 'pro', 'active')",
+                [(f"bench-{i:05d}", f"T{i}", f"t{i}@example.com") for i in range(args.tenants)],
+            )
+        # Warm-up, not timed: import and build the code location, one run on an empty day.
+        t = time.perf_counter()
+        code_location()
+        warehouse.ensure_usage_schema(client)
+        client.command("TRUNCATE TABLE usage_events")
+        list(materialize_days("daily_usage_job", day, day, echo=None))
+        print(f"warm-up (definitions + first run, empty day): {time.perf_counter() - t:.1f}s")
+
+        for size in sizes:
+            t = time.perf_counter()
+            shape = generate(client, day, size, args.tenants, args.seed)
+            print(
+                f"\nN={size:,}: generated {shape['rows']:,} rows in {time.perf_counter() - t:.1f}s "
+                f"(not timed), {shape['embedding_rows']:,} embedding rows, "
+                f"{shape['parts']} part(s)",
+                flush=True,
+            )
+            bare, usage = [], None
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                usage = warehouse.daily_usage(client, day)
+                bare.append(time.perf_counter() - t)
+            assert usage is not None and len(usage) == args.tenants
+            assert int(usage["raw_events"].sum()) == shape["rows"]
+            print(
+                f"  {len(usage)} tenants, {int(usage['duplicate_events'].sum()):,} duplicates, "
+                f"{int(usage['billable_queries'].sum()):,} billable queries",
+                flush=True,
+            )
+            t = time.perf_counter()
+            validation = validate_daily_usage(
+                usage, {f"bench-{i:05d}" for i in range(args.tenants)}
+            )
+            validate_s = time.perf_counter() - t
+            assert validation.passed, validation.summary()
+            pipeline = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                ((_, ok),) = materialize_days("daily_usage_job", day, day, echo=None)
+                pipeline.append(time.perf_counter() - t)
+                assert ok
+            with psycopg.connect(env["DATABASE_URL"]) as conn:
+                stored = conn.execute(
+                    "SELECT count(*), sum(billable_queries) FROM daily_tenant_usage "
+                    "WHERE usage_date = %s",
+                    (day,),
+                ).fetchone()
+            assert stored == (len(usage), int(usage["billable_queries"].sum())), stored
+            result: dict[str, Any] = {
+                "size": size,
+                "rows": shape["rows"],
+                "bare": _median(bare),
+                "bare_all": bare,
+                "validate": validate_s,
+                "pipeline": _median(pipeline),
+                "pipeline_all": pipeline,
+                "bridge_peak": _bridge_peak_mib(state.clickhouse_pid),
+            }
+            print(
+                f"  bare query {result['bare']:.2f}s (runs {', '.join(f'{x:.2f}' for x in bare)})"
+                f" = {shape['rows'] / result['bare'] / 1e6:.2f} M events/s; validation "
+                f"{validate_s:.2f}s; daily_usage_job {result['pipeline']:.2f}s (runs "
+                f"{', '.join(f'{x:.2f}' for x in pipeline)}); bridge peak RSS "
+                f"{result['bridge_peak']:.0f} MiB",
+                flush=True,
+            )
+            if size <= args.pandas_max_events:
+                path = home / f"usage-{size}.parquet"
+                t = time.perf_counter()
+                client.command(EXPORT_SQL.format(path=str(path).replace("'", "")))
+                export_s = time.perf_counter() - t
+                base = pandas_baseline(path, day, args.repeat)
+                path.unlink()
+                expected = usage.reset_index(drop=True)
+                pd.testing.assert_frame_equal(base["df"], expected, check_dtype=True)
+                result.update(
+                    pandas=_median(base["times"]),
+                    pandas_load=base["load_s"],
+                    pandas_rss=base["rss"] / 2**20,
+                    pandas_peak=base["peak"] / 2**20,
+                )
+                print(
+                    f"  pandas group-by {result['pandas']:.2f}s (runs "
+                    f"{', '.join(f'{x:.2f}' for x in base['times'])}) = "
+                    f"{shape['rows'] / result['pandas'] / 1e6:.2f} M events/s, equal result; "
+                    f"Parquet export {export_s:.1f}s and load {base['load_s']:.1f}s not "
+                    f"included; RSS {result['pandas_rss']:.0f} MiB loaded, peak "
+                    f"{result['pandas_peak']:.0f} MiB",
+                    flush=True,
+                )
+            rows_out.append(result)
+    finally:
+        services.down(home)
+    _table(rows_out)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at end")
+    sys.stdout.flush()
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    print(
+        "\n| events (one day) | chDB bare query | events/s | daily_usage_job (Dagster) | "
+        "overhead | pandas group-by | events/s | chDB speed-up | pandas peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        overhead = r["pipeline"] - r["bare"]
+        if "pandas" in r:
+            pandas_cols = (
+                f"{r['pandas']:.2f} s | {r['rows'] / r['pandas'] / 1e6:.2f} M | "
+                f"{r['pandas'] / r['bare']:.1f}x | {r['pandas_peak'] / 1024:.1f} GiB"
+            )
+        else:
+            pandas_cols = "not run | — | — | —"
+        print(
+            f"| {r['rows']:,} | {r['bare']:.2f} s | {r['rows'] / r['bare'] / 1e6:.2f} M | "
+            f"{r['pipeline']:.2f} s | {overhead:+.2f} s | {pandas_cols} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
