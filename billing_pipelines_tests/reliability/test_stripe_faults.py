@@ -1,15 +1,18 @@
 """Stripe failing 20 % of requests (429s, 500s before the work, 500s after it) during a meter
 push and during a reconciliation: same totals and findings as without faults, nothing doubled.
 
-Faults come from the Stripe sandbox itself (`fault_rate`, `fault_after_rate`, `throttle_rate`,
-seeded): a second front door over the same sandbox state, so set-up and verification talk to
-a fault-free door and only the code under test meets the faults.
+Faults come from the Stripe sandbox itself (`fault_rate`, `fault_after_rate`, `throttle_rate`):
+a second front door over the same sandbox state, seeded, through which only the code under test
+talks; the state's fault rates are on only while it runs, so set-up and verification see a
+fault-free Stripe.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -28,7 +31,7 @@ from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import stripe_snapshots
 from billing_pipelines.lib import warehouse as wh
-from billing_pipelines.sandbox.stripe import SandboxHandle, SandboxState, run_in_thread
+from billing_pipelines.sandbox.stripe import FaultRates, SandboxHandle, SandboxState, run_in_thread
 from billing_pipelines_tests.integration.reconciliation import support as recon
 from billing_pipelines_tests.integration.test_meter_reports import (  # noqa: F401 - fixture
     DAY,
@@ -49,9 +52,17 @@ SEED = 20260108
 TENANTS = 240
 
 
-def faulty_door(state: SandboxState) -> SandboxHandle:
-    """A second sandbox server over the same state, failing 20 % of requests (seeded)."""
-    return run_in_thread(port=0, state=state, seed=SEED, **FAULTS)
+@contextmanager
+def faulty_door(state: SandboxState) -> Iterator[SandboxHandle]:
+    """A second sandbox server over the same state whose fault draws are seeded with SEED;
+    the state fails 20 % of requests until the block ends (only the code under test calls
+    Stripe meanwhile), then set-up and verification see a fault-free Stripe again."""
+    handle = run_in_thread(port=0, state=state, seed=SEED, **FAULTS)
+    try:
+        yield handle
+    finally:
+        state.faults = FaultRates()
+        handle.stop()
 
 
 def faults_seen(handle: SandboxHandle) -> Counter[tuple[str, str]]:
@@ -126,8 +137,7 @@ def test_meter_push_with_20_percent_429_and_500_faults_delivers_every_total_once
     truth = {t: rng.randrange(1, 5000) for t in tenants}
     _insert_queries(env, truth)
 
-    door = faulty_door(env.sandbox.state)
-    try:
+    with faulty_door(env.sandbox.state) as door:
         result = dg.materialize(
             [daily_tenant_usage, stripe_meter_reports],
             partition_key=DAY.isoformat(),
@@ -135,8 +145,6 @@ def test_meter_push_with_20_percent_429_and_500_faults_delivers_every_total_once
             run_config={"ops": {"stripe_meter_reports": {"config": {"requests_per_second": 400}}}},
             raise_on_error=False,
         )
-    finally:
-        door.stop()
     faults = faults_seen(door)
     requests = requests_seen(door)
 
@@ -241,8 +249,7 @@ def test_reconciliation_with_20_percent_faults_on_reads_matches_a_fault_free_run
     }
     objects_before = stripe_sandbox.state.data.seq  # every object Stripe ever created
 
-    door = faulty_door(stripe_sandbox.state)
-    try:
+    with faulty_door(stripe_sandbox.state) as door:
         resources = {
             **recon.resources(door.url, billing_db_url),
             "stripe": production_stripe(door.url),
@@ -254,8 +261,6 @@ def test_reconciliation_with_20_percent_faults_on_reads_matches_a_fault_free_run
             resources=resources,
             run_config={"ops": {"remediate_subscription_state": {"config": {"dry_run": False}}}},
         )
-    finally:
-        door.stop()
     faults = faults_seen(door)
     requests = requests_seen(door)
 
