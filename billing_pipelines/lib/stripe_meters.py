@@ -11,13 +11,8 @@ from datetime import date
 from decimal import Decimal
 
 import stripe
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
+from billing_pipelines.lib import stripe_api
 from billing_pipelines.lib.meter_reports import (
     DELIVERED,
     FAILED,
@@ -94,6 +89,7 @@ def _describe(exc: stripe.StripeError) -> str:
     return f"{exc.http_status} {exc.code or type(exc).__name__}: {exc.user_message or ''}".strip()
 
 
+@stripe_api.retry_reads
 def active_meter_ids(client: stripe.StripeClient) -> dict[str, str]:
     """Active meter ids by event_name."""
     listed = client.v1.billing.meters.list({"status": "active", "limit": 100})
@@ -102,12 +98,7 @@ def active_meter_ids(client: stripe.StripeClient) -> dict[str, str]:
 
 # Reads are safe to repeat: a 429 (the SDK does not retry those) waits and asks again, so an
 # audit of many tenants shares the account's rate limit instead of failing on it.
-@retry(
-    retry=retry_if_exception_type(stripe.RateLimitError),
-    wait=wait_exponential_jitter(initial=0.5, max=8),
-    stop=stop_after_attempt(8),
-    reraise=True,
-)
+@stripe_api.retry_reads
 def day_total(client: stripe.StripeClient, meter_id: str, customer_id: str, day: date) -> Decimal:
     """Stripe's aggregated meter value for one customer over one UTC day."""
     start, end = day_bounds(day)
