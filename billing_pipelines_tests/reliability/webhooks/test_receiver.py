@@ -197,6 +197,57 @@ def test_valid_event_stored_once_with_either_rotating_secret(
     assert 'billing_webhook_ack_seconds_count{outcome="accepted"} 1.0' in metrics
 
 
+def _rejections(receiver: ReceiverServer, reason: str) -> str | None:
+    """The receiver's rejected-requests counter line for one reason, if any."""
+    metrics = httpx.get(f"{receiver.url}/metrics").text
+    prefix = f'billing_webhook_requests_rejected_total{{reason="{reason}"}} '
+    return next((line for line in metrics.splitlines() if line.startswith(prefix)), None)
+
+
+def test_old_secret_after_the_rotation_window_is_refused(billing_db_url: str) -> None:
+    """Once Stripe's rotation window ends the old secret is removed: it no longer verifies."""
+    server = ReceiverServer(ReceiverConfig(database_url=billing_db_url, secrets=[SECRET_NEW]))
+    try:
+        old = _post(server, BODY, {"Stripe-Signature": _sig(BODY, SECRET_OLD)})
+        assert old.status_code == 400
+        assert _count(billing_db_url) == 0
+        assert _rejections(server, "bad_signature") == (
+            'billing_webhook_requests_rejected_total{reason="bad_signature"} 1.0'
+        )
+        new = _post(server, BODY, {"Stripe-Signature": _sig(BODY, SECRET_NEW)})
+        assert (new.status_code, new.json()) == (200, {"received": True, "duplicate": False})
+        assert _count(billing_db_url) == 1
+    finally:
+        server.stop()
+
+
+def test_replay_of_an_accepted_event(billing_db_url: str) -> None:
+    """The same captured request sent again: a duplicate within 5 minutes, refused after."""
+    now = [float(_now())]
+    server = ReceiverServer(
+        ReceiverConfig(database_url=billing_db_url, secrets=[SECRET_NEW], clock=lambda: now[0])
+    )
+    try:
+        captured = {"Stripe-Signature": _sig(BODY, t=int(now[0]))}
+        first = _post(server, BODY, captured)
+        assert (first.status_code, first.json()) == (200, {"received": True, "duplicate": False})
+        # The consumer handled it; a replay must not put it back in the queue.
+        query(billing_db_url, "UPDATE webhook_events SET status = 'processed'")
+        now[0] += 120  # replayed inside the tolerance: acknowledged as a duplicate
+        again = _post(server, BODY, captured)
+        assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": True})
+        now[0] += 240  # the signature's timestamp is now 6 minutes old
+        late = _post(server, BODY, captured)
+        assert late.status_code == 400
+        assert _rejections(server, "timestamp_too_old") == (
+            'billing_webhook_requests_rejected_total{reason="timestamp_too_old"} 1.0'
+        )
+        rows = query(billing_db_url, "SELECT event_id, status FROM webhook_events")
+        assert rows == [{"event_id": "evt_test_1", "status": "processed"}]  # stored, handled once
+    finally:
+        server.stop()
+
+
 def test_fast_acknowledgement(receiver: ReceiverServer) -> None:
     with httpx.Client() as client:
         timings = []
