@@ -47,3 +47,14 @@ def test_dagster_definitions_validate() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_shipped_instance_retries_failed_runs_and_monitors_stuck_ones(
+    embedded_services: dict[str, str],
+) -> None:
+    # A killed queue-consumer run keeps its run_key: without retries and monitoring nothing
+    # would ever run that batch again (see RELIABILITY.md).
+    instance = dg.DagsterInstance.get()
+    assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+    assert instance.run_monitoring_enabled
+    assert instance.run_monitoring_max_runtime_seconds == 4 * 3600
