@@ -1,6 +1,8 @@
 """Benchmark: pushing one day of usage for N tenants to Stripe meters at a limit of R requests/s.
 
-Reproduce: `python bench/meter_push.py --tenants 2000 --rate 25 --rate 100`
+Reproduce: `python bench/meter_push.py --tenants 2000 --rate 25 --rate 100`; for the growth with
+size, `--tenants 250 --tenants 500 --tenants 1000 --tenants 2000 --rate 100` (one setup of the
+largest size; each size pushes its own day, holding usage for the first N tenants only).
 
 Starts embedded PostgreSQL under a temporary BILLING_HOME and the Stripe sandbox in a separate
 process (as `billing sandbox up` runs it), so server and client do not share one interpreter.
@@ -22,6 +24,7 @@ Target (issue 4): ours <= 1.15 x (events / R) + 2 s.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -50,9 +53,9 @@ def _client(url: str) -> stripe.StripeClient:
 
 
 def setup(
-    url: str, database_url: str, tenants: int, days: list[date]
+    url: str, database_url: str, tenants: int, days: list[tuple[date, int]]
 ) -> list[tuple[str, str, str]]:
-    """Catalog, customers, subscriptions, tenant rows and stored usage; returns the tenants."""
+    """Catalog, customers, subscriptions, tenant rows, and usage of the first n tenants per day."""
     client = _client(url)
     sync_catalog(client, load_catalog())
     prices = client.v1.prices.list(
@@ -84,7 +87,7 @@ def setup(
         cur.executemany(
             "INSERT INTO daily_tenant_usage (usage_date, tenant_id, billable_queries, tokens, "
             "embeddings, raw_events, duplicate_events) VALUES (%s, %s, %s, 0, 0, %s, 0)",
-            [(d, t, 1000 + i, 1000 + i) for d in days for i, (t, _, _) in enumerate(rows)],
+            [(d, t, 1000 + i, 1000 + i) for d, n in days for i, (t, _, _) in enumerate(rows[:n])],
         )
     return rows
 
@@ -174,11 +177,12 @@ def _wait_up(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tenants", type=int, default=2000)
+    parser.add_argument("--tenants", type=int, action="append", help="size(s), default 2000")
     parser.add_argument("--rate", type=float, action="append", help="sandbox limit, req/s")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     rates = args.rate or [25.0, 100.0]
+    sizes = args.tenants or [2000]
     day = datetime.now(UTC).date() - timedelta(days=1)
     home = Path(tempfile.mkdtemp(prefix="bench-meter-push-"))
     env = services.up(home, with_clickhouse=False, with_stripe=False)
@@ -191,34 +195,57 @@ def main() -> None:
     )
     server.start()
     free_url = f"http://127.0.0.1:{ports['free']}"
+    table = []
     try:
         _wait_up(free_url)
         t = time.perf_counter()
-        # A day per rate: every measured push sends new identifiers (none already delivered).
-        days = [day - timedelta(days=i) for i in range(len(rates))]
-        rows = setup(free_url, database_url, args.tenants, days)
+        # A day per (rate, size): every measured push sends new identifiers (none already
+        # delivered), and a day holds usage for exactly the tenants of its size.
+        cases = [(rate, n) for rate in rates for n in sizes]
+        days = [(day - timedelta(days=i), n) for i, (_, n) in enumerate(cases)]
+        rows = setup(free_url, database_url, max(sizes), days)
         print(f"setup: {len(rows)} tenants in {time.perf_counter() - t:.1f}s (not timed)")
-        print(f"python {platform.python_version()}, {platform.machine()}, day {day}")
-        for rate, day in zip(rates, days, strict=True):
+        print(
+            f"python {platform.python_version()}, {platform.machine()}, day {day}, "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+        for (rate, n), (day, _) in zip(cases, days, strict=True):
             url = f"http://127.0.0.1:{ports[str(rate)]}"
             time.sleep(1.1)  # let the sandbox's bucket fill, as an idle account's would
-            events = len(rows)
+            events = n
             budget = 1.15 * events / rate + 2
             elapsed, meta = ours(url, database_url, day, rate)
+            assert meta["sent"] == events, meta
             print(
                 f"R={rate:g}/s events={events}: stripe_meter_reports {elapsed:.1f}s "
                 f"(ideal {events / rate:.1f}s, budget {budget:.1f}s, "
                 f"{'OK' if elapsed <= budget else 'OVER'}), sent={meta['sent']}, "
-                f"push {meta['push_seconds']}s, retried {meta['retried_requests']}"
+                f"push {meta['push_seconds']}s, retried {meta['retried_requests']}",
+                flush=True,
             )
+            base, limited_count = float("nan"), 0
             if not args.skip_baseline:
                 time.sleep(1.1)
-                base, limited_count = course_script(url, rows, day)
+                base, limited_count = course_script(url, rows[:n], day)
                 print(
                     f"R={rate:g}/s events={events}: course script {base:.1f}s "
                     f"({2 * events} requests, {limited_count} answered 429), "
-                    f"{base / elapsed:.1f}x slower"
+                    f"{base / elapsed:.1f}x slower",
+                    flush=True,
                 )
+            table.append((rate, events, elapsed, meta, base, limited_count))
+        print(
+            "\n| R (req/s) | events | ideal events/R | stripe_meter_reports (push alone) | "
+            "events/s as a fraction of R | course script | course / ours |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for rate, events, elapsed, meta, base, _ in table:
+            print(
+                f"| {rate:g} | {events:,} | {events / rate:.1f} s | {elapsed:.1f} s "
+                f"({meta['push_seconds']} s) | {events / elapsed / rate:.2f} | {base:.1f} s | "
+                f"{base / elapsed:.1f}x |"
+            )
+        print(f"load average {os.getloadavg()[0]:.2f} at end")
     finally:
         server.kill()  # the process this benchmark started, by its handle
         server.join()

@@ -1,7 +1,8 @@
 """Benchmark: the webhook receiver on one uvicorn worker, and event-to-effect through the sensor.
 
 Reproduce: `python bench/webhook_receiver.py --events 10000 --concurrency 32 --rate 200
---seconds 15 --effects 5`
+--seconds 15 --effects 5`; for the growth with the offered load, repeat `--rate` (e.g.
+`--rate 100 --rate 200 --rate 400`): each rate is paced in turn against the same receiver.
 
 Starts embedded PostgreSQL under a temporary BILLING_HOME and `billing webhooks serve` (one
 uvicorn worker, its own process) on loopback. A bounded asyncio load generator (httpx, keep-alive,
@@ -324,11 +325,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--rate", type=float, action="append", help="events/s (default 200)")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--effects", type=int, default=5)
     args = parser.parse_args()
-    if args.events > 200_000 or args.rate * args.seconds > 100_000:
+    args.rate = args.rate or [200.0]
+    if args.events > 200_000 or max(args.rate) * args.seconds > 100_000:
         raise SystemExit("bounded benchmark: at most 200,000 sustained / 100,000 paced events")
 
     home = Path(tempfile.mkdtemp(prefix="bench_webhooks_"))
@@ -352,13 +354,15 @@ def main() -> None:
             items = _signed([_body(i, run) for i in range(args.events)])
             sustained = asyncio.run(_sustained(url, items, args.concurrency))
             stored = _rows(db, f"evt_bench_{run}_")
-            run2 = uuid.uuid4().hex[:6]
-            paced_items = _signed([_body(i, run2) for i in range(int(args.rate * args.seconds))])
-            paced = asyncio.run(_fixed_rate(url, paced_items, args.rate))
-            stored2 = _rows(db, f"evt_bench_{run2}_")
+            paced = []
+            for rate in args.rate:
+                run2 = uuid.uuid4().hex[:6]
+                paced_items = _signed([_body(i, run2) for i in range(int(rate * args.seconds))])
+                result = asyncio.run(_fixed_rate(url, paced_items, rate))
+                paced.append((rate, result, _rows(db, f"evt_bench_{run2}_")))
         finally:
             _stop(receiver)
-        _report(started, args, sustained, stored, paced, stored2)
+        _report(started, args, sustained, stored, paced)
         # The load phases leave thousands of synthetic rows: clear them so the effect samples
         # measure latency, not a backlog.
         with psycopg.connect(db, autocommit=True) as conn:
@@ -383,8 +387,7 @@ def _report(
     args: argparse.Namespace,
     sustained: dict[str, Any],
     stored: int,
-    paced: dict[str, Any],
-    stored2: int,
+    paced: list[tuple[float, dict[str, Any], int]],
 ) -> None:
     load = os.getloadavg()[0]
     print(
@@ -396,13 +399,22 @@ def _report(
         f"{sustained['sent'] / sustained['elapsed']:,.0f} verified events/s; "
         f"200s {sustained['ok']:,}, rows {stored:,} (loss {sustained['sent'] - stored})"
     )
-    print(
-        f"fixed rate {args.rate:.0f}/s for {args.seconds:.0f} s (achieved "
-        f"{paced['achieved_rate']:.0f}/s): p50 {paced['p50_ms']:.1f} ms, p99 "
-        f"{paced['p99_ms']:.1f} ms, max {paced['max_ms']:.1f} ms; 200s {paced['ok']:,}, rows "
-        f"{stored2:,} (loss {paced['sent'] - stored2})",
-        flush=True,
-    )
+    for rate, result, rows in paced:
+        print(
+            f"fixed rate {rate:.0f}/s for {args.seconds:.0f} s (achieved "
+            f"{result['achieved_rate']:.0f}/s): p50 {result['p50_ms']:.1f} ms, p99 "
+            f"{result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; 200s {result['ok']:,}, "
+            f"rows {rows:,} (loss {result['sent'] - rows})",
+            flush=True,
+        )
+    print("\n| offered rate | achieved | p50 | p99 | max | acknowledged | loss |")
+    print("|---|---|---|---|---|---|---|")
+    for rate, result, rows in paced:
+        print(
+            f"| {rate:.0f}/s | {result['achieved_rate']:.0f}/s | {result['p50_ms']:.1f} ms | "
+            f"{result['p99_ms']:.1f} ms | {result['max_ms']:.1f} ms | {result['ok']:,} of "
+            f"{result['sent']:,} | {result['sent'] - rows} |"
+        )
 
 
 if __name__ == "__main__":
