@@ -1,6 +1,8 @@
 """Benchmark: snapshot + diff of N Stripe subscriptions against the sandbox.
 
-Reproduce: `python bench/reconciliation_snapshot.py --subscriptions 10000`
+Reproduce: `python bench/reconciliation_snapshot.py --subscriptions 10000`; for the growth with
+size, `--subscriptions 1000 --subscriptions 3000 --subscriptions 10000` measures each size in
+turn on one sandbox, creating only the additional tenants before each measurement.
 
 Starts embedded PostgreSQL and the Stripe sandbox as separate processes (`billing sandbox up`
 under a temporary BILLING_HOME), creates N customers with one subscription each through the
@@ -15,6 +17,7 @@ identical run. Setup is not timed.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import sys
@@ -37,7 +40,10 @@ from billing_pipelines.lib.stripe_catalog import sync_catalog
 from billing_pipelines.sandbox import services
 
 
-def create_tenants(client: stripe.StripeClient, db_url: str, n: int, workers: int) -> list[str]:
+def create_tenants(
+    client: stripe.StripeClient, db_url: str, first: int, n: int, workers: int
+) -> list[str]:
+    """Tenants first .. n-1 (customer, subscription, tenant row); returns those cancelled."""
     prices = {
         plan: [
             p.id
@@ -69,7 +75,7 @@ def create_tenants(client: stripe.StripeClient, db_url: str, n: int, workers: in
         return tenant_id, plan, customer.id, sub.id, sub.status
 
     with ThreadPoolExecutor(workers) as pool:
-        rows = list(pool.map(one, range(n)))
+        rows = list(pool.map(one, range(first, n)))
     with psycopg.connect(db_url) as conn, conn.cursor() as cur:
         with cur.copy(
             "COPY tenants (tenant_id, name, email, plan, stripe_customer_id, "
@@ -149,11 +155,19 @@ def peak_mib(fn: Callable[[], Any]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument(
+        "--subscriptions", type=int, action="append", help="size(s), measured in increasing order"
+    )
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
+    sizes = sorted(args.subscriptions or [10_000])
     home = Path(tempfile.mkdtemp(prefix="bench_reconciliation_"))
     env = services.up(home, with_clickhouse=False)
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {sys.platform}, "
+        f"load average {os.getloadavg()[0]:.2f} at start"
+    )
+    table = []
     try:
         db_url = env["DATABASE_URL"]
         client = stripe.StripeClient(
@@ -162,36 +176,54 @@ def main() -> None:
             max_network_retries=2,
         )
         sync_catalog(client, load_catalog())
-        t0 = time.perf_counter()
-        cancelled = create_tenants(client, db_url, args.subscriptions, args.workers)
-        print(
-            f"setup: {args.subscriptions} customers + subscriptions in "
-            f"{time.perf_counter() - t0:.0f} s, {len(cancelled)} cancelled directly in Stripe"
-        )
-        timed = snapshot_and_diff(client, db_url)
-        assert timed["leaks"] == len(cancelled), timed
-        peak = peak_mib(lambda: snapshot_and_diff(client, db_url))
-        invoices = invoice_snapshot(client, db_url)
-        invoice_peak = peak_mib(lambda: invoice_snapshot(client, db_url))
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"python {platform.python_version()}, {platform.machine()}, {sys.platform}")
-        print(
-            f"subscription snapshot + diff: {timed['subscriptions']} subscriptions, "
-            f"{timed['customers']} customers -> {timed['findings']} findings "
-            f"({timed['leaks']} revenue leaks)"
-        )
-        print(
-            f"  time {timed['total_s']:.2f} s (fetch {timed['fetch_s']:.2f} s, store "
-            f"{timed['store_s']:.2f} s, load + diff + store findings {timed['diff_s']:.2f} s)"
-        )
-        print(f"  peak Python heap {peak:.1f} MiB (tracemalloc, second run)")
-        print(
-            f"invoice snapshot: {invoices['invoices']} invoices, {invoices['lines']} lines in "
-            f"{invoices['total_s']:.2f} s, peak heap {invoice_peak:.1f} MiB"
-        )
-        print(f"process max RSS {rss:.0f} MiB (whole run, setup included)")
+        cancelled: list[str] = []
+        created = 0
+        for size in sizes:
+            t0 = time.perf_counter()
+            cancelled += create_tenants(client, db_url, created, size, args.workers)
+            print(
+                f"\nsetup: {size - created} more customers + subscriptions (now {size}) in "
+                f"{time.perf_counter() - t0:.0f} s, {len(cancelled)} cancelled directly in Stripe"
+            )
+            created = size
+            timed = snapshot_and_diff(client, db_url)
+            assert timed["subscriptions"] == size, timed
+            assert timed["leaks"] == len(cancelled), timed
+            peak = peak_mib(lambda: snapshot_and_diff(client, db_url))
+            invoices = invoice_snapshot(client, db_url)
+            invoice_peak = peak_mib(lambda: invoice_snapshot(client, db_url))
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(
+                f"subscription snapshot + diff: {timed['subscriptions']} subscriptions, "
+                f"{timed['customers']} customers -> {timed['findings']} findings "
+                f"({timed['leaks']} revenue leaks)"
+            )
+            print(
+                f"  time {timed['total_s']:.2f} s (fetch {timed['fetch_s']:.2f} s, store "
+                f"{timed['store_s']:.2f} s, load + diff + store findings {timed['diff_s']:.2f} s)"
+            )
+            print(f"  peak Python heap {peak:.1f} MiB (tracemalloc, second run)")
+            print(
+                f"invoice snapshot: {invoices['invoices']} invoices, {invoices['lines']} lines in "
+                f"{invoices['total_s']:.2f} s, peak heap {invoice_peak:.1f} MiB"
+            )
+            print(f"process max RSS so far {rss:.0f} MiB (setup included)", flush=True)
+            table.append((size, timed, peak, invoices, invoice_peak))
     finally:
         services.down(home)
+    print(
+        "\n| subscriptions | fetch | store | load + diff + store findings | total | "
+        "per 1,000 | peak heap | invoice snapshot |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size, timed, peak, invoices, invoice_peak in table:
+        print(
+            f"| {size:,} | {timed['fetch_s']:.1f} s | {timed['store_s']:.1f} s | "
+            f"{timed['diff_s']:.1f} s | {timed['total_s']:.1f} s | "
+            f"{timed['total_s'] / size * 1000:.1f} s | {peak:.1f} MiB | "
+            f"{invoices['total_s']:.1f} s, {invoice_peak:.1f} MiB |"
+        )
+    print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":
