@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -369,6 +370,7 @@ def main() -> None:
             rows_out.append(result)
     finally:
         services.down(home)
+        shutil.rmtree(home, ignore_errors=True)  # the warehouse data: GBs at 50M events
     _table(rows_out)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
     sys.stdout.flush()
