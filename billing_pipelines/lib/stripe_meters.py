@@ -44,14 +44,8 @@ def is_duplicate_identifier(exc: stripe.StripeError) -> bool:
     return param == "identifier" and "already exists with identifier" in message
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Rate limits, Stripe's 5xx and network errors; never a 4xx decision."""
-    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
-        return True
-    if isinstance(exc, stripe.StripeError):
-        status = exc.http_status or 0
-        return status == 429 or status >= 500 or (status == 409 and exc.code == "lock_timeout")
-    return False
+# Rate limits, Stripe's 5xx and network errors; never a 4xx decision.
+is_retryable = stripe_api.is_transient
 
 
 def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOutcome:

@@ -131,16 +131,7 @@ def create_app(
                 401, StripeError(401, f"Invalid API Key provided: {shown}").body(), headers
             )
         if bucket is not None and not bucket.take():
-            return _json(
-                429,
-                StripeError(
-                    429,
-                    "Request rate limit exceeded. You can learn more about rate limits here "
-                    "https://stripe.com/docs/rate-limits.",
-                    code="rate_limit",
-                ).body(),
-                headers,
-            )
+            return _rate_limited(headers)
         method = request.method
         fault = None
         rates = st.faults
@@ -156,16 +147,7 @@ def create_app(
         if fault is not None:
             faults[(fault, method)] += 1
         if fault == "throttle":
-            return _json(
-                429,
-                StripeError(
-                    429,
-                    "Request rate limit exceeded. You can learn more about rate limits here "
-                    "https://stripe.com/docs/rate-limits.",
-                    code="rate_limit",
-                ).body(),
-                headers,
-            )
+            return _rate_limited(headers)
         if fault == "before":
             return _json(500, StripeError(500, "An unknown error occurred").body(), headers)
         path = request.url.path
@@ -183,6 +165,20 @@ def create_app(
     app.state.faults = faults
     app.state.requests = requests
     return app
+
+
+def _rate_limited(headers: dict[str, str]) -> Response:
+    """Stripe's answer from its rate limiter: 429 `rate_limit`, nothing done."""
+    return _json(
+        429,
+        StripeError(
+            429,
+            "Request rate limit exceeded. You can learn more about rate limits here "
+            "https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+        ).body(),
+        headers,
+    )
 
 
 def _dispatch(
