@@ -20,6 +20,9 @@ from billing_pipelines.runs import code_location, materialize_days
 from billing_pipelines.sandbox import month
 from billing_pipelines.sandbox.stripe import Chaos
 
+# The month runs once, in the first test's set-up: minutes, more on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
+
 TENANTS = 6  # one per card story: good, good_trial, none_trial, fails_later, recovers, declined
 # Relative to today: the recovery job lists Stripe's last 30 days of real time, so the
 # simulated outage (around the renewal, ~10 days ago) falls inside that window on any date.

@@ -30,6 +30,9 @@ from billing_pipelines.runs import code_location, materialize_days
 from billing_pipelines.sandbox import month
 from billing_pipelines.sandbox.stripe import Chaos, FaultRates, SandboxHandle
 
+# The month runs once, in the first test's set-up: 2-3 minutes idle, more on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
+
 TENANTS = 6  # one per card story
 SEED = 2026
 START = datetime.now(UTC).date() - timedelta(days=40)  # inside the recovery job's 30-day window

@@ -221,6 +221,7 @@ def last_tick(storage: str) -> str:
 
 
 @pytest.mark.slow  # ~6 Python processes each loading the code location: 40-90 s
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("launcher", ["sync", "deploy"])
 def test_daemon_killed_after_creating_then_after_launching_a_run_leaves_one_run_per_row(
     harness: Harness,  # noqa: F811 - the imported fixture
