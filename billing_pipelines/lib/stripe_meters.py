@@ -7,7 +7,7 @@ another billing backend would replace them and keep the ledger and the planning.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import stripe
@@ -88,6 +88,34 @@ def active_meter_ids(client: stripe.StripeClient) -> dict[str, str]:
     """Active meter ids by event_name."""
     listed = client.v1.billing.meters.list({"status": "active", "limit": 100})
     return {m.event_name: m.id for m in listed.auto_paging_iter()}
+
+
+@stripe_api.retry_reads
+def daily_totals(
+    client: stripe.StripeClient, meter_id: str, customer_id: str, first: date, last: date
+) -> dict[date, Decimal]:
+    """Stripe's aggregated meter value per UTC day from first to last, in one paged list.
+
+    One request per customer and period instead of one per day: an audit of a month of many
+    tenants would otherwise spend ~31 requests of the account's rate limit on each tenant.
+    """
+    start, _ = day_bounds(first)
+    _, end = day_bounds(last)
+    summaries = client.v1.billing.meters.event_summaries.list(
+        meter_id,
+        {
+            "customer": customer_id,
+            "start_time": int(start.timestamp()),
+            "end_time": int(end.timestamp()),
+            "value_grouping_window": "day",
+            "limit": 100,
+        },
+    )
+    totals: dict[date, Decimal] = {}
+    for summary in summaries.auto_paging_iter():
+        day = datetime.fromtimestamp(summary.start_time, UTC).date()
+        totals[day] = totals.get(day, Decimal(0)) + Decimal(str(summary.aggregated_value))
+    return totals
 
 
 # Reads are safe to repeat: a 429 (the SDK does not retry those) waits and asks again, so an

@@ -1,6 +1,7 @@
 """Reconciliation: Stripe snapshots, the tenant database against them, usage against invoices."""
 
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import dagster as dg
 
@@ -250,10 +251,23 @@ def usage_invoice_audit(
             delivered = usage_audit.ledger_queries(conn, tenants, first, last)
     client = stripe.client()
 
+    # One summaries list per line (grouped by day), read on the line's first day.
+    per_line: dict[tuple[str, str, datetime, datetime], dict[date, Decimal]] = {}
+
     def stripe_day_total(line: usage_audit.BilledLine, day: date) -> int:
         if line.meter_id is None:
             return 0
-        return int(stripe_meters.day_total(client, line.meter_id, line.customer_id, day))
+        key = (line.meter_id, line.customer_id, line.period_start, line.period_end)
+        if key not in per_line:
+            period = usage_audit.period_days(line.period_start, line.period_end)
+            per_line[key] = (
+                stripe_meters.daily_totals(
+                    client, line.meter_id, line.customer_id, period[0], period[-1]
+                )
+                if period
+                else {}
+            )
+        return int(per_line[key].get(day, Decimal(0)))
 
     rows = usage_audit.audit_lines(
         lines,
