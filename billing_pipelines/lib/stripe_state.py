@@ -182,5 +182,18 @@ def events_since(
     }
     if types:
         params["types"] = types
-    for event in client.v1.events.list(params).auto_paging_iter():
-        yield event.to_dict(for_json=True)
+    # Page by page, each page retried on its own: a 429 on page 7 asks for page 7 again.
+    while True:
+        page = _events_page(client, params)
+        for event in page.data:
+            yield event.to_dict(for_json=True)
+        if not page.has_more or not page.data:
+            return
+        params = {**params, "starting_after": page.data[-1].id}
+
+
+@retry_reads
+def _events_page(
+    client: stripe.StripeClient, params: stripe.params.EventListParams
+) -> stripe.ListObject[stripe.Event]:
+    return client.v1.events.list(params)

@@ -286,3 +286,30 @@ def test_reconciliation_with_20_percent_faults_on_reads_matches_a_fault_free_run
     assert stripe_sandbox.state.data.seq == objects_before
     after = dg.materialize(DIFF, resources=recon.resources(stripe_sandbox.url, billing_db_url))
     assert after.success and _snapshot(billing_db_url)["findings"] == []
+
+
+def test_event_recovery_listing_with_30_percent_faults_returns_every_event_once() -> None:
+    """The recovery job's Event.list paging: a failed page is asked for again, not skipped."""
+    from datetime import UTC, datetime, timedelta
+
+    from billing_pipelines.lib import stripe_state
+
+    sandbox = run_in_thread(port=0, seed=5)
+    try:
+        client = stripe.StripeClient(
+            api_key=API_KEY, base_addresses={"api": sandbox.url}, max_network_retries=0
+        )
+        created = {str(client.v1.customers.create({"email": f"r{i}@x.io"}).id) for i in range(250)}
+        since = datetime.now(UTC) - timedelta(hours=1)
+        clean = [e["id"] for e in stripe_state.events_since(client, since)]
+        sandbox.state.faults = FaultRates(throttle=0.1, before=0.1, after=0.1)
+        # Five listings of three pages each: some pages fail, every listing must still be whole.
+        listings = [[e["id"] for e in stripe_state.events_since(client, since)] for _ in range(5)]
+        app: Any = sandbox.server.config.app
+        injected = sum(app.state.faults.values())
+        sandbox.state.faults = FaultRates()
+        assert len(clean) == len(set(clean)) >= len(created) == 250
+        assert all(listing == clean for listing in listings)
+        assert injected > 0
+    finally:
+        sandbox.stop()
