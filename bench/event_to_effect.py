@@ -238,6 +238,38 @@ def inprocess_samples(bench: Bench, samples: int) -> list[dict[str, float]]:
     return results
 
 
+def inprocess_bursts(bench: Bench, sizes: list[int]) -> list[dict[str, float]]:
+    """Growth with input: B cancellations at once, in-process, until every tenant is canceled."""
+    from billing_pipelines.definitions import defs
+
+    pump = SensorPump(defs(), dg.DagsterInstance.get())
+    results = []
+    for size in sizes:
+        signups = [bench.subscribe() for _ in range(size)]
+        bench.settle(pump.pump)
+        runs_before = sum(pump.runs.values())
+        t0 = time.time()
+        for _, sub in signups:
+            bench.client.v1.subscriptions.cancel(sub)
+        for _, sub in signups:
+            _wait(lambda sub=sub: bench.cancel_row(sub), 120, poll=0.01)
+        stored = time.time()
+        pump.pump()
+        end = time.time()
+        assert all(bench.status(tenant) == "canceled" for tenant, _ in signups)
+        results.append(
+            {
+                "events": size,
+                "total": end - t0,
+                "delivery": stored - t0,
+                "consume": end - stored,
+                "runs": sum(pump.runs.values()) - runs_before,
+            }
+        )
+        print(f"  burst {size}: {results[-1]}", flush=True)
+    return results
+
+
 def daemon_samples(bench: Bench, env: dict[str, str], home: Path, samples: int) -> list[dict]:
     """The real dagster-daemon: sensor tick, queued run, new process, handler."""
     instance = dg.DagsterInstance.get()
@@ -308,6 +340,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inprocess-samples", type=int, default=12)
     parser.add_argument("--daemon-samples", type=int, default=10)
+    parser.add_argument(
+        "--burst", type=int, nargs="*", default=[], help="in-process burst sizes, e.g. 1 25 100"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench_event_to_effect_"))
     print(
@@ -316,6 +351,7 @@ def main() -> None:
         flush=True,
     )
     bench = None
+    bursts: list[dict[str, float]] = []
     try:
         env = services.up(home, with_clickhouse=False, with_stripe=False)
         bench = Bench(env)
@@ -329,6 +365,7 @@ def main() -> None:
         # Runs in this process and the daemon read their settings from the environment.
         os.environ.update(env)
         inproc = inprocess_samples(bench, args.inprocess_samples) if args.inprocess_samples else []
+        bursts = inprocess_bursts(bench, args.burst)
         daemon = (
             daemon_samples(bench, env, home, args.daemon_samples) if args.daemon_samples else []
         )
@@ -342,6 +379,16 @@ def main() -> None:
         _summary("in-process SensorPump", inproc, keys)
     if daemon:
         _summary("dagster-daemon", daemon, keys)
+    if bursts:
+        print(
+            "| cancellations at once | runs | delivered and stored | consumed (sensor + runs) "
+            "| total | per event |\n|---|---|---|---|---|---|"
+        )
+        for b in bursts:
+            print(
+                f"| {b['events']:.0f} | {b['runs']:.0f} | {b['delivery']:.2f} s | "
+                f"{b['consume']:.2f} s | {b['total']:.2f} s | {b['total'] / b['events']:.3f} s |"
+            )
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 
