@@ -10,6 +10,10 @@ import stripe
 API_KEY = "sk_test_sandbox_contract"
 
 
+class SimulatedCrash(BaseException):
+    """The process dies: not an Exception, so nothing on the way catches it."""
+
+
 def advance(
     client: stripe.StripeClient, clock_id: str, frozen_time: int, timeout: float = 10.0
 ) -> stripe.test_helpers.TestClock:

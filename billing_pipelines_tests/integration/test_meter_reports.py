@@ -25,7 +25,7 @@ from billing_pipelines.lib import warehouse as wh
 from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.lib.stripe_catalog import sync_catalog
 from billing_pipelines.sandbox.stripe import SandboxHandle, SandboxState, Settings, run_in_thread
-from billing_pipelines_tests.support import API_KEY, advance
+from billing_pipelines_tests.support import API_KEY, SimulatedCrash, advance
 
 PREFIX = "mt-"
 TODAY = datetime.now(UTC).date()
@@ -248,10 +248,6 @@ def test_late_events_converge_stripe_to_the_new_truth(env: Env) -> None:
             (late,),
         ).fetchall()
     assert versions == [(1, 100, "delivered"), (2, 125, "delivered")]
-
-
-class SimulatedCrash(BaseException):
-    """The process dies: not an Exception, so nothing on the way catches it."""
 
 
 def test_crash_after_stripe_accepts_before_ledger_confirms_then_rerun(

@@ -29,6 +29,7 @@ from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
 from billing_pipelines.runs import code_location, materialize_days
 from billing_pipelines.sandbox import month
 from billing_pipelines.sandbox.stripe import Chaos, FaultRates, SandboxHandle
+from billing_pipelines_tests.support import SimulatedCrash
 
 # The month runs once, in the first test's set-up: 2-3 minutes idle, more on a loaded machine.
 pytestmark = pytest.mark.timeout(900)
@@ -42,10 +43,6 @@ WEIGHTS = (0.40, 0.20, 0.15, 0.15, 0.10)
 # time (a known limit, see README): an outage must fall inside that window to be recoverable.
 FIRST_OUTAGE_DAY = 12
 BAD_DAY = FaultRates(throttle=0.1, before=0.1, after=0.1)  # 30 % of requests on a bad day
-
-
-class SimulatedCrash(BaseException):
-    """The process dies: not an Exception, so nothing on the way catches it."""
 
 
 def fault_plan(days: int, seed: int) -> dict[int, str]:

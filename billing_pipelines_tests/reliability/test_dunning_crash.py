@@ -26,7 +26,7 @@ import stripe
 
 from billing_pipelines.defs.dunning.ladder import dunning_step_job
 from billing_pipelines.lib import dunning, notifications
-from billing_pipelines_tests.support import advance
+from billing_pipelines_tests.support import SimulatedCrash, advance
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixtures
     DAY,
     T0,
@@ -43,10 +43,6 @@ ATTEMPT_AT = {1: FIRST_FAIL + 60, 3: FIRST_FAIL + 5 * DAY + 60}
 WEBHOOKS_AND_DUNNING = ("webhook_events_sensor", "dunning_sensor")
 OUTBOX = ("notification_outbox_sensor",)
 ONE, HALF = Decimal("1.00"), Decimal("0.50")
-
-
-class SimulatedCrash(BaseException):
-    """The process dies: not an Exception, so nothing on the way catches it."""
 
 
 def _failing_invoice(h: Harness, attempts: int) -> str:
