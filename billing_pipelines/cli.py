@@ -135,11 +135,17 @@ def sandbox_clickhouse(
 def sandbox_stripe(
     port: Annotated[int, typer.Option(help="Loopback port for the Stripe API emulator.")],
     host: str = "127.0.0.1",
+    rate_limit: Annotated[
+        float, typer.Option(help="Requests/s for the account (Stripe test mode: 25; 0: off).")
+    ] = 25.0,
+    endpoint_rate_limit: Annotated[
+        float, typer.Option(help="Requests/s per endpoint (Stripe: 25; 0: off).")
+    ] = 25.0,
 ) -> None:
-    """Serve the stateful Stripe API emulator on loopback."""
+    """Serve the stateful Stripe API emulator on loopback, limited as Stripe's test mode is."""
     from billing_pipelines.sandbox.stripe import serve
 
-    serve(host, port)
+    serve(host, port, rate_limit=rate_limit, endpoint_rate_limit=endpoint_rate_limit)
 
 
 # --- db ----------------------------------------------------------------------------------------
@@ -461,11 +467,18 @@ def main() -> None:
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     # Dagster's own freshness-check sensor passes a beta parameter; operators can't act on it.
     warnings.filterwarnings("ignore", message="Parameter `owners`")
+    from billing_pipelines.lib import stripe_api
+
     try:
         app()
     except (BillingConfigError, ServiceUnavailableError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except stripe_api.StripeError as exc:
+        # Stripe said no (a declined card, a bad id, a rate limit that outlasted the retries):
+        # an expected failure, so one line with what support needs, never a traceback.
+        typer.echo(f"error: {stripe_api.describe_error(exc)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

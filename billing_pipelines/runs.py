@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from billing_pipelines.lib import stripe_api
 from billing_pipelines.lib.errors import BillingConfigError
 
 
@@ -85,7 +86,10 @@ def run_job(job_name: str, op_config: dict[str, object]) -> dict[str, object]:
                 last = cause.message.strip().splitlines()[-1]
                 # "package.module.SomeError: what happened" -> "what happened"
                 head, _, rest = last.partition(": ")
-                message += ": " + (rest if rest and "." in head and " " not in head else last)
+                text = rest if rest and "." in head and " " not in head else last
+                # A Stripe refusal reads as the CLI's one Stripe line: type, message, request.
+                stripe_line = stripe_api.describe_failure(cause.cls_name or "", text)
+                message += ": " + (stripe_line or text)
         raise BillingConfigError(message)
     output: dict[str, object] = result.output_for_node(node)
     return output

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     stripe_webhook_secrets: SecretStr | None = None
     stripe_max_network_retries: int = Field(default=3, ge=0, le=10)
     stripe_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The process's request budget for the Stripe account (requests/s); unset: 80 % of
+    # Stripe's documented limit for the key's mode (20 test, 80 live; 20 per endpoint).
+    stripe_requests_per_second: float | None = Field(default=None, gt=0)
+    stripe_endpoint_requests_per_second: float | None = Field(default=None, gt=0)
+    # Retries of one request that Stripe answered 429, with exponential backoff and jitter.
+    stripe_rate_limit_retries: int = Field(default=8, ge=0, le=20)
     usage_sync_lag_hours: float = Field(default=6.0, gt=0)
     # The largest day total per tenant and metric the meter push sends; above it the value is
     # corrupt (an overflow, a unit mix-up), refused, and the run fails naming it.
@@ -145,6 +151,9 @@ _ENV_NAMES = {
     "stripe_api_base": "STRIPE_API_BASE",
     "stripe_max_network_retries": "STRIPE_MAX_NETWORK_RETRIES",
     "stripe_timeout_seconds": "STRIPE_TIMEOUT_SECONDS",
+    "stripe_requests_per_second": "STRIPE_REQUESTS_PER_SECOND",
+    "stripe_endpoint_requests_per_second": "STRIPE_ENDPOINT_REQUESTS_PER_SECOND",
+    "stripe_rate_limit_retries": "STRIPE_RATE_LIMIT_RETRIES",
     "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
     "meter_daily_value_ceiling": "METER_DAILY_VALUE_CEILING",
     "webhook_tolerance_seconds": "WEBHOOK_TOLERANCE_SECONDS",

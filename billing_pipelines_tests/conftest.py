@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import stripe
 
+from billing_pipelines.lib import stripe_api
 from billing_pipelines.sandbox import services
 from billing_pipelines.sandbox.stripe import SandboxHandle, Settings, run_in_thread
 from billing_pipelines_tests.support import API_KEY
@@ -86,11 +87,7 @@ def stripe_sandbox() -> Iterator[SandboxHandle]:
 @pytest.fixture
 def stripe_client(stripe_sandbox: SandboxHandle) -> stripe.StripeClient:
     """The official SDK pointed at the per-test sandbox."""
-    return stripe.StripeClient(
-        api_key=API_KEY,
-        base_addresses={"api": stripe_sandbox.url},
-        max_network_retries=0,
-    )
+    return stripe_api.make_client(API_KEY, api_base=stripe_sandbox.url, max_network_retries=0)
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,12 @@ class StripeResource(dg.ConfigurableResource):
                 else self.max_network_retries
             ),
             timeout_seconds=self.timeout_seconds or settings.stripe_timeout_seconds,
+            limits=stripe_api.RateLimits.for_key(
+                self.api_key,
+                global_per_second=settings.stripe_requests_per_second,
+                endpoint_per_second=settings.stripe_endpoint_requests_per_second,
+                retries_on_429=settings.stripe_rate_limit_retries,
+            ),
         )
 
 

@@ -111,7 +111,7 @@ def run_paced(
     def attempt(item: T) -> R:
         for try_ in Retrying(
             retry=retry_if_exception_type(retryable),
-            wait=wait_exponential_jitter(initial=retry.initial_seconds, max=retry.max_seconds),
+            wait=wait_exponential_jitter(multiplier=retry.initial_seconds, max=retry.max_seconds),
             stop=stop_after_attempt(retry.attempts),
             reraise=True,
         ):

@@ -138,6 +138,11 @@ def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
         raise RuntimeError(f"{len(result.failed_runs)} run(s) failed: {result.failed_runs[:5]}")
     phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.timings.items())
     echo(f"    time by phase: {phases}")
+    requests = ", ".join(f"{name} {count:,}" for name, count in result.stripe_requests.items())
+    echo(
+        f"    Stripe requests by phase: {requests}; answered 429 (then retried): "
+        f"{result.stripe_throttled:,}"
+    )
     echo(
         f"done in {time.monotonic() - started:.0f}s. Browse the runs, lineage, checks and "
         "billing_health: make ui (the same Dagster instance)"

@@ -41,8 +41,6 @@ HOUR, DAY = 3600, 86_400
 SANDBOX_KEY = "sk_test_billing_pipelines_demo"
 # The sensors the daemon would tick; the pump evaluates them in this order.
 PUMPED_SENSORS = ("webhook_events_sensor", "dunning_sensor", "notification_outbox_sensor")
-# Meter pushes against the sandbox: Stripe's live-mode limit, not test mode's 25/s.
-PUSH_RATE = 90.0
 
 
 @dataclass
@@ -230,6 +228,8 @@ class MonthResult:
     database_url: str
     customers: dict[str, str]
     timings: dict[str, float]
+    stripe_requests: Counter[str]  # by phase
+    stripe_throttled: int  # answered 429 by the sandbox's rate limiter
     checks: dict[str, bool]
     reconciliation_ok: bool
 
@@ -253,10 +253,15 @@ def simulate(
     """
     started = time.monotonic()
     timings: dict[str, float] = {}  # seconds per phase
+    calls: Counter[str] = Counter()  # Stripe requests per phase
+    seen = {"requests": 0}
 
     def timed(phase: str, since: float) -> float:
         now = time.monotonic()
         timings[phase] = timings.get(phase, 0.0) + now - since
+        total = sandbox.requests
+        calls[phase] += total - seen["requests"]
+        seen["requests"] = total
         return now
 
     first = start or month_start(datetime.now(UTC).date())
@@ -267,7 +272,8 @@ def simulate(
     clickhouse = warehouse.connect(clickhouse_url)
     _reset(database_url, clickhouse)
 
-    sandbox = run_in_thread(port=0, rate_limit=100.0, webhook_chaos=webhook_chaos)
+    # Stripe's test-mode limits (the sandbox's default): every call is paced and retried.
+    sandbox = run_in_thread(port=0, webhook_chaos=webhook_chaos)
     # Stripe retries webhooks for days; a demo month compresses that to seconds.
     sandbox.state.settings = Settings(webhook_backoff_seconds=[0.2, 0.5, 1.0, 2.0])
     receiver_port = free_port()
@@ -329,9 +335,6 @@ def simulate(
             f"{summary.late_events:,} late)"
         )
         timed("usage generation", mark)
-        push_config = {
-            "ops": {"stripe_meter_reports": {"config": {"requests_per_second": PUSH_RATE}}}
-        }
         # Day by day through the period, then ten days of renewal, finalization and retries.
         for offset in range(days + 10):
             day = first + timedelta(days=offset)
@@ -345,7 +348,6 @@ def simulate(
                     day,
                     day,
                     echo=None,
-                    run_config=push_config,
                     instance=instance,
                 ):
                     if not ok:
@@ -390,6 +392,8 @@ def simulate(
             database_url=database_url,
             customers=customers,
             timings=timings,
+            stripe_requests=calls,
+            stripe_throttled=sandbox.throttled,
             checks=checks,
             reconciliation_ok=reconciliation.success,
         )

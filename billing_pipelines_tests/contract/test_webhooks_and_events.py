@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from billing_pipelines.lib import stripe_api
 from billing_pipelines.sandbox.stripe import Chaos, SandboxHandle, SandboxState, run_in_thread
 from billing_pipelines.sandbox.stripe.server import _free_port
 from billing_pipelines.sandbox.stripe.webhooks import sign
@@ -95,7 +96,7 @@ def test_chaos_duplicates_deliveries():
     r = Receiver()
     h = run_in_thread(webhook_chaos=Chaos(duplicate_rate=1.0, max_delay_seconds=0.05), seed=1)
     try:
-        c = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url})
+        c = stripe_api.make_client(API_KEY, api_base=h.url)
         c.v1.webhook_endpoints.create({"url": r.url, "enabled_events": ["*"]})
         for i in range(3):
             c.v1.customers.create({"name": f"c{i}"})
@@ -137,7 +138,7 @@ def test_snapshot_restore_roundtrip(
     fresh.restore(path)
     h = run_in_thread(state=fresh)
     try:
-        c = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": h.url})
+        c = stripe_api.make_client(API_KEY, api_base=h.url)
         assert c.v1.customers.retrieve(cus.id).email == "s@x.io"
     finally:
         h.stop()

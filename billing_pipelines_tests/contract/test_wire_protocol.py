@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import stripe
 
+from billing_pipelines.lib import stripe_api
 from billing_pipelines.sandbox.stripe import SandboxHandle, run_in_thread
 from billing_pipelines_tests.support import API_KEY
 
@@ -132,6 +135,45 @@ def test_rate_limit_429_visible_to_sdk():
                 c.v1.customers.list()
         assert e.value.http_status == 429
         assert e.value.json_body["error"]["code"] == "rate_limit"
+    finally:
+        h.stop()
+
+
+def test_limits_are_global_and_per_endpoint_with_stripes_429_shape():
+    """docs.stripe.com/rate-limits: an account limit, and one per named operation (all ids of
+    `GET /v1/customers/{id}` share it); a 429 carries error code `rate_limit`."""
+    h = run_in_thread(rate_limit=None, endpoint_rate_limit=3.0)
+    try:
+        c = stripe_api.make_client(API_KEY, api_base=h.url, max_network_retries=0)
+        ids = [str(c.v1.customers.create({"name": f"n{i}"}).id) for i in range(3)]
+        time.sleep(1.1)  # refill
+        # Three different customers: one endpoint, so its bucket of 3 is spent ...
+        for cid in ids:
+            httpx.get(f"{h.url}/v1/customers/{cid}", auth=(API_KEY, "")).raise_for_status()
+        limited = httpx.get(f"{h.url}/v1/customers/{ids[0]}", auth=(API_KEY, ""))
+        assert limited.status_code == 429
+        assert limited.json()["error"]["type"] == "invalid_request_error"
+        assert limited.json()["error"]["code"] == "rate_limit"
+        assert limited.headers["request-id"].startswith("req_")
+        # ... the SDK gets no hint to retry it by itself; our client does (see test_rate_limits).
+        assert "stripe-should-retry" not in limited.headers
+        # ... while another endpoint still answers.
+        assert httpx.get(f"{h.url}/v1/customers", auth=(API_KEY, "")).status_code == 200
+        assert h.throttled == 1
+    finally:
+        h.stop()
+
+
+def test_the_sandbox_limits_like_test_mode_by_default():
+    h = run_in_thread()
+    try:
+        with httpx.Client(auth=(API_KEY, "")) as http:
+            started = time.monotonic()
+            answers = [http.get(f"{h.url}/v1/customers").status_code for _ in range(60)]
+            elapsed = time.monotonic() - started
+        # 25/s in test mode (a one-second bucket): what passed fits the limit, the rest is 429.
+        assert set(answers) == {200, 429}
+        assert answers.count(200) <= 25 * (1 + elapsed)
     finally:
         h.stop()
 

@@ -20,7 +20,7 @@ from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_
 from billing_pipelines.defs.metering.checks import meter_totals_match_warehouse
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import ledger, stripe_meters
+from billing_pipelines.lib import ledger, stripe_api, stripe_meters
 from billing_pipelines.lib import warehouse as wh
 from billing_pipelines.lib.catalog import load_catalog
 from billing_pipelines.lib.stripe_catalog import sync_catalog
@@ -141,9 +141,7 @@ def env(embedded_services: dict[str, str]) -> Iterator[Env]:
     # A sandbox with its own seed: its object ids never collide with other tests' leftovers.
     handle = run_in_thread(port=0, seed=random.randrange(1, 10**9))
     handle.state.settings = Settings(webhook_backoff_seconds=[0.05])
-    client = stripe.StripeClient(
-        api_key=API_KEY, base_addresses={"api": handle.url}, max_network_retries=0
-    )
+    client = stripe_api.make_client(API_KEY, api_base=handle.url, max_network_retries=0)
     database_url, clickhouse_url = (
         embedded_services["DATABASE_URL"],
         embedded_services["CLICKHOUSE_URL"],

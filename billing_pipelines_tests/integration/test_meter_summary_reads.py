@@ -5,17 +5,15 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import stripe
-
-from billing_pipelines.lib import stripe_meters
+from billing_pipelines.lib import stripe_api, stripe_meters
 from billing_pipelines.sandbox.stripe import run_in_thread
 
 
 def test_day_total_survives_the_rate_limit() -> None:
     sandbox = run_in_thread(port=0, rate_limit=5.0)
     try:
-        client = stripe.StripeClient(
-            api_key="sk_test_reads", base_addresses={"api": sandbox.url}, max_network_retries=0
+        client = stripe_api.make_client(
+            "sk_test_reads", api_base=sandbox.url, max_network_retries=0
         )
         meter = client.v1.billing.meters.create(
             {"display_name": "q", "event_name": "q", "default_aggregation": {"formula": "sum"}}
@@ -34,8 +32,8 @@ def test_day_total_survives_the_rate_limit() -> None:
 def test_daily_totals_in_one_list_equal_the_day_by_day_reads() -> None:
     sandbox = run_in_thread(port=0)
     try:
-        client = stripe.StripeClient(
-            api_key="sk_test_reads", base_addresses={"api": sandbox.url}, max_network_retries=0
+        client = stripe_api.make_client(
+            "sk_test_reads", api_base=sandbox.url, max_network_retries=0
         )
         meter = client.v1.billing.meters.create(
             {

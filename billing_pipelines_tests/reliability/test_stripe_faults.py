@@ -29,7 +29,7 @@ from billing_pipelines.defs.reconciliation.assets import (
 from billing_pipelines.defs.reconciliation.remediation import subscription_remediation_job
 from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import stripe_snapshots
+from billing_pipelines.lib import stripe_api, stripe_snapshots
 from billing_pipelines.lib import warehouse as wh
 from billing_pipelines.sandbox.stripe import FaultRates, SandboxHandle, SandboxState, run_in_thread
 from billing_pipelines_tests.integration.reconciliation import support as recon
@@ -296,9 +296,7 @@ def test_event_recovery_listing_with_30_percent_faults_returns_every_event_once(
 
     sandbox = run_in_thread(port=0, seed=5)
     try:
-        client = stripe.StripeClient(
-            api_key=API_KEY, base_addresses={"api": sandbox.url}, max_network_retries=0
-        )
+        client = stripe_api.make_client(API_KEY, api_base=sandbox.url, max_network_retries=0)
         created = {str(client.v1.customers.create({"email": f"r{i}@x.io"}).id) for i in range(250)}
         since = datetime.now(UTC) - timedelta(hours=1)
         clean = [e["id"] for e in stripe_state.events_since(client, since)]

@@ -25,8 +25,19 @@ from .store import API_VERSION, FaultRates, SandboxState
 from .webhooks import Chaos, WebhookDispatcher
 from .wire import StripeError, parse_form
 
+# Stripe's limits in test mode (docs.stripe.com/rate-limits, "Rate limiter"): 25 requests/s for
+# the account, and 25/s for each named operation ("endpoint": `POST /v1/customers` and
+# `GET /v1/customers/{id}` are two; every customer id shares the second). Both count every
+# request. The page gives meter events a separate limit in live mode only, so here they count
+# against both limits like any other call (the stricter choice). It documents no burst size:
+# a bucket holds one second of requests.
+TEST_MODE_GLOBAL_LIMIT = 25.0
+TEST_MODE_ENDPOINT_LIMIT = 25.0
+
 
 class TokenBucket:
+    """Requests per second with a one-second burst, safe across the server's threads."""
+
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
         self.capacity = burst if burst is not None else max(1.0, rate)
@@ -69,7 +80,8 @@ def _api_key(request: Request) -> str | None:
 def create_app(
     state: SandboxState | None = None,
     *,
-    rate_limit: float | None = None,
+    rate_limit: float | None = TEST_MODE_GLOBAL_LIMIT,
+    endpoint_rate_limit: float | None = TEST_MODE_ENDPOINT_LIMIT,
     fault_rate: float = 0.0,
     fault_after_rate: float = 0.0,
     throttle_rate: float = 0.0,
@@ -90,8 +102,10 @@ def create_app(
       connection drops on the way back. A retry with the same Idempotency-Key is replayed.
 
     The three rates live in `state.faults` (a FaultRates), so a test can change them while the
-    sandbox serves (a bad day, then a good one). `rate_limit` (requests/s, token bucket) adds
-    real 429s on top. `app.state.faults` counts
+    sandbox serves (a bad day, then a good one). `rate_limit` (the account, requests/s) and
+    `endpoint_rate_limit` (each named operation) answer real 429s on top, at Stripe's test-mode
+    numbers by default (None or 0 turns one off). `app.state.throttled` counts those 429s by
+    endpoint, `app.state.faults`
     what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
     `app.state.requests` every request received, by method.
     """
@@ -99,6 +113,8 @@ def create_app(
     if st.webhooks is None:
         st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
     bucket = TokenBucket(rate_limit) if rate_limit else None
+    endpoint_buckets: dict[str, TokenBucket] = {}
+    throttled: Counter[str] = Counter()
     if fault_rate or fault_after_rate or throttle_rate:
         st.faults = FaultRates(throttle=throttle_rate, before=fault_rate, after=fault_after_rate)
     fault_rng = random.Random(seed)
@@ -130,8 +146,17 @@ def create_app(
             return _json(
                 401, StripeError(401, f"Invalid API Key provided: {shown}").body(), headers
             )
+        endpoint = _endpoint(request.method, request.url.path)
         if bucket is not None and not bucket.take():
+            throttled[endpoint] += 1
             return _rate_limited(headers)
+        if endpoint_rate_limit:
+            limiter = endpoint_buckets.get(endpoint)
+            if limiter is None:
+                limiter = endpoint_buckets.setdefault(endpoint, TokenBucket(endpoint_rate_limit))
+            if not limiter.take():
+                throttled[endpoint] += 1
+                return _rate_limited(headers)
         method = request.method
         fault = None
         rates = st.faults
@@ -163,12 +188,28 @@ def create_app(
     app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "DELETE"])])
     app.state.sandbox = st
     app.state.faults = faults
+    app.state.throttled = throttled
     app.state.requests = requests
     return app
 
 
+def _endpoint(method: str, path: str) -> str:
+    """The named operation a request counts against: its route pattern (`/v1/customers/{id}`)."""
+    found = match(method, path)
+    if found is None:
+        return f"{method} {path}"
+    return f"{method} {found[0].regex.pattern}"
+
+
 def _rate_limited(headers: dict[str, str]) -> Response:
-    """Stripe's answer from its rate limiter: 429 `rate_limit`, nothing done."""
+    """Stripe's answer from its rate limiter: 429, nothing done.
+
+    The body follows docs.stripe.com/error-codes (`rate_limit`: "Too many requests hit the API
+    too quickly") inside the error object of docs.stripe.com/api/errors (type
+    `invalid_request_error`, as the SDK maps a 429 to RateLimitError). Headers: the
+    `Request-Id` and `Stripe-Version` of every answer; Stripe documents no `Retry-After` and no
+    `Stripe-Should-Retry` on a 429, so none is sent and the SDK does not retry it by itself.
+    """
     return _json(
         429,
         StripeError(

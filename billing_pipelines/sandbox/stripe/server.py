@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from .app import create_app
 from .store import SandboxState
@@ -26,6 +27,17 @@ class SandboxHandle:
     state: SandboxState
     server: uvicorn.Server
     thread: threading.Thread
+    app: Starlette
+
+    @property
+    def requests(self) -> int:
+        """Every API request received so far."""
+        return int(sum(self.app.state.requests.values()))
+
+    @property
+    def throttled(self) -> int:
+        """Requests answered 429 by the rate limiter so far (injected throttles not included)."""
+        return int(sum(self.app.state.throttled.values()))
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -63,4 +75,4 @@ def run_in_thread(port: int = 0, host: str = "127.0.0.1", **opts: Any) -> Sandbo
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("stripe sandbox did not start")
         time.sleep(0.01)
-    return SandboxHandle(f"http://{host}:{port}", state, server, thread)
+    return SandboxHandle(f"http://{host}:{port}", state, server, thread, app)

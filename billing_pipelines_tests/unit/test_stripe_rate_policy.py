@@ -1,0 +1,70 @@
+"""The client-side Stripe rate policy: endpoints, budgets per mode, the CLI's error line."""
+
+from __future__ import annotations
+
+import stripe
+
+from billing_pipelines.lib import stripe_api
+from billing_pipelines.lib.stripe_api import RateLimits, endpoint_of
+
+
+def test_endpoints_are_named_operations_not_objects() -> None:
+    # docs.stripe.com/rate-limits: GET /v1/payment_intents/{id} for different ids is one endpoint.
+    assert endpoint_of("get", "/v1/customers/cus_0001") == "GET /v1/customers/{id}"
+    assert endpoint_of("GET", "/v1/customers/cus_NffrFeUfNV2Hib") == "GET /v1/customers/{id}"
+    assert endpoint_of("post", "/v1/customers") == "POST /v1/customers"
+    assert endpoint_of("post", "/v1/customers") != endpoint_of("get", "/v1/customers")
+    assert (
+        endpoint_of("get", "/v1/billing/meters/mtr_12/event_summaries")
+        == "GET /v1/billing/meters/{id}/event_summaries"
+    )
+    assert endpoint_of("post", "/v1/test_helpers/test_clocks/clock_9/advance") == (
+        "POST /v1/test_helpers/test_clocks/{id}/advance"
+    )
+    assert endpoint_of("post", "/v1/billing/meter_events") == "POST /v1/billing/meter_events"
+
+
+def test_budgets_follow_the_key_mode() -> None:
+    test = RateLimits.for_key("sk_test_x")
+    live = RateLimits.for_key("rk_live_x")
+    # A share below Stripe's documented limits: 25/s test, 100/s live, 25/s per endpoint.
+    assert 0 < test.global_per_second < stripe_api.STRIPE_TEST_GLOBAL_LIMIT
+    assert stripe_api.STRIPE_TEST_GLOBAL_LIMIT < live.global_per_second
+    assert live.global_per_second < stripe_api.STRIPE_LIVE_GLOBAL_LIMIT
+    assert test.endpoint_per_second < stripe_api.STRIPE_ENDPOINT_LIMIT
+    # Live meter events have their own limit; in test mode they share the global budget.
+    assert test.meter_events_per_second is None
+    assert live.meter_events_per_second is not None
+    assert live.meter_events_per_second < stripe_api.STRIPE_LIVE_METER_EVENTS_LIMIT
+    chosen = RateLimits.for_key("sk_test_x", global_per_second=3, endpoint_per_second=2)
+    assert (chosen.global_per_second, chosen.endpoint_per_second) == (3, 2)
+
+
+def test_one_budget_per_account_in_a_process() -> None:
+    limits = RateLimits.for_key("sk_test_a")
+    first = stripe_api.shared_budget("http://127.0.0.1:1", "sk_test_a", limits)
+    assert stripe_api.shared_budget("http://127.0.0.1:1/", "sk_test_b", limits) is first
+    assert stripe_api.shared_budget("http://127.0.0.1:2", "sk_test_a", limits) is not first
+
+
+def test_a_stripe_error_is_one_line_with_type_message_and_request() -> None:
+    error = stripe.CardError(
+        "Your card was declined.",
+        param=None,
+        code="card_declined",
+        http_status=402,
+        json_body={"error": {"type": "card_error", "code": "card_declined"}},
+        headers={"request-id": "req_42"},
+    )
+    line = stripe_api.describe_error(error)
+    assert line == (
+        "Stripe card_error (card_declined): Your card was declined.; HTTP 402; request req_42"
+    )
+    assert "\n" not in line
+
+
+def test_a_failed_step_names_the_stripe_error() -> None:
+    assert stripe_api.describe_failure("RateLimitError", "Request req_7: Too many requests") == (
+        "Stripe RateLimitError: Too many requests; request req_7"
+    )
+    assert stripe_api.describe_failure("ValueError", "Request req_7: nope") is None
