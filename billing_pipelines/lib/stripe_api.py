@@ -229,7 +229,10 @@ StripeError = stripe.StripeError
 # The SDK's error classes by name (CardError, RateLimitError, ...): a failed Dagster step keeps
 # only the class name and the message of what it raised.
 def _error_classes(base: type) -> set[str]:
-    return {base.__name__}.union(*(_error_classes(sub) for sub in base.__subclasses__()))
+    names = {base.__name__}
+    for sub in base.__subclasses__():
+        names |= _error_classes(sub)
+    return names
 
 
 ERROR_CLASS_NAMES = frozenset(_error_classes(stripe.StripeError))
