@@ -230,7 +230,8 @@ StripeError = stripe.StripeError
 # only the class name and the message of what it raised.
 def _error_classes(base: type) -> set[str]:
     names = {base.__name__}
-    for sub in base.__subclasses__():
+    subclasses: list[type] = base.__subclasses__()
+    for sub in subclasses:
         names |= _error_classes(sub)
     return names
 
