@@ -10,9 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall whenever the dependency list changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Reinstall whenever a dependency list changes. The sandbox (Stripe emulator, chDB bridge,
+# embedded PostgreSQL, simulated month) is its own distribution: the demo and the tests need it,
+# a production install of billing_pipelines does not.
+$(VENV)/.installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./sandbox
 	touch $@
 
 demo: $(VENV)/.installed
@@ -21,7 +23,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy billing_pipelines
+	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox
 	$(BIN)/lint-imports
 
 test: $(VENV)/.installed lint

@@ -3,7 +3,7 @@
 Reproduce: `python bench/event_to_effect.py --inprocess-samples 12 --daemon-samples 10`
 
 Embedded PostgreSQL under a temporary BILLING_HOME (billing database and Dagster's storage,
-`deploy/dagster.yaml`), the Stripe sandbox and the webhook receiver in this process (threads,
+`dagster.yaml`), the Stripe sandbox and the webhook receiver in this process (threads,
 loopback HTTP). Each sample is one customer: all samples' customers subscribe first and every
 event of those signups is handled; then, one at a time, a cancellation in Stripe is timed until
 the tenant row says `canceled`:
@@ -14,7 +14,7 @@ names the row -> a `webhook_events_job` run claims it -> handler updates the ten
 (a) daemon: the real `dagster-daemon` (sensor ticks every `minimum_interval_seconds` = 2 s, run
     queued, dequeued and launched as a new process by the default run launcher). Split using
     the row's `received_at`/`claimed_at`/`processed_at` and the run's record.
-(b) in-process: the demo's path (`billing_pipelines.sandbox.month.SensorPump`: evaluate the
+(b) in-process: the demo's path (`billing_sandbox.month.SensorPump`: evaluate the
     sensors, `execute_in_process` the requested run on the same Postgres-backed instance), called
     as soon as the row is stored. Separates Dagster's run-launch cost from the handler.
 
@@ -43,11 +43,11 @@ import dagster as dg
 import psycopg
 import stripe
 import uvicorn
+from billing_sandbox import services
+from billing_sandbox.month import SensorPump
+from billing_sandbox.stripe import Settings, run_in_thread
 from psycopg.rows import dict_row
 
-from billing_pipelines.sandbox import services
-from billing_pipelines.sandbox.month import SensorPump
-from billing_pipelines.sandbox.stripe import Settings, run_in_thread
 from billing_pipelines.webhooks import ReceiverConfig, create_app
 
 # The sibling benchmark's helper stops a process we started plus the code server the daemon

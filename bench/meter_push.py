@@ -37,13 +37,13 @@ from typing import Any
 import dagster as dg
 import psycopg
 import stripe
+from billing_sandbox import services
+from billing_sandbox.stripe import SandboxState, run_in_thread
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.stripe_catalog import sync_catalog
-from billing_pipelines.sandbox import services
-from billing_pipelines.sandbox.stripe import SandboxState, run_in_thread
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.stripe.catalog import sync_catalog
 
 API_KEY = "sk_test_bench_meter_push"
 

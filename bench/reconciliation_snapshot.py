@@ -32,12 +32,13 @@ from typing import Any
 
 import psycopg
 import stripe
+from billing_sandbox import services
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib import reconciliation, stripe_snapshots
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.stripe_catalog import sync_catalog
-from billing_pipelines.sandbox import services
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.reconciliation import diff as reconciliation
+from billing_pipelines.lib.reconciliation import snapshots as stripe_snapshots
+from billing_pipelines.lib.stripe.catalog import sync_catalog
 
 
 def create_tenants(

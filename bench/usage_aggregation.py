@@ -42,11 +42,11 @@ import numpy as np
 import pandas as pd
 import psutil
 import psycopg
+from billing_sandbox import services
+from billing_sandbox.usage_generator import HOUR_WEIGHTS, SIZE_SPREAD
 
-from billing_pipelines.lib import warehouse
-from billing_pipelines.lib.usage_schema import validate_daily_usage
-from billing_pipelines.sandbox import services
-from billing_pipelines.sandbox.usage_generator import HOUR_WEIGHTS, SIZE_SPREAD
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.usage.schema import validate_daily_usage
 
 # Share of events that are a cache double-log, and of distinct events that are document
 # ingests (the generator draws ingests at 5 % of queries: 0.05 / 1.05 of all).

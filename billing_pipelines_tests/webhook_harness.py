@@ -23,19 +23,19 @@ import pytest
 import stripe
 import uvicorn
 from aiosmtpd.controller import Controller
+from billing_sandbox.stripe import SandboxHandle
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from billing_pipelines.defs.dunning.ladder import dunning_sensor, dunning_step_job
-from billing_pipelines.defs.notifications.delivery import (
-    notification_delivery_job,
-    notification_outbox_sensor,
-)
+from billing_pipelines.defs.dunning.jobs import dunning_step_job
+from billing_pipelines.defs.dunning.sensors import dunning_sensor
+from billing_pipelines.defs.notifications.jobs import notification_delivery_job
 from billing_pipelines.defs.notifications.resources import EmailResource
+from billing_pipelines.defs.notifications.sensors import notification_outbox_sensor
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.consumer import webhook_events_job, webhook_events_sensor
-from billing_pipelines.lib import migrations
-from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines.defs.webhooks.jobs import webhook_events_job
+from billing_pipelines.defs.webhooks.sensors import webhook_events_sensor
+from billing_pipelines.lib.pg import migrations
 from billing_pipelines.webhooks import ReceiverConfig, create_app
 from billing_pipelines_tests.support import API_KEY
 
@@ -359,8 +359,8 @@ class Harness:
 
     def signed(self, event_id: str) -> tuple[bytes, str]:
         """The exact body the sandbox would deliver for this event, and a fresh signature."""
-        from billing_pipelines.sandbox.stripe.resources.events import render_event
-        from billing_pipelines.sandbox.stripe.webhooks import sign
+        from billing_sandbox.stripe.resources.events import render_event
+        from billing_sandbox.stripe.webhooks import sign
 
         with self.sandbox.state.lock:
             body = json.dumps(render_event(self.sandbox.state.table("event")[event_id]), indent=2)

@@ -15,9 +15,15 @@ from clickhouse_connect.driver.client import Client
 from psycopg_pool import ConnectionPool
 from pydantic import PrivateAttr
 
-from billing_pipelines.lib import database, migrations, stripe_api, warehouse
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.pg import database, migrations
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.settings import Settings, load_settings
+
+# Every op or asset that calls Stripe joins this Dagster concurrency pool, so more workers never
+# mean more concurrent Stripe work than the pool's limit.
+STRIPE_POOL = "stripe_api"
 
 # Migrations run once per process on first use, not on every op.
 _MIGRATED: set[str] = set()

@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from billing_pipelines.lib import webhook_queue
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.webhook_signature import SignatureError, verify
+from billing_pipelines.lib.webhooks import queue as webhook_queue
+from billing_pipelines.lib.webhooks.signature import SignatureError, verify
 
 log = logging.getLogger("billing_pipelines.webhooks")
 

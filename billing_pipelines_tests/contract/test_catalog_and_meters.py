@@ -6,8 +6,8 @@ import time
 
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 
-from billing_pipelines.sandbox.stripe import SandboxHandle
 from billing_pipelines_tests.support import advance
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z

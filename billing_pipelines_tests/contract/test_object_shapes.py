@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import stripe
+from billing_sandbox.stripe import SandboxHandle
+from billing_sandbox.stripe.resources.customers import _TYPE_KEYS
+from billing_sandbox.stripe.shapes import annotations_of
 from stripe._list_object import ListObject
 from stripe._stripe_object import StripeObject
 
-from billing_pipelines.sandbox.stripe import SandboxHandle
-from billing_pipelines.sandbox.stripe.resources.customers import _TYPE_KEYS
-from billing_pipelines.sandbox.stripe.shapes import annotations_of
 from billing_pipelines_tests.support import API_KEY
 
 # Fields Stripe only includes when expanded ("includable"), or that only exist on deleted objects.

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 import stripe
 import uvicorn
+from billing_sandbox.stripe import Chaos, SandboxHandle, SandboxState, run_in_thread
+from billing_sandbox.stripe.server import _free_port
+from billing_sandbox.stripe.webhooks import sign
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from billing_pipelines.lib import stripe_api
-from billing_pipelines.sandbox.stripe import Chaos, SandboxHandle, SandboxState, run_in_thread
-from billing_pipelines.sandbox.stripe.server import _free_port
-from billing_pipelines.sandbox.stripe.webhooks import sign
+from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
 

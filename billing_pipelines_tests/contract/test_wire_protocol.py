@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle, run_in_thread
 
-from billing_pipelines.lib import stripe_api
-from billing_pipelines.sandbox.stripe import SandboxHandle, run_in_thread
+from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
 

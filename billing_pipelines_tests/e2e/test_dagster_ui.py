@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from billing_sandbox.services import free_port
 
 from billing_pipelines.definitions import defs
-from billing_pipelines.lib import warehouse
+from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.runs import materialize_days
-from billing_pipelines.sandbox.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

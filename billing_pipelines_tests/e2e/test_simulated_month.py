@@ -13,12 +13,12 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from billing_sandbox import month
+from billing_sandbox.stripe import Chaos
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib.webhook_handlers import HANDLERS
+from billing_pipelines.lib.webhooks.handlers import HANDLERS
 from billing_pipelines.runs import code_location, materialize_days
-from billing_pipelines.sandbox import month
-from billing_pipelines.sandbox.stripe import Chaos
 
 # The month runs once, in the first test's set-up: minutes, more on a loaded machine.
 pytestmark = pytest.mark.timeout(900)

@@ -139,7 +139,7 @@ def test_catalog_sync_then_usage_push_from_the_shell(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from billing_pipelines.lib import warehouse
+    from billing_pipelines.lib.usage import warehouse
 
     client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
     warehouse.ensure_usage_schema(client)

@@ -19,11 +19,11 @@ from urllib.parse import urlencode
 import clickhouse_connect
 import pytest
 from backports import zstd
+from billing_sandbox.clickhouse_bridge import spawn_bridge
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from billing_pipelines.lib.warehouse import connect
-from billing_pipelines.sandbox.clickhouse_bridge import spawn_bridge
+from billing_pipelines.lib.usage.warehouse import connect
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_make_server_runs_in_a_thread(tmp_path: Path) -> None:
         import threading
         from pathlib import Path
         import clickhouse_connect
-        from billing_pipelines.sandbox.clickhouse_bridge import make_server
+        from billing_sandbox.clickhouse_bridge import make_server
 
         server = make_server(Path({str(tmp_path / "data")!r}))
         thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -10,8 +10,8 @@ import pytest
 
 from billing_pipelines.defs.resources import BillingDatabase, UsageWarehouse
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import warehouse
-from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
 
 DAY = date(2026, 4, 2)
 

@@ -9,11 +9,12 @@ from typing import Any
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib import lifecycle, stripe_catalog
-from billing_pipelines.lib.catalog import Catalog, load_catalog
-from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
+from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines_tests.support import advance
 
 DAY = 86_400

@@ -15,16 +15,18 @@ import dagster as dg
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle, SandboxState, Settings, run_in_thread
 
 from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
 from billing_pipelines.defs.metering.checks import meter_totals_match_warehouse
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import ledger, stripe_api, stripe_meters
-from billing_pipelines.lib import warehouse as wh
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.stripe_catalog import sync_catalog
-from billing_pipelines.sandbox.stripe import SandboxHandle, SandboxState, Settings, run_in_thread
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe.catalog import sync_catalog
+from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.support import API_KEY, SimulatedCrash, advance
 
 PREFIX = "mt-"
@@ -156,7 +158,7 @@ def env(embedded_services: dict[str, str]) -> Iterator[Env]:
     }
     with psycopg.connect(database_url) as conn:  # migrate before the first direct write
         pass
-    from billing_pipelines.lib import migrations
+    from billing_pipelines.lib.pg import migrations
 
     migrations.upgrade_to_head(database_url)
     _cleanup(database_url)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from billing_pipelines.lib import stripe_api, stripe_meters
-from billing_pipelines.sandbox.stripe import run_in_thread
+from billing_sandbox.stripe import run_in_thread
+
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe import meters as stripe_meters
 
 
 def test_day_total_survives_the_rate_limit() -> None:

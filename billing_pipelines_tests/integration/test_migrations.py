@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from billing_pipelines.lib import migrations
+from billing_pipelines.lib.pg import migrations
 
 EXPECTED_TABLES = {
     "tenants",

@@ -11,11 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import run_in_thread
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib import lifecycle, stripe_api, stripe_catalog
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.sandbox.stripe import run_in_thread
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.stripe import catalog as stripe_catalog
+from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
 TENANTS = 50

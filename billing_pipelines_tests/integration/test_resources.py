@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
-from billing_pipelines.lib import warehouse
 from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError
-from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
 
 DAY = date(2026, 3, 14)
 

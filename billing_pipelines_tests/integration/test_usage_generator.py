@@ -9,15 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import clickhouse_connect
 import pytest
-from clickhouse_connect.driver.client import Client
-
-from billing_pipelines.lib.warehouse import daily_usage
-from billing_pipelines.sandbox.clickhouse_bridge import spawn_bridge
-from billing_pipelines.sandbox.usage_generator import (
+from billing_sandbox.clickhouse_bridge import spawn_bridge
+from billing_sandbox.usage_generator import (
     GenerationSummary,
     generate_usage,
     planned_daily_queries,
 )
+from clickhouse_connect.driver.client import Client
+
+from billing_pipelines.lib.usage.warehouse import daily_usage
 
 TENANTS = ["acme", "globex", "initech"]
 START = date(2025, 11, 1)  # a Saturday: the month has 10 weekend days

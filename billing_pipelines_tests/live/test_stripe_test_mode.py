@@ -19,8 +19,10 @@ import pytest
 import stripe
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib import lifecycle, stripe_api, stripe_catalog
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.stripe import catalog as stripe_catalog
+from billing_pipelines.lib.stripe import client as stripe_api
 
 pytestmark = pytest.mark.stripe_live
 

@@ -28,22 +28,23 @@ import httpx
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
+from billing_sandbox.stripe.resources.events import emit
 from psycopg.rows import dict_row
 
 from billing_pipelines.defs.lifecycle.jobs import onboard_tenant
 from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import lifecycle, stripe_meters
-from billing_pipelines.lib import stripe_catalog as catalog_sync
-from billing_pipelines.lib import warehouse as wh
-from billing_pipelines.lib.catalog import Catalog, load_catalog
+from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.tenant_ids import InvalidTenantIdError
-from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
-from billing_pipelines.lib.webhook_signature import expected_signature
-from billing_pipelines.sandbox.stripe import SandboxHandle
-from billing_pipelines.sandbox.stripe.resources.events import emit
+from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.stripe import catalog as catalog_sync
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.tenants.ids import InvalidTenantIdError
+from billing_pipelines.lib.usage import warehouse as wh
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
+from billing_pipelines.lib.webhooks.signature import expected_signature
 from billing_pipelines.settings import load_settings
 from billing_pipelines.webhooks import ReceiverConfig
 from billing_pipelines_tests.support import API_KEY

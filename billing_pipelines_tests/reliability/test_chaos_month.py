@@ -21,14 +21,15 @@ from unittest import mock
 import dagster as dg
 import psycopg
 import pytest
+from billing_sandbox import month
+from billing_sandbox.stripe import Chaos, FaultRates, SandboxHandle
 from dateutil.relativedelta import relativedelta
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib import ledger, warehouse
-from billing_pipelines.lib.warehouse_schema import USAGE_EVENTS_COLUMNS
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
 from billing_pipelines.runs import code_location, materialize_days
-from billing_pipelines.sandbox import month
-from billing_pipelines.sandbox.stripe import Chaos, FaultRates, SandboxHandle
 from billing_pipelines_tests.support import SimulatedCrash
 
 # The month runs once, in the first test's set-up: 2-3 minutes idle, more on a loaded machine.

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import stripe
 
-from billing_pipelines.defs.dunning.ladder import dunning_step_job
-from billing_pipelines.lib import dunning, notifications
+from billing_pipelines.defs.dunning.jobs import dunning_step_job
+from billing_pipelines.lib.dunning import steps as dunning
+from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines_tests.support import SimulatedCrash, advance
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixtures
     DAY,

@@ -23,12 +23,13 @@ import httpx
 import psycopg
 import pytest
 import stripe
+from billing_sandbox import postgres
+from billing_sandbox.stripe import SandboxHandle, SandboxState, Settings
 
 from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.lib import database, migrations, stripe_meters
-from billing_pipelines.sandbox import postgres
-from billing_pipelines.sandbox.stripe import SandboxHandle, SandboxState, Settings
+from billing_pipelines.lib.pg import database, migrations
+from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.webhooks import ReceiverConfig
 from billing_pipelines_tests.integration.test_meter_reports import DAY, Env, metadata
 from billing_pipelines_tests.support import API_KEY

@@ -7,13 +7,13 @@ loop) takes `debug_crash_flags`; with `{sensor: {"RUN_CREATED": SIGKILL}}` it ki
 process right after `instance.create_run`, with `"RUN_LAUNCHED"` right after
 `instance.submit_run` (Dagster's sensor-recovery tests use the same hooks). Each tick runs in a
 fresh Python process on a real Postgres `DagsterInstance` (dagster-postgres, as
-deploy/dagster.yaml), so the kill is a real `kill -9` of a daemon at an exact point, and the
+dagster.yaml), so the kill is a real `kill -9` of a daemon at an exact point, and the
 next process resumes as a restarted daemon would: the interrupted tick, its stored run
 requests and the sensor's cursor as they were left in storage. Killing `dagster-daemon` from
 outside cannot hit "between create and launch" reliably (milliseconds apart), so we do not.
 
 Two instance set-ups:
-- deploy/dagster.yaml as shipped (QueuedRunCoordinator): proves the run-level dedup exactly as
+- dagster.yaml as shipped (QueuedRunCoordinator): proves the run-level dedup exactly as
   production runs it (a launched run is QUEUED), without executing runs.
 - the same Postgres storage with Dagster's SyncInMemoryRunLauncher: a launch executes the run
   inside the daemon process, so the test also sees each queue row's effect (and needs no code
@@ -42,7 +42,7 @@ import yaml
 from psycopg import sql
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.consumer import webhook_events_job
+from billing_pipelines.defs.webhooks.jobs import webhook_events_job
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixtures
     Harness,
@@ -132,14 +132,14 @@ def dagster_storage(embedded_services: dict[str, str]) -> Iterator[str]:
 
 
 def dagster_home(tmp_path: Path, launcher: str) -> Path:
-    """DAGSTER_HOME with deploy/dagster.yaml, as shipped ("deploy") or launching runs
+    """DAGSTER_HOME with dagster.yaml, as shipped ("deploy") or launching runs
     synchronously in the daemon's process ("sync")."""
     home = tmp_path / f"dagster_home_{launcher}"
     home.mkdir()
     if launcher == "deploy":
-        shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
         return home
-    config = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     config.pop("concurrency", None)  # run queue settings: there is no queue here
     config["run_coordinator"] = {
         "module": "dagster._core.run_coordinator",

@@ -19,6 +19,7 @@ import dagster as dg
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import FaultRates, SandboxHandle, SandboxState, run_in_thread
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.reconciliation.assets import (
@@ -26,12 +27,12 @@ from billing_pipelines.defs.reconciliation.assets import (
     stripe_subscription_snapshot,
     subscription_state_diff,
 )
-from billing_pipelines.defs.reconciliation.remediation import subscription_remediation_job
+from billing_pipelines.defs.reconciliation.jobs import subscription_remediation_job
 from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import stripe_api, stripe_snapshots
-from billing_pipelines.lib import warehouse as wh
-from billing_pipelines.sandbox.stripe import FaultRates, SandboxHandle, SandboxState, run_in_thread
+from billing_pipelines.lib.reconciliation import snapshots as stripe_snapshots
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support as recon
 from billing_pipelines_tests.integration.test_meter_reports import (  # noqa: F401 - fixture
     DAY,
@@ -292,7 +293,7 @@ def test_event_recovery_listing_with_30_percent_faults_returns_every_event_once(
     """The recovery job's Event.list paging: a failed page is asked for again, not skipped."""
     from datetime import UTC, datetime, timedelta
 
-    from billing_pipelines.lib import stripe_state
+    from billing_pipelines.lib.stripe import reads as stripe_state
 
     sandbox = run_in_thread(port=0, seed=5)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing_pipelines.lib import alerting
+from billing_pipelines.lib.alerts import channels as alerting
 
 
 def test_check_failure_text_names_the_check_the_reason_and_links_the_run() -> None:

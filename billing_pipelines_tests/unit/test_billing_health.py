@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 
-from billing_pipelines.lib.billing_health import HealthMetrics, Thresholds, evaluate
+from billing_pipelines.lib.reconciliation.health import HealthMetrics, Thresholds, evaluate
 
 OK = HealthMetrics(
     day=date(2026, 11, 28),

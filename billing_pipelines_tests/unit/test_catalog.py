@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import BillingConfigError
 
 

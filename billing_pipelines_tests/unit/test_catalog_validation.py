@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import BillingConfigError
 
 HEAD = 'currency = "usd"\ntrial_days = 14\n'

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from billing_pipelines.lib.dunning_ladder import DEFAULT_LADDER, DunningLadder, LadderStep
-from billing_pipelines.lib.tenant_state import TenantState, change_action, decide
+from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder, LadderStep
+from billing_pipelines.lib.tenants.access import TenantState, change_action, decide
 
 BASE = TenantState(
     billing_status="active",

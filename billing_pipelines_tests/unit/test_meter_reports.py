@@ -9,8 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 import stripe
 
-from billing_pipelines.lib import pacing
-from billing_pipelines.lib.meter_reports import (
+from billing_pipelines.lib.metering.planning import (
     BillingAccount,
     DayTotal,
     LedgerEntry,
@@ -21,7 +20,8 @@ from billing_pipelines.lib.meter_reports import (
     plan_day,
     settle_totals,
 )
-from billing_pipelines.lib.stripe_meters import is_duplicate_identifier, is_retryable
+from billing_pipelines.lib.stripe import pacing
+from billing_pipelines.lib.stripe.meters import is_duplicate_identifier, is_retryable
 
 DAY = date(2026, 3, 14)
 METERS = [("queries", "rag_api_queries", "billable_queries")]

@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from billing_pipelines.lib import notifications, webhook_queue
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.notifications import OutboxRow
+from billing_pipelines.lib.notifications import emails as notifications
+from billing_pipelines.lib.notifications.emails import OutboxRow
+from billing_pipelines.lib.webhooks import queue as webhook_queue
 
 
 def test_usage_explanation_in_plain_words() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from billing_pipelines.lib import reconciliation as rec
-from billing_pipelines.lib.stripe_snapshots import (
+from billing_pipelines.lib.reconciliation import diff as rec
+from billing_pipelines.lib.reconciliation.snapshots import (
     CustomerSnapshot,
     InvoiceSnapshot,
     SubscriptionSnapshot,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import stripe
 
-from billing_pipelines.lib import stripe_api
-from billing_pipelines.lib.stripe_api import RateLimits, endpoint_of
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe.client import RateLimits, endpoint_of
 
 
 def test_endpoints_are_named_operations_not_objects() -> None:

@@ -7,8 +7,8 @@ from datetime import date
 import pytest
 
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.meter_reports import MAX_IDENTIFIER, identifier_for
-from billing_pipelines.lib.tenant_ids import (
+from billing_pipelines.lib.metering.planning import MAX_IDENTIFIER, identifier_for
+from billing_pipelines.lib.tenants.ids import (
     MAX_TENANT_ID_LENGTH,
     InvalidTenantIdError,
     check_tenant_id,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.usage_audit import (
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.reconciliation.usage_audit import (
     BilledLine,
     DaySources,
     audit_line,

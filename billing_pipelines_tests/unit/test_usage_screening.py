@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing_pipelines.lib.meter_reports import (
+from billing_pipelines.lib.metering.planning import (
     DELIVERED,
     BillingAccount,
     LedgerEntry,
@@ -95,7 +95,7 @@ def test_the_warehouse_side_refuses_nan_and_negative_before_anything_is_stored()
     """The first gate: daily_tenant_usage's pandera schema (its blocking check)."""
     import pandas as pd
 
-    from billing_pipelines.lib.usage_schema import COUNT_COLUMNS, validate_daily_usage
+    from billing_pipelines.lib.usage.schema import COUNT_COLUMNS, validate_daily_usage
 
     frame = pd.DataFrame(
         {"tenant_id": ["t1", "t2"], **{c: [2, 2] for c in COUNT_COLUMNS}, "duplicate_events": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from billing_pipelines.lib.webhook_signature import SignatureError, expected_signature, verify
+from billing_pipelines.lib.webhooks.signature import SignatureError, expected_signature, verify
 
 BODY = b'{"id": "evt_1", "object": "event", "type": "invoice.paid"}'
 NOW = 1_800_000_000

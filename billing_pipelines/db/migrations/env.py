@@ -14,7 +14,7 @@ def run_migrations_online() -> None:
     """Apply pending migrations under a session advisory lock."""
     config = context.config
     url = config.get_main_option("sqlalchemy.url")
-    assert url, "sqlalchemy.url must be set by billing_pipelines.lib.migrations"
+    assert url, "sqlalchemy.url must be set by billing_pipelines.lib.pg.migrations"
     engine = create_engine(url, future=True)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})

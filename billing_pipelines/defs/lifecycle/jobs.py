@@ -4,12 +4,9 @@ from typing import Any
 
 import dagster as dg
 
-from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.lib import lifecycle
-from billing_pipelines.lib.catalog import load_catalog
-
-# Lifecycle calls share Stripe's rate limit with the meter pushes.
-STRIPE_POOL = "stripe_api"
+from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, StripeResource
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.lifecycle import actions as lifecycle
 
 
 def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Usage to Stripe: the plan catalog in Stripe and each day's usage as exactly-once meter events."""
+"""Usage to Stripe: each day's usage as exactly-once meter events."""
 
 import dataclasses
 import time
@@ -9,13 +9,14 @@ from datetime import date
 import dagster as dg
 import psycopg
 
+from billing_pipelines.defs.catalog.assets import stripe_catalog
 from billing_pipelines.defs.partitions import daily_partitions
-from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import ledger, pacing, stripe_meters
-from billing_pipelines.lib.catalog import load_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
-from billing_pipelines.lib.meter_reports import (
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import (
     DELIVERED,
     FAILED,
     OUT_OF_WINDOW,
@@ -25,37 +26,19 @@ from billing_pipelines.lib.meter_reports import (
     plan_day,
     screen_usage,
 )
-from billing_pipelines.lib.stripe_catalog import sync_catalog
-from billing_pipelines.lib.stripe_meters import RetryableStripeError, SendOutcome
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe import pacing
+from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
 from billing_pipelines.settings import load_settings
 
-STRIPE_POOL = "stripe_api"
 WINDOW_CHECK = "usage_within_stripe_window"
+
 BILLABLE_CHECK = "usage_tenants_billable"
+
 # Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
 CONFIRM_BATCH = 25
+
 CONFIRM_EVERY_SECONDS = 0.25
-
-
-@dg.asset(group_name="metering", kinds={"stripe"}, tags={"domain": "metering"}, pool=STRIPE_POOL)
-def stripe_catalog(
-    context: dg.AssetExecutionContext, stripe: StripeResource
-) -> dg.MaterializeResult:
-    """The plan catalog as Stripe products, immutable prices by lookup key, and usage meters."""
-    report = sync_catalog(stripe.client(), load_catalog())
-    for change in report.changes:
-        context.log.info(change)
-    return dg.MaterializeResult(
-        metadata={
-            "changes": dg.MetadataValue.int(len(report.changes)),
-            "unchanged": dg.MetadataValue.int(report.unchanged),
-            "change_log": dg.MetadataValue.md(
-                "\n".join(f"- {c}" for c in report.changes) or "no changes"
-            ),
-            "prices": dg.MetadataValue.json(report.price_ids),
-            "meters": dg.MetadataValue.json(report.meter_ids),
-        }
-    )
 
 
 class MeterPushConfig(dg.Config):
@@ -297,10 +280,3 @@ def _table(rows: list[dict[str, object]], limit: int = 50) -> str:
     if len(rows) > limit:
         lines.append(f"... and {len(rows) - limit} more")
     return "\n".join(lines)
-
-
-stripe_catalog_job = dg.define_asset_job(
-    "stripe_catalog_job",
-    selection=[stripe_catalog],
-    description="Sync the plan catalog (products, prices, meters) to Stripe.",
-)

@@ -7,9 +7,11 @@ import dagster as dg
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
-from billing_pipelines.lib import ledger, pacing, stripe_meters
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.meter_reports import Key, settle_totals
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import Key, settle_totals
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.settings import load_settings
 
 

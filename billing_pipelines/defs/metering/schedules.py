@@ -4,14 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from billing_pipelines.defs.metering.assets import stripe_meter_reports
-from billing_pipelines.defs.usage.assets import daily_tenant_usage
-
-usage_to_stripe_job = dg.define_asset_job(
-    "usage_to_stripe_job",
-    selection=dg.AssetSelection.assets(daily_tenant_usage, stripe_meter_reports),
-    description="One UTC day: usage from the warehouse, validated, then pushed to Stripe meters.",
-)
+from billing_pipelines.defs.metering.jobs import usage_to_stripe_job
 
 # Invoices finalize about an hour after a period ends: at 00:10 UTC the previous day is pushed,
 # leaving ~50 minutes of the grace period for retries of a failed run.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from billing_pipelines.lib import notifications
-from billing_pipelines.lib.notifications import OutboxRow
+from billing_pipelines.lib.notifications import emails as notifications
+from billing_pipelines.lib.notifications.emails import OutboxRow
 from billing_pipelines.settings import billing_home, load_settings
 
 

@@ -1,26 +1,8 @@
-"""The daily reconciliation run: snapshots, diff, usage audit and billing health."""
+"""When reconciliation runs: daily, after usage is in Stripe and invoices have finalized."""
 
 import dagster as dg
 
-from billing_pipelines.defs.reconciliation.assets import (
-    stripe_invoice_snapshot,
-    stripe_subscription_snapshot,
-    subscription_state_diff,
-    usage_invoice_audit,
-)
-from billing_pipelines.defs.reconciliation.health import billing_health
-
-reconciliation_job = dg.define_asset_job(
-    "reconciliation_job",
-    selection=dg.AssetSelection.assets(
-        stripe_subscription_snapshot,
-        stripe_invoice_snapshot,
-        subscription_state_diff,
-        usage_invoice_audit,
-        billing_health,
-    ),
-    description="Snapshot Stripe, diff it against the tenant DB, audit usage, record health.",
-)
+from billing_pipelines.defs.reconciliation.jobs import reconciliation_job
 
 # After yesterday's usage is in Stripe (usage push schedule) and invoices have finalized.
 reconciliation_schedule = dg.ScheduleDefinition(

@@ -6,7 +6,7 @@ import dagster as dg
 
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, UsageWarehouse
-from billing_pipelines.lib.usage_schema import validate_daily_usage
+from billing_pipelines.lib.usage.schema import validate_daily_usage
 
 USAGE_SCHEMA_CHECK = "usage_matches_schema"
 

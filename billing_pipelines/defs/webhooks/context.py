@@ -6,8 +6,8 @@ from typing import Any
 import psycopg
 import stripe
 
-from billing_pipelines.lib.catalog import Catalog, load_catalog
-from billing_pipelines.lib.webhook_handlers import HandlerContext
+from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
+from billing_pipelines.lib.webhooks.handlers import HandlerContext
 from billing_pipelines.settings import load_settings
 
 

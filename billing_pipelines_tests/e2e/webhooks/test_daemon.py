@@ -17,9 +17,9 @@ import psutil
 import psycopg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 from psycopg import sql
 
-from billing_pipelines.sandbox.stripe import SandboxHandle
 from billing_pipelines.webhooks import ReceiverConfig
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (
@@ -85,7 +85,7 @@ def test_daemon_turns_a_delivered_webhook_into_a_run_and_its_effect(
 ) -> None:
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     port = free_port()
     secret = register_endpoint(stripe_client, f"http://127.0.0.1:{port}/webhooks/stripe")
     receiver = ReceiverServer(

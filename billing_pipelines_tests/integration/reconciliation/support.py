@@ -9,8 +9,8 @@ import psycopg
 import stripe
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
-from billing_pipelines.lib.catalog import load_catalog
-from billing_pipelines.lib.stripe_catalog import sync_catalog
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.stripe.catalog import sync_catalog
 from billing_pipelines_tests.support import API_KEY
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z

@@ -12,8 +12,9 @@ from typing import Any
 import dagster as dg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 
-from billing_pipelines.defs.alerting.sensors import (
+from billing_pipelines.defs.alerts.sensors import (
     failed_check_alert_sensor,
     failed_run_alert_sensor,
 )
@@ -24,7 +25,6 @@ from billing_pipelines.defs.reconciliation.assets import (
     usage_invoice_audit,
 )
 from billing_pipelines.defs.resources import BillingDatabase
-from billing_pipelines.sandbox.stripe import SandboxHandle
 from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.webhook_harness import query
 
@@ -141,7 +141,8 @@ def test_failed_error_check_and_failed_run_alert_once_each(
 def test_unreachable_chat_webhook_is_retried_then_dead_lettered(
     billing_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from billing_pipelines.lib import alerting, database
+    from billing_pipelines.lib.alerts import channels as alerting
+    from billing_pipelines.lib.pg import database
 
     failure = alerting.run_failure(run_id="r1", job_name="job", error="boom", ui_url=None)
     channel = alerting.AlertChannel(chat_webhook_url="http://127.0.0.1:9/hooks/secret-token")

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from billing_pipelines.defs.reconciliation.health import billing_health
+from billing_pipelines.defs.reconciliation.assets import billing_health
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines_tests.webhook_harness import query
 

@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 
 from billing_pipelines.defs.reconciliation.assets import (
     CANCELED_CHECK,
@@ -18,8 +19,7 @@ from billing_pipelines.defs.reconciliation.assets import (
     stripe_subscription_snapshot,
     subscription_state_diff,
 )
-from billing_pipelines.defs.reconciliation.remediation import subscription_remediation_job
-from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines.defs.reconciliation.jobs import subscription_remediation_job
 from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.support import advance
 from billing_pipelines_tests.webhook_harness import query

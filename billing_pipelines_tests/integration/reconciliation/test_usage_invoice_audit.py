@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import stripe
+from billing_sandbox.stripe import SandboxHandle
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.reconciliation.assets import (
@@ -20,15 +21,15 @@ from billing_pipelines.defs.reconciliation.assets import (
     usage_invoice_audit,
 )
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib import ledger, stripe_meters
-from billing_pipelines.lib import warehouse as wh
-from billing_pipelines.lib.meter_reports import (
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import (
     DELIVERED,
     MeterReport,
     event_timestamp,
     identifier_for,
 )
-from billing_pipelines.sandbox.stripe import SandboxHandle
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.support import advance
 from billing_pipelines_tests.webhook_harness import query

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from billing_pipelines.lib.webhook_signature import expected_signature
+from billing_pipelines.lib.webhooks.signature import expected_signature
 from billing_pipelines_tests.webhook_harness import free_port, query
 
 BILLING = str(Path(sys.executable).parent / "billing")

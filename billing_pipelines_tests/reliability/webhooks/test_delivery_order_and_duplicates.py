@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from billing_pipelines.defs.webhooks.recovery import stripe_event_recovery_job
+from billing_pipelines.defs.webhooks.jobs import stripe_event_recovery_job
 from billing_pipelines_tests.support import advance
 from billing_pipelines_tests.webhook_harness import DAY, T0, Harness, query
 

@@ -8,14 +8,14 @@ import time
 
 import psycopg
 import pytest
+from billing_sandbox.stripe.resources.events import emit
 from psycopg.rows import dict_row
 
-from billing_pipelines.defs.dunning.trials import trial_reminders_job
+from billing_pipelines.defs.dunning.jobs import trial_reminders_job
 from billing_pipelines.defs.resources import StripeResource
-from billing_pipelines.defs.webhooks.consumer import webhook_events_job
-from billing_pipelines.lib import webhook_queue
-from billing_pipelines.lib.webhook_queue import Dispatched, RetryPolicy
-from billing_pipelines.sandbox.stripe.resources.events import emit
+from billing_pipelines.defs.webhooks.jobs import webhook_events_job
+from billing_pipelines.lib.webhooks import queue as webhook_queue
+from billing_pipelines.lib.webhooks.queue import Dispatched, RetryPolicy
 from billing_pipelines_tests.support import API_KEY, advance
 from billing_pipelines_tests.webhook_harness import DAY, T0, Harness, free_port, query
 

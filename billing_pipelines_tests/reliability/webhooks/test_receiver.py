@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import stripe
+from billing_sandbox.stripe import SandboxHandle, Settings
 
-from billing_pipelines.lib.webhook_signature import expected_signature
-from billing_pipelines.sandbox.stripe import SandboxHandle, Settings
+from billing_pipelines.lib.webhooks.signature import expected_signature
 from billing_pipelines.webhooks import ReceiverConfig
 from billing_pipelines_tests.webhook_harness import (
     ReceiverServer,

@@ -1,0 +1,129 @@
+"""Webhook runs: claim queued Stripe events and apply each effect once; recover missed events."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
+from billing_pipelines.lib.alerts import store as alerts
+from billing_pipelines.lib.stripe import reads as stripe_state
+from billing_pipelines.lib.webhooks import handlers as webhook_handlers
+from billing_pipelines.lib.webhooks import queue as webhook_queue
+from billing_pipelines.lib.webhooks.handlers import HANDLERS
+from billing_pipelines.lib.webhooks.queue import RetryPolicy
+from billing_pipelines.settings import load_settings
+
+
+def retry_policy() -> RetryPolicy:
+    """Backoff 30 s, 1 min, 2 min, ... and dead-letter after WEBHOOK_MAX_ATTEMPTS tries."""
+    return RetryPolicy(max_attempts=load_settings().webhook_max_attempts)
+
+
+class WebhookBatchConfig(dg.Config):
+    """The queue rows this run handles (named by the sensor)."""
+
+    row_ids: list[int]
+
+
+@dg.op
+def process_webhook_events(
+    context: dg.OpExecutionContext,
+    config: WebhookBatchConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dg.Output[dict[str, int]]:
+    """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
+    policy = retry_policy()
+    owner = context.run_id
+    handlers = handler_setup(stripe.client())
+    with billing_db.transaction() as conn:
+        claimed = webhook_queue.claim(conn, config.row_ids, owner=owner, policy=policy)
+    counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
+    counts["not_claimed"] = len(config.row_ids) - len(claimed)
+    for row in claimed:
+        actor = f"webhook {row.event_id} (run {owner[:8]})"
+        try:
+            with billing_db.transaction() as conn:
+                if not webhook_queue.still_owned(conn, row.id, owner):
+                    counts["not_claimed"] += 1
+                    continue
+                outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
+                webhook_queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
+            counts[outcome.status] += 1
+            context.log.info(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
+        except Exception as exc:  # every failure is recorded on the row, never lost
+            error = describe_error(exc)
+            with billing_db.transaction() as conn:
+                status = webhook_queue.record_failure(conn, row.id, row.attempts, error, policy)
+                if status == "dead":
+                    alerts.raise_alert(
+                        conn,
+                        dedup_key=f"webhook_dead:{row.event_id}",
+                        kind="webhook_dead_letter",
+                        severity="critical",
+                        summary=f"Stripe event {row.event_id} ({row.event_type}) dead-lettered "
+                        f"after {row.attempts} attempts",
+                        details={"event": row.event_id, "type": row.event_type, "error": error},
+                        notify=handlers.alert_email,
+                    )
+            counts[status] += 1
+            context.log.warning(
+                f"{row.event_type} {row.event_id} attempt {row.attempts} {status}: {error}"
+            )
+    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
+    if counts["dead"]:
+        raise dg.Failure(
+            f"{counts['dead']} webhook event(s) dead-lettered (alert raised)", metadata=metadata
+        )
+    return dg.Output(counts, metadata=metadata)
+
+
+@dg.job(tags={"domain": "webhooks"})
+def webhook_events_job() -> None:
+    """Apply queued Stripe events to tenants, dunning and notifications."""
+    process_webhook_events()
+
+
+class RecoveryConfig(dg.Config):
+    """How far back to look; Stripe's Event.list keeps 30 days."""
+
+    days: int = 30
+
+
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=3, delay=30))
+def recover_stripe_events(
+    context: dg.OpExecutionContext,
+    config: RecoveryConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dg.Output[dict[str, int]]:
+    """List the handled event types since N days ago and store any the queue lacks."""
+    if not 1 <= config.days <= 30:
+        raise dg.Failure(f"days must be between 1 and 30 (Stripe keeps 30 days), got {config.days}")
+    since = datetime.now(UTC) - timedelta(days=config.days)
+    seen = inserted = 0
+    types = sorted(HANDLERS)
+    events = stripe_state.events_since(stripe.client(), since, types)
+    with billing_db.transaction() as conn:
+        for event in events:
+            seen += 1
+            stored = webhook_queue.parse_event(json.dumps(event).encode())
+            if webhook_queue.insert_event(conn, stored, "recovery") is not None:
+                inserted += 1
+                context.log.info(f"recovered {stored.event_type} {stored.event_id}")
+    return dg.Output(
+        {"listed": seen, "recovered": inserted},
+        metadata={
+            "events_listed": dg.MetadataValue.int(seen),
+            "events_recovered": dg.MetadataValue.int(inserted),
+            "since": dg.MetadataValue.text(since.isoformat()),
+        },
+    )
+
+
+@dg.job(tags={"domain": "webhooks"})
+def stripe_event_recovery_job() -> None:
+    """Enqueue Stripe events of the last 30 days that never reached the receiver."""
+    recover_stripe_events()

@@ -1,0 +1,1 @@
+"""Operator alerts: stored once per dedup key, sent to email or chat."""

@@ -1,0 +1,1 @@
+"""The plan catalog: plans, prices and their exact money math."""

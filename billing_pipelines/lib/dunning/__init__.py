@@ -1,0 +1,1 @@
+"""Dunning: the ladder of steps after failed payments, and running one step once."""

@@ -1,0 +1,154 @@
+"""Running the dunning ladder: which (invoice, step) is due, and executing one step once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from billing_pipelines.lib.dunning.ladder import DunningLadder
+from billing_pipelines.lib.notifications import emails as notifications
+from billing_pipelines.lib.stripe import reads as stripe_state
+from billing_pipelines.lib.tenants import access as tenant_state
+from billing_pipelines.lib.webhooks.handlers import (
+    HandlerContext,
+    Outcome,
+    apply_invoice_state,
+    converge_tenant,
+    explain_usage,
+)
+
+
+@dataclass(frozen=True)
+class DueStep:
+    """One rung to run for one invoice; (invoice_id, step) is the run_key."""
+
+    invoice_id: str
+    tenant_id: str
+    step: int
+
+    @property
+    def run_key(self) -> str:
+        """The business id of this run: one run per invoice and step, ever."""
+        return f"dunning:{self.invoice_id}:{self.step}"
+
+
+def due_steps(conn: psycopg.Connection[Any], ladder: DunningLadder) -> list[DueStep]:
+    """Open cases whose failed attempts have reached a rung not yet executed."""
+    rows = conn.execute(
+        """
+        SELECT c.invoice_id, c.tenant_id, c.attempt_count,
+               coalesce(array_agg(a.step) FILTER (WHERE a.step IS NOT NULL), '{}') AS steps
+        FROM dunning_cases c
+        LEFT JOIN dunning_actions a ON a.invoice_id = c.invoice_id
+        WHERE c.status = 'open'
+        GROUP BY c.invoice_id, c.tenant_id, c.attempt_count
+        ORDER BY min(c.opened_at), c.invoice_id
+        """
+    ).fetchall()
+    due = []
+    for row in rows:
+        step = ladder.due_step(int(row["attempt_count"]), row["steps"])
+        if step is not None:
+            due.append(DueStep(row["invoice_id"], row["tenant_id"], step))
+    return due
+
+
+def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
+    """Run one rung: re-read the invoice; act only if it is still unpaid at that attempt."""
+    conn = ctx.conn
+    ladder = ctx.ladder
+    rung = ladder.step(step)
+    case = conn.execute(
+        "SELECT tenant_id, first_failed_at FROM dunning_cases WHERE invoice_id = %s",
+        (invoice_id,),
+    ).fetchone()
+    if case is None:
+        return Outcome("ignored", f"no dunning case for {invoice_id}")
+    tenant = tenant_state.lock_by_id(conn, case["tenant_id"])
+    assert tenant is not None  # foreign key
+    invoice = stripe_state.fetch_invoice(ctx.client, invoice_id, with_lines=True)
+    if invoice.settled:
+        apply_invoice_state(ctx, tenant, invoice)
+        return Outcome("ignored", f"invoice {invoice_id} is {invoice.status}: step {step} skipped")
+    if ladder.step_for_attempts(invoice.attempt_count) < step:
+        return Outcome("ignored", f"invoice {invoice_id} has {invoice.attempt_count} attempts")
+    done = {
+        int(r["step"])
+        for r in conn.execute(
+            "SELECT step FROM dunning_actions WHERE invoice_id = %s FOR UPDATE", (invoice_id,)
+        )
+    }
+    if step in done or (done and max(done) > step):
+        return Outcome("ignored", f"step {step} of {invoice_id} already done")
+    # Rungs we jumped over are recorded as skipped: the ladder only ever moves up.
+    for lower in range(1, step):
+        if lower not in done:
+            _record(conn, invoice_id, tenant.tenant_id, lower, "skipped", {"jumped_to": step})
+    suspension = ladder.suspension_date(case["first_failed_at"])
+    access, multiplier = ladder.effects(step)
+    details = {
+        "attempt_count": invoice.attempt_count,
+        "amount_due": invoice.amount_remaining or invoice.amount_due,
+        "currency": invoice.currency,
+        "suspension_date": suspension.isoformat() if rung.announces_suspension else None,
+    }
+    _record(conn, invoice_id, tenant.tenant_id, step, rung.action, details)
+    tenant_state.audit(
+        conn,
+        actor=ctx.actor,
+        action=f"dunning.{rung.action}",
+        entity_type="invoice",
+        entity_id=invoice_id,
+        reason=f"payment failed {invoice.attempt_count} time(s): dunning step {step}",
+        before={"step": max(done, default=0)},
+        after={"step": step, **details},
+    )
+    converge_tenant(
+        ctx,
+        tenant,
+        reason=f"dunning step {step} ({rung.action}) for invoice {invoice_id}: "
+        f"payment failed {invoice.attempt_count} time(s)",
+    )
+    notifications.enqueue(
+        conn,
+        dedup_key=f"dunning:{invoice_id}:{step}",
+        tenant_id=tenant.tenant_id,
+        template=rung.template,
+        recipient=tenant.email,
+        context={
+            "tenant_name": tenant.name,
+            "invoice_number": invoice.number or invoice.id,
+            "invoice_url": invoice.hosted_invoice_url,
+            "amount_due": notifications.format_money(
+                invoice.amount_remaining or invoice.amount_due, invoice.currency
+            ),
+            "attempt_count": invoice.attempt_count,
+            "next_attempt": notifications.format_day(invoice.next_payment_attempt),
+            "suspension_date": notifications.format_day(suspension),
+            "rate_limit_percent": int(multiplier * 100),
+            "api_access_enabled": access,
+            "usage_explanation": explain_usage(ctx, tenant, invoice),
+        },
+    )
+    return Outcome("processed", f"dunning step {step} ({rung.action}) for {invoice_id}")
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    invoice_id: str,
+    tenant_id: str,
+    step: int,
+    action: str,
+    details: dict[str, Any],
+) -> None:
+    conn.execute(
+        """
+        INSERT INTO dunning_actions (invoice_id, tenant_id, step, action, details)
+        VALUES (%s, %s, %s, %s, %s::jsonb)
+        ON CONFLICT (invoice_id, step) DO NOTHING
+        """,
+        (invoice_id, tenant_id, step, action, json.dumps(details, default=str)),
+    )

@@ -1,0 +1,1 @@
+"""Subscription lifecycle actions: onboard, change plan, cancel, cards, reactivate, portal."""

@@ -1,0 +1,1 @@
+"""Customer and operator emails: templates, the outbox, delivery."""

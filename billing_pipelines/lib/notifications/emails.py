@@ -1,0 +1,321 @@
+"""Customer and operator emails: plain-words money, Jinja templates, the outbox, SMTP delivery.
+
+A notification is rendered when it is decided (inside the transaction that decides it) and
+stored in `notification_outbox` under a unique dedup key, so one decision is one email however
+often it is replayed. A delivery op sends pending rows over SMTP with retries and backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import smtplib
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from email.message import EmailMessage
+from email.utils import formatdate
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import jinja2
+import psycopg
+
+from billing_pipelines.lib.catalog.plans import Plan
+from billing_pipelines.lib.errors import BillingConfigError
+
+TEMPLATES = (
+    "payment_reminder",
+    "payment_warning",
+    "payment_final_warning",
+    "suspended",
+    "reactivated",
+    "trial_ending",
+    "ops_alert",
+)
+_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+
+
+# ---- money in plain words ----------------------------------------------------------------------
+
+
+def format_money(cents: int | Decimal, currency: str = "usd") -> str:
+    """Minor units as "$1,234.56" (rounded half up to the cent, like Stripe's line amounts)."""
+    value = (Decimal(cents) / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    symbol = _SYMBOLS.get(currency.lower())
+    sign = "-" if value < 0 else ""
+    text = f"{abs(value):,.2f}"
+    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency.upper()}"
+
+
+def usage_explanation(plan: Plan, queries: int, currency: str = "usd") -> str:
+    """The usage charge in one sentence a customer can check by hand."""
+    included = plan.included_queries
+    if queries <= included:
+        return (
+            f"You used {queries:,} queries, within the {included:,} included in your "
+            f"{plan.name} plan: no usage charge."
+        )
+    over = queries - included
+    charge = format_money(plan.overage_cents(queries), currency)
+    return f"You used {queries:,} queries: {over:,} over the {included:,} included = {charge}"
+
+
+def format_day(moment: datetime | None) -> str:
+    """A date as "March 14, 2026" (UTC), or "" when unknown."""
+    return "" if moment is None else f"{moment:%B} {moment.day}, {moment.year}"
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("billing_pipelines.lib.notifications", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # plain-text emails
+        keep_trailing_newline=True,
+        trim_blocks=False,
+    )
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """Subject and plain-text body of one email."""
+
+    subject: str
+    body: str
+
+
+def render(template: str, context: Mapping[str, Any]) -> RenderedEmail:
+    """Render a named template; a missing context value is an error, never a blank."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown notification template {template!r}")
+    env = _environment()
+    tmpl = env.get_template(f"{template}.txt.j2")
+    ctx = tmpl.new_context(dict(context))
+    subject = "".join(tmpl.blocks["subject"](ctx)).strip()
+    body = tmpl.render(dict(context)).strip() + "\n"
+    return RenderedEmail(subject=" ".join(subject.split()), body=body)
+
+
+# ---- outbox ------------------------------------------------------------------------------------
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    *,
+    dedup_key: str,
+    tenant_id: str | None,
+    template: str,
+    recipient: str,
+    context: Mapping[str, Any],
+) -> bool:
+    """Render and store one email under its dedup key; False if that key was already used."""
+    email = render(template, context)
+    row = conn.execute(
+        """
+        INSERT INTO notification_outbox (dedup_key, tenant_id, template, recipient, subject,
+                                         body, context)
+        VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+        ON CONFLICT (dedup_key) DO NOTHING
+        RETURNING id
+        """,
+        (
+            dedup_key,
+            tenant_id,
+            template,
+            recipient,
+            email.subject,
+            email.body,
+            json.dumps(dict(context), default=str),
+        ),
+    ).fetchone()
+    return row is not None
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One email to send."""
+
+    id: int
+    dedup_key: str
+    recipient: str
+    subject: str
+    body: str
+    attempts: int
+
+
+def select_for_dispatch(
+    conn: psycopg.Connection[Any], *, limit: int, redispatch_seconds: float, lease_seconds: float
+) -> list[tuple[int, int]]:
+    """Due outbox rows, marked dispatched now: (id, dispatch_count) for the run_key."""
+    rows = conn.execute(
+        """
+        WITH due AS (
+            SELECT id FROM notification_outbox
+            WHERE (status IN ('pending', 'failed') AND next_attempt_at <= now()
+                   AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at
+                        OR dispatched_at < now() - make_interval(secs => %(redispatch)s)))
+               OR (status = 'sending' AND claimed_at < now() - make_interval(secs => %(lease)s)
+                   AND (dispatched_at < claimed_at
+                        OR dispatched_at < now() - make_interval(secs => %(redispatch)s)))
+            ORDER BY id LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE notification_outbox o
+        SET dispatched_at = now(), dispatch_count = o.dispatch_count + 1
+        FROM due WHERE o.id = due.id
+        RETURNING o.id, o.dispatch_count
+        """,
+        {"limit": limit, "redispatch": redispatch_seconds, "lease": lease_seconds},
+    ).fetchall()
+    return sorted((int(r["id"]), int(r["dispatch_count"])) for r in rows)
+
+
+def claim(
+    conn: psycopg.Connection[Any], ids: Sequence[int], *, lease_seconds: float
+) -> list[OutboxRow]:
+    """Take the listed rows that are still due (SKIP LOCKED); they become `sending`."""
+    rows = conn.execute(
+        """
+        WITH mine AS (
+            SELECT id FROM notification_outbox
+            WHERE id = ANY(%(ids)s)
+              AND (status IN ('pending', 'failed')
+                   OR (status = 'sending'
+                       AND claimed_at < now() - make_interval(secs => %(lease)s)))
+            ORDER BY id FOR UPDATE SKIP LOCKED
+        )
+        UPDATE notification_outbox o
+        SET status = 'sending', attempts = o.attempts + 1, claimed_at = now()
+        FROM mine WHERE o.id = mine.id
+        RETURNING o.id, o.dedup_key, o.recipient, o.subject, o.body, o.attempts
+        """,
+        {"ids": list(ids), "lease": lease_seconds},
+    ).fetchall()
+    return sorted(
+        (
+            OutboxRow(
+                int(r["id"]), r["dedup_key"], r["recipient"], r["subject"], r["body"], r["attempts"]
+            )
+            for r in rows
+        ),
+        key=lambda r: r.id,
+    )
+
+
+def mark_sent(conn: psycopg.Connection[Any], row_id: int) -> None:
+    """The SMTP server accepted the message."""
+    conn.execute(
+        "UPDATE notification_outbox SET status = 'sent', sent_at = now(), last_error = NULL "
+        "WHERE id = %s",
+        (row_id,),
+    )
+
+
+def mark_failed(
+    conn: psycopg.Connection[Any],
+    row_id: int,
+    attempts: int,
+    error: str,
+    *,
+    max_attempts: int,
+    backoff_seconds: float,
+) -> str:
+    """Retry later with backoff, or `dead` after max_attempts; returns the new status."""
+    dead = attempts >= max_attempts
+    conn.execute(
+        """
+        UPDATE notification_outbox
+        SET status = %s, last_error = %s, claimed_at = NULL,
+            next_attempt_at = now() + make_interval(secs => %s)
+        WHERE id = %s
+        """,
+        ("dead" if dead else "failed", error[:2000], backoff_seconds, row_id),
+    )
+    return "dead" if dead else "failed"
+
+
+# ---- SMTP --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to submit mail: smtp:// (optionally ?starttls=true) or smtps://."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+    starttls: bool
+    timeout: float = 10.0
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """Parse SMTP_URL; errors name the setting, never the password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise BillingConfigError(
+            "SMTP_URL is invalid: expected smtp://user:password@host:587?starttls=true "
+            "or smtps://user:password@host:465"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise BillingConfigError("SMTP_URL is invalid: the port is not a number") from None
+    query = parse_qs(parts.query)
+    implicit = parts.scheme == "smtps"
+    return SmtpTarget(
+        host=parts.hostname,
+        port=port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        implicit_tls=implicit,
+        starttls=query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"),
+    )
+
+
+def message_id(dedup_key: str, domain: str) -> str:
+    """A stable Message-ID: a resend after a crash carries the same id, so clients dedupe."""
+    return f"<{hashlib.sha256(dedup_key.encode()).hexdigest()[:32]}@{domain}>"
+
+
+def build_message(row: OutboxRow, sender: str) -> EmailMessage:
+    """The RFC 5322 message for one outbox row."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = row.recipient
+    msg["Subject"] = row.subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = message_id(row.dedup_key, sender.rsplit("@", 1)[-1].strip("> "))
+    msg.set_content(row.body)
+    return msg
+
+
+def open_smtp(target: SmtpTarget) -> smtplib.SMTP:
+    """A connected (and authenticated, when configured) SMTP session."""
+    context = ssl.create_default_context()
+    server: smtplib.SMTP
+    if target.implicit_tls:
+        server = smtplib.SMTP_SSL(target.host, target.port, timeout=target.timeout, context=context)
+    else:
+        server = smtplib.SMTP(target.host, target.port, timeout=target.timeout)
+        if target.starttls:
+            server.starttls(context=context)
+    if target.username and target.password:
+        server.login(target.username, target.password)
+    return server
+
+
+def describe_smtp_error(exc: BaseException) -> str:
+    """A short, secret-free reason for a failed delivery."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else ""
+        return f"SMTP {exc.smtp_code}: {text[:200]}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing: the connection pool and the versioned schema migrations."""

@@ -1,0 +1,1 @@
+"""Reconciliation: Stripe snapshots, the diff against the tenant DB, the usage audit, health."""

@@ -1,0 +1,371 @@
+"""Usage against invoices: per tenant and closed billing period, every source side by side.
+
+For each metered invoice line the audit lines up, day by day over the line's period, the
+warehouse truth (distinct query ids), the stored `daily_tenant_usage`, the report ledger's last
+delivered total and Stripe's meter summary; then the invoice line's quantity and amount, and the
+amount recomputed from the catalog tiers. Every difference becomes a cause in plain words, and
+the money difference is what the invoice charged minus what the warehouse truth costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import psycopg
+from clickhouse_connect.driver.client import Client
+from psycopg.types.json import Jsonb
+
+from billing_pipelines.lib.catalog.plans import Plan
+from billing_pipelines.lib.notifications.emails import format_money, usage_explanation
+from billing_pipelines.lib.usage.warehouse import day_bounds
+
+QUERIES = "queries"
+
+
+def period_days(start: datetime, end: datetime) -> list[date]:
+    """UTC days whose meter event falls in [start, end): the day's midnight is in the period
+    (day totals are timestamped just after midnight, see meter_reports.event_timestamp)."""
+    first = start.astimezone(UTC).date()
+    if day_bounds(first)[0] < start:
+        first += timedelta(days=1)
+    days = []
+    day = first
+    while day_bounds(day)[0] < end:
+        days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def line_cents(plan: Plan, queries: int) -> int:
+    """The usage line amount Stripe should charge: graduated tiers, rounded half up."""
+    return int(plan.overage_cents(queries).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@dataclass(frozen=True)
+class BilledLine:
+    """One metered invoice line of a closed period, with the tenant it bills."""
+
+    invoice_id: str
+    line_id: str
+    customer_id: str
+    tenant_id: str | None
+    plan: Plan | None
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    quantity: int
+    amount: int
+    meter_id: str | None
+
+
+@dataclass(frozen=True)
+class DaySources:
+    """One day's billable queries as each source holds it."""
+
+    warehouse: int = 0
+    daily_usage: int = 0
+    ledger: int = 0
+    stripe: int = 0
+
+
+@dataclass
+class AuditRow:
+    """The side-by-side comparison of one tenant and billing period."""
+
+    line: BilledLine
+    warehouse: int
+    daily_usage: int
+    ledger: int
+    stripe: int
+    recomputed_amount: int  # catalog tiers applied to the warehouse truth
+    difference_cents: int  # invoice amount minus recomputed: > 0 over-charged
+    causes: list[str] = field(default_factory=list)
+    explanation: str = ""
+
+    @property
+    def clean(self) -> bool:
+        """Every source agrees and the money is right."""
+        return not self.causes and self.difference_cents == 0
+
+
+def _period(line: BilledLine) -> str:
+    end = line.period_end - timedelta(seconds=1)
+    return f"{line.period_start:%Y-%m-%d} to {end:%Y-%m-%d}"
+
+
+def explain_line(line: BilledLine) -> str:
+    """What support can paste to the customer about this invoice line."""
+    period = f"{_period(line)} (UTC)"
+    if line.plan is None:
+        return (
+            f"For {period} we billed {line.quantity:,} queries, "
+            f"{format_money(line.amount, line.currency)}."
+        )
+    return f"For {period}: {usage_explanation(line.plan, line.quantity, line.currency)}."
+
+
+def audit_line(line: BilledLine, days: Mapping[date, DaySources]) -> AuditRow:
+    """Compare every source for one billed line; each difference is a cause."""
+    causes: list[str] = []
+    for day in sorted(days):
+        s = days[day]
+        if s.warehouse != s.daily_usage:
+            causes.append(
+                f"{day}: daily_tenant_usage holds {s.daily_usage:,} queries, the warehouse "
+                f"{s.warehouse:,} (partition stale or not materialized: late events?)"
+            )
+        if s.daily_usage != s.ledger:
+            causes.append(
+                f"{day}: the report ledger delivered {s.ledger:,} queries, daily usage is "
+                f"{s.daily_usage:,}"
+                + (
+                    " (reported usage the warehouse does not have: double count)"
+                    if s.ledger > s.daily_usage
+                    else " (usage not reported to Stripe)"
+                )
+            )
+        if s.ledger != s.stripe:
+            causes.append(
+                f"{day}: Stripe's meter holds {s.stripe:,} queries, the ledger {s.ledger:,} "
+                "(meter events sent outside the ledger, or lost)"
+            )
+    warehouse = sum(s.warehouse for s in days.values())
+    stripe_total = sum(s.stripe for s in days.values())
+    if stripe_total != line.quantity:
+        causes.append(
+            f"the invoice bills {line.quantity:,} queries, Stripe's meter totals for the period "
+            f"are {stripe_total:,} (usage arrived after the invoice finalized?)"
+        )
+    if line.plan is None:
+        causes.append("tenant or plan unknown: the amount cannot be recomputed")
+        recomputed = line.amount
+    else:
+        if line.amount != line_cents(line.plan, line.quantity):
+            causes.append(
+                f"the invoice charges {format_money(line.amount, line.currency)} for "
+                f"{line.quantity:,} queries, the catalog tiers say "
+                f"{format_money(line_cents(line.plan, line.quantity), line.currency)} "
+                "(Stripe price differs from plans.toml)"
+            )
+        recomputed = line_cents(line.plan, warehouse)
+    difference = line.amount - recomputed
+    if difference:
+        word = "over-charged" if difference > 0 else "under-charged"
+        causes.append(
+            f"{word} by {format_money(abs(difference), line.currency)}: billed "
+            f"{format_money(line.amount, line.currency)} for {line.quantity:,} queries, the "
+            f"warehouse truth of {warehouse:,} queries costs "
+            f"{format_money(recomputed, line.currency)}"
+        )
+    return AuditRow(
+        line=line,
+        warehouse=warehouse,
+        daily_usage=sum(s.daily_usage for s in days.values()),
+        ledger=sum(s.ledger for s in days.values()),
+        stripe=stripe_total,
+        recomputed_amount=recomputed,
+        difference_cents=difference,
+        causes=causes,
+        explanation=explain_line(line),
+    )
+
+
+# ---- reading the sources -----------------------------------------------------------------------
+
+Conn = psycopg.Connection[Any]
+Key = tuple[str, date]  # (tenant_id, day)
+
+WAREHOUSE_SQL = """
+SELECT tenant_id, toDate(timestamp, 'UTC') AS day,
+       toInt64(uniqExactIf(query_id, event_type = 'query')) AS queries
+FROM usage_events
+WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
+  AND tenant_id IN {tenants:Array(String)}
+GROUP BY tenant_id, day
+"""
+
+
+def warehouse_queries(
+    client: Client, tenants: Iterable[str], first: date, last: date
+) -> dict[Key, int]:
+    """Distinct billable queries per (tenant, UTC day) in [first, last], from the warehouse."""
+    start, _ = day_bounds(first)
+    _, end = day_bounds(last)
+    result = client.query(
+        WAREHOUSE_SQL, parameters={"start": start, "end": end, "tenants": sorted(set(tenants))}
+    )
+    return {(str(t), d): int(q) for t, d, q in result.result_rows}
+
+
+def stored_queries(conn: Conn, tenants: Iterable[str], first: date, last: date) -> dict[Key, int]:
+    """daily_tenant_usage's billable queries per (tenant, day)."""
+    rows = conn.execute(
+        """
+        SELECT tenant_id, usage_date, billable_queries FROM daily_tenant_usage
+        WHERE usage_date BETWEEN %s AND %s AND tenant_id = ANY(%s)
+        """,
+        (first, last, sorted(set(tenants))),
+    ).fetchall()
+    return {(r["tenant_id"], r["usage_date"]): int(r["billable_queries"]) for r in rows}
+
+
+def ledger_queries(conn: Conn, tenants: Iterable[str], first: date, last: date) -> dict[Key, int]:
+    """The newest delivered value per (tenant, day) of the queries metric in the report ledger."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT ON (tenant_id, usage_date) tenant_id, usage_date, value
+        FROM usage_report_ledger
+        WHERE metric = %s AND status = 'delivered' AND usage_date BETWEEN %s AND %s
+          AND tenant_id = ANY(%s)
+        ORDER BY tenant_id, usage_date, value_version DESC
+        """,
+        (QUERIES, first, last, sorted(set(tenants))),
+    ).fetchall()
+    return {(r["tenant_id"], r["usage_date"]): int(r["value"]) for r in rows}
+
+
+def audit_lines(
+    lines: Iterable[BilledLine],
+    *,
+    warehouse: Mapping[Key, int],
+    stored: Mapping[Key, int],
+    ledger: Mapping[Key, int],
+    stripe_day_total: Callable[[BilledLine, date], int],
+) -> list[AuditRow]:
+    """Audit every line; `stripe_day_total` reads Stripe's meter summary for one day."""
+    rows = []
+    for line in lines:
+        tenant = line.tenant_id or ""
+        days = {
+            day: DaySources(
+                warehouse=warehouse.get((tenant, day), 0),
+                daily_usage=stored.get((tenant, day), 0),
+                ledger=ledger.get((tenant, day), 0),
+                stripe=stripe_day_total(line, day),
+            )
+            for day in period_days(line.period_start, line.period_end)
+        }
+        rows.append(audit_line(line, days))
+    return rows
+
+
+def billed_lines(
+    conn: Conn, snapshot_date: date, plans: Mapping[str, Plan], *, since: datetime
+) -> list[BilledLine]:
+    """Metered lines of finalized (closed) invoices in the snapshot whose period ends after
+    `since`, with the tenant and the plan Stripe billed."""
+    rows = conn.execute(
+        """
+        SELECT l.invoice_id, l.line_id, i.customer_id, t.tenant_id,
+               coalesce(s.plan, t.plan) AS plan, i.currency, l.period_start, l.period_end,
+               coalesce(l.quantity, 0) AS quantity, l.amount, l.meter_id
+        FROM stripe_invoice_line_snapshots l
+        JOIN stripe_invoice_snapshots i
+          ON i.snapshot_date = l.snapshot_date AND i.invoice_id = l.invoice_id
+        LEFT JOIN stripe_subscription_snapshots s
+          ON s.snapshot_date = i.snapshot_date AND s.subscription_id = i.subscription_id
+        LEFT JOIN tenants t ON t.stripe_customer_id = i.customer_id
+        WHERE l.snapshot_date = %s AND l.metered
+          AND i.status IN ('open', 'paid', 'uncollectible')
+          AND l.period_start IS NOT NULL AND l.period_end >= %s
+        ORDER BY t.tenant_id, l.period_start, l.invoice_id, l.line_id
+        """,
+        (snapshot_date, since),
+    ).fetchall()
+    return [
+        BilledLine(
+            invoice_id=r["invoice_id"],
+            line_id=r["line_id"],
+            customer_id=r["customer_id"],
+            tenant_id=r["tenant_id"],
+            plan=plans.get(r["plan"]) if r["plan"] else None,
+            currency=r["currency"],
+            period_start=r["period_start"],
+            period_end=r["period_end"],
+            quantity=int(r["quantity"]),
+            amount=int(r["amount"]),
+            meter_id=r["meter_id"],
+        )
+        for r in rows
+    ]
+
+
+def fee_explanations(
+    conn: Conn, snapshot_date: date, invoice_ids: Iterable[str], plans: Mapping[str, Plan]
+) -> list[tuple[str, str, str]]:
+    """(invoice, line, sentence) for the non-usage lines of these invoices: base fees and
+    prorations, in words support can paste to a customer."""
+    rows = conn.execute(
+        """
+        SELECT l.invoice_id, l.line_id, l.amount, l.period_start, l.period_end, l.description,
+               i.currency, coalesce(s.plan, t.plan) AS plan
+        FROM stripe_invoice_line_snapshots l
+        JOIN stripe_invoice_snapshots i
+          ON i.snapshot_date = l.snapshot_date AND i.invoice_id = l.invoice_id
+        LEFT JOIN stripe_subscription_snapshots s
+          ON s.snapshot_date = i.snapshot_date AND s.subscription_id = i.subscription_id
+        LEFT JOIN tenants t ON t.stripe_customer_id = i.customer_id
+        WHERE l.snapshot_date = %s AND NOT l.metered AND l.invoice_id = ANY(%s)
+        ORDER BY l.invoice_id, l.line_id
+        """,
+        (snapshot_date, sorted(set(invoice_ids))),
+    ).fetchall()
+    out = []
+    for r in rows:
+        plan = plans.get(r["plan"]) if r["plan"] else None
+        money = format_money(int(r["amount"]), r["currency"])
+        period = ""
+        if r["period_start"] and r["period_end"]:
+            end = r["period_end"] - timedelta(seconds=1)
+            period = f"For {r['period_start']:%Y-%m-%d} to {end:%Y-%m-%d} (UTC): "
+        if plan is not None and int(r["amount"]) == plan.base_monthly_cents:
+            text = f"{period}the {plan.name} plan's monthly base fee, {money}."
+        else:
+            what = r["description"] or "an adjustment (proration or credit)"
+            text = f"{period}{what}, {money}."
+        out.append((r["invoice_id"], r["line_id"], text))
+    return out
+
+
+def store(conn: Conn, audit_date: date, rows: Iterable[AuditRow]) -> int:
+    """Replace the day's audit rows."""
+    conn.execute("DELETE FROM usage_invoice_audit WHERE audit_date = %s", (audit_date,))
+    params = [
+        (
+            audit_date,
+            r.line.invoice_id,
+            r.line.line_id,
+            r.line.tenant_id,
+            r.line.customer_id,
+            r.line.plan.key if r.line.plan else None,
+            r.line.period_start,
+            r.line.period_end,
+            r.warehouse,
+            r.daily_usage,
+            r.ledger,
+            r.stripe,
+            r.line.quantity,
+            r.line.amount,
+            r.recomputed_amount,
+            r.difference_cents,
+            Jsonb(r.causes),
+            r.explanation,
+        )
+        for r in rows
+    ]
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO usage_invoice_audit (audit_date, invoice_id, line_id, tenant_id,
+                customer_id, plan, period_start, period_end, warehouse_queries,
+                daily_usage_queries, ledger_queries, stripe_meter_queries, invoice_quantity,
+                invoice_amount, recomputed_amount, difference_cents, causes, explanation)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            params,
+        )
+    return len(params)

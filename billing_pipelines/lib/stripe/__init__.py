@@ -1,0 +1,1 @@
+"""The Stripe boundary: the only code that talks to Stripe through its SDK."""

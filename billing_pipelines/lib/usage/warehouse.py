@@ -1,0 +1,134 @@
+"""The usage warehouse (ClickHouse over HTTP via clickhouse-connect): one code path everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import unquote, urlsplit
+
+import clickhouse_connect
+import pandas as pd
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from billing_pipelines.lib.errors import (
+    BillingConfigError,
+    ServiceUnavailableError,
+    describe_connection_error,
+    redact_url,
+)
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_DDL
+
+
+@dataclass(frozen=True)
+class WarehouseAddress:
+    """Where the warehouse is, parsed from CLICKHOUSE_URL."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    database: str
+    secure: bool
+
+
+def parse_clickhouse_url(url: str) -> WarehouseAddress:
+    """Split CLICKHOUSE_URL into client arguments, or fail naming the setting."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https", "clickhouse"} or not parts.hostname:
+        raise BillingConfigError(
+            "CLICKHOUSE_URL is invalid: expected http(s)://user:password@host:8123/database"
+        )
+    secure = parts.scheme == "https"
+    try:
+        port = parts.port or (8443 if secure else 8123)
+    except ValueError:
+        raise BillingConfigError("CLICKHOUSE_URL is invalid: the port is not a number") from None
+    return WarehouseAddress(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username or "default"),
+        password=unquote(parts.password or ""),
+        database=parts.path.strip("/") or "default",
+        secure=secure,
+    )
+
+
+def connect(url: str, *, connect_timeout: int = 10, send_receive_timeout: int = 300) -> Client:
+    """A clickhouse-connect client built exactly as production builds it."""
+    address = parse_clickhouse_url(url)
+    try:
+        return clickhouse_connect.get_client(
+            host=address.host,
+            port=address.port,
+            username=address.username,
+            password=address.password,
+            database=address.database,
+            secure=address.secure,
+            connect_timeout=connect_timeout,
+            send_receive_timeout=send_receive_timeout,
+            # Results are small aggregates; compression still pays for raw-event audits.
+            compress=True,
+        )
+    except OperationalError as exc:
+        raise ServiceUnavailableError(
+            f"CLICKHOUSE_URL: cannot reach {redact_url(url)} ({describe_connection_error(exc)})"
+        ) from None
+
+
+def ensure_usage_schema(client: Client) -> None:
+    """Create usage_events if missing (a no-op on a production warehouse that already has it)."""
+    client.command(USAGE_EVENTS_DDL)
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The UTC half-open interval [00:00, next 00:00) that a daily partition covers."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+# Billable queries are distinct query ids, never rows: the RAG API's cache can log one query twice.
+# Tokens and embeddings are taken once per distinct (query, kind) for the same reason.
+DAILY_USAGE_SQL = """
+SELECT
+    tenant_id,
+    toInt64(countIf(event_type = 'query'))  AS billable_queries,
+    toInt64(sum(tokens))                    AS tokens,
+    toInt64(sum(embeddings))                AS embeddings,
+    toInt64(sum(copies))                    AS raw_events,
+    toInt64(sum(copies) - count())          AS duplicate_events
+FROM
+(
+    SELECT
+        tenant_id,
+        query_id,
+        event_type,
+        any(tokens_used)      AS tokens,
+        any(embeddings_count) AS embeddings,
+        count()               AS copies
+    FROM usage_events
+    WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
+    GROUP BY tenant_id, query_id, event_type
+)
+GROUP BY tenant_id
+ORDER BY tenant_id
+"""
+
+DAILY_USAGE_COLUMNS = [
+    "tenant_id",
+    "billable_queries",
+    "tokens",
+    "embeddings",
+    "raw_events",
+    "duplicate_events",
+]
+
+
+def daily_usage(client: Client, day: date) -> pd.DataFrame:
+    """Per-tenant usage for one UTC day, computed in the warehouse with bound parameters."""
+    start, end = day_bounds(day)
+    result = client.query(DAILY_USAGE_SQL, parameters={"start": start, "end": end})
+    frame = pd.DataFrame(result.result_rows, columns=DAILY_USAGE_COLUMNS)
+    for column in DAILY_USAGE_COLUMNS[1:]:
+        frame[column] = frame[column].astype("int64")
+    return frame

@@ -1,0 +1,190 @@
+"""`make demo`: the local pipeline end to end on the embedded services, with a readable summary."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import psycopg
+
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.settings import billing_home, load_sandbox_env, load_settings
+from billing_sandbox import services, usage_generator
+
+Echo = Callable[[str], object]
+
+# Share of demo tenants on each plan, and how much of its included quantity a tenant uses in a
+# month (below 1.0 pays the base fee only, above pays overage).
+PLAN_MIX = (("starter", 0.56), ("pro", 0.34), ("enterprise", 0.10))
+USAGE_FACTOR = {"starter": (0.5, 1.8), "pro": (0.5, 1.5), "enterprise": (0.1, 0.4)}
+
+
+@dataclass(frozen=True)
+class DemoTenant:
+    """A simulated customer of the RAG API."""
+
+    tenant_id: str
+    plan: str
+    monthly_queries: int
+
+
+def demo_tenants(count: int, seed: int) -> list[DemoTenant]:
+    """Deterministic tenants across plans, some under and some over their included queries."""
+    rng = random.Random(seed)
+    catalog = load_catalog()
+    tenants = []
+    for index in range(count):
+        roll, cumulative, plan = rng.random(), 0.0, PLAN_MIX[-1][0]
+        for key, share in PLAN_MIX:
+            cumulative += share
+            if roll < cumulative:
+                plan = key
+                break
+        low, high = USAGE_FACTOR[plan]
+        included = catalog.plan(plan).included_queries
+        tenants.append(
+            DemoTenant(f"t{index + 1:03d}", plan, int(included * rng.uniform(low, high)))
+        )
+    return tenants
+
+
+def _store_tenants(database_url: str, tenants: list[DemoTenant]) -> None:
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO tenants (tenant_id, name, email, plan, billing_status)
+            VALUES (%s, %s, %s, %s, 'active')
+            ON CONFLICT (tenant_id) DO UPDATE SET plan = EXCLUDED.plan, updated_at = now()
+            """,
+            [
+                (t.tenant_id, f"Tenant {t.tenant_id}", f"billing+{t.tenant_id}@example.com", t.plan)
+                for t in tenants
+            ],
+        )
+
+
+def _require_embedded() -> None:
+    """The demo wipes the warehouse table: never let it near a real one."""
+    exported = load_sandbox_env()
+    for name in ("DATABASE_URL", "CLICKHOUSE_URL"):
+        if os.environ.get(name) and name not in exported and not _points_at_sandbox(name):
+            raise BillingConfigError(
+                f"{name} is set: `billing demo` only runs on the embedded services "
+                "(it replaces the warehouse's usage); unset it to run the demo"
+            )
+
+
+def _points_at_sandbox(name: str) -> bool:
+    path = billing_home() / services.ENV_FILE
+    return path.exists() and f"{name}={os.environ[name]}" in path.read_text()
+
+
+def generate(
+    tenant_count: int, start: date, days: int, seed: int, scale: float = 1.0
+) -> usage_generator.GenerationSummary:
+    """Create the demo tenants and insert their synthetic usage into the warehouse."""
+    settings = load_settings()
+    tenants = demo_tenants(tenant_count, seed)
+    _store_tenants(settings.require_database_url(), tenants)
+    client = warehouse.connect(settings.require_clickhouse_url())
+    warehouse.ensure_usage_schema(client)
+    return usage_generator.generate_usage(
+        client,
+        [t.tenant_id for t in tenants],
+        start=start,
+        days=days,
+        seed=seed,
+        monthly_queries={t.tenant_id: max(1, int(t.monthly_queries * scale)) for t in tenants},
+    )
+
+
+def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
+    """Start services, simulate a billing month on a test clock, and print the report."""
+    from billing_sandbox import month
+
+    started = time.monotonic()
+    _require_embedded()
+    echo("1/3 starting embedded PostgreSQL and the chDB warehouse bridge ...")
+    env = services.up(billing_home(), with_stripe=False)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    settings = load_settings()
+    database_url = settings.require_database_url()
+    clickhouse_url = settings.require_clickhouse_url()
+    echo("2/3 simulating a billing month day by day on a Stripe test clock ...")
+
+    def final_report(result: month.MonthResult) -> None:
+        echo("3/3 report")
+        month.report(result, echo)
+        last = result.start + timedelta(days=result.days - 1)
+        client = warehouse.connect(clickhouse_url)
+        _print_summary(database_url, client, result.start, last, echo)
+
+    result = month.simulate(
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        tenant_count=tenant_count,
+        seed=seed,
+        echo=echo,
+        on_done=final_report,
+    )
+    if result.failed_runs:
+        raise RuntimeError(f"{len(result.failed_runs)} run(s) failed: {result.failed_runs[:5]}")
+    phases = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.timings.items())
+    echo(f"    time by phase: {phases}")
+    requests = ", ".join(f"{name} {count:,}" for name, count in result.stripe_requests.items())
+    echo(
+        f"    Stripe requests by phase: {requests}; answered 429 (then retried): "
+        f"{result.stripe_throttled:,}"
+    )
+    echo(
+        f"done in {time.monotonic() - started:.0f}s. Browse the runs, lineage, checks and "
+        "billing_health: make ui (the same Dagster instance)"
+    )
+
+
+def _print_summary(database_url: str, client: object, first: date, last: date, echo: Echo) -> None:
+    catalog = load_catalog()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            SELECT t.tenant_id, t.plan, coalesce(sum(u.billable_queries), 0)::bigint AS queries,
+                   coalesce(sum(u.duplicate_events), 0)::bigint AS duplicates
+            FROM tenants t
+            LEFT JOIN daily_tenant_usage u
+              ON u.tenant_id = t.tenant_id AND u.usage_date BETWEEN %s AND %s
+            GROUP BY t.tenant_id, t.plan ORDER BY t.tenant_id
+            """,
+            (first, last),
+        ).fetchall()
+    start, _ = warehouse.day_bounds(first)
+    _, end = warehouse.day_bounds(last)
+    truth = client.query(  # type: ignore[attr-defined]
+        "SELECT uniqExact(query_id) FROM usage_events WHERE event_type = 'query' "
+        "AND timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}",
+        parameters={"start": start, "end": end},
+    ).result_rows[0][0]
+    stored = sum(r[2] for r in rows)
+    verdict = "match" if stored == truth else f"MISMATCH by {stored - truth:+,}"
+    echo(f"    warehouse distinct queries {truth:,} vs daily_tenant_usage {stored:,}: {verdict}")
+    echo(f"    duplicate events removed before billing: {sum(r[3] for r in rows):,}")
+    echo("")
+    echo(f"    {'plan':<11}{'tenants':>8}{'queries':>14}{'over included':>15}{'bill (USD)':>14}")
+    total_cents = 0
+    for key, plan in catalog.plans.items():
+        mine = [r for r in rows if r[1] == key]
+        queries = sum(r[2] for r in mine)
+        over = sum(1 for r in mine if r[2] > plan.included_queries)
+        cents = sum(plan.period_total_cents(r[2]) for r in mine)
+        total_cents += cents
+        echo(f"    {key:<11}{len(mine):>8}{queries:>14,}{over:>15}{cents / 100:>14,.2f}")
+    echo(f"    {'total':<11}{len(rows):>8}{stored:>14,}{'':>15}{total_cents / 100:>14,.2f}")
+    echo("    (bill = base fee + overage above the included queries, for the days shown)")
+    if stored != truth:
+        raise RuntimeError("daily_tenant_usage does not match the warehouse truth")

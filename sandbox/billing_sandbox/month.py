@@ -1,0 +1,558 @@
+"""The simulated month: a full billing period and renewal, driven day by day on a test clock.
+
+Everything runs for real: embedded PostgreSQL, the chDB warehouse bridge, the Stripe sandbox
+(in this process, so deliveries can be awaited), the webhook receiver on loopback, and the
+project's own assets, sensors and jobs on the Dagster instance. Only the daemon is replaced:
+`SensorPump` evaluates the sensors and launches what they request, honouring run_keys, as the
+daemon would, so the demo does not wait for the daemon's 30-second ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import psycopg
+import stripe
+import uvicorn
+from dateutil.relativedelta import relativedelta
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.webhooks.app import ReceiverConfig, create_app
+from billing_sandbox import usage_generator
+from billing_sandbox.demo import demo_tenants
+from billing_sandbox.services import free_port
+from billing_sandbox.stripe import Chaos, SandboxHandle, Settings, run_in_thread
+
+Echo = Callable[[str], object]
+HOUR, DAY = 3600, 86_400
+SANDBOX_KEY = "sk_test_billing_pipelines_demo"
+# The sensors the daemon would tick; the pump evaluates them in this order.
+PUMPED_SENSORS = ("webhook_events_sensor", "dunning_sensor", "notification_outbox_sensor")
+
+
+@dataclass
+class SensorPump:
+    """Evaluates sensors and runs their requests in-process, skipping run_keys seen before."""
+
+    definitions: dg.Definitions
+    instance: dg.DagsterInstance
+    # Resources already set up (see `sensor_resources`); unset, each tick sets them up afresh.
+    resources: Mapping[str, dg.ResourceDefinition] | None = None
+    run_keys: set[str] = field(default_factory=set)
+    cursors: dict[str, str | None] = field(default_factory=dict)
+    runs: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+
+    def pump(self, max_rounds: int = 20) -> int:
+        """Tick every sensor until none requests a new run; returns the runs launched."""
+        launched = 0
+        resources = self.resources or self.definitions.resources or {}
+        for _ in range(max_rounds):
+            new = 0
+            for name in PUMPED_SENSORS:
+                sensor = self.definitions.resolve_sensor_def(name)
+                with dg.build_sensor_context(
+                    instance=self.instance, cursor=self.cursors.get(name), resources=resources
+                ) as context:
+                    result = sensor(context)
+                if not isinstance(result, dg.SensorResult):
+                    continue
+                self.cursors[name] = result.cursor
+                assert sensor.job_name is not None, f"{name} targets no job"
+                job = self.definitions.resolve_job_def(sensor.job_name)
+                for request in result.run_requests or []:
+                    if request.run_key in self.run_keys:
+                        continue
+                    if request.run_key:
+                        self.run_keys.add(request.run_key)
+                    outcome = job.execute_in_process(
+                        run_config={
+                            **(request.run_config or {}),
+                            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+                        },
+                        instance=self.instance,
+                        tags={**request.tags, "demo": "simulated_month"},
+                        raise_on_error=False,
+                    )
+                    self.runs[job.name] += 1
+                    if not outcome.success:
+                        self.failed.append(f"{job.name} {request.run_key}")
+                    new += 1
+            launched += new
+            if new == 0:
+                return launched
+        return launched
+
+
+@contextmanager
+def sensor_resources(definitions: dg.Definitions) -> Iterator[dict[str, dg.ResourceDefinition]]:
+    """The pumped sensors' resources, set up once for the month rather than once per tick.
+
+    The daemon sets them up on every tick; over ~250 ticks that is a connection pool opened
+    and closed each time, which the month does not need to re-prove.
+    """
+    keys: set[str] = set()
+    for name in PUMPED_SENSORS:
+        keys |= definitions.resolve_sensor_def(name).required_resource_keys
+    declared = definitions.resources or {}
+    with dg.build_resources({key: declared[key] for key in keys}) as live:
+        yield {key: dg.ResourceDefinition.hardcoded_resource(getattr(live, key)) for key in keys}
+
+
+class _Receiver:
+    """The project's webhook receiver under uvicorn on a loopback port, in a thread."""
+
+    def __init__(self, database_url: str, secret: str, port: int) -> None:
+        config = ReceiverConfig(database_url=database_url, secrets=[secret])
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, name="receiver", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the webhook receiver did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Who each simulated tenant is: plan, card story and usage."""
+
+    tenant_id: str
+    plan: str
+    monthly_queries: int
+    card: str  # good | fails_later | recovers | declined_at_signup | none_trial | good_trial
+
+
+CARD_MIX = (
+    ("good", 0.52),
+    ("good_trial", 0.14),
+    ("none_trial", 0.08),
+    ("fails_later", 0.10),
+    ("recovers", 0.10),
+    ("declined_at_signup", 0.06),
+)
+
+
+def cast(tenant_count: int, seed: int) -> list[Cast]:
+    """Deterministic tenants with a card story each (every story appears at least once)."""
+    rng = random.Random(seed + 1)
+    stories = [story for story, _ in CARD_MIX]
+    people = []
+    for index, tenant in enumerate(demo_tenants(tenant_count, seed)):
+        if index < len(stories):
+            story = stories[index]
+        else:
+            story = rng.choices(stories, weights=[w for _, w in CARD_MIX])[0]
+        people.append(Cast(tenant.tenant_id, tenant.plan, tenant.monthly_queries, story))
+    return people
+
+
+def month_start(today: date) -> date:
+    """The simulated period: the first of the month that began at least 45 days ago."""
+    back = today - timedelta(days=45)
+    return back.replace(day=1)
+
+
+def _reset(database_url: str, clickhouse: Any) -> None:
+    """The demo owns the embedded services: start from empty billing tables and warehouse."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'billing_schema_version'"
+            )
+        ]
+        if tables:
+            conn.execute(
+                sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                    sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+                )
+            )
+    warehouse.ensure_usage_schema(clickhouse)
+    clickhouse.command("TRUNCATE TABLE usage_events")
+
+
+def _advance(sandbox: SandboxHandle, clock: str, to: int) -> None:
+    sandbox.advance_clock(clock, to)
+    assert sandbox.state.webhooks is not None
+    sandbox.state.webhooks.drain(30)
+
+
+@dataclass(frozen=True)
+class DayContext:
+    """What a test hook may touch on a simulated day (after the clock moved, before sensors)."""
+
+    offset: int
+    day: date
+    client: stripe.StripeClient
+    sandbox: SandboxHandle
+    clock: str
+    database_url: str
+    pump: SensorPump
+    people: list[Cast]
+
+
+@dataclass
+class MonthResult:
+    """What happened, for the report and the tests."""
+
+    start: date
+    days: int
+    people: list[Cast]
+    onboarding: Counter[str]
+    runs: Counter[str]
+    failed_runs: list[str]
+    seconds: float
+    client: stripe.StripeClient
+    database_url: str
+    customers: dict[str, str]
+    timings: dict[str, float]
+    stripe_requests: Counter[str]  # by phase
+    stripe_throttled: int  # answered 429 by the sandbox's rate limiter
+    checks: dict[str, bool]
+    reconciliation_ok: bool
+
+
+def simulate(
+    *,
+    database_url: str,
+    clickhouse_url: str,
+    tenant_count: int = 50,
+    seed: int = 7,
+    start: date | None = None,
+    echo: Echo = print,
+    usage_scale: float = 1.0,
+    on_done: Callable[[MonthResult], object] | None = None,
+    webhook_chaos: Chaos | None = None,
+    hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
+) -> MonthResult:
+    """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
+
+    `on_done` runs while the sandbox still serves (the report reads invoices from it).
+    """
+    started = time.monotonic()
+    timings: dict[str, float] = {}  # seconds per phase
+    calls: Counter[str] = Counter()  # Stripe requests per phase
+    seen = {"requests": 0}
+
+    def timed(phase: str, since: float) -> float:
+        now = time.monotonic()
+        timings[phase] = timings.get(phase, 0.0) + now - since
+        total = sandbox.requests
+        calls[phase] += total - seen["requests"]
+        seen["requests"] = total
+        return now
+
+    first = start or month_start(datetime.now(UTC).date())
+    # One billing period: Stripe anchors monthly subscriptions on their start date.
+    days = (first + relativedelta(months=1) - first).days
+    t0 = int(datetime.combine(first, datetime.min.time(), tzinfo=UTC).timestamp())
+    catalog = load_catalog()
+    clickhouse = warehouse.connect(clickhouse_url)
+    _reset(database_url, clickhouse)
+
+    # Stripe's test-mode limits (the sandbox's default): every call is paced and retried.
+    sandbox = run_in_thread(port=0, webhook_chaos=webhook_chaos)
+    # Stripe retries webhooks for days; a demo month compresses that to seconds.
+    sandbox.state.settings = Settings(webhook_backoff_seconds=[0.2, 0.5, 1.0, 2.0])
+    receiver_port = free_port()
+    # Runs read Stripe's address from the environment: point them at this sandbox, and put
+    # back whatever was there when the month is over.
+    saved_env = {key: os.environ.get(key) for key in ("STRIPE_API_BASE", "STRIPE_API_KEY")}
+    os.environ["STRIPE_API_BASE"] = sandbox.url
+    os.environ["STRIPE_API_KEY"] = SANDBOX_KEY
+    client = stripe_api.make_client(SANDBOX_KEY, api_base=sandbox.url)
+    endpoint = client.v1.webhook_endpoints.create(
+        {"url": f"http://127.0.0.1:{receiver_port}/webhooks/stripe", "enabled_events": ["*"]}
+    )
+    assert endpoint.secret
+    receiver = _Receiver(database_url, endpoint.secret, receiver_port)
+    from billing_pipelines.definitions import defs
+    from billing_pipelines.runs import materialize_asset, materialize_days
+
+    definitions = defs()
+    instance = dg.DagsterInstance.get()
+    # Dagster's Postgres storages open a new connection per stored event unless told they are
+    # a long-lived process; the month is one, and ~120 runs of event writes add up.
+    instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
+    pump = SensorPump(definitions, instance)
+    cleanup = ExitStack()
+    try:
+        pump.resources = cleanup.enter_context(sensor_resources(definitions))
+        echo(f"    Stripe sandbox {sandbox.url}, webhook receiver :{receiver_port}")
+        if not materialize_asset("stripe_catalog"):
+            raise RuntimeError("stripe_catalog failed")
+        clock = str(client.v1.test_helpers.test_clocks.create({"frozen_time": t0}).id)
+        people = cast(tenant_count, seed)
+        onboarding: Counter[str] = Counter()
+        customers: dict[str, str] = {}
+        echo(f"    onboarding {len(people)} tenants on a test clock at {first} ...")
+        mark = time.monotonic()
+        for person in people:
+            story = _onboard(database_url, client, catalog, clock, person)
+            onboarding[story] += 1
+        with psycopg.connect(database_url) as conn:
+            customers = dict(
+                conn.execute("SELECT tenant_id, stripe_customer_id FROM tenants").fetchall()
+            )
+        mark = timed("onboarding", mark)
+        pump.pump()
+        mark = timed("sensors and their runs", mark)
+        summary = usage_generator.generate_usage(
+            clickhouse,
+            [p.tenant_id for p in people],
+            start=first,
+            days=days,
+            seed=seed,
+            monthly_queries={
+                p.tenant_id: max(1, int(p.monthly_queries * usage_scale)) for p in people
+            },
+        )
+        echo(
+            f"    {summary.rows_inserted:,} usage events for {first} .. "
+            f"{first + timedelta(days=days - 1)} ({summary.duplicates:,} cache duplicates, "
+            f"{summary.late_events:,} late)"
+        )
+        timed("usage generation", mark)
+        # Day by day through the period, then ten days of renewal, finalization and retries.
+        for offset in range(days + 10):
+            day = first + timedelta(days=offset)
+            mark = time.monotonic()
+            # 00:30 the next morning: inside the hour before an invoice finalizes.
+            _advance(sandbox, clock, t0 + (offset + 1) * DAY + 30 * 60)
+            mark = timed("stripe clock and webhooks", mark)
+            if offset < days:
+                for _, ok in materialize_days(
+                    "usage_to_stripe_job",
+                    day,
+                    day,
+                    echo=None,
+                    instance=instance,
+                ):
+                    if not ok:
+                        pump.failed.append(f"usage_to_stripe_job {day}")
+            mark = timed("usage and meter push runs", mark)
+            _story_events(client, database_url, catalog, people, offset, days)
+            if hooks and offset in hooks:
+                hooks[offset](
+                    DayContext(offset, day, client, sandbox, clock, database_url, pump, people)
+                )
+            launched = pump.pump()
+            timed("sensors and their runs", mark)
+            what = "usage pushed" if offset < days else "renewal, payments and retries"
+            echo(
+                f"    day {offset + 1:>2}/{days + 10} {day}: {what}, {launched} sensor run(s), "
+                f"{time.monotonic() - started:.0f}s"
+            )
+        # Let the last finalizations, payments and deliveries land.
+        _advance(sandbox, clock, t0 + (days + 10) * DAY + 2 * HOUR)
+        pump.pump()
+        mark = time.monotonic()
+        reconciliation = definitions.resolve_job_def("reconciliation_job").execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags={"demo": "simulated_month"},
+            raise_on_error=False,
+        )
+        checks = {e.check_name: e.passed for e in reconciliation.get_asset_check_evaluations()}
+        # Failed checks are findings (drift is an alert, not a crash): the report lists them,
+        # and a run that failed outright is kept apart from the sensors' runs.
+        timed("reconciliation", mark)
+        sandbox.state.snapshot(f"{instance.root_directory}/stripe_sandbox_state.pickle")
+        result = MonthResult(
+            start=first,
+            days=days,
+            people=people,
+            onboarding=onboarding,
+            runs=pump.runs,
+            failed_runs=pump.failed,
+            seconds=time.monotonic() - started,
+            client=client,
+            database_url=database_url,
+            customers=customers,
+            timings=timings,
+            stripe_requests=calls,
+            stripe_throttled=sandbox.throttled,
+            checks=checks,
+            reconciliation_ok=reconciliation.success,
+        )
+        if on_done is not None:
+            on_done(result)
+        return result
+    finally:
+        cleanup.close()
+        receiver.stop()
+        sandbox.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _onboard(
+    database_url: str, client: stripe.StripeClient, catalog: Any, clock: str, person: Cast
+) -> str:
+    card = {
+        "good": "pm_card_visa",
+        "fails_later": "pm_card_visa",
+        "recovers": "pm_card_visa",
+        "good_trial": "pm_card_visa",
+        "declined_at_signup": "pm_card_visa_chargeDeclinedInsufficientFunds",
+        "none_trial": None,
+    }[person.card]
+    trial = person.card in {"good_trial", "none_trial"}
+    request = lifecycle.OnboardRequest(
+        tenant_id=person.tenant_id,
+        name=f"Tenant {person.tenant_id}",
+        email=f"billing+{person.tenant_id}@example.com",
+        plan=person.plan,
+        payment_method=card,
+        trial=trial,
+        test_clock=clock,
+    )
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        try:
+            with conn.transaction():
+                lifecycle.onboard(conn, client, catalog, request)
+            return person.card
+        except stripe.CardError:
+            # The bank refused the card when it was attached: sign up on a trial without it,
+            # as a signup form would, and let the trial-reminder path ask for a card.
+            with conn.transaction():
+                lifecycle.onboard(
+                    conn,
+                    client,
+                    catalog,
+                    lifecycle.OnboardRequest(
+                        **{**request.__dict__, "payment_method": None, "trial": True}
+                    ),
+                )
+            return "declined_at_signup"
+
+
+def _story_events(
+    client: stripe.StripeClient,
+    database_url: str,
+    catalog: Any,
+    people: list[Cast],
+    offset: int,
+    days: int,
+) -> None:
+    """Scripted customer behaviour: cards that start failing mid-month, and recoveries."""
+    actions: list[tuple[str, str]] = []
+    if offset == 10:
+        # Their card expires: every later charge fails.
+        actions = [
+            (p.tenant_id, "pm_card_chargeCustomerFail")
+            for p in people
+            if p.card in {"fails_later", "recovers"}
+        ]
+    elif offset == days + 4:
+        # After the first dunning emails, some customers put in a working card.
+        actions = [(p.tenant_id, "pm_card_visa") for p in people if p.card == "recovers"]
+    if not actions:
+        return
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        for tenant_id, card in actions:
+            with conn.transaction():
+                lifecycle.update_payment_method(
+                    conn, client, catalog, tenant_id, card, actor="demo.customer"
+                )
+
+
+def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
+    """The readable end-of-month report; returns the numbers it printed (for tests)."""
+    invoices = list(result.client.v1.invoices.list({"limit": 100}).auto_paging_iter())
+    ours = [i for i in invoices if i.customer in set(result.customers.values())]
+    paid = [i for i in ours if i.status == "paid"]
+    recovered = [i for i in paid if (i.attempt_count or 0) > 1]
+    failed = [i for i in ours if i.status in {"open", "uncollectible"} and (i.attempt_count or 0)]
+    revenue = sum(int(i.amount_paid or 0) for i in paid)
+    with psycopg.connect(result.database_url, row_factory=dict_row) as conn:
+        steps = {
+            int(r["step"]): int(r["n"])
+            for r in conn.execute(
+                "SELECT step, count(*) AS n FROM dunning_actions GROUP BY step"
+            ).fetchall()
+        }
+        statuses = Counter(
+            r["billing_status"]
+            for r in conn.execute("SELECT billing_status FROM tenants").fetchall()
+        )
+        reactivated = conn.execute(
+            "SELECT count(DISTINCT entity_id) AS n FROM audit_log "
+            "WHERE action = 'tenant.reactivate'"
+        ).fetchone()
+        emails = conn.execute(
+            "SELECT template, count(*) AS n FROM notification_outbox GROUP BY template"
+        ).fetchall()
+    trials = [p for p in result.people if p.card in {"good_trial", "none_trial"}]
+    converted = sum(1 for p in trials if p.card == "good_trial")
+    numbers = {
+        "invoices": len(ours),
+        "paid": len(paid),
+        "recovered": len(recovered),
+        "failed": len(failed),
+        "revenue_cents": revenue,
+        "suspended": statuses.get("suspended", 0) + statuses.get("unpaid", 0),
+        "reactivated": int(reactivated["n"]) if reactivated else 0,
+    }
+    echo(
+        f"    invoices issued {len(ours)}: paid {len(paid)} (recovered after a failure "
+        f"{len(recovered)}), still failing {len(failed)}"
+    )
+    echo(f"    revenue collected ${revenue / 100:,.2f}")
+    funnel = ", ".join(f"step {k}: {v}" for k, v in sorted(steps.items())) or "no failures"
+    echo(
+        f"    dunning funnel: {funnel}; suspended now {numbers['suspended']}, "
+        f"reactivated {numbers['reactivated']}"
+    )
+    echo(
+        f"    trials: {converted} converted with a card, "
+        f"{statuses.get('paused', 0)} paused at trial end without one"
+    )
+    echo("    tenants by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    echo("    emails: " + ", ".join(f"{r['template']} {r['n']}" for r in emails))
+    echo(
+        f"    runs launched by sensors: {sum(result.runs.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(result.runs.items()))}); "
+        f"failed runs: {len(result.failed_runs)}"
+    )
+    failing = sorted(name for name, passed in result.checks.items() if not passed)
+    numbers["failing_checks"] = len(failing)
+    echo(
+        f"    reconciliation: {len(result.checks)} asset checks, "
+        + (f"failing: {', '.join(failing)}" if failing else "all pass")
+        + ("" if result.reconciliation_ok else "; reconciliation_job FAILED (see the UI)")
+    )
+    audit = result.checks.get("usage_matches_invoices")
+    if audit is None:
+        verdict = "not evaluated"
+    else:
+        verdict = "zero difference" if audit else "DIFFERENCES (see usage_invoice_audit)"
+    echo(f"    usage vs invoices audit (every tenant, closed period): {verdict}")
+    return numbers
