@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox
+	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox billing_pipelines_tests bench
 	$(BIN)/lint-imports
 
 test: $(VENV)/.installed lint

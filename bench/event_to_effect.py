@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,10 @@ class Bench:
             ).fetchone()
         return None if row is None else str(row[0])
 
+    def is_canceled(self, tenant: str) -> bool:
+        """The webhook's effect landed: the tenant's billing status is canceled."""
+        return self.status(tenant) == "canceled"
+
     def cancel_row(self, subscription: str) -> dict[str, Any] | None:
         """The queue row of the cancellation event, once the receiver stored it."""
         with psycopg.connect(self.db, row_factory=dict_row) as conn:
@@ -207,7 +212,7 @@ def inprocess_samples(bench: Bench, samples: int) -> list[dict[str, float]]:
         run_walls.clear()
         t0 = time.time()
         bench.client.v1.subscriptions.cancel(sub)
-        row = _wait(lambda sub=sub: bench.cancel_row(sub), 60, poll=0.01)
+        row = _wait(partial(bench.cancel_row, sub), 60, poll=0.01)
         stored = time.time()
         pump.pump()
         pumped = time.time()
@@ -252,7 +257,7 @@ def inprocess_bursts(bench: Bench, sizes: list[int]) -> list[dict[str, float]]:
         for _, sub in signups:
             bench.client.v1.subscriptions.cancel(sub)
         for _, sub in signups:
-            _wait(lambda sub=sub: bench.cancel_row(sub), 120, poll=0.01)
+            _wait(partial(bench.cancel_row, sub), 120, poll=0.01)
         stored = time.time()
         pump.pump()
         end = time.time()
@@ -290,11 +295,11 @@ def daemon_samples(bench: Bench, env: dict[str, str], home: Path, samples: int) 
             t0 = time.time()
             bench.client.v1.subscriptions.cancel(sub)
             try:
-                _wait(lambda tenant=tenant: bench.status(tenant) == "canceled", 300, poll=0.02)
+                _wait(partial(bench.is_canceled, tenant), 300, poll=0.02)
             except RuntimeError:
                 raise RuntimeError("no effect; daemon log:\n" + log.read_text()[-3000:]) from None
             seen = time.time()
-            row = _wait(lambda sub=sub: bench.cancel_row(sub), 10)
+            row = _wait(partial(bench.cancel_row, sub), 10)
             record = instance.get_run_record_by_id(row["claimed_by"])
             assert record is not None
             created = record.create_timestamp.timestamp()

@@ -249,6 +249,7 @@ def _effects(env: dict[str, str], home: Path, samples: int) -> list[float]:
     endpoint = client.v1.webhook_endpoints.create(
         {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "enabled_events": ["*"]}
     )
+    assert endpoint.secret  # Stripe returns the signing secret only when the endpoint is created
     app = create_app(ReceiverConfig(database_url=env["DATABASE_URL"], secrets=[endpoint.secret]))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import stripe
 
+T = TypeVar("T")
+
 # A test-mode key for the in-process Stripe sandbox; it grants nothing anywhere else.
 API_KEY = "sk_test_sandbox_contract"
+
+
+def present(value: T | None) -> T:
+    """A field the API must have filled in here: the test fails if it came back null."""
+    assert value is not None, "expected a value, got null"
+    return value
+
+
+def expanded(value: str | T | None) -> T:
+    """A field the request asked to expand: the test fails if it came back as an id or null."""
+    assert value is not None and not isinstance(value, str), f"not expanded: {value!r}"
+    return value
 
 
 class SimulatedCrash(BaseException):

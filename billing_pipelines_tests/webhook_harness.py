@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -275,7 +276,7 @@ class Harness:
                 "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
                 "tiers": [
                     {"up_to": 100000, "unit_amount": 0},
-                    {"up_to": "inf", "unit_amount_decimal": "0.08"},
+                    {"up_to": "inf", "unit_amount_decimal": Decimal("0.08")},
                 ],
             }
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 import stripe
 
-from billing_pipelines_tests.support import advance
+from billing_pipelines_tests.support import advance, expanded, present
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
@@ -50,7 +52,7 @@ def _catalog(c: stripe.StripeClient) -> dict[str, str]:
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
             "tiers": [
                 {"up_to": 100000, "unit_amount": 0},
-                {"up_to": "inf", "unit_amount_decimal": "0.08"},
+                {"up_to": "inf", "unit_amount_decimal": Decimal("0.08")},
             ],
         }
     )
@@ -68,7 +70,7 @@ def _customer(c: stripe.StripeClient, clock: str, pm: str | None) -> stripe.Cust
 
 
 def _types(c: stripe.StripeClient) -> list[str]:
-    return [e.type for e in c.v1.events.list({"limit": 100}).auto_paging_iter()][::-1]
+    return [str(e.type) for e in c.v1.events.list({"limit": 100}).auto_paging_iter()][::-1]
 
 
 def test_graduated_tiers_bill_overage_at_period_end(stripe_client: stripe.StripeClient):
@@ -94,7 +96,7 @@ def test_graduated_tiers_bill_overage_at_period_end(stripe_client: stripe.Stripe
     advance(c, clock.id, FEB1 + 60)  # period ended: draft invoice, usage still accepted
     draft = c.v1.invoices.list({"customer": cus.id, "status": "draft"}).data[0]
     assert draft.automatically_finalizes_at == FEB1 + 3600
-    assert draft.parent.subscription_details.subscription == sub.id
+    assert present(present(draft.parent).subscription_details).subscription == sub.id
     c.v1.billing.meter_events.create(
         {  # late event for Jan 31 inside the grace hour
             "event_name": "queries",
@@ -158,7 +160,7 @@ def test_failing_card_retries_then_recovers_with_new_default_card(
     assert types.index("invoice.payment_failed") < last_paid
     upd = c.v1.events.list({"type": "customer.subscription.updated"}).data[0]
     assert upd.data.object.status == "active"
-    assert upd.data.previous_attributes["status"] == "past_due"
+    assert present(upd.data.previous_attributes)["status"] == "past_due"
 
 
 def test_retries_exhausted_make_subscription_unpaid(stripe_client: stripe.StripeClient):
@@ -235,7 +237,7 @@ def test_first_payment_behaviors(stripe_client: stripe.StripeClient):
             "expand": ["latest_invoice"],
         }
     )
-    assert s.status == "incomplete" and s.latest_invoice.attempt_count == 1
+    assert s.status == "incomplete" and expanded(s.latest_invoice).attempt_count == 1
     d = c.v1.subscriptions.create(
         {
             "customer": cus.id,
@@ -244,9 +246,16 @@ def test_first_payment_behaviors(stripe_client: stripe.StripeClient):
             "expand": ["latest_invoice"],
         }
     )
-    assert d.status == "incomplete" and d.latest_invoice.attempt_count == 0
+    assert d.status == "incomplete" and expanded(d.latest_invoice).attempt_count == 0
     advance(c, clock.id, T0 + DAY)
     assert c.v1.subscriptions.retrieve(d.id).status == "incomplete_expired"
+
+
+def _is_proration(line: stripe.InvoiceLineItem) -> bool:
+    parent = present(line.parent)
+    if parent.subscription_item_details is not None:
+        return parent.subscription_item_details.proration
+    return present(parent.invoice_item_details).proration
 
 
 def test_proration_preview_equals_applied_proration(stripe_client: stripe.StripeClient):
@@ -268,11 +277,7 @@ def test_proration_preview_equals_applied_proration(stripe_client: stripe.Stripe
             },
         }
     )
-    pro = [
-        ln.amount
-        for ln in preview.lines.data
-        if (ln.parent.subscription_item_details or ln.parent.invoice_item_details).proration
-    ]
+    pro = [ln.amount for ln in preview.lines.data if _is_proration(ln)]
     expected = round(9900 * 21 / 31) - round(2900 * 21 / 31)
     assert sum(pro) == expected
     upd = c.v1.subscriptions.update(
@@ -305,8 +310,9 @@ def test_always_invoice_and_cancel(stripe_client: stripe.StripeClient):
             "expand": ["latest_invoice"],
         },
     )
-    assert upd.latest_invoice.billing_reason == "subscription_update"
-    assert upd.latest_invoice.status == "paid" and upd.latest_invoice.amount_paid == 9900 - 2900
+    invoice = expanded(upd.latest_invoice)
+    assert invoice.billing_reason == "subscription_update"
+    assert invoice.status == "paid" and invoice.amount_paid == 9900 - 2900
     s = c.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
     assert s.cancel_at_period_end and s.status == "active"
     advance(c, clock.id, FEB1 + 60)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import pytest
 import stripe
 from billing_sandbox.stripe import SandboxHandle
 
-from billing_pipelines_tests.support import advance
+from billing_pipelines_tests.support import advance, present
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
@@ -63,7 +64,8 @@ def test_prices_by_lookup_key_transfer_and_immutability(stripe_client: stripe.St
     assert [p.id for p in found] == [p2.id]
     assert c.v1.prices.retrieve(p1.id).lookup_key is None
     with pytest.raises(stripe.InvalidRequestError) as e:
-        c.v1.prices.update(p2.id, {"unit_amount": 1})  # type: ignore[typeddict-unknown-key]
+        # Stripe prices are immutable: the SDK types already leave unit_amount out of an update.
+        c.v1.prices.update(p2.id, {"unit_amount": 1})  # type: ignore[arg-type]
     assert "unit_amount" in str(e.value.user_message)
     assert c.v1.prices.update(p2.id, {"metadata": {"plan": "pro"}}).metadata["plan"] == "pro"
 
@@ -90,13 +92,15 @@ def test_metered_price_needs_meter_and_tiers(stripe_client: stripe.StripeClient)
             "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id},
             "tiers": [
                 {"up_to": 100000, "unit_amount": 0},
-                {"up_to": "inf", "unit_amount_decimal": "0.08"},
+                {"up_to": "inf", "unit_amount_decimal": Decimal("0.08")},
             ],
             "expand": ["tiers"],
         }
     )
-    assert price.recurring.meter == m.id and price.recurring.usage_type == "metered"
-    assert price.tiers[0].up_to == 100000 and price.tiers[1].up_to is None
+    recurring = present(price.recurring)
+    assert recurring.meter == m.id and recurring.usage_type == "metered"
+    tiers = present(price.tiers)
+    assert tiers[0].up_to == 100000 and tiers[1].up_to is None
     assert "tiers" not in c.v1.prices.retrieve(price.id)  # only when expanded, like Stripe
 
 
@@ -209,20 +213,25 @@ def test_pre_aggregated_day_window_summaries_and_cancel(stripe_client: stripe.St
                 }
             )
 
-    def total(meter_id: str, **kw: object) -> list[float]:
-        res = c.v1.billing.meters.event_summaries.list(
-            meter_id, {"customer": cus.id, "start_time": T0, "end_time": T0 + 2 * DAY, **kw}
-        )
+    def total(meter_id: str, window: str | None = None) -> list[float]:
+        params: stripe.params.billing.MeterEventSummaryListParams = {
+            "customer": cus.id,
+            "start_time": T0,
+            "end_time": T0 + 2 * DAY,
+        }
+        if window is not None:
+            params["value_grouping_window"] = window
+        res = c.v1.billing.meters.event_summaries.list(meter_id, params)
         return [s.aggregated_value for s in res.data]
 
     assert total(daily.id) == [190.0]  # day 1: newest (150) replaces 100; day 2: 40
     assert total(raw.id) == [290.0]
-    by_day = total(daily.id, value_grouping_window="day")
+    by_day = total(daily.id, window="day")
     assert sorted(by_day) == [40.0, 150.0]
     adj = c.v1.billing.meter_event_adjustments.create(
         {"event_name": "raw_queries", "type": "cancel", "cancel": {"identifier": "raw_queries-c"}}
     )
-    assert adj.status == "pending" and adj.cancel.identifier == "raw_queries-c"
+    assert adj.status == "pending" and present(adj.cancel).identifier == "raw_queries-c"
     assert total(raw.id) == [250.0]
     with pytest.raises(stripe.InvalidRequestError):
         c.v1.billing.meters.event_summaries.list(
@@ -254,18 +263,18 @@ def test_payment_methods_from_test_tokens_and_numbers(stripe_client: stripe.Stri
     c = stripe_client
     cus = c.v1.customers.create({})
     visa = c.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
-    assert visa.card.last4 == "4242" and visa.customer == cus.id
+    assert present(visa.card).last4 == "4242" and visa.customer == cus.id
     fail = c.v1.payment_methods.create(
         {
             "type": "card",
             "card": {"number": "4000000000000341", "exp_month": 12, "exp_year": 2034, "cvc": "123"},
         }
     )
-    assert c.v1.payment_methods.attach(fail.id, {"customer": cus.id}).card.last4 == "0341"
+    assert present(c.v1.payment_methods.attach(fail.id, {"customer": cus.id}).card).last4 == "0341"
     with pytest.raises(stripe.CardError) as e:
         c.v1.payment_methods.attach("pm_card_chargeDeclined", {"customer": cus.id})
     assert e.value.code == "card_declined"
     listed = c.v1.customers.payment_methods.list(cus.id)
-    assert {p.card.last4 for p in listed.data} == {"4242", "0341"}
+    assert {present(p.card).last4 for p in listed.data} == {"4242", "0341"}
     c.v1.payment_methods.detach(visa.id)
     assert len(c.v1.payment_methods.list({"customer": cus.id}).data) == 1

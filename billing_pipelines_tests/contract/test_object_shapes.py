@@ -112,7 +112,7 @@ def test_returned_objects_match_sdk_annotations(
         {
             "product": prod.id,
             "currency": "usd",
-            "unit_amount_decimal": "0.08",
+            "unit_amount_decimal": Decimal("0.08"),
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
         }
     )

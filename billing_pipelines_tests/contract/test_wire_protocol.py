@@ -10,7 +10,7 @@ import stripe
 from billing_sandbox.stripe import SandboxHandle, run_in_thread
 
 from billing_pipelines.lib.stripe import client as stripe_api
-from billing_pipelines_tests.support import API_KEY
+from billing_pipelines_tests.support import API_KEY, expanded, present
 
 
 def test_missing_or_live_key_is_401_with_stripe_error_shape(stripe_sandbox: SandboxHandle):
@@ -24,7 +24,8 @@ def test_missing_or_live_key_is_401_with_stripe_error_shape(stripe_sandbox: Sand
 
 def test_unknown_parameter_is_rejected_like_stripe(stripe_client: stripe.StripeClient):
     with pytest.raises(stripe.InvalidRequestError) as e:
-        stripe_client.v1.customers.create({"emali": "x@y.z"})  # type: ignore[typeddict-unknown-key]
+        # The misspelt key is the point of the test: the SDK types would refuse it.
+        stripe_client.v1.customers.create({"emali": "x@y.z"})  # type: ignore[arg-type]
     assert e.value.http_status == 400
     assert "Received unknown parameter: emali" in str(e.value.user_message)
     with pytest.raises(stripe.InvalidRequestError) as e2:
@@ -32,9 +33,9 @@ def test_unknown_parameter_is_rejected_like_stripe(stripe_client: stripe.StripeC
             {
                 "currency": "usd",
                 "unit_amount": 1,
-                "product_data": {"name": "x", "colour": "red"},
+                "product_data": {"name": "x", "colour": "red"},  # type: ignore[typeddict-unknown-key]
             }
-        )  # type: ignore[typeddict-unknown-key]
+        )
     assert e2.value.param == "product_data[colour]"
 
 
@@ -46,11 +47,11 @@ def test_missing_object_is_404_resource_missing(stripe_client: stripe.StripeClie
 
 
 def test_idempotency_replay_and_mismatch(stripe_client: stripe.StripeClient):
-    opts = {"idempotency_key": "k-1"}
+    opts: stripe.RequestOptions = {"idempotency_key": "k-1"}
     a = stripe_client.v1.customers.create({"email": "a@x.io"}, opts)
     b = stripe_client.v1.customers.create({"email": "a@x.io"}, opts)
     assert a.id == b.id
-    assert b.last_response.headers.get("idempotent-replayed") == "true"
+    assert present(b.last_response).headers.get("idempotent-replayed") == "true"
     assert len(stripe_client.v1.customers.list().data) == 1
     with pytest.raises(stripe.IdempotencyError):
         stripe_client.v1.customers.create({"email": "other@x.io"}, opts)
@@ -103,24 +104,28 @@ def test_expand_nested_objects(stripe_client: stripe.StripeClient):
             ],
         }
     )
-    assert sub.customer.email == "e@x.io"
-    assert sub.customer.invoice_settings.default_payment_method.card.last4 == "4242"
-    assert sub.latest_invoice.status == "paid"
+    customer = expanded(sub.customer)
+    assert customer.email == "e@x.io"
+    settings = present(customer.invoice_settings)
+    assert present(expanded(settings.default_payment_method).card).last4 == "4242"
+    latest = expanded(sub.latest_invoice)
+    assert latest.status == "paid"
     assert sub["items"].data[0].price.product.name == "Pro"
     inv = stripe_client.v1.invoices.retrieve(
-        sub.latest_invoice.id, {"expand": ["parent.subscription_details.subscription"]}
+        present(latest.id), {"expand": ["parent.subscription_details.subscription"]}
     )
-    assert inv.parent.subscription_details.subscription.id == sub.id
+    details = present(present(inv.parent).subscription_details)
+    assert expanded(details.subscription).id == sub.id
     lst = stripe_client.v1.subscriptions.list({"expand": ["data.customer"]})
-    assert lst.data[0].customer.id == cus.id
+    assert expanded(lst.data[0].customer).id == cus.id
 
 
 def test_search_by_metadata(stripe_client: stripe.StripeClient):
     for t in ("t1", "t2", "t1"):
         stripe_client.v1.customers.create({"metadata": {"tenant_id": t}})
     res = stripe_client.v1.customers.search({"query": "metadata['tenant_id']:'t1'"})
-    assert res.object == "search_result" and len(res.data) == 2
-    assert all(c.metadata["tenant_id"] == "t1" for c in res.data)
+    assert res["object"] == "search_result" and len(res.data) == 2
+    assert all(present(c.metadata)["tenant_id"] == "t1" for c in res.data)
     page = stripe_client.v1.customers.search({"query": "metadata['tenant_id']:'t1'", "limit": 1})
     assert page.has_more and page.next_page
     assert len(list(page.auto_paging_iter())) == 2
@@ -134,7 +139,8 @@ def test_rate_limit_429_visible_to_sdk():
             for _ in range(10):
                 c.v1.customers.list()
         assert e.value.http_status == 429
-        assert e.value.json_body["error"]["code"] == "rate_limit"
+        body = e.value.json_body
+        assert isinstance(body, dict) and body["error"]["code"] == "rate_limit"
     finally:
         h.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -38,7 +39,7 @@ def test_definitions_load_and_every_asset_is_documented() -> None:
 def test_dagster_definitions_validate(tmp_path: Path) -> None:
     # From outside the repository: in its root the CLI would read the production dagster.yaml,
     # which needs DAGSTER_POSTGRES_URL.
-    dagster = shutil.which("dagster") or str(Path(os.sys.executable).parent / "dagster")
+    dagster = shutil.which("dagster") or str(Path(sys.executable).parent / "dagster")
     result = subprocess.run(
         [dagster, "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
         cwd=tmp_path,

@@ -27,7 +27,7 @@ from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 from billing_pipelines.lib.usage import warehouse as wh
-from billing_pipelines_tests.support import API_KEY, SimulatedCrash, advance
+from billing_pipelines_tests.support import API_KEY, SimulatedCrash, advance, present
 
 PREFIX = "mt-"
 TODAY = datetime.now(UTC).date()
@@ -198,12 +198,12 @@ def test_catalog_sync_is_idempotent_and_a_changed_price_moves_its_lookup_key(env
     new = c.v1.prices.list(
         {"lookup_keys": ["pro_queries_overage_monthly"], "expand": ["data.tiers"]}
     ).data[0]
-    assert new.id != old.id and new.tiers[1].unit_amount_decimal == Decimal("0.07")
+    assert new.id != old.id and present(new.tiers)[1].unit_amount_decimal == Decimal("0.07")
     kept = c.v1.prices.retrieve(old.id, {"expand": ["tiers"]})
     assert (
         kept.active
         and kept.lookup_key is None
-        and kept.tiers[1].unit_amount_decimal == Decimal("0.08")
+        and present(kept.tiers)[1].unit_amount_decimal == Decimal("0.08")
     )
     assert sync_catalog(c, changed).changes == []
 
@@ -271,7 +271,7 @@ def test_crash_after_stripe_accepts_before_ledger_confirms_then_rerun(
     assert not crashed.success
     monkeypatch.undo()
     with psycopg.connect(env.database_url) as conn:
-        statuses = dict(
+        statuses: dict[str, int] = dict(
             conn.execute(
                 "SELECT status, count(*) FROM usage_report_ledger WHERE tenant_id LIKE %s "
                 "GROUP BY status",

@@ -279,7 +279,7 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
     )
     ledger = "SELECT status, count(*) FROM usage_report_ledger WHERE usage_date = %s GROUP BY 1"
     with psycopg.connect(db_url) as conn:
-        statuses = dict(conn.execute(ledger, (DAY,)).fetchall())
+        statuses: dict[str, int] = dict(conn.execute(ledger, (DAY,)).fetchall())
     # Every row was written before its call; only what Stripe accepted may be confirmed.
     assert sum(statuses.values()) == TENANTS
     confirmed, accepted_first = statuses.get("delivered", 0), len(_accepted(state))
@@ -296,7 +296,7 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
     with psycopg.connect(db_url) as conn:
         assert dict(conn.execute(ledger, (DAY,)).fetchall()) == {"delivered": TENANTS}
         versions = conn.execute("SELECT DISTINCT value_version FROM usage_report_ledger").fetchall()
-        stored = dict(
+        stored: dict[str, int] = dict(
             conn.execute(
                 "SELECT t.stripe_customer_id, u.billable_queries FROM daily_tenant_usage u "
                 "JOIN tenants t USING (tenant_id) WHERE u.usage_date = %s",

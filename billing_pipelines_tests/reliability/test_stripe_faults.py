@@ -47,8 +47,6 @@ from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixture
     query,
 )
 
-# 20 % of requests fail: 10 % rate-limited (429), 5 % 500 before the work, 5 % 500 after it.
-FAULTS = {"throttle_rate": 0.10, "fault_rate": 0.05, "fault_after_rate": 0.05}
 SEED = 20260108
 TENANTS = 240
 
@@ -58,7 +56,10 @@ def faulty_door(state: SandboxState) -> Iterator[SandboxHandle]:
     """A second sandbox server over the same state whose fault draws are seeded with SEED;
     the state fails 20 % of requests until the block ends (only the code under test calls
     Stripe meanwhile), then set-up and verification see a fault-free Stripe again."""
-    handle = run_in_thread(port=0, state=state, seed=SEED, **FAULTS)
+    # 20 % of requests fail: 10 % rate-limited (429), 5 % 500 before the work, 5 % 500 after it.
+    handle = run_in_thread(
+        port=0, state=state, seed=SEED, throttle_rate=0.10, fault_rate=0.05, fault_after_rate=0.05
+    )
     try:
         yield handle
     finally:
@@ -68,12 +69,12 @@ def faulty_door(state: SandboxState) -> Iterator[SandboxHandle]:
 
 def faults_seen(handle: SandboxHandle) -> Counter[tuple[str, str]]:
     """What the faulty door injected, by (kind, HTTP method)."""
-    return Counter(handle.server.config.app.state.faults)
+    return Counter(handle.app.state.faults)
 
 
 def requests_seen(handle: SandboxHandle) -> Counter[str]:
     """Every request the faulty door received, by HTTP method."""
-    return Counter(handle.server.config.app.state.requests)
+    return Counter(handle.app.state.requests)
 
 
 def production_stripe(url: str) -> StripeResource:

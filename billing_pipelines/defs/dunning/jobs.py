@@ -28,7 +28,7 @@ def execute_dunning_step(
     stripe: StripeResource,
 ) -> dg.Output[str]:
     """Re-read the invoice; if still unpaid, record the step once, restrict, and notify."""
-    actor = f"dunning {config.invoice_id} step {config.step} (run {context.run_id[:8]})"
+    actor = f"dunning {config.invoice_id} step {config.step} (run {context.run.run_id[:8]})"
     client = stripe.client()
     with billing_db.transaction() as conn:
         outcome = dunning.execute_step(
@@ -86,7 +86,7 @@ def remind_trials_ending(
     queued = 0
     for tenant_id in candidates:
         with billing_db.transaction() as conn:
-            ctx = handlers.context(conn, f"trial reminders (run {context.run_id[:8]})")
+            ctx = handlers.context(conn, f"trial reminders (run {context.run.run_id[:8]})")
             tenant = tenant_state.lock_by_id(conn, tenant_id)
             if tenant is None or tenant.state.stripe_subscription_id is None:
                 continue

@@ -110,7 +110,7 @@ def stripe_meter_reports(
             context.log.error("refused, not sent: %s", refusal.describe())
         # The ledger rows exist (committed) before any call to Stripe.
         with billing_db.transaction() as conn:
-            fresh = ledger.record_pending(conn, plan.new, context.run_id)
+            fresh = ledger.record_pending(conn, plan.new, context.run.run_id)
         to_send = [*plan.resend, *fresh]
         context.log.info(
             "%s: %d meter events to send (%d new versions, %d unconfirmed re-sends), "

@@ -36,7 +36,7 @@ def process_webhook_events(
 ) -> dg.Output[dict[str, int]]:
     """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
     policy = retry_policy()
-    owner = context.run_id
+    owner = context.run.run_id
     handlers = handler_setup(stripe.client())
     with billing_db.transaction() as conn:
         claimed = webhook_queue.claim(conn, config.row_ids, owner=owner, policy=policy)

@@ -5,6 +5,7 @@ ledger, against the Stripe sandbox, embedded PostgreSQL and the chDB warehouse."
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,13 @@ from billing_pipelines_tests.webhook_harness import query
 
 DAY = datetime.now(UTC).date() - timedelta(days=3)  # recent: inside Stripe's 35-day window
 START = int(wh.day_bounds(DAY)[0].timestamp())
+
+
+def _markdown(metadata: Mapping[str, dg.MetadataValue], key: str) -> str:
+    """A markdown metadata entry's text (the audit's tables are markdown)."""
+    value = metadata[key]
+    assert isinstance(value, dg.MarkdownMetadataValue), value
+    return value.value
 
 
 def insert_queries(tenant_id: str, count: int, copies: int = 1) -> None:
@@ -116,7 +124,7 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     assert result.success
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == AUDIT_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    details = check.metadata["details"].value
+    details = _markdown(check.metadata, "details")
     last = datetime.fromtimestamp(period_end - 1, UTC).date()
     # The tenant, the period and the amount: 250,000 billed (150,000 over = $120.00) where the
     # warehouse truth of 125,000 queries costs $20.00.
@@ -125,7 +133,7 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     assert "t-clean" not in details
     assert check.metadata["difference_cents"].value == 10_000
     (mat,) = result.asset_materializations_for_node("usage_invoice_audit")
-    explanations = mat.metadata["explanations"].value
+    explanations = _markdown(mat.metadata, "explanations")
     assert explanations.count("the Pro plan's monthly base fee, $99.00.") == 2  # one per invoice
     assert "You used 250,000 queries: 150,000 over the 100,000 included = $120.00" in explanations
 
