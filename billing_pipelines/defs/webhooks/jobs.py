@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pydantic import Field
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
@@ -16,15 +17,29 @@ from billing_pipelines.lib.webhooks.handlers import HANDLERS
 from billing_pipelines.settings import load_settings
 
 
-def retry_policy() -> RetryPolicy:
-    """Backoff 30 s, 1 min, 2 min, ... and dead-letter after WEBHOOK_MAX_ATTEMPTS tries."""
-    return webhook_queue.events_policy(load_settings().webhook_max_attempts)
+def retry_policy(max_attempts: int | None = None) -> RetryPolicy:
+    """Backoff 30 s, 1 min, 2 min, ... and dead-letter after max_attempts (WEBHOOK_MAX_ATTEMPTS)."""
+    if max_attempts is None:
+        max_attempts = load_settings().webhook_max_attempts
+    return webhook_queue.events_policy(max_attempts)
 
 
 class WebhookBatchConfig(dg.Config):
-    """The queue rows this run handles (named by the sensor)."""
+    """The queue rows this run handles (named by the sensor), and its run knobs."""
 
     row_ids: list[int]
+    # Unset means "from the environment" (WEBHOOK_MAX_ATTEMPTS, ALERT_EMAIL), read when the
+    # run starts, never when the definitions load.
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=50,
+        description="Tries before a failing event is dead-lettered (unset: WEBHOOK_MAX_ATTEMPTS)",
+    )
+    alert_email: str | None = Field(
+        default=None,
+        description="Where dead-letter alerts are emailed (unset: ALERT_EMAIL)",
+    )
 
 
 @dg.op
@@ -35,9 +50,9 @@ def process_webhook_events(
     stripe: StripeResource,
 ) -> dg.Output[dict[str, int]]:
     """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
-    queue = webhook_queue.events_queue(retry_policy())
+    queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run_id
-    handlers = handler_setup(stripe.client())
+    handlers = handler_setup(stripe.client(), alert_email=config.alert_email)
     with billing_db.transaction() as conn:
         claimed = queue.claim(conn, config.row_ids, owner=owner)
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
