@@ -9,7 +9,8 @@ redispatch time (the run never started) is dispatched again. Handlers must be id
 taken-over row may run twice.
 
 The webhook queue (`webhook_events`) and the email outbox (`notification_outbox`) are this queue
-with their own table, status words and retry policy.
+with their own table, status words and retry policy; chat alert delivery (`alert_deliveries`,
+which has no lease columns) shares only its RetryPolicy.
 """
 
 from __future__ import annotations
