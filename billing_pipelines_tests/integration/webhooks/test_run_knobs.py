@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pydantic
 import pytest
 
@@ -15,7 +17,9 @@ from billing_pipelines.lib.stripe import client as stripe_api
 
 
 def test_knobs_are_optional_launchpad_fields_that_default_to_unset() -> None:
-    fields = process_webhook_events.config_schema.config_type.fields
+    schema = process_webhook_events.config_schema
+    assert schema is not None
+    fields = cast(Any, schema.config_type).fields  # the launchpad's view: named fields
     assert fields["row_ids"].is_required
     for name in ("max_attempts", "alert_email"):
         assert not fields[name].is_required
