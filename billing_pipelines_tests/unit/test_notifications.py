@@ -10,6 +10,7 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
+from billing_pipelines.lib.pg import queue as leased_queue
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 
 
@@ -131,13 +132,13 @@ def test_parse_event_and_run_keys() -> None:
     for bad in (b"{", b"[]", b'{"id": "x", "type": "t"}', b'{"id": "evt_1"}', b"\xff"):
         with pytest.raises(webhook_queue.MalformedEventError):
             webhook_queue.parse_event(bad)
-    d = webhook_queue.Dispatched
-    key = webhook_queue.batch_run_key("webhook_events", [d(3, 1), d(1, 1)])
+    d = leased_queue.Dispatched
+    key = leased_queue.batch_run_key("webhook_events", [d(3, 1), d(1, 1)])
     assert key.startswith("webhook_events:1-3:2:")
-    assert key == webhook_queue.batch_run_key("webhook_events", [d(1, 1), d(3, 1)])
-    assert key != webhook_queue.batch_run_key("webhook_events", [d(1, 2), d(3, 1)])
+    assert key == leased_queue.batch_run_key("webhook_events", [d(1, 1), d(3, 1)])
+    assert key != leased_queue.batch_run_key("webhook_events", [d(1, 2), d(3, 1)])
 
 
 def test_backoff_grows_and_caps() -> None:
-    policy = webhook_queue.RetryPolicy(base_seconds=30, max_seconds=600)
+    policy = leased_queue.RetryPolicy(base_seconds=30, max_seconds=600)
     assert [policy.backoff_seconds(n) for n in range(0, 7)] == [0, 30, 60, 120, 240, 480, 600]

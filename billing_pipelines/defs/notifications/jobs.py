@@ -5,10 +5,6 @@ import dagster as dg
 from billing_pipelines.defs.notifications.resources import EmailResource
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.notifications import emails as notifications
-from billing_pipelines.lib.webhooks.queue import RetryPolicy
-
-# Mail servers recover in minutes to hours: 1 min, 2, 4, ... capped at 1 h, 8 tries.
-POLICY = RetryPolicy(max_attempts=8, base_seconds=60, max_seconds=3600)
 
 
 class OutboxBatchConfig(dg.Config):
@@ -25,8 +21,9 @@ def send_notifications(
     email: EmailResource,
 ) -> dg.Output[dict[str, int]]:
     """Send the batch's emails; failures retry with backoff, then dead-letter."""
+    outbox = notifications.OUTBOX
     with billing_db.transaction() as conn:
-        rows = notifications.claim(conn, config.outbox_ids, lease_seconds=POLICY.lease_seconds)
+        rows = outbox.claim(conn, config.outbox_ids)
     counts = {"sent": 0, "failed": 0, "dead": 0, "skipped": len(config.outbox_ids) - len(rows)}
     for row, error in email.send(rows):
         with billing_db.transaction() as conn:
@@ -34,19 +31,12 @@ def send_notifications(
                 notifications.mark_sent(conn, row.id)
                 counts["sent"] += 1
                 continue
-            status = notifications.mark_failed(
-                conn,
-                row.id,
-                row.attempts,
-                error,
-                max_attempts=POLICY.max_attempts,
-                backoff_seconds=POLICY.backoff_seconds(row.attempts),
-            )
+            status = outbox.record_failure(conn, row.id, row.attempts, error)
             counts[status] += 1
             context.log.warning(f"email {row.id} ({row.dedup_key}) not sent: {error}")
     if counts["dead"]:
         raise dg.Failure(
-            f"{counts['dead']} email(s) dead-lettered after {POLICY.max_attempts} attempts",
+            f"{counts['dead']} email(s) dead-lettered after {outbox.policy.max_attempts} attempts",
             metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()},
         )
     return dg.Output(

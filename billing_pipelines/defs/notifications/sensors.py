@@ -2,14 +2,10 @@
 
 import dagster as dg
 
-from billing_pipelines.defs.notifications.jobs import (
-    POLICY,
-    OutboxBatchConfig,
-    notification_delivery_job,
-)
+from billing_pipelines.defs.notifications.jobs import OutboxBatchConfig, notification_delivery_job
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.notifications import emails as notifications
-from billing_pipelines.lib.webhooks.queue import Dispatched, batch_run_key, chunks
+from billing_pipelines.lib.pg.queue import batch_run_key, chunks
 
 BATCH_SIZE = 50
 
@@ -26,15 +22,11 @@ def notification_outbox_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per batch of due outbox rows; run_key from the row ids and dispatch counts."""
     with billing_db.transaction() as conn:
-        due = notifications.select_for_dispatch(
-            conn,
-            limit=BATCH_SIZE * MAX_BATCHES_PER_TICK,
-            redispatch_seconds=POLICY.redispatch_seconds,
-            lease_seconds=POLICY.lease_seconds,
+        due = notifications.OUTBOX.select_for_dispatch(
+            conn, limit=BATCH_SIZE * MAX_BATCHES_PER_TICK
         )
     if not due:
         return dg.SkipReason("no email due")
-    dispatched = [Dispatched(i, n) for i, n in due]
     requests = [
         dg.RunRequest(
             run_key=batch_run_key("notifications", batch),
@@ -43,7 +35,7 @@ def notification_outbox_sensor(
             ),
             tags={"billing/outbox_ids": f"{batch[0].id}-{batch[-1].id}"},
         )
-        for batch in chunks(dispatched, BATCH_SIZE)
+        for batch in chunks(due, BATCH_SIZE)
     ]
-    high = max(int(context.cursor or 0), dispatched[-1].id)
+    high = max(int(context.cursor or 0), due[-1].id)
     return dg.SensorResult(run_requests=requests, cursor=str(high))

@@ -30,9 +30,11 @@ class HandlerSetup:
         )
 
 
-def handler_setup(client: stripe.StripeClient) -> HandlerSetup:
-    """Read the catalog and the alert address for one run's handlers."""
-    return HandlerSetup(client, load_catalog(), load_settings().alert_email)
+def handler_setup(client: stripe.StripeClient, *, alert_email: str | None = None) -> HandlerSetup:
+    """Read the catalog and the alert address (unset: ALERT_EMAIL) for one run's handlers."""
+    if alert_email is None:
+        alert_email = load_settings().alert_email
+    return HandlerSetup(client, load_catalog(), alert_email)
 
 
 def handler_context(

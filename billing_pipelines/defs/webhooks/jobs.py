@@ -4,27 +4,42 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pydantic import Field
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
 from billing_pipelines.lib.alerts import store as alerts
+from billing_pipelines.lib.pg.queue import RetryPolicy
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 from billing_pipelines.lib.webhooks.handlers import HANDLERS
-from billing_pipelines.lib.webhooks.queue import RetryPolicy
 from billing_pipelines.settings import load_settings
 
 
-def retry_policy() -> RetryPolicy:
-    """Backoff 30 s, 1 min, 2 min, ... and dead-letter after WEBHOOK_MAX_ATTEMPTS tries."""
-    return RetryPolicy(max_attempts=load_settings().webhook_max_attempts)
+def retry_policy(max_attempts: int | None = None) -> RetryPolicy:
+    """Backoff 30 s, 1 min, 2 min, ... and dead-letter after max_attempts (WEBHOOK_MAX_ATTEMPTS)."""
+    if max_attempts is None:
+        max_attempts = load_settings().webhook_max_attempts
+    return webhook_queue.events_policy(max_attempts)
 
 
 class WebhookBatchConfig(dg.Config):
-    """The queue rows this run handles (named by the sensor)."""
+    """The queue rows this run handles (named by the sensor), and its run knobs."""
 
     row_ids: list[int]
+    # Unset means "from the environment" (WEBHOOK_MAX_ATTEMPTS, ALERT_EMAIL), read when the
+    # run starts, never when the definitions load.
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=50,
+        description="Tries before a failing event is dead-lettered (unset: WEBHOOK_MAX_ATTEMPTS)",
+    )
+    alert_email: str | None = Field(
+        default=None,
+        description="Where dead-letter alerts are emailed (unset: ALERT_EMAIL)",
+    )
 
 
 @dg.op
@@ -35,28 +50,28 @@ def process_webhook_events(
     stripe: StripeResource,
 ) -> dg.Output[dict[str, int]]:
     """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
-    policy = retry_policy()
+    queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run.run_id
-    handlers = handler_setup(stripe.client())
+    handlers = handler_setup(stripe.client(), alert_email=config.alert_email)
     with billing_db.transaction() as conn:
-        claimed = webhook_queue.claim(conn, config.row_ids, owner=owner, policy=policy)
+        claimed = queue.claim(conn, config.row_ids, owner=owner)
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
     counts["not_claimed"] = len(config.row_ids) - len(claimed)
     for row in claimed:
         actor = f"webhook {row.event_id} (run {owner[:8]})"
         try:
             with billing_db.transaction() as conn:
-                if not webhook_queue.still_owned(conn, row.id, owner):
+                if not queue.still_owned(conn, row.id, owner):
                     counts["not_claimed"] += 1
                     continue
                 outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
-                webhook_queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
+                queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
             counts[outcome.status] += 1
             context.log.info(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
         except Exception as exc:  # every failure is recorded on the row, never lost
             error = describe_error(exc)
             with billing_db.transaction() as conn:
-                status = webhook_queue.record_failure(conn, row.id, row.attempts, error, policy)
+                status = queue.record_failure(conn, row.id, row.attempts, error)
                 if status == "dead":
                     alerts.raise_alert(
                         conn,

@@ -5,9 +5,9 @@ import dagster as dg
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.defs.webhooks.jobs import (
     WebhookBatchConfig,
-    retry_policy,
     webhook_events_job,
 )
+from billing_pipelines.lib.pg.queue import batch_run_key, chunks
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 
 BATCH_SIZE = 25
@@ -25,20 +25,21 @@ def webhook_events_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per batch of due queue rows; run_key from the row ids and dispatch counts."""
     with billing_db.transaction() as conn:
-        due = webhook_queue.select_for_dispatch(
-            conn, limit=BATCH_SIZE * MAX_BATCHES_PER_TICK, policy=retry_policy()
+        # Dispatch reads only the lease and redispatch times; attempts are the run's business.
+        due = webhook_queue.events_queue().select_for_dispatch(
+            conn, limit=BATCH_SIZE * MAX_BATCHES_PER_TICK
         )
     if not due:
         return dg.SkipReason("no webhook event due")
     requests = [
         dg.RunRequest(
-            run_key=webhook_queue.batch_run_key("webhook_events", batch),
+            run_key=batch_run_key("webhook_events", batch),
             run_config=dg.RunConfig(
                 ops={"process_webhook_events": WebhookBatchConfig(row_ids=[d.id for d in batch])}
             ),
             tags={"billing/webhook_rows": f"{batch[0].id}-{batch[-1].id}"},
         )
-        for batch in webhook_queue.chunks(due, BATCH_SIZE)
+        for batch in chunks(due, BATCH_SIZE)
     ]
     # The cursor is a hint (highest row handed out); the run_key is the dedup guarantee.
     high = max(int(context.cursor or 0), due[-1].id)

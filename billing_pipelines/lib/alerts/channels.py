@@ -18,10 +18,13 @@ import httpx
 import psycopg
 
 from billing_pipelines.lib.alerts import store as alerts
+from billing_pipelines.lib.pg.queue import RetryPolicy
 
 Conn = psycopg.Connection[Any]
 CHAT = "chat"
 MAX_CHAT_ATTEMPTS = 8
+# Chat alerts retry on every sensor tick (no backoff) and dead-letter after MAX_CHAT_ATTEMPTS.
+CHAT_POLICY = RetryPolicy(max_attempts=MAX_CHAT_ATTEMPTS, base_seconds=0.0, max_seconds=0.0)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,11 @@ def deliver_chat(
     conn: Conn, webhook_url: str, *, post: Poster = post_json, limit: int = 50
 ) -> dict[str, int]:
     """Send pending chat alerts (oldest first); failures retry on the next call, then die."""
+    # A thin adapter, not the shared leased queue: alert_deliveries is keyed by (alert, channel)
+    # and has no next_attempt_at, claimed_at or dispatch columns. Its lease is the row lock of
+    # this transaction (a concurrent sensor tick skips the locked rows), and a failure is
+    # retried on the next tick without backoff. Moving it onto the leased queue would need a
+    # migration and would change when chat alerts are retried; it shares the dead-letter rule.
     rows = conn.execute(
         """
         SELECT d.alert_id, d.attempts, a.summary, a.details
@@ -169,7 +177,7 @@ def deliver_chat(
             # The URL carries the webhook's secret: only the error class and status are kept.
             status = getattr(getattr(exc, "response", None), "status_code", None)
             error = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-            dead = row["attempts"] + 1 >= MAX_CHAT_ATTEMPTS
+            dead = CHAT_POLICY.exhausted(row["attempts"] + 1)
             conn.execute(
                 """
                 UPDATE alert_deliveries SET attempts = attempts + 1, last_error = %s,

@@ -2,7 +2,8 @@
 
 A notification is rendered when it is decided (inside the transaction that decides it) and
 stored in `notification_outbox` under a unique dedup key, so one decision is one email however
-often it is replayed. A delivery op sends pending rows over SMTP with retries and backoff.
+often it is replayed. A delivery op sends pending rows over SMTP with retries and backoff: the
+outbox is the shared leased queue (`lib.pg.queue`) on the `notification_outbox` table.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import smtplib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -26,6 +27,7 @@ import psycopg
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 
 TEMPLATES = (
     "payment_reminder",
@@ -150,95 +152,24 @@ class OutboxRow:
     attempts: int
 
 
-def select_for_dispatch(
-    conn: psycopg.Connection[Any], *, limit: int, redispatch_seconds: float, lease_seconds: float
-) -> list[tuple[int, int]]:
-    """Due outbox rows, marked dispatched now: (id, dispatch_count) for the run_key."""
-    rows = conn.execute(
-        """
-        WITH due AS (
-            SELECT id FROM notification_outbox
-            WHERE (status IN ('pending', 'failed') AND next_attempt_at <= now()
-                   AND (dispatched_at IS NULL OR dispatched_at < next_attempt_at
-                        OR dispatched_at < now() - make_interval(secs => %(redispatch)s)))
-               OR (status = 'sending' AND claimed_at < now() - make_interval(secs => %(lease)s)
-                   AND (dispatched_at < claimed_at
-                        OR dispatched_at < now() - make_interval(secs => %(redispatch)s)))
-            ORDER BY id LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE notification_outbox o
-        SET dispatched_at = now(), dispatch_count = o.dispatch_count + 1
-        FROM due WHERE o.id = due.id
-        RETURNING o.id, o.dispatch_count
-        """,
-        {"limit": limit, "redispatch": redispatch_seconds, "lease": lease_seconds},
-    ).fetchall()
-    return sorted((int(r["id"]), int(r["dispatch_count"])) for r in rows)
+# Mail servers recover in minutes to hours: 1 min, 2, 4, ... capped at 1 h, 8 tries.
+OUTBOX_POLICY = RetryPolicy(max_attempts=8, base_seconds=60, max_seconds=3600)
 
-
-def claim(
-    conn: psycopg.Connection[Any], ids: Sequence[int], *, lease_seconds: float
-) -> list[OutboxRow]:
-    """Take the listed rows that are still due (SKIP LOCKED); they become `sending`."""
-    rows = conn.execute(
-        """
-        WITH mine AS (
-            SELECT id FROM notification_outbox
-            WHERE id = ANY(%(ids)s)
-              AND (status IN ('pending', 'failed')
-                   OR (status = 'sending'
-                       AND claimed_at < now() - make_interval(secs => %(lease)s)))
-            ORDER BY id FOR UPDATE SKIP LOCKED
-        )
-        UPDATE notification_outbox o
-        SET status = 'sending', attempts = o.attempts + 1, claimed_at = now()
-        FROM mine WHERE o.id = mine.id
-        RETURNING o.id, o.dedup_key, o.recipient, o.subject, o.body, o.attempts
-        """,
-        {"ids": list(ids), "lease": lease_seconds},
-    ).fetchall()
-    return sorted(
-        (
-            OutboxRow(
-                int(r["id"]), r["dedup_key"], r["recipient"], r["subject"], r["body"], r["attempts"]
-            )
-            for r in rows
-        ),
-        key=lambda r: r.id,
-    )
+# The outbox is the shared leased queue: claimed rows are `sending`. It records no owner: a
+# sending run does not re-check its claim (a taken-over row may be sent twice, with the same
+# Message-ID, which mail clients collapse).
+OUTBOX_TABLE = QueueTable(
+    name="notification_outbox",
+    claimed_status="sending",
+    done_statuses=("sent",),
+    done_at="sent_at",
+)
+OUTBOX: LeasedQueue[OutboxRow] = LeasedQueue(OUTBOX_TABLE, OUTBOX_POLICY, OutboxRow)
 
 
 def mark_sent(conn: psycopg.Connection[Any], row_id: int) -> None:
     """The SMTP server accepted the message."""
-    conn.execute(
-        "UPDATE notification_outbox SET status = 'sent', sent_at = now(), last_error = NULL "
-        "WHERE id = %s",
-        (row_id,),
-    )
-
-
-def mark_failed(
-    conn: psycopg.Connection[Any],
-    row_id: int,
-    attempts: int,
-    error: str,
-    *,
-    max_attempts: int,
-    backoff_seconds: float,
-) -> str:
-    """Retry later with backoff, or `dead` after max_attempts; returns the new status."""
-    dead = attempts >= max_attempts
-    conn.execute(
-        """
-        UPDATE notification_outbox
-        SET status = %s, last_error = %s, claimed_at = NULL,
-            next_attempt_at = now() + make_interval(secs => %s)
-        WHERE id = %s
-        """,
-        ("dead" if dead else "failed", error[:2000], backoff_seconds, row_id),
-    )
-    return "dead" if dead else "failed"
+    OUTBOX.complete(conn, row_id, status="sent")
 
 
 # ---- SMTP --------------------------------------------------------------------------------------

@@ -1,22 +1,23 @@
-"""The Postgres webhook queue: store once by event id, dispatch, claim, retry, dead-letter.
+"""The Postgres webhook queue: store once by event id, then dispatch, claim, retry, dead-letter.
 
 Life of a row: `pending` (stored by the receiver or the recovery job) -> the sensor marks it
 dispatched and asks for a run whose run_key names the row ids -> the run claims it
 (`processing`, FOR UPDATE SKIP LOCKED) -> `processed` / `ignored`, or `failed` with a backoff,
 or `dead` after `max_attempts` (with an alert). A claim older than the lease (a crashed run)
-is taken over by the next run; handlers are idempotent, so a re-run is harmless.
+is taken over by the next run; handlers are idempotent, so a re-run is harmless. The dispatch,
+claim and retry steps are the shared leased queue (`lib.pg.queue`) on the `webhook_events` table.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+
+from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 
 
 class MalformedEventError(ValueError):
@@ -34,25 +35,6 @@ class StoredEvent:
     created: datetime | None
     object_id: str | None
     payload: str
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff between handler attempts and the dead-letter threshold."""
-
-    max_attempts: int = 8
-    base_seconds: float = 30.0
-    max_seconds: float = 6 * 3600.0
-    # A claim older than this belongs to a run that died: the row is taken over.
-    lease_seconds: float = 600.0
-    # A dispatched row nobody claimed within this time (run never started) is dispatched again.
-    redispatch_seconds: float = 300.0
-
-    def backoff_seconds(self, attempts: int) -> float:
-        """Delay before attempt `attempts + 1`: base, 2x base, 4x base, ... capped."""
-        if attempts < 1:
-            return 0.0
-        return float(min(self.max_seconds, self.base_seconds * 2 ** (attempts - 1)))
 
 
 def parse_event(body: bytes) -> StoredEvent:
@@ -120,61 +102,6 @@ def _first(row: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Dispatched:
-    """A row the sensor asks a run for; dispatch_count makes a re-dispatch a new run_key."""
-
-    id: int
-    dispatch_count: int
-
-
-def select_for_dispatch(
-    conn: psycopg.Connection[Any], *, limit: int, policy: RetryPolicy
-) -> list[Dispatched]:
-    """Due rows not already handed to a live run, marked as dispatched now (oldest first)."""
-    rows = conn.execute(
-        """
-        WITH due AS (
-            SELECT id FROM webhook_events
-            WHERE (
-                    status IN ('pending', 'failed') AND next_attempt_at <= now()
-                    AND (dispatched_at IS NULL
-                         OR dispatched_at < next_attempt_at
-                         OR dispatched_at < now() - make_interval(secs => %(redispatch)s))
-                  )
-               OR (status = 'processing'
-                   AND claimed_at < now() - make_interval(secs => %(lease)s)
-                   AND (dispatched_at IS NULL OR dispatched_at < claimed_at
-                        OR dispatched_at < now() - make_interval(secs => %(redispatch)s)))
-            ORDER BY id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE webhook_events w
-        SET dispatched_at = now(), dispatch_count = w.dispatch_count + 1
-        FROM due WHERE w.id = due.id
-        RETURNING w.id, w.dispatch_count
-        """,
-        {"limit": limit, "lease": policy.lease_seconds, "redispatch": policy.redispatch_seconds},
-    ).fetchall()
-    out = [Dispatched(int(r["id"]), int(r["dispatch_count"])) for r in rows]
-    return sorted(out, key=lambda d: d.id)
-
-
-def batch_run_key(prefix: str, batch: Sequence[Dispatched]) -> str:
-    """A run_key naming the rows (first-last) and fingerprinting each (id, dispatch) pair."""
-    if not batch:
-        raise ValueError("empty batch")
-    ids = sorted(batch, key=lambda d: d.id)
-    digest = hashlib.sha256(",".join(f"{d.id}.{d.dispatch_count}" for d in ids).encode())
-    return f"{prefix}:{ids[0].id}-{ids[-1].id}:{len(ids)}:{digest.hexdigest()[:12]}"
-
-
-def chunks(items: Sequence[Dispatched], size: int) -> list[list[Dispatched]]:
-    """Split dispatched rows into batches of at most `size`."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-@dataclass(frozen=True)
 class ClaimedEvent:
     """A row this run now owns: its event and its attempt number (1 for the first try)."""
 
@@ -187,86 +114,28 @@ class ClaimedEvent:
     source: str
 
 
-def claim(
-    conn: psycopg.Connection[Any], row_ids: Sequence[int], *, owner: str, policy: RetryPolicy
-) -> list[ClaimedEvent]:
-    """Take the given rows that are still due and not owned by a live run (SKIP LOCKED)."""
-    rows = conn.execute(
-        """
-        WITH mine AS (
-            SELECT id FROM webhook_events
-            WHERE id = ANY(%(ids)s)
-              AND (status IN ('pending', 'failed')
-                   OR (status = 'processing'
-                       AND claimed_at < now() - make_interval(secs => %(lease)s)))
-            ORDER BY id
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE webhook_events w
-        SET status = 'processing', attempts = w.attempts + 1, claimed_at = now(),
-            claimed_by = %(owner)s
-        FROM mine WHERE w.id = mine.id
-        RETURNING w.id, w.event_id, w.event_type, w.object_id, w.payload, w.attempts, w.source
-        """,
-        {"ids": list(row_ids), "owner": owner, "lease": policy.lease_seconds},
-    ).fetchall()
-    return sorted(
-        (
-            ClaimedEvent(
-                id=int(r["id"]),
-                event_id=r["event_id"],
-                event_type=r["event_type"],
-                object_id=r["object_id"],
-                payload=r["payload"],
-                attempts=int(r["attempts"]),
-                source=r["source"],
-            )
-            for r in rows
-        ),
-        key=lambda c: c.id,
-    )
+# The webhook queue: claimed rows are `processing` and name their run (claimed_by), so a run
+# re-checks its claim before applying an effect; the handler's decision is kept in `outcome`.
+EVENTS_TABLE = QueueTable(
+    name="webhook_events",
+    claimed_status="processing",
+    done_statuses=("processed", "ignored"),
+    done_at="processed_at",
+    owner="claimed_by",
+    outcome="outcome",
+)
 
 
-def still_owned(conn: psycopg.Connection[Any], row_id: int, owner: str) -> bool:
-    """Lock the row and confirm this run still owns the claim (not taken over after a lease)."""
-    row = conn.execute(
-        "SELECT status, claimed_by FROM webhook_events WHERE id = %s FOR UPDATE", (row_id,)
-    ).fetchone()
-    return row is not None and row["status"] == "processing" and row["claimed_by"] == owner
+# Backoff 30 s, 1 min, 2 min, ... capped at 6 h; a 10 min lease; re-dispatch after 5 min. The
+# dead-letter threshold is a run setting (WEBHOOK_MAX_ATTEMPTS): see `events_policy`.
+EVENTS_POLICY = RetryPolicy()
 
 
-def complete(conn: psycopg.Connection[Any], row_id: int, *, status: str, outcome: str) -> None:
-    """Record the handler's decision (processed or ignored) in the same transaction as it."""
-    if status not in ("processed", "ignored"):
-        raise ValueError(f"not a final status: {status}")
-    conn.execute(
-        """
-        UPDATE webhook_events
-        SET status = %s, outcome = %s, processed_at = now(), last_error = NULL
-        WHERE id = %s
-        """,
-        (status, outcome[:1000], row_id),
-    )
+def events_policy(max_attempts: int) -> RetryPolicy:
+    """The webhook queue's retry policy, dead-lettering after `max_attempts` tries."""
+    return replace(EVENTS_POLICY, max_attempts=max_attempts)
 
 
-def record_failure(
-    conn: psycopg.Connection[Any], row_id: int, attempts: int, error: str, policy: RetryPolicy
-) -> str:
-    """Schedule a retry with backoff, or dead-letter after max_attempts; returns the status."""
-    dead = attempts >= policy.max_attempts
-    conn.execute(
-        """
-        UPDATE webhook_events
-        SET status = %s, last_error = %s, claimed_at = NULL, claimed_by = NULL,
-            next_attempt_at = now() + make_interval(secs => %s)
-        WHERE id = %s
-        """,
-        ("dead" if dead else "failed", error[:2000], policy.backoff_seconds(attempts), row_id),
-    )
-    return "dead" if dead else "failed"
-
-
-def queue_depth(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Row counts by status, for metadata and health checks."""
-    rows = conn.execute("SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
-    return {r["status"]: int(r["n"]) for r in rows}
+def events_queue(policy: RetryPolicy = EVENTS_POLICY) -> LeasedQueue[ClaimedEvent]:
+    """The webhook_events queue under a retry policy."""
+    return LeasedQueue(EVENTS_TABLE, policy, ClaimedEvent)

@@ -14,8 +14,8 @@ from psycopg.rows import dict_row
 from billing_pipelines.defs.dunning.jobs import trial_reminders_job
 from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.webhooks.jobs import webhook_events_job
+from billing_pipelines.lib.pg.queue import Dispatched, RetryPolicy
 from billing_pipelines.lib.webhooks import queue as webhook_queue
-from billing_pipelines.lib.webhooks.queue import Dispatched, RetryPolicy
 from billing_pipelines_tests.support import API_KEY, advance
 from billing_pipelines_tests.webhook_harness import DAY, T0, Harness, free_port, query
 
@@ -40,13 +40,13 @@ def test_two_consumers_never_claim_the_same_row(billing_db_url: str) -> None:
     ids = [
         _store(billing_db_url, f"evt_c{i}", "customer.created", {"id": "cus_x"}) for i in range(6)
     ]
-    policy = RetryPolicy()
+    queue = webhook_queue.events_queue(RetryPolicy())
     with (
         psycopg.connect(billing_db_url, row_factory=dict_row) as a,
         psycopg.connect(billing_db_url, row_factory=dict_row) as b,
     ):
-        first = webhook_queue.claim(a, ids[:4], owner="run-a", policy=policy)  # still open tx
-        second = webhook_queue.claim(b, ids, owner="run-b", policy=policy)
+        first = queue.claim(a, ids[:4], owner="run-a")  # still open tx
+        second = queue.claim(b, ids, owner="run-b")
         b.commit()
         a.commit()
     assert [c.id for c in first] == ids[:4]
@@ -57,10 +57,10 @@ def test_two_consumers_never_claim_the_same_row(billing_db_url: str) -> None:
             "UPDATE webhook_events SET claimed_at = now() - interval '1 hour' WHERE id = %s",
             (ids[0],),
         )
-        taken = webhook_queue.claim(conn, [ids[0], ids[1]], owner="run-c", policy=policy)
+        taken = queue.claim(conn, [ids[0], ids[1]], owner="run-c")
         assert [(c.id, c.attempts) for c in taken] == [(ids[0], 2)]
-        assert not webhook_queue.still_owned(conn, ids[0], "run-a")
-        assert webhook_queue.still_owned(conn, ids[0], "run-c")
+        assert not queue.still_owned(conn, ids[0], "run-a")
+        assert queue.still_owned(conn, ids[0], "run-c")
 
 
 def test_handler_failures_retry_with_backoff_then_dead_letter_with_alert(
@@ -188,8 +188,8 @@ def test_trial_without_payment_method_one_reminder_then_end_behavior_in_access(
 
 def test_dispatch_is_stable_until_due_again(billing_db_url: str) -> None:
     ids = [_store(billing_db_url, f"evt_d{i}", "customer.created", {"id": "c"}) for i in range(3)]
-    policy = RetryPolicy(redispatch_seconds=300)
+    queue = webhook_queue.events_queue(RetryPolicy(redispatch_seconds=300))
     with psycopg.connect(billing_db_url, row_factory=dict_row) as conn:
-        first = webhook_queue.select_for_dispatch(conn, limit=10, policy=policy)
-        again = webhook_queue.select_for_dispatch(conn, limit=10, policy=policy)
+        first = queue.select_for_dispatch(conn, limit=10)
+        again = queue.select_for_dispatch(conn, limit=10)
     assert first == [Dispatched(i, 1) for i in ids] and again == []

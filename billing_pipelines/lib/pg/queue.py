@@ -1,0 +1,355 @@
+"""One leased work queue in a PostgreSQL table: dispatch, claim with a lease, retry, dead-letter.
+
+Life of a row: `pending` -> a sensor marks it dispatched (`dispatched_at`, `dispatch_count`; the
+count is part of the run_key, so a re-dispatch asks for a new run) -> the run claims it (the
+table's claimed status, `attempts + 1`, FOR UPDATE SKIP LOCKED) -> a done status, or `failed`
+with a backoff, or `dead` after `max_attempts`. A claim older than the lease belongs to a run
+that died and is taken over by the next run; a dispatched row nobody claimed within the
+redispatch time (the run never started) is dispatched again. Handlers must be idempotent: a
+taken-over row may run twice.
+
+The webhook queue (`webhook_events`) and the email outbox (`notification_outbox`) are this queue
+with their own table, status words and retry policy; chat alert delivery (`alert_deliveries`,
+which has no lease columns) shares only its RetryPolicy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import psycopg
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Row = TypeVar("Row", bound="DataclassInstance")
+Item = TypeVar("Item")
+
+# Longest text kept in the error and outcome columns: enough to diagnose, never a whole body.
+ERROR_CHARS = 2000
+OUTCOME_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff between attempts, the dead-letter threshold and the lease times."""
+
+    max_attempts: int = 8
+    base_seconds: float = 30.0
+    max_seconds: float = 6 * 3600.0
+    # A claim older than this belongs to a run that died: the row is taken over.
+    lease_seconds: float = 600.0
+    # A dispatched row nobody claimed within this time (run never started) is dispatched again.
+    redispatch_seconds: float = 300.0
+
+    def backoff_seconds(self, attempts: int) -> float:
+        """Delay before attempt `attempts + 1`: base, 2x base, 4x base, ... capped."""
+        if attempts < 1:
+            return 0.0
+        return float(min(self.max_seconds, self.base_seconds * 2 ** (attempts - 1)))
+
+    def exhausted(self, attempts: int) -> bool:
+        """True when a failure after `attempts` tries dead-letters the row instead of retrying."""
+        return attempts >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """A row a sensor asks a run for; dispatch_count makes a re-dispatch a new run_key."""
+
+    id: int
+    dispatch_count: int
+
+
+def batch_run_key(prefix: str, batch: Sequence[Dispatched]) -> str:
+    """A run_key naming the rows (first-last) and fingerprinting each (id, dispatch) pair."""
+    if not batch:
+        raise ValueError("empty batch")
+    ids = sorted(batch, key=lambda d: d.id)
+    digest = hashlib.sha256(",".join(f"{d.id}.{d.dispatch_count}" for d in ids).encode())
+    return f"{prefix}:{ids[0].id}-{ids[-1].id}:{len(ids)}:{digest.hexdigest()[:12]}"
+
+
+def chunks(items: Sequence[Item], size: int) -> list[list[Item]]:
+    """Split dispatched rows into batches of at most `size`, keeping their order."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+@dataclass(frozen=True)
+class QueueTable:
+    """A table holding a leased queue: its name, its status words and its column names."""
+
+    name: str
+    # What a claimed row is called while a run works on it ('processing', 'sending').
+    claimed_status: str
+    # The final statuses a run may record, and the column stamped when it does.
+    done_statuses: tuple[str, ...]
+    done_at: str
+    # The column naming the claiming run; without one, a run cannot check it still owns a row.
+    owner: str | None = None
+    # The column for the handler's decision, if the table keeps one.
+    outcome: str | None = None
+    pending_status: str = "pending"
+    failed_status: str = "failed"
+    dead_status: str = "dead"
+    key: str = "id"
+    status: str = "status"
+    attempts: str = "attempts"
+    next_attempt_at: str = "next_attempt_at"
+    claimed_at: str = "claimed_at"
+    dispatched_at: str = "dispatched_at"
+    dispatch_count: str = "dispatch_count"
+    last_error: str = "last_error"
+
+    def identifiers(self) -> dict[str, sql.Composable]:
+        """Every table and column name, quoted, for composing the queue's statements."""
+        return {
+            "table": sql.Identifier(self.name),
+            "key": sql.Identifier(self.key),
+            "status": sql.Identifier(self.status),
+            "attempts": sql.Identifier(self.attempts),
+            "next_attempt_at": sql.Identifier(self.next_attempt_at),
+            "claimed_at": sql.Identifier(self.claimed_at),
+            "dispatched_at": sql.Identifier(self.dispatched_at),
+            "dispatch_count": sql.Identifier(self.dispatch_count),
+            "last_error": sql.Identifier(self.last_error),
+            "done_at": sql.Identifier(self.done_at),
+        }
+
+
+class LeasedQueue(Generic[Row]):
+    """The queue operations on one table; claimed rows come back as `row_type` instances.
+
+    The fields of `row_type` (a dataclass) are the columns a claim returns, so each user names
+    what it needs (an event and its payload, an email and its recipient) and nothing more.
+    """
+
+    def __init__(self, table: QueueTable, policy: RetryPolicy, row_type: type[Row]) -> None:
+        self.table = table
+        self.policy = policy
+        self.row_type = row_type
+        self._columns = [f.name for f in fields(row_type)]
+        missing = {table.key, table.attempts} - set(self._columns)
+        if missing:
+            raise ValueError(f"{row_type.__name__} lacks the queue columns {sorted(missing)}")
+
+    def _sql(self, template: str, **extra: sql.Composable) -> sql.Composed:
+        return sql.SQL(template).format(**self.table.identifiers(), **extra)
+
+    def select_for_dispatch(self, conn: psycopg.Connection[Any], *, limit: int) -> list[Dispatched]:
+        """Due rows not already handed to a live run, marked as dispatched now (oldest first).
+
+        Due means: pending or failed with its backoff over, and not dispatched since it became
+        due (or dispatched so long ago that the run never started); or claimed by a run whose
+        lease expired, and not dispatched since that claim.
+        """
+        statement = self._sql(
+            """
+            WITH due AS (
+                SELECT {key} FROM {table}
+                WHERE (
+                        {status} IN (%(pending)s, %(failed)s) AND {next_attempt_at} <= now()
+                        AND ({dispatched_at} IS NULL
+                             OR {dispatched_at} < {next_attempt_at}
+                             OR {dispatched_at} < now() - make_interval(secs => %(redispatch)s))
+                      )
+                   OR ({status} = %(claimed)s
+                       AND {claimed_at} < now() - make_interval(secs => %(lease)s)
+                       AND ({dispatched_at} IS NULL OR {dispatched_at} < {claimed_at}
+                            OR {dispatched_at} < now() - make_interval(secs => %(redispatch)s)))
+                ORDER BY {key}
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {table} q
+            SET {dispatched_at} = now(), {dispatch_count} = q.{dispatch_count} + 1
+            FROM due WHERE q.{key} = due.{key}
+            RETURNING q.{key} AS id, q.{dispatch_count} AS dispatch_count
+            """
+        )
+        rows = conn.execute(
+            statement,
+            {
+                **self._statuses(),
+                "limit": limit,
+                "lease": self.policy.lease_seconds,
+                "redispatch": self.policy.redispatch_seconds,
+            },
+        ).fetchall()
+        out = [Dispatched(int(_col(r, 0, "id")), int(_col(r, 1, "dispatch_count"))) for r in rows]
+        return sorted(out, key=lambda d: d.id)
+
+    def claim(
+        self, conn: psycopg.Connection[Any], row_ids: Sequence[int], *, owner: str | None = None
+    ) -> list[Row]:
+        """Take the given rows that are still due and not held by a live run (SKIP LOCKED).
+
+        A claimed row counts one more attempt and starts its lease now; `owner` (the run id) is
+        recorded when the table keeps one, so a run can later check it was not taken over.
+        """
+        if (owner is None) != (self.table.owner is None):
+            raise ValueError(
+                f"{self.table.name}: an owner is required exactly when the table records one"
+            )
+        set_owner = (
+            sql.SQL(", {} = %(owner)s").format(sql.Identifier(self.table.owner))
+            if self.table.owner
+            else sql.SQL("")
+        )
+        returning = sql.SQL(", ").join(
+            sql.SQL("q.{}").format(sql.Identifier(c)) for c in self._columns
+        )
+        statement = self._sql(
+            """
+            WITH mine AS (
+                SELECT {key} FROM {table}
+                WHERE {key} = ANY(%(ids)s)
+                  AND ({status} IN (%(pending)s, %(failed)s)
+                       OR ({status} = %(claimed)s
+                           AND {claimed_at} < now() - make_interval(secs => %(lease)s)))
+                ORDER BY {key}
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {table} q
+            SET {status} = %(claimed)s, {attempts} = q.{attempts} + 1, {claimed_at} = now()
+                {set_owner}
+            FROM mine WHERE q.{key} = mine.{key}
+            RETURNING {returning}
+            """,
+            set_owner=set_owner,
+            returning=returning,
+        )
+        cursor = conn.execute(
+            statement,
+            {
+                **self._statuses(),
+                "ids": list(row_ids),
+                "owner": owner,
+                "lease": self.policy.lease_seconds,
+            },
+        )
+        claimed = [self.row_type(**_as_dict(cursor, r)) for r in cursor.fetchall()]
+        return sorted(claimed, key=lambda row: int(getattr(row, self.table.key)))
+
+    def still_owned(self, conn: psycopg.Connection[Any], row_id: int, owner: str) -> bool:
+        """Lock the row and confirm this run still holds the claim (not taken over after a lease).
+
+        Call it in the transaction that records the row's outcome: the lock keeps a takeover
+        from slipping in between the check and the write.
+        """
+        if self.table.owner is None:
+            raise ValueError(f"{self.table.name} records no owner: a claim cannot be checked")
+        statement = self._sql(
+            "SELECT {status}, {owner} FROM {table} WHERE {key} = %s FOR UPDATE",
+            owner=sql.Identifier(self.table.owner),
+        )
+        row = conn.execute(statement, (row_id,)).fetchone()
+        return (
+            row is not None
+            and _col(row, 0, self.table.status) == self.table.claimed_status
+            and _col(row, 1, self.table.owner) == owner
+        )
+
+    def complete(
+        self,
+        conn: psycopg.Connection[Any],
+        row_id: int,
+        *,
+        status: str,
+        outcome: str | None = None,
+    ) -> None:
+        """Record a final status (and the handler's decision, where kept) in the caller's tx."""
+        if status not in self.table.done_statuses:
+            raise ValueError(f"not a final status of {self.table.name}: {status}")
+        if outcome is not None and self.table.outcome is None:
+            raise ValueError(f"{self.table.name} keeps no outcome")
+        set_outcome = (
+            sql.SQL(", {} = %(outcome)s").format(sql.Identifier(self.table.outcome))
+            if self.table.outcome
+            else sql.SQL("")
+        )
+        statement = self._sql(
+            """
+            UPDATE {table}
+            SET {status} = %(status)s, {done_at} = now(), {last_error} = NULL {set_outcome}
+            WHERE {key} = %(id)s
+            """,
+            set_outcome=set_outcome,
+        )
+        conn.execute(
+            statement,
+            {
+                "status": status,
+                "outcome": None if outcome is None else outcome[:OUTCOME_CHARS],
+                "id": row_id,
+            },
+        )
+
+    def record_failure(
+        self, conn: psycopg.Connection[Any], row_id: int, attempts: int, error: str
+    ) -> str:
+        """Schedule a retry with backoff, or dead-letter after max_attempts; returns the status.
+
+        The claim is released, so the next dispatch after the backoff can take the row.
+        """
+        status = (
+            self.table.dead_status if self.policy.exhausted(attempts) else self.table.failed_status
+        )
+        clear_owner = (
+            sql.SQL(", {} = NULL").format(sql.Identifier(self.table.owner))
+            if self.table.owner
+            else sql.SQL("")
+        )
+        statement = self._sql(
+            """
+            UPDATE {table}
+            SET {status} = %(status)s, {last_error} = %(error)s, {claimed_at} = NULL {clear_owner},
+                {next_attempt_at} = now() + make_interval(secs => %(backoff)s)
+            WHERE {key} = %(id)s
+            """,
+            clear_owner=clear_owner,
+        )
+        conn.execute(
+            statement,
+            {
+                "status": status,
+                "error": error[:ERROR_CHARS],
+                "backoff": self.policy.backoff_seconds(attempts),
+                "id": row_id,
+            },
+        )
+        return status
+
+    def depth(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
+        """Row counts by status, for metadata and health checks."""
+        statement = self._sql("SELECT {status} AS status, count(*) AS n FROM {table} GROUP BY 1")
+        return {
+            str(_col(r, 0, "status")): int(_col(r, 1, "n"))
+            for r in conn.execute(statement).fetchall()
+        }
+
+    def _statuses(self) -> dict[str, str]:
+        return {
+            "pending": self.table.pending_status,
+            "failed": self.table.failed_status,
+            "claimed": self.table.claimed_status,
+        }
+
+
+def _col(row: Any, index: int, name: str) -> Any:
+    """One value of a row from a dict_row or a tuple_row connection."""
+    return row[name] if isinstance(row, dict) else row[index]
+
+
+def _as_dict(cursor: psycopg.Cursor[Any], row: Any) -> dict[str, Any]:
+    """A row as {column: value}, whatever row factory the connection uses."""
+    if isinstance(row, dict):
+        return row
+    names = [c.name for c in cursor.description or ()]
+    return dict(zip(names, row, strict=True))
