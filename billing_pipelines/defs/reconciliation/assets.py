@@ -11,6 +11,7 @@ from billing_pipelines.defs.resources import (
     StripeResource,
     UsageWarehouse,
 )
+from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
 from billing_pipelines.lib.reconciliation import diff as reconciliation
@@ -193,20 +194,23 @@ class UsageAuditConfig(dg.Config):
 
 def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
     """Differences as a markdown table: tenant, period, amount, causes."""
-    bad = [r for r in rows if not r.clean]
-    if not bad:
-        return "every audited period matches to the cent"
-    lines = ["| tenant | period | invoice | difference | causes |", "|---|---|---|---|---|"]
-    for r in bad[:limit]:
-        end = r.line.period_end - timedelta(seconds=1)
-        lines.append(
-            f"| {r.line.tenant_id or r.line.customer_id} | {r.line.period_start:%Y-%m-%d} to "
-            f"{end:%Y-%m-%d} | {r.line.invoice_id} | "
-            f"{format_money(r.difference_cents, r.line.currency)} | {'; '.join(r.causes)} |"
-        )
-    if len(bad) > limit:
-        lines.append(f"... and {len(bad) - limit} more")
-    return "\n".join(lines)
+    return markdown.table(
+        ["tenant", "period", "invoice", "difference", "causes"],
+        [
+            (
+                r.line.tenant_id or r.line.customer_id,
+                f"{r.line.period_start:%Y-%m-%d} to "
+                f"{r.line.period_end - timedelta(seconds=1):%Y-%m-%d}",
+                r.line.invoice_id,
+                format_money(r.difference_cents, r.line.currency),
+                "; ".join(r.causes),
+            )
+            for r in rows
+            if not r.clean
+        ],
+        limit=limit,
+        empty="every audited period matches to the cent",
+    )
 
 
 @dg.asset(
