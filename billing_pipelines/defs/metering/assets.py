@@ -7,6 +7,7 @@ from datetime import date
 
 import dagster as dg
 import psycopg
+from pydantic import Field
 
 from billing_pipelines.defs.catalog.assets import stripe_catalog
 from billing_pipelines.defs.partitions import daily_partitions
@@ -27,12 +28,28 @@ BILLABLE_CHECK = "usage_tenants_billable"
 
 
 class MeterPushConfig(dg.Config):
-    """How fast to push; the defaults are a safe share of Stripe's test or live limits."""
+    """How fast to push and what to refuse; unset fields are read from the environment when the
+    run starts."""
 
-    requests_per_second: float | None = None
-    workers: int = 8
-    retry_attempts: int = 6
-    progress_every_seconds: float = 10.0
+    requests_per_second: float | None = Field(
+        default=None,
+        description="Meter events per second; unset: a safe share of Stripe's test or live limit.",
+    )
+    workers: int = Field(default=8, description="Concurrent requests to Stripe.")
+    retry_attempts: int = Field(
+        default=6, description="Attempts per meter event on 429, 5xx or network errors."
+    )
+    progress_every_seconds: float = Field(
+        default=10.0, description="Seconds between progress log lines."
+    )
+    daily_value_ceiling: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Largest day total per tenant and metric that is sent (above it the value is "
+            "refused); unset: METER_DAILY_VALUE_CEILING."
+        ),
+    )
 
 
 @dg.asset(
@@ -71,12 +88,13 @@ def stripe_meter_reports(
         raise dg.Failure(
             f"no active Stripe meter for {', '.join(missing)}: materialize stripe_catalog first"
         )
+    ceiling = config.daily_value_ceiling
     push = MeterPush(
         day,
         transaction=billing_db.transaction,
         client=client,
         meters=[(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()],
-        ceiling=load_settings().meter_daily_value_ceiling,
+        ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
         run_id=context.run_id,
         log=context.log,
     )

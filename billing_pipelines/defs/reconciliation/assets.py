@@ -4,6 +4,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
+from pydantic import Field
 
 from billing_pipelines.defs.resources import (
     STRIPE_POOL,
@@ -346,6 +347,19 @@ HEALTH_CHECKS = (
 )
 
 
+class HealthConfig(dg.Config):
+    """Alert thresholds of the health record; unset fields are read from the environment."""
+
+    usage_sync_lag_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Hours after a day ends by which its usage must be in Stripe; "
+            "unset: USAGE_SYNC_LAG_HOURS."
+        ),
+    )
+
+
 @dg.asset(
     deps=[subscription_state_diff, stripe_invoice_snapshot],
     group_name="reconciliation",
@@ -357,12 +371,17 @@ HEALTH_CHECKS = (
     ],
 )
 def billing_health(
-    context: dg.AssetExecutionContext, billing_db: BillingDatabase
+    context: dg.AssetExecutionContext, config: HealthConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
     """Webhook and payment success, usage sync lag, invoice failures, mismatches, dunning funnel."""
     now = datetime.now(UTC)
     day = health.utc_today(now)
-    thresholds = health.Thresholds(usage_sync_lag_hours=load_settings().usage_sync_lag_hours)
+    lag_hours = config.usage_sync_lag_hours
+    thresholds = health.Thresholds(
+        usage_sync_lag_hours=load_settings().usage_sync_lag_hours
+        if lag_hours is None
+        else lag_hours
+    )
     with billing_db.transaction() as conn:
         row = conn.execute(
             "SELECT count(*) AS n FROM subscription_state_findings WHERE snapshot_date = "
