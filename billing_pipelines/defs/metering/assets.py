@@ -95,7 +95,7 @@ def stripe_meter_reports(
         client=client,
         meters=[(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()],
         ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         log=context.log,
     )
     pace = Pace(
