@@ -443,11 +443,12 @@ def _store_usage(url: str, values: dict[str, int]) -> None:
             )
 
 
-def _push(url: str, sandbox: SandboxHandle) -> dg.ExecuteInProcessResult:
+def _push(url: str, sandbox: SandboxHandle, **config: Any) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [stripe_meter_reports],
         partition_key=PUSH_DAY.isoformat(),
         resources=_job_resources(url, sandbox),
+        run_config={"ops": {"stripe_meter_reports": {"config": config}}},
         raise_on_error=False,
     )
 
@@ -552,6 +553,10 @@ def test_nan_negative_and_absurd_usage_are_refused_and_good_tenants_still_pushed
         "(above the sanity ceiling of 200 (METER_DAILY_VALUE_CEILING))" in _job_error(fourth)
     )
     assert len(_sent_values(stripe_sandbox)) == 6
+    # ... and the launchpad's daily_value_ceiling wins over the environment for one run.
+    fifth = _push(url, stripe_sandbox, daily_value_ceiling=1_000)
+    assert fifth.success
+    assert _sent_values(stripe_sandbox)[6:] == [(customers["good-b"], 260)]
 
 
 # ---- 4. a plan that does not exist (catalog load errors: unit/test_catalog_validation.py) -----

@@ -1,13 +1,13 @@
 """Usage to Stripe: each day's usage as exactly-once meter events."""
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 
 import dagster as dg
 import psycopg
+from pydantic import Field
 
 from billing_pipelines.defs.catalog.assets import stripe_catalog
 from billing_pipelines.defs.partitions import daily_partitions
@@ -15,39 +15,41 @@ from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, Strip
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
+from billing_pipelines.lib.markdown import records_table
 from billing_pipelines.lib.metering import ledger
-from billing_pipelines.lib.metering.planning import (
-    DELIVERED,
-    FAILED,
-    OUT_OF_WINDOW,
-    MeterReport,
-    RefusedValue,
-    desired_totals,
-    plan_day,
-    screen_usage,
-)
+from billing_pipelines.lib.metering.push import MeterPush, Pace, PushResult
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
-from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
 from billing_pipelines.settings import load_settings
 
 WINDOW_CHECK = "usage_within_stripe_window"
 
 BILLABLE_CHECK = "usage_tenants_billable"
 
-# Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
-CONFIRM_BATCH = 25
-
-CONFIRM_EVERY_SECONDS = 0.25
-
 
 class MeterPushConfig(dg.Config):
-    """How fast to push; the defaults are a safe share of Stripe's test or live limits."""
+    """How fast to push and what to refuse; unset fields are read from the environment when the
+    run starts."""
 
-    requests_per_second: float | None = None
-    workers: int = 8
-    retry_attempts: int = 6
-    progress_every_seconds: float = 10.0
+    requests_per_second: float | None = Field(
+        default=None,
+        description="Meter events per second; unset: a safe share of Stripe's test or live limit.",
+    )
+    workers: int = Field(default=8, description="Concurrent requests to Stripe.")
+    retry_attempts: int = Field(
+        default=6, description="Attempts per meter event on 429, 5xx or network errors."
+    )
+    progress_every_seconds: float = Field(
+        default=10.0, description="Seconds between progress log lines."
+    )
+    daily_value_ceiling: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Largest day total per tenant and metric that is sent (above it the value is "
+            "refused); unset: METER_DAILY_VALUE_CEILING."
+        ),
+    )
 
 
 @dg.asset(
@@ -86,171 +88,93 @@ def stripe_meter_reports(
         raise dg.Failure(
             f"no active Stripe meter for {', '.join(missing)}: materialize stripe_catalog first"
         )
-    meters = [(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()]
-    rate = config.requests_per_second or pacing.default_rate(stripe.api_key)
-    ceiling = load_settings().meter_daily_value_ceiling
-
+    ceiling = config.daily_value_ceiling
+    push = MeterPush(
+        day,
+        transaction=billing_db.transaction,
+        client=client,
+        meters=[(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()],
+        ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
+        run_id=context.run.run_id,
+        log=context.log,
+    )
+    pace = Pace(
+        requests_per_second=config.requests_per_second or pacing.default_rate(stripe.api_key),
+        workers=config.workers,
+        retry_attempts=config.retry_attempts,
+        progress_every_seconds=config.progress_every_seconds,
+    )
     # One reporter per day at a time, even outside the pool (the lock ends with the transaction).
     with _database_outage_fails_the_push(day), billing_db.transaction() as lock_conn:
         ledger.lock_day(lock_conn, day)
-        with billing_db.transaction() as conn:
-            latest = ledger.latest_entries(conn, day)
-            # Values that cannot be a day's usage (negative, above the ceiling, not a whole
-            # number) are never sent; those tenants are held as Stripe has them, the others
-            # are pushed (one bad row must not leave every tenant unbilled at period end).
-            usage, refused = screen_usage(
-                day, ledger.stored_usage(conn, day), [c for _, _, c in meters], ceiling
-            )
-            held = {r.tenant_id for r in refused}
-            desired = desired_totals(
-                usage, ledger.billing_accounts(conn), meters, latest, held=held
-            )
-            plan = plan_day(day, desired.totals, latest)
-        for refusal in refused:
-            context.log.error("refused, not sent: %s", refusal.describe())
-        # The ledger rows exist (committed) before any call to Stripe.
-        with billing_db.transaction() as conn:
-            fresh = ledger.record_pending(conn, plan.new, context.run.run_id)
-        to_send = [*plan.resend, *fresh]
-        context.log.info(
-            "%s: %d meter events to send (%d new versions, %d unconfirmed re-sends), "
-            "%d unchanged, at most %.0f requests/s",
-            day,
-            len(to_send),
-            len(fresh),
-            len(plan.resend),
-            plan.unchanged,
-            rate,
-        )
-        outcomes: dict[str, int] = {DELIVERED: 0, FAILED: 0, OUT_OF_WINDOW: 0, "duplicate": 0}
-
-        unconfirmed: list[tuple[int, str, str | None]] = []
-        last_flush = [time.monotonic()]
-
-        def flush() -> None:
-            with billing_db.transaction() as conn:
-                ledger.record_outcomes(conn, unconfirmed)
-            unconfirmed.clear()
-            last_flush[0] = time.monotonic()
-
-        def confirm(report: MeterReport, outcome: SendOutcome) -> None:
-            # Confirmations are written in small batches (a crash leaves them pending, and a
-            # re-run re-sends them with the same identifier: Stripe answers "already have it").
-            assert report.ledger_id is not None
-            unconfirmed.append((report.ledger_id, outcome.status, outcome.error))
-            outcomes[outcome.status] += 1
-            outcomes["duplicate"] += outcome.duplicate
-            if outcome.status == FAILED:
-                context.log.error("%s: %s", report.identifier, outcome.error)
-            due = time.monotonic() - last_flush[0] >= CONFIRM_EVERY_SECONDS
-            if len(unconfirmed) >= CONFIRM_BATCH or due:
-                flush()
-
-        retried = [0]
-
-        def send(report: MeterReport) -> SendOutcome:
-            try:
-                return stripe_meters.send_meter_event(client, report)
-            except RetryableStripeError:
-                retried[0] += 1  # a lost race for a slot is not worth a log line each
-                raise
-
-        started = time.monotonic()
-        exhausted = pacing.run_paced(
-            to_send,
-            send,
-            confirm,
-            limiter=pacing.RateLimiter(rate),
-            retryable=RetryableStripeError,
-            retry=pacing.RetryPolicy(attempts=config.retry_attempts),
-            workers=config.workers,
-            on_progress=lambda p: context.log.info(p.line(f"meter events for {day}")),
-            progress_every_seconds=config.progress_every_seconds,
-        )
-        for report, error in exhausted:
-            confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
-        flush()
-        push_seconds = time.monotonic() - started
-        with billing_db.transaction() as conn:
-            stranded = ledger.out_of_window(conn, day)
-
-    problems = [_refused_message(day, refused)] if refused else []
-    if outcomes[FAILED]:
-        # Failed rows stay in the ledger and are re-sent with the same identifier next run.
-        problems.append(
-            f"{outcomes[FAILED]} of {len(to_send)} meter events for {day} failed; "
-            "re-run the partition to retry them (same identifiers, no double count)"
-        )
+        result = push.push(push.plan(), pace)
+    problems = result.problems()
     if problems:
-        raise dg.Failure(
-            "\n".join(problems),
-            metadata={
-                "sent": dg.MetadataValue.int(outcomes[DELIVERED] - outcomes["duplicate"]),
-                "failed": dg.MetadataValue.int(outcomes[FAILED]),
-                "refused_values": dg.MetadataValue.int(len(refused)),
-                "refused": dg.MetadataValue.md(_table([dataclasses.asdict(r) for r in refused])),
-            },
-        )
-    totals = {
-        metric: sum(t.value for t in desired.totals if t.metric == metric)
-        for metric, _, _ in meters
-    }
+        raise dg.Failure("\n".join(problems), metadata=_failure_metadata(result))
     return dg.MaterializeResult(
-        metadata={
-            "sent": dg.MetadataValue.int(outcomes[DELIVERED] - outcomes["duplicate"]),
-            "already_delivered": dg.MetadataValue.int(outcomes["duplicate"]),
-            "unchanged": dg.MetadataValue.int(plan.unchanged),
-            "out_of_window": dg.MetadataValue.int(len(stranded)),
-            "billable_tenants": dg.MetadataValue.int(len({t.tenant_id for t in desired.totals})),
-            "unbillable_tenants": dg.MetadataValue.int(len(desired.unbillable)),
-            **{f"total_{m}": dg.MetadataValue.int(v) for m, v in totals.items()},
-            "requests_per_second_limit": dg.MetadataValue.float(float(rate)),
-            "push_seconds": dg.MetadataValue.float(round(push_seconds, 2)),
-            "retried_requests": dg.MetadataValue.int(retried[0]),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=WINDOW_CHECK,
-                passed=not stranded,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=(
-                    "changed totals Stripe refused as older than 35 days: bill or credit "
-                    "the difference by hand"
-                    if stranded
-                    else None
+        metadata=_push_metadata(result), check_results=_check_results(result)
+    )
+
+
+def _failure_metadata(result: PushResult) -> dict[str, dg.MetadataValue]:
+    """What a failed push reports: what went out, what failed, what was refused."""
+    return {
+        "sent": dg.MetadataValue.int(result.outcomes.sent),
+        "failed": dg.MetadataValue.int(result.outcomes.failed),
+        "refused_values": dg.MetadataValue.int(len(result.refused)),
+        "refused": dg.MetadataValue.md(
+            records_table([dataclasses.asdict(r) for r in result.refused])
+        ),
+    }
+
+
+def _push_metadata(result: PushResult) -> dict[str, dg.MetadataValue]:
+    """What a successful push reports: counts, day totals per metric, pace."""
+    return {
+        "sent": dg.MetadataValue.int(result.outcomes.sent),
+        "already_delivered": dg.MetadataValue.int(result.outcomes.duplicate),
+        "unchanged": dg.MetadataValue.int(result.unchanged),
+        "out_of_window": dg.MetadataValue.int(len(result.stranded)),
+        "billable_tenants": dg.MetadataValue.int(result.billable_tenants),
+        "unbillable_tenants": dg.MetadataValue.int(len(result.desired.unbillable)),
+        **{f"total_{m}": dg.MetadataValue.int(v) for m, v in result.totals.items()},
+        "requests_per_second_limit": dg.MetadataValue.float(float(result.requests_per_second)),
+        "push_seconds": dg.MetadataValue.float(round(result.push_seconds, 2)),
+        "retried_requests": dg.MetadataValue.int(result.retried_requests),
+    }
+
+
+def _check_results(result: PushResult) -> list[dg.AssetCheckResult]:
+    """Stranded totals beyond Stripe's window (ERROR) and unbillable tenants (WARN)."""
+    stranded, unbillable = result.stranded, result.desired.unbillable
+    return [
+        dg.AssetCheckResult(
+            check_name=WINDOW_CHECK,
+            passed=not stranded,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                "changed totals Stripe refused as older than 35 days: bill or credit "
+                "the difference by hand"
+                if stranded
+                else None
+            ),
+            metadata={
+                "stranded": dg.MetadataValue.int(len(stranded)),
+                "tenants": dg.MetadataValue.md(records_table(stranded)),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=BILLABLE_CHECK,
+            passed=not unbillable,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "unbillable": dg.MetadataValue.int(len(unbillable)),
+                "tenants": dg.MetadataValue.md(
+                    records_table([{"tenant_id": t, **usage} for t, usage in unbillable.items()])
                 ),
-                metadata={
-                    "stranded": dg.MetadataValue.int(len(stranded)),
-                    "tenants": dg.MetadataValue.md(_table(stranded)),
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name=BILLABLE_CHECK,
-                passed=not desired.unbillable,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "unbillable": dg.MetadataValue.int(len(desired.unbillable)),
-                    "tenants": dg.MetadataValue.md(
-                        _table(
-                            [{"tenant_id": t, **usage} for t, usage in desired.unbillable.items()]
-                        )
-                    ),
-                },
-            ),
-        ],
-    )
-
-
-def _refused_message(day: date, refused: list[RefusedValue], limit: int = 20) -> str:
-    tenants = sorted({r.tenant_id for r in refused})
-    lines = [r.describe() for r in refused[:limit]]
-    if len(refused) > limit:
-        lines.append(f"... and {len(refused) - limit} more")
-    return (
-        f"{len(refused)} stored usage value(s) for {day} refused: nothing was sent for "
-        f"{len(tenants)} tenant(s), the others were pushed; fix daily_tenant_usage and "
-        "re-run the partition:\n" + "\n".join(lines)
-    )
+            },
+        ),
+    ]
 
 
 @contextmanager
@@ -269,14 +193,3 @@ def _database_outage_fails_the_push(day: date) -> Iterator[None]:
                 "it (same identifiers, no double count)"
             )
         ) from exc
-
-
-def _table(rows: list[dict[str, object]], limit: int = 50) -> str:
-    if not rows:
-        return "none"
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows[:limit]]
-    if len(rows) > limit:
-        lines.append(f"... and {len(rows) - limit} more")
-    return "\n".join(lines)

@@ -7,6 +7,7 @@ import dagster as dg
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
+from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.planning import Key, settle_totals
@@ -73,10 +74,6 @@ def meter_totals_match_warehouse(
     mismatches = settle_totals(
         expected, fetch, timeout_seconds=config.settle_seconds, poll_seconds=config.poll_seconds
     )
-    rows = "\n".join(
-        f"| {m.tenant_id} | {m.metric} | {m.warehouse} | {m.stripe} | {m.difference:+} |"
-        for m in mismatches[:50]
-    )
     return dg.AssetCheckResult(
         passed=not mismatches,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -90,9 +87,14 @@ def meter_totals_match_warehouse(
                 sum(-m.difference for m in mismatches if m.difference < 0)
             ),
             "details": dg.MetadataValue.md(
-                "| tenant | metric | warehouse | stripe | diff |\n|---|---|---|---|---|\n" + rows
-                if mismatches
-                else "all totals match"
+                markdown.table(
+                    ["tenant", "metric", "warehouse", "stripe", "diff"],
+                    [
+                        (m.tenant_id, m.metric, m.warehouse, m.stripe, f"{m.difference:+}")
+                        for m in mismatches
+                    ],
+                    empty="all totals match",
+                )
             ),
         },
     )

@@ -4,6 +4,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
+from pydantic import Field
 
 from billing_pipelines.defs.resources import (
     STRIPE_POOL,
@@ -11,6 +12,7 @@ from billing_pipelines.defs.resources import (
     StripeResource,
     UsageWarehouse,
 )
+from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
 from billing_pipelines.lib.reconciliation import diff as reconciliation
@@ -193,20 +195,23 @@ class UsageAuditConfig(dg.Config):
 
 def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
     """Differences as a markdown table: tenant, period, amount, causes."""
-    bad = [r for r in rows if not r.clean]
-    if not bad:
-        return "every audited period matches to the cent"
-    lines = ["| tenant | period | invoice | difference | causes |", "|---|---|---|---|---|"]
-    for r in bad[:limit]:
-        end = r.line.period_end - timedelta(seconds=1)
-        lines.append(
-            f"| {r.line.tenant_id or r.line.customer_id} | {r.line.period_start:%Y-%m-%d} to "
-            f"{end:%Y-%m-%d} | {r.line.invoice_id} | "
-            f"{format_money(r.difference_cents, r.line.currency)} | {'; '.join(r.causes)} |"
-        )
-    if len(bad) > limit:
-        lines.append(f"... and {len(bad) - limit} more")
-    return "\n".join(lines)
+    return markdown.table(
+        ["tenant", "period", "invoice", "difference", "causes"],
+        [
+            (
+                r.line.tenant_id or r.line.customer_id,
+                f"{r.line.period_start:%Y-%m-%d} to "
+                f"{r.line.period_end - timedelta(seconds=1):%Y-%m-%d}",
+                r.line.invoice_id,
+                format_money(r.difference_cents, r.line.currency),
+                "; ".join(r.causes),
+            )
+            for r in rows
+            if not r.clean
+        ],
+        limit=limit,
+        empty="every audited period matches to the cent",
+    )
 
 
 @dg.asset(
@@ -342,6 +347,19 @@ HEALTH_CHECKS = (
 )
 
 
+class HealthConfig(dg.Config):
+    """Alert thresholds of the health record; unset fields are read from the environment."""
+
+    usage_sync_lag_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Hours after a day ends by which its usage must be in Stripe; "
+            "unset: USAGE_SYNC_LAG_HOURS."
+        ),
+    )
+
+
 @dg.asset(
     deps=[subscription_state_diff, stripe_invoice_snapshot],
     group_name="reconciliation",
@@ -353,12 +371,17 @@ HEALTH_CHECKS = (
     ],
 )
 def billing_health(
-    context: dg.AssetExecutionContext, billing_db: BillingDatabase
+    context: dg.AssetExecutionContext, config: HealthConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
     """Webhook and payment success, usage sync lag, invoice failures, mismatches, dunning funnel."""
     now = datetime.now(UTC)
     day = health.utc_today(now)
-    thresholds = health.Thresholds(usage_sync_lag_hours=load_settings().usage_sync_lag_hours)
+    lag_hours = config.usage_sync_lag_hours
+    thresholds = health.Thresholds(
+        usage_sync_lag_hours=load_settings().usage_sync_lag_hours
+        if lag_hours is None
+        else lag_hours
+    )
     with billing_db.transaction() as conn:
         row = conn.execute(
             "SELECT count(*) AS n FROM subscription_state_findings WHERE snapshot_date = "

@@ -1,6 +1,7 @@
 """Reconciliation runs: the daily snapshot-diff-audit job and the remediation job."""
 
 import dagster as dg
+from pydantic import Field
 
 from billing_pipelines.defs.reconciliation.assets import (
     billing_health,
@@ -21,6 +22,10 @@ class RemediationConfig(dg.Config):
 
     dry_run: bool = True
     tenant_ids: list[str] = []
+    alert_email: str | None = Field(
+        default=None,
+        description="Who is told of the changes (admin alert email); unset: ALERT_EMAIL.",
+    )
 
 
 @dg.op(tags={"domain": "reconciliation"})
@@ -32,6 +37,7 @@ def remediate_subscription_state(
 ) -> dg.Output[dict[str, int]]:
     """Converge every tenant the newest diff flagged to its current Stripe subscription."""
     settings = load_settings()
+    alert_email = settings.alert_email if config.alert_email is None else config.alert_email
     actor = f"reconciliation remediation (run {context.run.run_id[:8]})"
     with billing_db.transaction() as conn:
         targets = remediation.latest_targets(conn, only=set(config.tenant_ids) or None)
@@ -42,15 +48,16 @@ def remediate_subscription_state(
         targets,
         actor=actor,
         dry_run=config.dry_run,
-        alert_email=settings.alert_email,
+        alert_email=alert_email,
     )
     changed = [o for o in outcomes if o.change is not None]
     for o in outcomes:
         context.log.info(o.line(config.dry_run))
     if changed and not config.dry_run:
+        # The chat webhook URL is a secret: it stays in the environment, never in run config.
         chat = settings.alert_chat_webhook_url
         channel = alerting.AlertChannel(
-            email=settings.alert_email,
+            email=alert_email,
             chat_webhook_url=chat.get_secret_value() if chat else None,
             ui_url=settings.dagster_ui_url,
         )

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from billing_pipelines.lib import markdown
 from billing_pipelines.lib.reconciliation.snapshots import (
     CustomerSnapshot,
     InvoiceSnapshot,
@@ -413,14 +414,11 @@ def store_findings(
 
 def findings_table(findings: list[Finding], limit: int = 50) -> str:
     """Findings as a markdown table for the Dagster UI."""
-    if not findings:
-        return "none"
-    lines = ["| category | tenant | customer | subscription | detail |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {f.category} | {f.tenant_id or ''} | {f.customer_id or ''} | "
-        f"{f.subscription_id or ''} | {f.detail} |"
-        for f in findings[:limit]
-    ]
-    if len(findings) > limit:
-        lines.append(f"... and {len(findings) - limit} more")
-    return "\n".join(lines)
+    return markdown.table(
+        ["category", "tenant", "customer", "subscription", "detail"],
+        [
+            (f.category, f.tenant_id or "", f.customer_id or "", f.subscription_id or "", f.detail)
+            for f in findings
+        ],
+        limit=limit,
+    )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from billing_pipelines.defs.reconciliation.assets import billing_health
 from billing_pipelines.defs.resources import BillingDatabase
@@ -90,3 +91,23 @@ def test_billing_health_keeps_a_daily_series_and_fails_checks_past_thresholds(
     assert checks["first_attempt_payment_success_rate"].passed  # no invoices: no data, no alarm
     assert len(sick["series"]["days"]) == 3  # today's row was replaced, not duplicated
     assert sick["series"]["days"][-1]["state_mismatches"] == 1
+
+
+def test_usage_sync_lag_threshold_is_a_launchpad_knob_defaulting_to_the_environment(
+    billing_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delivered_day(billing_db_url, 3)  # newest delivered usage is at least 48 h old
+
+    def lag_check(**config: Any) -> Any:
+        result = dg.materialize(
+            [billing_health],
+            resources={"billing_db": BillingDatabase(url=billing_db_url)},
+            run_config={"ops": {"billing_health": {"config": config}}},
+        )
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}["usage_sync_lag"]
+
+    monkeypatch.setenv("USAGE_SYNC_LAG_HOURS", "6")
+    assert not lag_check().passed  # unset: the environment's 6 h, read when the run starts
+    assert lag_check(usage_sync_lag_hours=100).passed  # the launchpad value wins
+    monkeypatch.setenv("USAGE_SYNC_LAG_HOURS", "100")
+    assert lag_check().passed

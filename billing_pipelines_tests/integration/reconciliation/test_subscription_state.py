@@ -124,6 +124,24 @@ def test_subscription_cancelled_in_stripe_is_found_and_remediation_revokes_acces
     assert query(billing_db_url, "SELECT count(*) AS n FROM audit_log")[0]["n"] == 1
 
 
+def test_remediation_alert_recipient_is_a_launchpad_knob_defaulting_to_alert_email(
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+    billing_db_url: str,
+    alert_email: str,
+) -> None:
+    support.catalog(stripe_client)
+    resources = support.resources(stripe_sandbox.url, billing_db_url)
+    _, gone, _ = support.tenant(stripe_client, billing_db_url, "t-leaking")
+    stripe_client.v1.subscriptions.cancel(gone)
+    assert dg.materialize(DIFF, resources=resources).success
+
+    real = remediate(resources, dry_run=False, alert_email="finance@billing.example")
+    assert real.output_for_node("remediate_subscription_state")["changed"] == 1
+    recipients = query(billing_db_url, "SELECT DISTINCT recipient FROM notification_outbox")
+    assert [r["recipient"] for r in recipients] == ["finance@billing.example"]  # not ALERT_EMAIL
+
+
 def test_trial_ended_without_payment_method_appears_in_the_diff(
     stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient, billing_db_url: str
 ) -> None:

@@ -1,0 +1,312 @@
+"""One day's meter push: plan it from the ledger, send it paced, confirm it in batches.
+
+The order is what makes it exactly-once: every ledger row is committed (pending) before its
+call to Stripe, and confirmed only after Stripe answered. A crash in between leaves the row
+pending; the next run re-sends it with the same identifier and Stripe recognises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import stripe
+
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import (
+    DELIVERED,
+    FAILED,
+    OUT_OF_WINDOW,
+    DayPlan,
+    DesiredDay,
+    MeterReport,
+    RefusedValue,
+    desired_totals,
+    plan_day,
+    screen_usage,
+)
+from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe import pacing
+from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
+
+# Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
+CONFIRM_BATCH = 25
+
+CONFIRM_EVERY_SECONDS = 0.25
+
+Meter = tuple[str, str, str]  # (metric, meter event name, usage column)
+
+Transaction = Callable[[], AbstractContextManager[ledger.Conn]]
+
+Confirmation = tuple[int, str, str | None]  # (ledger id, outcome status, error)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a push goes: requests per second, worker threads, attempts per event."""
+
+    requests_per_second: float
+    workers: int = 8
+    retry_attempts: int = 6
+    progress_every_seconds: float = 10.0
+
+
+@dataclass
+class PushPlan:
+    """What one day's push will do, and the totals and refusals it was decided from."""
+
+    day: date
+    plan: DayPlan
+    desired: DesiredDay
+    refused: list[RefusedValue]
+
+
+@dataclass
+class Outcomes:
+    """How Stripe answered this run's meter events, counted by outcome."""
+
+    delivered: int = 0
+    failed: int = 0
+    out_of_window: int = 0
+    duplicate: int = 0  # delivered in an earlier run: Stripe already had the identifier
+
+    def count(self, outcome: SendOutcome) -> None:
+        """Add one answer to the counts."""
+        if outcome.status == DELIVERED:
+            self.delivered += 1
+        elif outcome.status == FAILED:
+            self.failed += 1
+        elif outcome.status == OUT_OF_WINDOW:
+            self.out_of_window += 1
+        else:
+            raise ValueError(f"not an outcome status: {outcome.status}")
+        self.duplicate += outcome.duplicate
+
+    @property
+    def sent(self) -> int:
+        """Events this run added to Stripe (deliveries Stripe did not already have)."""
+        return self.delivered - self.duplicate
+
+
+class ConfirmBuffer:
+    """Outcomes waiting for their ledger rows, written every `batch` outcomes or `every_seconds`.
+
+    Batching keeps the push off the database's critical path; a crash leaves the unwritten
+    rows pending, and a re-run re-sends them with the same identifiers (no double count).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[Confirmation]], None],
+        *,
+        batch: int = CONFIRM_BATCH,
+        every_seconds: float = CONFIRM_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._batch = batch
+        self._every_seconds = every_seconds
+        self._clock = clock
+        self._rows: list[Confirmation] = []
+        self._last_flush = clock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, ledger_id: int, outcome: SendOutcome) -> None:
+        """Queue one row's outcome; write the queue when the batch is full or overdue."""
+        self._rows.append((ledger_id, outcome.status, outcome.error))
+        due = self._clock() - self._last_flush >= self._every_seconds
+        if len(self._rows) >= self._batch or due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued outcome now (an empty queue still opens its write)."""
+        self._write(self._rows)
+        self._rows = []
+        self._last_flush = self._clock()
+
+
+@dataclass
+class PushResult:
+    """What a day's push did, in the counts the run reports."""
+
+    day: date
+    attempted: int  # meter events this run sent (new versions and re-sends)
+    outcomes: Outcomes
+    unchanged: int
+    stranded: list[dict[str, Any]]  # newest versions Stripe refused as too old
+    desired: DesiredDay
+    refused: list[RefusedValue]
+    meters: list[Meter]
+    requests_per_second: float
+    push_seconds: float
+    retried_requests: int = 0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """The day's total per metric over every billable tenant."""
+        return {
+            metric: sum(t.value for t in self.desired.totals if t.metric == metric)
+            for metric, _, _ in self.meters
+        }
+
+    @property
+    def billable_tenants(self) -> int:
+        """Tenants with a total Stripe should hold for the day."""
+        return len({t.tenant_id for t in self.desired.totals})
+
+    def problems(self) -> list[str]:
+        """Why the run must fail (refused values, failed events), one message each; [] if none."""
+        problems = [refused_message(self.day, self.refused)] if self.refused else []
+        if self.outcomes.failed:
+            # Failed rows stay in the ledger and are re-sent with the same identifier next run.
+            problems.append(
+                f"{self.outcomes.failed} of {self.attempted} meter events for {self.day} "
+                "failed; re-run the partition to retry them (same identifiers, no double count)"
+            )
+        return problems
+
+
+def refused_message(day: date, refused: list[RefusedValue], limit: int = 20) -> str:
+    """The operator's message for refused values: how many, whose, and what to fix."""
+    tenants = sorted({r.tenant_id for r in refused})
+    lines = [r.describe() for r in refused[:limit]]
+    if len(refused) > limit:
+        lines.append(f"... and {len(refused) - limit} more")
+    return (
+        f"{len(refused)} stored usage value(s) for {day} refused: nothing was sent for "
+        f"{len(tenants)} tenant(s), the others were pushed; fix daily_tenant_usage and "
+        "re-run the partition:\n" + "\n".join(lines)
+    )
+
+
+class MeterPush:
+    """One UTC day of stored usage into Stripe's meters, exactly once per value version.
+
+    One instance is one push. The caller holds the day's lock (`ledger.lock_day`) around
+    `plan` and `push`, so no other reporter of the same day interleaves.
+    """
+
+    def __init__(
+        self,
+        day: date,
+        *,
+        transaction: Transaction,
+        client: stripe.StripeClient,
+        meters: list[Meter],
+        ceiling: int,
+        run_id: str,
+        log: logging.Logger,
+    ) -> None:
+        self.day = day
+        self.meters = meters
+        self.ceiling = ceiling
+        self._transaction = transaction
+        self._client = client
+        self._run_id = run_id
+        self._log = log
+        self._outcomes = Outcomes()
+        self._confirmations: ConfirmBuffer | None = None
+        self._retried = 0
+
+    def plan(self) -> PushPlan:
+        """Read the ledger and stored usage: what to send, what is settled, what is refused."""
+        with self._transaction() as conn:
+            latest = ledger.latest_entries(conn, self.day)
+            # Values that cannot be a day's usage (negative, above the ceiling, not a whole
+            # number) are never sent; those tenants are held as Stripe has them, the others
+            # are pushed (one bad row must not leave every tenant unbilled at period end).
+            usage, refused = screen_usage(
+                self.day,
+                ledger.stored_usage(conn, self.day),
+                [column for _, _, column in self.meters],
+                self.ceiling,
+            )
+            held = {r.tenant_id for r in refused}
+            desired = desired_totals(
+                usage, ledger.billing_accounts(conn), self.meters, latest, held=held
+            )
+            plan = plan_day(self.day, desired.totals, latest)
+        for refusal in refused:
+            self._log.error("refused, not sent: %s", refusal.describe())
+        return PushPlan(self.day, plan, desired, refused)
+
+    def push(self, planned: PushPlan, pace: Pace) -> PushResult:
+        """Write the pending rows, send every event paced and retried, confirm the outcomes."""
+        plan = planned.plan
+        # The ledger rows exist (committed) before any call to Stripe.
+        with self._transaction() as conn:
+            fresh = ledger.record_pending(conn, plan.new, self._run_id)
+        to_send = [*plan.resend, *fresh]
+        self._log.info(
+            "%s: %d meter events to send (%d new versions, %d unconfirmed re-sends), "
+            "%d unchanged, at most %.0f requests/s",
+            self.day,
+            len(to_send),
+            len(fresh),
+            len(plan.resend),
+            plan.unchanged,
+            pace.requests_per_second,
+        )
+        confirmations = self._confirmations = ConfirmBuffer(self._write_confirmations)
+        started = time.monotonic()
+        exhausted = pacing.run_paced(
+            to_send,
+            self._send,
+            self._confirm,
+            limiter=pacing.RateLimiter(pace.requests_per_second),
+            retryable=RetryableStripeError,
+            retry=pacing.RetryPolicy(attempts=pace.retry_attempts),
+            workers=pace.workers,
+            on_progress=self._progress,
+            progress_every_seconds=pace.progress_every_seconds,
+        )
+        for report, error in exhausted:
+            self._confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
+        confirmations.flush()
+        push_seconds = time.monotonic() - started
+        with self._transaction() as conn:
+            stranded = ledger.out_of_window(conn, self.day)
+        return PushResult(
+            day=self.day,
+            attempted=len(to_send),
+            outcomes=self._outcomes,
+            unchanged=plan.unchanged,
+            stranded=stranded,
+            desired=planned.desired,
+            refused=planned.refused,
+            meters=self.meters,
+            requests_per_second=pace.requests_per_second,
+            push_seconds=push_seconds,
+            retried_requests=self._retried,
+        )
+
+    def _send(self, report: MeterReport) -> SendOutcome:
+        """One meter event (on a worker thread); a retryable failure is counted and re-raised."""
+        try:
+            return stripe_meters.send_meter_event(self._client, report)
+        except RetryableStripeError:
+            self._retried += 1  # a lost race for a slot is not worth a log line each
+            raise
+
+    def _confirm(self, report: MeterReport, outcome: SendOutcome) -> None:
+        """Count one answer (on the calling thread) and queue its ledger confirmation."""
+        assert report.ledger_id is not None
+        self._outcomes.count(outcome)
+        if outcome.status == FAILED:
+            self._log.error("%s: %s", report.identifier, outcome.error)
+        assert self._confirmations is not None
+        self._confirmations.add(report.ledger_id, outcome)
+
+    def _write_confirmations(self, rows: list[Confirmation]) -> None:
+        with self._transaction() as conn:
+            ledger.record_outcomes(conn, rows)
+
+    def _progress(self, progress: pacing.Progress) -> None:
+        self._log.info(progress.line(f"meter events for {self.day}"))
