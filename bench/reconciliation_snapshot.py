@@ -37,7 +37,8 @@ from psycopg.rows import dict_row
 
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import snapshots as stripe_snapshots
+from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
+from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 
 
@@ -112,7 +113,7 @@ def snapshot_and_diff(client: stripe.StripeClient, db_url: str) -> dict[str, Any
     state = stripe_snapshots.fetch_state(client, plans)
     t1 = time.perf_counter()
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        stripe_snapshots.store_state(conn, taken_at.date(), state, taken_at)
+        snapshot_store.store_state(conn, taken_at.date(), state, taken_at)
     t2 = time.perf_counter()
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
         day, as_of, tenants, subs, customers, invoices = reconciliation.load_snapshot(conn)
@@ -136,7 +137,7 @@ def invoice_snapshot(client: stripe.StripeClient, db_url: str) -> dict[str, Any]
     taken_at = datetime.now(UTC)
     snap = stripe_snapshots.fetch_invoices(client)
     with psycopg.connect(db_url) as conn:
-        stripe_snapshots.store_invoices(conn, taken_at.date(), snap, taken_at)
+        snapshot_store.store_invoices(conn, taken_at.date(), snap, taken_at)
     return {
         "invoices": len(snap.invoices),
         "lines": len(snap.lines),

@@ -10,7 +10,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import psycopg
-import stripe
 from clickhouse_connect.driver.client import Client
 from psycopg_pool import ConnectionPool
 from pydantic import PrivateAttr
@@ -126,7 +125,7 @@ class StripeResource(dg.ConfigurableResource):
     max_network_retries: int | None = None
     timeout_seconds: float | None = None
 
-    def client(self) -> stripe.StripeClient:
+    def client(self) -> stripe_api.StripeClient:
         """A StripeClient with retries and timeouts; the key never appears in logs or metadata."""
         if not self.api_key:
             raise BillingConfigError("STRIPE_API_KEY is not set")

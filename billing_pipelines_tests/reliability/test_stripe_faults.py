@@ -30,8 +30,8 @@ from billing_pipelines.defs.reconciliation.assets import (
 from billing_pipelines.defs.reconciliation.jobs import subscription_remediation_job
 from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
-from billing_pipelines.lib.reconciliation import snapshots as stripe_snapshots
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
 from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support as recon
 from billing_pipelines_tests.integration.test_meter_reports import (  # noqa: F401 - fixture

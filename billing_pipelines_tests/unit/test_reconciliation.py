@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from billing_pipelines.lib.reconciliation import diff as rec
-from billing_pipelines.lib.reconciliation.snapshots import (
+from billing_pipelines.lib.stripe.snapshots import (
     CustomerSnapshot,
     InvoiceSnapshot,
     SubscriptionSnapshot,

@@ -17,8 +17,9 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
 from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation import health, usage_audit
-from billing_pipelines.lib.reconciliation import snapshots as stripe_snapshots
+from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
 from billing_pipelines.settings import load_settings
 
 GROUP = "reconciliation"
@@ -45,7 +46,7 @@ def stripe_subscription_snapshot(
     taken_at = datetime.now(UTC)
     state = stripe_snapshots.fetch_state(stripe.client(), set(load_catalog().plans))
     with billing_db.transaction() as conn:
-        stripe_snapshots.store_state(conn, taken_at.date(), state, taken_at)
+        snapshot_store.store_state(conn, taken_at.date(), state, taken_at)
     statuses: dict[str, int] = {}
     for sub in state.subscriptions:
         statuses[sub.status] = statuses.get(sub.status, 0) + 1
@@ -73,7 +74,7 @@ def stripe_invoice_snapshot(
     taken_at = datetime.now(UTC)
     snapshot = stripe_snapshots.fetch_invoices(stripe.client())
     with billing_db.transaction() as conn:
-        stripe_snapshots.store_invoices(conn, taken_at.date(), snapshot, taken_at)
+        snapshot_store.store_invoices(conn, taken_at.date(), snapshot, taken_at)
     statuses: dict[str, int] = {}
     for inv in snapshot.invoices:
         statuses[inv.status] = statuses.get(inv.status, 0) + 1

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import stripe
 
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
+from billing_pipelines.lib.stripe.client import StripeClient, StripeError
 from billing_pipelines.lib.webhooks.handlers import HandlerContext
 from billing_pipelines.settings import load_settings
 
@@ -15,7 +15,7 @@ from billing_pipelines.settings import load_settings
 class HandlerSetup:
     """What every event a run handles shares, read once per run (not once per event)."""
 
-    client: stripe.StripeClient
+    client: StripeClient
     catalog: Catalog
     alert_email: str | None
 
@@ -30,7 +30,7 @@ class HandlerSetup:
         )
 
 
-def handler_setup(client: stripe.StripeClient, *, alert_email: str | None = None) -> HandlerSetup:
+def handler_setup(client: StripeClient, *, alert_email: str | None = None) -> HandlerSetup:
     """Read the catalog and the alert address (unset: ALERT_EMAIL) for one run's handlers."""
     if alert_email is None:
         alert_email = load_settings().alert_email
@@ -38,7 +38,7 @@ def handler_setup(client: stripe.StripeClient, *, alert_email: str | None = None
 
 
 def handler_context(
-    conn: psycopg.Connection[Any], client: stripe.StripeClient, actor: str
+    conn: psycopg.Connection[Any], client: StripeClient, actor: str
 ) -> HandlerContext:
     """A HandlerContext for a run that handles a single transaction."""
     return handler_setup(client).context(conn, actor)
@@ -46,7 +46,7 @@ def handler_context(
 
 def describe_error(exc: BaseException) -> str:
     """A one-line, secret-free reason for the queue's last_error column."""
-    if isinstance(exc, stripe.StripeError):
+    if isinstance(exc, StripeError):
         status = exc.http_status or "-"
         return f"Stripe {type(exc).__name__} (HTTP {status}): {exc.user_message or ''}"[:500]
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

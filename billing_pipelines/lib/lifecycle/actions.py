@@ -1,29 +1,28 @@
 """Subscription lifecycle actions: onboard, change plan, cancel, update card, reactivate, portal.
 
-Each action talks to Stripe through the official SDK with idempotency keys derived from
-business ids (a retried action never creates a second customer or subscription), then lets
+Each action makes its Stripe calls through `stripe.lifecycle` (idempotency keys derived from
+business ids: a retried action never creates a second customer or subscription), then lets
 tenant access follow Stripe's resulting state through the same audited convergence step the
 webhook handlers use (`webhook_handlers.converge_tenant`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-import stripe
 
 from billing_pipelines.lib.catalog.plans import Catalog, Plan
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
+from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
+from billing_pipelines.lib.stripe.client import CardError, StripeClient
+from billing_pipelines.lib.stripe.lifecycle import ItemPrice
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.ids import check_tenant_id
 from billing_pipelines.lib.webhooks.handlers import HandlerContext, converge_tenant
 
-# Subscription statuses after which a tenant needs a new subscription to be billed again.
-ENDED = {"canceled", "incomplete_expired"}
 # What Stripe does when a trial ends without a payment method. Pausing keeps the subscription
 # (the tenant adds a card and resumes) while access stops: nobody uses the service for free.
 DEFAULT_TRIAL_END_BEHAVIOR = "pause"
@@ -83,7 +82,7 @@ class PlanChangePreview:
 
 
 def _context(
-    conn: psycopg.Connection[Any], client: stripe.StripeClient, catalog: Catalog, actor: str
+    conn: psycopg.Connection[Any], client: StripeClient, catalog: Catalog, actor: str
 ) -> HandlerContext:
     return HandlerContext(conn=conn, client=client, catalog=catalog, actor=actor)
 
@@ -95,13 +94,12 @@ def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> tenant_state.Tenan
     return tenant
 
 
-def plan_price_ids(client: stripe.StripeClient, catalog: Catalog, plan: Plan) -> list[str]:
+def plan_price_ids(client: StripeClient, catalog: Catalog, plan: Plan) -> list[str]:
     """The live base and metered price ids of a plan, found by lookup key."""
     keys = [stripe_catalog.base_lookup_key(plan)] + [
         stripe_catalog.usage_lookup_key(plan, meter) for meter in catalog.meters.values()
     ]
-    listed = client.v1.prices.list({"lookup_keys": keys, "active": True, "limit": len(keys)})
-    by_key = {p.lookup_key: p.id for p in listed.data}
+    by_key = stripe_lifecycle.active_price_ids(client, keys)
     missing = [k for k in keys if k not in by_key]
     if missing:
         raise LifecycleError(
@@ -133,46 +131,22 @@ def _converge(ctx: HandlerContext, tenant_id: str, reason: str) -> tenant_state.
 
 
 def _get_or_create_customer(
-    client: stripe.StripeClient, tenant: tenant_state.Tenant, request: OnboardRequest
+    client: StripeClient, tenant: tenant_state.Tenant, request: OnboardRequest
 ) -> str:
     if tenant.stripe_customer_id:
         return tenant.stripe_customer_id
-    found = client.v1.customers.search(
-        {"query": f"metadata['tenant_id']:'{_search_literal(request.tenant_id)}'"}
+    return stripe_lifecycle.find_or_create_customer(
+        client,
+        tenant_id=request.tenant_id,
+        name=request.name,
+        email=request.email,
+        test_clock=request.test_clock,
     )
-    if found.data:
-        return str(found.data[0].id)
-    params: dict[str, Any] = {
-        "email": request.email,
-        "name": request.name,
-        "metadata": {"tenant_id": request.tenant_id},
-    }
-    if request.test_clock:
-        params["test_clock"] = request.test_clock
-    customer = client.v1.customers.create(
-        params,  # type: ignore[arg-type]
-        {"idempotency_key": f"onboard:{request.tenant_id}:customer"},
-    )
-    return str(customer.id)
-
-
-def _search_literal(value: str) -> str:
-    # Stripe's search language quotes with ' and escapes with a backslash.
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def attach_default_card(client: stripe.StripeClient, customer_id: str, payment_method: str) -> str:
-    """Attach a card to the customer and make it the default for invoices; returns its id."""
-    attached = client.v1.payment_methods.attach(payment_method, {"customer": customer_id})
-    client.v1.customers.update(
-        customer_id, {"invoice_settings": {"default_payment_method": attached.id}}
-    )
-    return str(attached.id)
 
 
 def onboard(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     request: OnboardRequest,
     *,
@@ -214,39 +188,30 @@ def onboard(
             after={"stripe_customer_id": customer_id},
         )
     if request.payment_method:
-        attach_default_card(client, customer_id, request.payment_method)
+        stripe_lifecycle.attach_default_card(client, customer_id, request.payment_method)
 
     ctx = _context(conn, client, catalog, actor)
     current = tenant.state.stripe_subscription_id
-    if current:
-        live = client.v1.subscriptions.retrieve(current)
-        if live.status not in ENDED:
-            tenant = _converge(ctx, request.tenant_id, "onboarding: subscription already exists")
-            return _result(tenant, "already onboarded")
+    if current and not stripe_lifecycle.retrieve_subscription(client, current).ended:
+        tenant = _converge(ctx, request.tenant_id, "onboarding: subscription already exists")
+        return _result(tenant, "already onboarded")
 
-    params: dict[str, Any] = {
-        "customer": customer_id,
-        "items": [{"price": price} for price in plan_price_ids(client, catalog, plan)],
-        "metadata": {"tenant_id": request.tenant_id, "plan": plan.key},
-        # A failed first charge leaves an `incomplete` subscription (no access) instead of an
-        # API error, so the tenant row always records what Stripe holds.
-        "payment_behavior": "allow_incomplete",
-    }
-    if request.trial and not tenant.state.trial_end:
-        params["trial_period_days"] = catalog.trial_days
-        params["trial_settings"] = {
-            "end_behavior": {"missing_payment_method": request.trial_end_behavior}
-        }
-    subscription = client.v1.subscriptions.create(
-        params,  # type: ignore[arg-type]
-        # One subscription per tenant and predecessor: a retry replays, a re-subscription after
-        # a cancellation gets a new key.
-        {"idempotency_key": f"onboard:{request.tenant_id}:subscription:{current or 'first'}"},
+    # A tenant that has had a trial does not get another one.
+    trial = request.trial and not tenant.state.trial_end
+    subscription_id = stripe_lifecycle.create_subscription(
+        client,
+        tenant_id=request.tenant_id,
+        customer_id=customer_id,
+        plan_key=plan.key,
+        price_ids=plan_price_ids(client, catalog, plan),
+        predecessor=current,
+        trial_days=catalog.trial_days if trial else None,
+        trial_end_behavior=request.trial_end_behavior if trial else None,
     )
     conn.execute(
         "UPDATE tenants SET stripe_subscription_id = %s, plan = %s, updated_at = now() "
         "WHERE tenant_id = %s",
-        (subscription.id, plan.key, request.tenant_id),
+        (subscription_id, plan.key, request.tenant_id),
     )
     tenant = _converge(ctx, request.tenant_id, f"onboarded on {plan.key}")
     return _result(tenant, f"subscribed to {plan.key}")
@@ -255,41 +220,29 @@ def onboard(
 # ---- plan changes ------------------------------------------------------------------------------
 
 
-def _clock_now(client: stripe.StripeClient, customer_id: str) -> int:
-    """Now, in the customer's time: a test clock's frozen time when it has one."""
-    customer = client.v1.customers.retrieve(customer_id)
-    clock = getattr(customer, "test_clock", None)
-    if clock:
-        clock_id = clock if isinstance(clock, str) else clock.id
-        return int(client.v1.test_helpers.test_clocks.retrieve(clock_id).frozen_time)
-    return int(time.time())
-
-
 def _plan_change(
-    client: stripe.StripeClient, catalog: Catalog, tenant: tenant_state.Tenant, to_plan: str
-) -> tuple[Plan, Plan, list[dict[str, Any]], str]:
+    client: StripeClient, catalog: Catalog, tenant: tenant_state.Tenant, to_plan: str
+) -> tuple[Plan, Plan, list[ItemPrice], str]:
     if not tenant.state.stripe_subscription_id or not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant.tenant_id} has no subscription to change")
     current, target = catalog.plan(tenant.state.plan), catalog.plan(to_plan)
     if current.key == target.key:
         raise LifecycleError(f"tenant {tenant.tenant_id} is already on {target.key}")
-    subscription = client.v1.subscriptions.retrieve(tenant.state.stripe_subscription_id)
-    if subscription.status in ENDED:
+    subscription = stripe_lifecycle.retrieve_subscription(
+        client, tenant.state.stripe_subscription_id
+    )
+    if subscription.ended:
         raise LifecycleError(f"subscription {subscription.id} is {subscription.status}")
     new_prices = plan_price_ids(client, catalog, target)
-    items = subscription["items"].data
+    items = subscription.items
     if len(items) != len(new_prices):
         raise LifecycleError(
             f"subscription {subscription.id} has {len(items)} items, plan {target.key} has "
             f"{len(new_prices)} prices: fix it in Stripe before changing plans"
         )
     # Items are created in catalog order (base, then meters): replace each price in place.
-    ordered = sorted(
-        items, key=lambda item: 0 if item.price.recurring.usage_type == "licensed" else 1
-    )
-    changes = [
-        {"id": item.id, "price": price} for item, price in zip(ordered, new_prices, strict=True)
-    ]
+    ordered = sorted(items, key=lambda item: 0 if item.usage_type == "licensed" else 1)
+    changes = [ItemPrice(item.id, price) for item, price in zip(ordered, new_prices, strict=True)]
     # Upgrades are charged now (the customer gets more immediately); downgrades credit the
     # unused part of the higher fee on the next invoice. Both take effect at the proration date.
     behavior = (
@@ -302,7 +255,7 @@ def _plan_change(
 
 def preview_plan_change(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     tenant_id: str,
     to_plan: str,
@@ -312,34 +265,31 @@ def preview_plan_change(
     tenant = _tenant(conn, tenant_id)
     current, target, changes, behavior = _plan_change(client, catalog, tenant, to_plan)
     assert tenant.stripe_customer_id is not None
-    when = proration_date or _clock_now(client, tenant.stripe_customer_id)
-    preview = client.v1.invoices.create_preview(
-        {
-            "customer": tenant.stripe_customer_id,
-            "subscription": tenant.state.stripe_subscription_id,
-            "subscription_details": {
-                "items": changes,
-                "proration_date": when,
-                "proration_behavior": behavior,
-            },
-        }  # type: ignore[arg-type]
+    assert tenant.state.stripe_subscription_id is not None
+    when = proration_date or stripe_lifecycle.customer_now(client, tenant.stripe_customer_id)
+    preview = stripe_lifecycle.preview_price_change(
+        client,
+        customer_id=tenant.stripe_customer_id,
+        subscription_id=tenant.state.stripe_subscription_id,
+        changes=changes,
+        proration_date=when,
+        proration_behavior=behavior,
     )
-    lines = [(str(line.description), int(line.amount)) for line in preview.lines.data]
     return PlanChangePreview(
         tenant_id=tenant_id,
         from_plan=current.key,
         to_plan=target.key,
         proration_date=when,
         proration_behavior=behavior,
-        amount_due=int(preview.amount_due),
-        currency=str(preview.currency),
-        lines=lines,
+        amount_due=preview.amount_due,
+        currency=preview.currency,
+        lines=preview.lines,
     )
 
 
 def change_plan(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     tenant_id: str,
     to_plan: str,
@@ -351,15 +301,14 @@ def change_plan(
     tenant = _tenant(conn, tenant_id)
     _, target, changes, behavior = _plan_change(client, catalog, tenant, to_plan)
     assert tenant.state.stripe_subscription_id is not None
-    client.v1.subscriptions.update(
-        tenant.state.stripe_subscription_id,
-        {
-            "items": changes,
-            "proration_date": proration_date,
-            "proration_behavior": behavior,
-            "metadata": {"plan": target.key},
-        },  # type: ignore[arg-type]
-        {"idempotency_key": f"change_plan:{tenant_id}:{target.key}:{proration_date}"},
+    stripe_lifecycle.change_prices(
+        client,
+        tenant_id=tenant_id,
+        subscription_id=tenant.state.stripe_subscription_id,
+        plan_key=target.key,
+        changes=changes,
+        proration_date=proration_date,
+        proration_behavior=behavior,
     )
     ctx = _context(conn, client, catalog, actor)
     tenant = _converge(ctx, tenant_id, f"plan changed to {target.key}")
@@ -371,7 +320,7 @@ def change_plan(
 
 def cancel(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     tenant_id: str,
     *,
@@ -384,10 +333,10 @@ def cancel(
     if not sub_id:
         raise LifecycleError(f"tenant {tenant_id} has no subscription to cancel")
     if immediately:
-        client.v1.subscriptions.cancel(sub_id)
+        stripe_lifecycle.cancel_now(client, sub_id)
         detail = "canceled now"
     else:
-        client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": True})
+        stripe_lifecycle.set_cancel_at_period_end(client, sub_id, True)
         detail = "cancels at the end of the current period"
     tenant = _converge(_context(conn, client, catalog, actor), tenant_id, detail)
     return _result(tenant, detail)
@@ -395,7 +344,7 @@ def cancel(
 
 def update_payment_method(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     tenant_id: str,
     payment_method: str,
@@ -407,19 +356,15 @@ def update_payment_method(
     tenant = _tenant(conn, tenant_id)
     if not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant_id} has no Stripe customer")
-    card = attach_default_card(client, tenant.stripe_customer_id, payment_method)
+    card = stripe_lifecycle.attach_default_card(client, tenant.stripe_customer_id, payment_method)
     paid, failed = [], []
     if retry_open_invoices:
-        open_invoices = client.v1.invoices.list(
-            {"customer": tenant.stripe_customer_id, "status": "open", "limit": 100}
-        )
-        for invoice in open_invoices.data:
-            assert invoice.id is not None
+        for invoice_id in stripe_lifecycle.open_invoice_ids(client, tenant.stripe_customer_id):
             try:
-                client.v1.invoices.pay(invoice.id, {"payment_method": card})
-                paid.append(invoice.id)
-            except stripe.CardError as exc:
-                failed.append(f"{invoice.id}: {exc.user_message or exc.code}")
+                stripe_lifecycle.pay_invoice(client, invoice_id, card)
+                paid.append(invoice_id)
+            except CardError as exc:
+                failed.append(f"{invoice_id}: {exc.user_message or exc.code}")
     tenant = _converge(_context(conn, client, catalog, actor), tenant_id, "payment method updated")
     detail = f"default card {card}; paid {len(paid)} open invoice(s)"
     if failed:
@@ -429,7 +374,7 @@ def update_payment_method(
 
 def reactivate(
     conn: psycopg.Connection[Any],
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     tenant_id: str,
     *,
@@ -440,14 +385,14 @@ def reactivate(
     sub_id = tenant.state.stripe_subscription_id
     ctx = _context(conn, client, catalog, actor)
     if sub_id:
-        subscription = client.v1.subscriptions.retrieve(sub_id)
-        if subscription.status not in ENDED:
+        subscription = stripe_lifecycle.retrieve_subscription(client, sub_id)
+        if not subscription.ended:
             if subscription.status == "paused":
                 # The billing cycle restarts now (Stripe's default): no charge for the pause.
-                client.v1.subscriptions.resume(sub_id)
+                stripe_lifecycle.resume(client, sub_id)
                 detail = "resumed the paused subscription"
             elif subscription.cancel_at_period_end:
-                client.v1.subscriptions.update(sub_id, {"cancel_at_period_end": False})
+                stripe_lifecycle.set_cancel_at_period_end(client, sub_id, False)
                 detail = "pending cancellation withdrawn"
             else:
                 detail = f"nothing to reactivate: subscription is {subscription.status}"
@@ -464,13 +409,10 @@ def reactivate(
 
 
 def portal_url(
-    conn: psycopg.Connection[Any], client: stripe.StripeClient, tenant_id: str, return_url: str
+    conn: psycopg.Connection[Any], client: StripeClient, tenant_id: str, return_url: str
 ) -> str:
     """A Stripe customer-portal link where the tenant updates cards and downloads invoices."""
     tenant = _tenant(conn, tenant_id)
     if not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant_id} has no Stripe customer")
-    session = client.v1.billing_portal.sessions.create(
-        {"customer": tenant.stripe_customer_id, "return_url": return_url}
-    )
-    return str(session.url)
+    return stripe_lifecycle.portal_session_url(client, tenant.stripe_customer_id, return_url)

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import stripe
-
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.planning import (
     DELIVERED,
@@ -32,6 +30,7 @@ from billing_pipelines.lib.metering.planning import (
 )
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
+from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
 
 # Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
@@ -198,7 +197,7 @@ class MeterPush:
         day: date,
         *,
         transaction: Transaction,
-        client: stripe.StripeClient,
+        client: StripeClient,
         meters: list[Meter],
         ceiling: int,
         run_id: str,

@@ -16,7 +16,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from billing_pipelines.lib import markdown
-from billing_pipelines.lib.reconciliation.snapshots import (
+from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
+from billing_pipelines.lib.stripe.snapshots import (
     CustomerSnapshot,
     InvoiceSnapshot,
     SubscriptionSnapshot,
@@ -60,7 +61,6 @@ REMEDIABLE = frozenset(
         SUBSCRIPTION_INCOMPLETE,
     }
 )
-ENDED = frozenset({"canceled", "incomplete_expired"})
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def current_subscription(
     candidates = list(by_customer.get(tenant.stripe_customer_id or "", ()))
     if not candidates:
         return None
-    live = [s for s in candidates if s.status not in ENDED]
+    live = [s for s in candidates if s.status not in ENDED_STATUSES]
     pool = live or candidates
     return max(pool, key=lambda s: (s.created.timestamp() if s.created else 0.0, s.subscription_id))
 
@@ -205,7 +205,7 @@ def diff(
             "subscription_id": sub.subscription_id,
             "stripe_state": _stripe_json(sub),
         }
-        if sub.status in ENDED and tenant.api_access_enabled:
+        if sub.status in ENDED_STATUSES and tenant.api_access_enabled:
             add(
                 CANCELED_ACTIVE,
                 tenant,
@@ -222,7 +222,7 @@ def diff(
                 f"{tenant.billing_status})",
                 **ids,
             )
-        if sub.status not in ENDED and sub.plan and sub.plan != tenant.plan:
+        if sub.status not in ENDED_STATUSES and sub.plan and sub.plan != tenant.plan:
             add(
                 PLAN_MISMATCH,
                 tenant,
@@ -232,7 +232,7 @@ def diff(
         if (
             sub.trial_end is not None
             and sub.status != "trialing"
-            and sub.status not in ENDED
+            and sub.status not in ENDED_STATUSES
             and not sub.has_payment_method
         ):
             add(

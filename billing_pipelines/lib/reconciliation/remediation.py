@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import stripe
 
 from billing_pipelines.lib.alerts import channels as alerting
 from billing_pipelines.lib.catalog.plans import Catalog
 from billing_pipelines.lib.reconciliation import diff as reconciliation
+from billing_pipelines.lib.stripe.client import StripeClient, StripeError
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.access import TenantState
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
@@ -94,7 +94,7 @@ class _Rollback(Exception):
 
 def remediate(
     transaction: Transaction,
-    client: stripe.StripeClient,
+    client: StripeClient,
     catalog: Catalog,
     targets: Iterable[Target],
     *,
@@ -126,7 +126,7 @@ def remediate(
                     raise _Rollback
         except _Rollback:
             pass
-        except stripe.StripeError as exc:
+        except StripeError as exc:
             outcomes.append(
                 Outcome(target, None, f"Stripe {type(exc).__name__}: {exc.user_message or ''}")
             )

@@ -16,6 +16,7 @@ import stripe
 
 from billing_pipelines.lib.catalog.plans import Catalog, Meter, Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.stripe.objects import object_id
 
 PRODUCT_PREFIX = "bp_plan_"
 # Stripe filters prices by at most 10 lookup keys per list request.
@@ -85,7 +86,7 @@ class PriceSpec:
         recurring = price.recurring
         if (
             price.currency != self.currency
-            or _id_of(price.product) != self.product
+            or object_id(price.product) != self.product
             or recurring is None
             or recurring.interval != "month"
             or (recurring.interval_count or 1) != 1
@@ -112,10 +113,6 @@ class PriceSpec:
             if not _decimal(t.flat_amount_decimal, t.flat_amount)
         )
         return len(live) == len(tiers) and live == self.tiers
-
-
-def _id_of(value: Any) -> str:
-    return value if isinstance(value, str) else str(value.id)
 
 
 def _decimal(decimal_text: str | Decimal | None, integer: int | None) -> Decimal:

@@ -221,9 +221,13 @@ def make_client(
     )
 
 
-# What a Stripe call raises when Stripe (or the way to it) refuses: callers outside this module
-# catch it without importing the SDK.
+# The client type and the errors that code outside this package names: it annotates and catches
+# them through this module and never imports the SDK itself.
+StripeClient = stripe.StripeClient
+# What a Stripe call raises when Stripe (or the way to it) refuses.
 StripeError = stripe.StripeError
+# A card was declined (paying an invoice with a new card can fail like this).
+CardError = stripe.CardError
 
 
 # The SDK's error classes by name (CardError, RateLimitError, ...): a failed Dagster step keeps

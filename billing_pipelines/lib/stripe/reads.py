@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import stripe
 
 from billing_pipelines.lib.stripe.client import retry_reads
-
-
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), UTC) if value else None
-
-
-def _id(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return str(value.get("id")) if isinstance(value, dict) else str(value.id)
+from billing_pipelines.lib.stripe.objects import object_id, timestamp
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,7 @@ def fetch_invoice(
         cache: dict[str, bool] = {}
         for line in (raw.get("lines") or {}).get("data") or []:
             pricing = (line.get("pricing") or {}).get("price_details") or {}
-            price_id = _id(pricing.get("price"))
+            price_id = object_id(pricing.get("price"))
             lines.append(
                 InvoiceLine(
                     price_id=price_id,
@@ -103,8 +94,8 @@ def fetch_invoice(
     error = raw.get("last_finalization_error")
     return InvoiceView(
         id=raw["id"],
-        customer=str(_id(raw.get("customer"))),
-        subscription=_id(details.get("subscription")),
+        customer=str(object_id(raw.get("customer"))),
+        subscription=object_id(details.get("subscription")),
         status=str(raw.get("status")),
         attempt_count=int(raw.get("attempt_count") or 0),
         amount_due=int(raw.get("amount_due") or 0),
@@ -112,9 +103,9 @@ def fetch_invoice(
         currency=str(raw.get("currency") or "usd"),
         number=raw.get("number"),
         hosted_invoice_url=raw.get("hosted_invoice_url"),
-        next_payment_attempt=_ts(raw.get("next_payment_attempt")),
-        period_start=_ts(raw.get("period_start")),
-        period_end=_ts(raw.get("period_end")),
+        next_payment_attempt=timestamp(raw.get("next_payment_attempt")),
+        period_start=timestamp(raw.get("period_start")),
+        period_end=timestamp(raw.get("period_end")),
         lines=tuple(lines),
         last_finalization_error=(error or {}).get("message") if isinstance(error, dict) else None,
     )
@@ -153,7 +144,7 @@ def fetch_subscription(
 ) -> SubscriptionView:
     """Retrieve the subscription now, with whether any default payment method would be used."""
     raw = client.v1.subscriptions.retrieve(subscription_id).to_dict()
-    customer_id = str(_id(raw.get("customer")))
+    customer_id = str(object_id(raw.get("customer")))
     has_pm = bool(raw.get("default_payment_method"))
     if not has_pm:
         customer = client.v1.customers.retrieve(customer_id).to_dict()
@@ -165,7 +156,7 @@ def fetch_subscription(
         id=raw["id"],
         customer=customer_id,
         status=str(raw.get("status")),
-        trial_end=_ts(raw.get("trial_end")),
+        trial_end=timestamp(raw.get("trial_end")),
         has_payment_method=has_pm,
         plan=_plan_of(raw, known_plans),
         missing_payment_method_behavior=trial,

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-import stripe
 
 from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.catalog.plans import Catalog
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.stripe import reads as stripe_state
+from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.access import Tenant, TenantState
 
@@ -31,7 +31,7 @@ class HandlerContext:
     """What a handler may use: one transaction, one Stripe client, and the policy data."""
 
     conn: psycopg.Connection[Any]
-    client: stripe.StripeClient
+    client: StripeClient
     catalog: Catalog
     actor: str
     alert_email: str | None = None

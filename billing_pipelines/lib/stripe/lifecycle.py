@@ -1,0 +1,270 @@
+"""The Stripe calls behind subscription lifecycle actions: customers, cards, subscriptions, portal.
+
+Every create or change that a retried action could repeat carries an idempotency key derived
+from business ids (tenant, plan, proration date, predecessor subscription), so a retry replays
+Stripe's first answer instead of creating a second customer or subscription. The decisions
+(which plan, whether to charge now, what the tenant row says) stay with `lifecycle.actions`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
+
+
+@dataclass(frozen=True)
+class SubscriptionItem:
+    """One item of a subscription: which price it bills and whether that price is metered."""
+
+    id: str
+    price_id: str
+    usage_type: str | None  # licensed (the base fee) or metered (usage)
+
+
+@dataclass(frozen=True)
+class LiveSubscription:
+    """A subscription as lifecycle actions decide on it, read from Stripe now."""
+
+    id: str
+    status: str
+    cancel_at_period_end: bool
+    items: tuple[SubscriptionItem, ...]
+
+    @property
+    def ended(self) -> bool:
+        """Canceled or expired: billing the tenant again needs a new subscription."""
+        return self.status in ENDED_STATUSES
+
+
+@dataclass(frozen=True)
+class ItemPrice:
+    """A subscription item moved to another price (a plan change replaces prices in place)."""
+
+    item_id: str
+    price_id: str
+
+
+@dataclass(frozen=True)
+class InvoicePreview:
+    """The invoice Stripe would issue: what is due and the (description, amount) of each line."""
+
+    amount_due: int
+    currency: str
+    lines: list[tuple[str, int]]
+
+
+# ---- customers and cards -----------------------------------------------------------------------
+
+
+def _search_literal(value: str) -> str:
+    # Stripe's search language quotes with ' and escapes with a backslash.
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def find_or_create_customer(
+    client: stripe.StripeClient,
+    *,
+    tenant_id: str,
+    name: str,
+    email: str,
+    test_clock: str | None = None,
+) -> str:
+    """The tenant's Stripe customer, found by its `tenant_id` metadata or created; its id."""
+    found = client.v1.customers.search(
+        {"query": f"metadata['tenant_id']:'{_search_literal(tenant_id)}'"}
+    )
+    if found.data:
+        return str(found.data[0].id)
+    params: dict[str, Any] = {"email": email, "name": name, "metadata": {"tenant_id": tenant_id}}
+    if test_clock:
+        params["test_clock"] = test_clock
+    customer = client.v1.customers.create(
+        params,  # type: ignore[arg-type]
+        {"idempotency_key": f"onboard:{tenant_id}:customer"},
+    )
+    return str(customer.id)
+
+
+def attach_default_card(client: stripe.StripeClient, customer_id: str, payment_method: str) -> str:
+    """Attach a card to the customer and make it the default for invoices; returns its id."""
+    attached = client.v1.payment_methods.attach(payment_method, {"customer": customer_id})
+    client.v1.customers.update(
+        customer_id, {"invoice_settings": {"default_payment_method": attached.id}}
+    )
+    return str(attached.id)
+
+
+def customer_now(client: stripe.StripeClient, customer_id: str) -> int:
+    """Now, in the customer's time: a test clock's frozen time when it has one."""
+    customer = client.v1.customers.retrieve(customer_id)
+    clock = getattr(customer, "test_clock", None)
+    if clock:
+        clock_id = clock if isinstance(clock, str) else clock.id
+        return int(client.v1.test_helpers.test_clocks.retrieve(clock_id).frozen_time)
+    return int(time.time())
+
+
+def portal_session_url(client: stripe.StripeClient, customer_id: str, return_url: str) -> str:
+    """A customer-portal link where the customer updates cards and downloads invoices."""
+    session = client.v1.billing_portal.sessions.create(
+        {"customer": customer_id, "return_url": return_url}
+    )
+    return str(session.url)
+
+
+# ---- prices and subscriptions ------------------------------------------------------------------
+
+
+def active_price_ids(client: stripe.StripeClient, lookup_keys: Sequence[str]) -> dict[str, str]:
+    """Active price ids by lookup key; keys without an active price are absent."""
+    listed = client.v1.prices.list(
+        {"lookup_keys": list(lookup_keys), "active": True, "limit": len(lookup_keys)}
+    )
+    return {str(p.lookup_key): str(p.id) for p in listed.data if p.lookup_key}
+
+
+def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> LiveSubscription:
+    """The subscription's status, pending cancellation and items, read now."""
+    raw = client.v1.subscriptions.retrieve(subscription_id).to_dict()
+    items = tuple(
+        SubscriptionItem(
+            id=str(item["id"]),
+            price_id=str(item["price"]["id"]),
+            usage_type=(item["price"].get("recurring") or {}).get("usage_type"),
+        )
+        for item in (raw.get("items") or {}).get("data") or []
+    )
+    return LiveSubscription(
+        id=str(raw["id"]),
+        status=str(raw.get("status")),
+        cancel_at_period_end=bool(raw.get("cancel_at_period_end")),
+        items=items,
+    )
+
+
+def create_subscription(
+    client: stripe.StripeClient,
+    *,
+    tenant_id: str,
+    customer_id: str,
+    plan_key: str,
+    price_ids: Sequence[str],
+    predecessor: str | None,
+    trial_days: int | None = None,
+    trial_end_behavior: str | None = None,
+) -> str:
+    """Subscribe the customer to the plan's prices (with a trial when `trial_days` is given)."""
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "items": [{"price": price} for price in price_ids],
+        "metadata": {"tenant_id": tenant_id, "plan": plan_key},
+        # A failed first charge leaves an `incomplete` subscription (no access) instead of an
+        # API error, so the tenant row always records what Stripe holds.
+        "payment_behavior": "allow_incomplete",
+    }
+    if trial_days is not None:
+        params["trial_period_days"] = trial_days
+        params["trial_settings"] = {"end_behavior": {"missing_payment_method": trial_end_behavior}}
+    subscription = client.v1.subscriptions.create(
+        params,  # type: ignore[arg-type]
+        # One subscription per tenant and predecessor: a retry replays, a re-subscription after
+        # a cancellation gets a new key.
+        {"idempotency_key": f"onboard:{tenant_id}:subscription:{predecessor or 'first'}"},
+    )
+    return str(subscription.id)
+
+
+def _item_changes(changes: Sequence[ItemPrice]) -> list[dict[str, str]]:
+    return [{"id": change.item_id, "price": change.price_id} for change in changes]
+
+
+def preview_price_change(
+    client: stripe.StripeClient,
+    *,
+    customer_id: str,
+    subscription_id: str,
+    changes: Sequence[ItemPrice],
+    proration_date: int,
+    proration_behavior: str,
+) -> InvoicePreview:
+    """Stripe's own preview of the invoice a price change would produce (nothing changes)."""
+    preview = client.v1.invoices.create_preview(
+        {
+            "customer": customer_id,
+            "subscription": subscription_id,
+            "subscription_details": {
+                "items": _item_changes(changes),
+                "proration_date": proration_date,
+                "proration_behavior": proration_behavior,
+            },
+        }  # type: ignore[arg-type]
+    )
+    return InvoicePreview(
+        amount_due=int(preview.amount_due),
+        currency=str(preview.currency),
+        lines=[(str(line.description), int(line.amount)) for line in preview.lines.data],
+    )
+
+
+def change_prices(
+    client: stripe.StripeClient,
+    *,
+    tenant_id: str,
+    subscription_id: str,
+    plan_key: str,
+    changes: Sequence[ItemPrice],
+    proration_date: int,
+    proration_behavior: str,
+) -> None:
+    """Move the subscription to the plan's prices at the proration date a preview used."""
+    client.v1.subscriptions.update(
+        subscription_id,
+        {
+            "items": _item_changes(changes),
+            "proration_date": proration_date,
+            "proration_behavior": proration_behavior,
+            "metadata": {"plan": plan_key},
+        },  # type: ignore[arg-type]
+        {"idempotency_key": f"change_plan:{tenant_id}:{plan_key}:{proration_date}"},
+    )
+
+
+def cancel_now(client: stripe.StripeClient, subscription_id: str) -> None:
+    """End the subscription immediately."""
+    client.v1.subscriptions.cancel(subscription_id)
+
+
+def set_cancel_at_period_end(
+    client: stripe.StripeClient, subscription_id: str, cancel: bool
+) -> None:
+    """Schedule (True) or withdraw (False) the cancellation at the end of the current period."""
+    client.v1.subscriptions.update(subscription_id, {"cancel_at_period_end": cancel})
+
+
+def resume(client: stripe.StripeClient, subscription_id: str) -> None:
+    """Resume a paused subscription; its billing cycle restarts now (Stripe's default)."""
+    client.v1.subscriptions.resume(subscription_id)
+
+
+# ---- invoices ----------------------------------------------------------------------------------
+
+
+def open_invoice_ids(client: stripe.StripeClient, customer_id: str) -> list[str]:
+    """The customer's open (finalized, unpaid) invoices, up to 100."""
+    listed = client.v1.invoices.list({"customer": customer_id, "status": "open", "limit": 100})
+    ids = []
+    for invoice in listed.data:
+        assert invoice.id is not None
+        ids.append(invoice.id)
+    return ids
+
+
+def pay_invoice(client: stripe.StripeClient, invoice_id: str, payment_method: str) -> None:
+    """Charge an open invoice to this payment method now; a decline raises `client.CardError`."""
+    client.v1.invoices.pay(invoice_id, {"payment_method": payment_method})
