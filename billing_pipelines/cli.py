@@ -197,7 +197,7 @@ def usage_generate(
     seed: int = 7,
     scale: Annotated[float, typer.Option(min=0.0001, help="Multiplies event volume.")] = 0.1,
 ) -> None:
-    """Insert synthetic M12.1 usage (with duplicated and late events) into the warehouse."""
+    """Insert synthetic usage (with duplicated and late events) into the warehouse."""
     demo = _sandbox("demo")
 
     first = _parse_day(start, "--start") if start else _yesterday() - timedelta(days=days - 1)

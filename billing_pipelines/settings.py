@@ -46,14 +46,14 @@ class Settings(BaseSettings):
     # The largest day total per tenant and metric the meter push sends; above it the value is
     # corrupt (an overflow, a unit mix-up), refused, and the run fails naming it.
     meter_daily_value_ceiling: int = Field(default=1_000_000_000, ge=1)
-    # Webhooks, dunning and notifications (issue 5).
+    # Webhooks, dunning and notifications.
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     webhook_max_body_bytes: int = Field(default=512 * 1024, ge=1024)
     webhook_max_attempts: int = Field(default=8, ge=1, le=50)
     smtp_url: SecretStr | None = None
     notification_from: str = "Billing <billing@localhost>"
     alert_email: str | None = None
-    # Reconciliation and alerting (issue 6): a Slack-compatible chat webhook for operator alerts
+    # Reconciliation and alerting: a Slack-compatible chat webhook for operator alerts
     # (its URL is a secret), and the Dagster UI address that alert links point at.
     alert_chat_webhook_url: SecretStr | None = None
     dagster_ui_url: str | None = None

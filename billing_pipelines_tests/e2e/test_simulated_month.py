@@ -1,4 +1,4 @@
-"""The five production failures of the course script, each on one simulated billing month.
+"""The five classic production failures of usage billing, each on one simulated billing month.
 
 One month runs once for the module (six tenants, one per card story) with webhook chaos on
 (duplicated and reordered deliveries), a webhook outage across the renewal, and a subscription

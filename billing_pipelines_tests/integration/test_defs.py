@@ -52,6 +52,43 @@ def test_dagster_definitions_validate(tmp_path: Path) -> None:
     assert "Validation successful" in result.stdout + result.stderr
 
 
+# Python as a production install sees it: the editable installs of the repository (the product
+# and the sandbox) switched off, the copied package first on the path.
+_AS_INSTALLED = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+sys.path.insert(0, sys.argv.pop(1))
+import billing_pipelines
+print("loaded from", billing_pipelines.__file__, flush=True)
+from dagster._cli import main
+main()
+"""
+
+
+def test_an_installed_package_loads_without_the_repository(tmp_path: Path) -> None:
+    # What `pip install .` puts in site-packages: the package alone, no pyproject.toml above it,
+    # and no sandbox package importable.
+    site = tmp_path / "site-packages"
+    shutil.copytree(
+        ROOT / "billing_pipelines",
+        site / "billing_pipelines",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _AS_INSTALLED, str(site)]
+        + ["definitions", "validate", "-m", "billing_pipelines.definitions"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "PYTHONPATH"}},
+    )
+    output = result.stdout + result.stderr
+    assert f"loaded from {site}/billing_pipelines/__init__.py" in output
+    assert result.returncode == 0, output
+    assert "Validation successful" in output
+
+
 def test_shipped_instance_retries_failed_runs_and_monitors_stuck_ones(
     embedded_services: dict[str, str],
 ) -> None:

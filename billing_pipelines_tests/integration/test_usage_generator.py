@@ -1,4 +1,4 @@
-"""Synthetic M12.1 usage is realistic, seeded, and its billing truth is exactly what it planned."""
+"""Synthetic usage is realistic, seeded, and its billing truth is exactly what it planned."""
 
 from __future__ import annotations
 

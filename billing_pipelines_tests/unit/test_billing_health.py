@@ -1,4 +1,4 @@
-"""Billing health thresholds (DESIGN.md) as pure logic."""
+"""Billing health thresholds as pure logic."""
 
 from __future__ import annotations
 

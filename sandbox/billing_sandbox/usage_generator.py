@@ -1,4 +1,4 @@
-"""Synthetic M12.1 usage: realistic, seeded usage_events inserted through clickhouse-connect.
+"""Synthetic usage: realistic, seeded usage_events inserted through clickhouse-connect.
 
 Each tenant's events come from its own random stream (seed + tenant id), so a tenant's data does
 not change when other tenants are added. The truth per tenant and day is the table itself:

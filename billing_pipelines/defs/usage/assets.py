@@ -72,10 +72,3 @@ def daily_tenant_usage(
             )
         ],
     )
-
-
-daily_usage_job = dg.define_asset_job(
-    "daily_usage_job",
-    selection=[daily_tenant_usage],
-    description="Compute and store one UTC day of per-tenant usage.",
-)

@@ -1,6 +1,6 @@
 """The dunning ladder as data: what happens after the 1st, 2nd, 3rd and 4th failed payment.
 
-DESIGN.md: attempt 1 reminder; 2 warning with a suspension date; 3 final warning and rate
+The ladder: attempt 1 reminder; 2 warning with a suspension date; 3 final warning and rate
 limit x 0.5 (soft suspension); 4+ suspend API access; any successful payment reactivates and
 resets. Effects are cumulative: the tenant's restriction is that of the highest step executed
 on any of its open (unpaid, not void) invoices.

@@ -1,4 +1,4 @@
-"""Billing health: one row of daily metrics, their thresholds (DESIGN.md) and the time series.
+"""Billing health: one row of daily metrics, their thresholds and the time series.
 
 Thresholds: webhook success >= 99 % (alert below 97 %), first-attempt payment success >= 85 %
 (alert below 80 %), usage sync lag <= 6 h, invoice generation failures 0, state mismatches 0.

@@ -2,7 +2,7 @@
 
 USAGE_EVENTS_TABLE = "usage_events"
 
-# M12.1's metering table. One row per metered event. The RAG API's cache layer sometimes logs the
+# The SaaS's metering table. One row per metered event. The RAG API's cache layer sometimes logs the
 # same query twice (same query_id, new event_id): billing counts distinct query_id, never rows.
 USAGE_EVENTS_DDL = """
 CREATE TABLE IF NOT EXISTS usage_events

@@ -1,4 +1,4 @@
-"""Failures 1 and 4 of the course script, against the sandbox's real signed deliveries:
+"""Missed webhooks and out-of-order payment events, against the sandbox's real signed deliveries:
 duplicated, parallel, late, reordered and missed webhooks converge to one correct effect."""
 
 from __future__ import annotations
