@@ -8,6 +8,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import psycopg
+
 BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
 
 
@@ -69,3 +71,46 @@ def test_lifecycle_command_on_unknown_tenant_is_one_line(
         "unknown tenant 'nobody-at-all': onboard it first"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_a_stripe_refusal_is_one_line_with_its_type_and_request(
+    embedded_services: dict[str, str], billing_home: Path
+) -> None:
+    """A card the bank declines at signup: the command says so in one line, no traceback."""
+    env = embedded_services
+    assert _billing(["catalog", "sync"], env, billing_home).returncode == 0
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    result = _billing(
+        [
+            *("tenant", "create", "--tenant", tenant, "--plan", "pro", "--email", "a@b.test"),
+            *("--payment-method", "pm_card_chargeDeclined", "--no-trial"),
+        ],
+        env,
+        billing_home,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: onboard_tenant failed (run ")
+    assert "Stripe CardError: " in errors[0] and "declined" in errors[0]
+    assert "; request req_" in errors[0]
+
+
+def test_a_stripe_error_outside_a_job_is_one_line_and_exit_code_1(
+    embedded_services: dict[str, str], billing_home: Path
+) -> None:
+    """The portal for a tenant whose Stripe customer is gone: Stripe's 404, as one line."""
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(embedded_services["DATABASE_URL"]) as conn:
+        conn.execute(
+            "INSERT INTO tenants (tenant_id, name, email, plan, stripe_customer_id) "
+            "VALUES (%s, %s, %s, 'pro', 'cus_gone_from_stripe')",
+            (tenant, tenant, "a@b.test"),
+        )
+    result = _billing(["portal", "--tenant", tenant], embedded_services, billing_home)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: Stripe invalid_request_error (resource_missing): ")
+    assert "HTTP 404; request req_" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
