@@ -9,9 +9,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import psycopg
 import pytest
+from alembic import command
 from psycopg import sql
+from psycopg.rows import dict_row
 
-from billing_pipelines.lib.pg import migrations
+from billing_pipelines.lib.alerts import channels as alerting
+from billing_pipelines.lib.pg import database, migrations
 
 EXPECTED_TABLES = {
     "tenants",
@@ -86,3 +89,63 @@ def test_schema_guards_tenant_access_flags(empty_database: str) -> None:
         )
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE tenants SET rate_limit_multiplier = 2 WHERE tenant_id = 't1'")
+
+
+def test_chat_deliveries_survive_the_move_to_the_leased_queue(empty_database: str) -> None:
+    command.upgrade(migrations.alembic_config(empty_database), "0004")
+    with psycopg.connect(empty_database) as conn:
+        conn.execute(
+            """
+            INSERT INTO alerts (id, dedup_key, kind, severity, summary, details) VALUES
+                (1, 'run_failed:a', 'run_failed', 'critical', 'Run of a failed', '{}'),
+                (2, 'run_failed:b', 'run_failed', 'critical', 'Run of b failed',
+                 '{"reason": "boom"}'),
+                (3, 'run_failed:c', 'run_failed', 'critical', 'Run of c failed', '{}');
+            INSERT INTO alert_deliveries (alert_id, channel, status, attempts, last_error,
+                                          created_at, sent_at) VALUES
+                (1, 'chat', 'sent', 1, NULL, now() - interval '3 hours', now()),
+                (2, 'chat', 'pending', 3, 'ConnectError', now() - interval '2 hours', NULL),
+                (3, 'chat', 'dead', 8, 'HTTPStatusError (HTTP 503)', now() - interval '1 hour',
+                 NULL);
+            """
+        )
+    assert migrations.upgrade_to_head(empty_database)[0] == "0005"
+    with psycopg.connect(empty_database, row_factory=dict_row) as conn:
+        rows = {r["alert_id"]: r for r in conn.execute("SELECT * FROM alert_deliveries")}
+    # Numbered in queueing order; sent and dead rows are as they were.
+    assert [rows[a]["id"] for a in (1, 2, 3)] == [1, 2, 3]
+    assert rows[1]["status"] == "sent" and rows[1]["sent_at"] is not None
+    assert rows[3]["status"] == "dead" and rows[3]["attempts"] == 8
+    assert rows[2]["status"] == "pending" and rows[2]["attempts"] == 3
+    assert rows[2]["last_error"] == "ConnectError"
+
+    # The pending delivery is due and goes out through the queue, once; a new one gets a new id.
+    posted: list[dict[str, object]] = []
+    pool = database.open_pool(empty_database)
+    try:
+        counts = alerting.deliver_chat(
+            lambda: database.transaction(pool),
+            "http://chat.invalid/hook",
+            post=lambda _url, body: posted.append(body),
+        )
+        with database.transaction(pool) as conn:
+            conn.execute(
+                "INSERT INTO alerts (id, dedup_key, kind, severity, summary) "
+                "VALUES (4, 'run_failed:d', 'run_failed', 'critical', 'Run of d failed')"
+            )
+            conn.execute("INSERT INTO alert_deliveries (alert_id, channel) VALUES (4, 'chat')")
+    finally:
+        pool.close()
+    assert counts == {"sent": 1, "failed": 0, "dead": 0}
+    assert len(posted) == 1 and "Run of b failed" in str(posted[0]["text"])
+    with psycopg.connect(empty_database) as conn:
+        new = conn.execute("SELECT id FROM alert_deliveries WHERE alert_id = 4").fetchone()
+    assert new == (4,)
+
+    # And back: the schema of 0004, with every row kept.
+    command.downgrade(migrations.alembic_config(empty_database), "0004")
+    with psycopg.connect(empty_database) as conn:
+        statuses = conn.execute(
+            "SELECT alert_id, status FROM alert_deliveries ORDER BY alert_id"
+        ).fetchall()
+    assert statuses == [(1, "sent"), (2, "sent"), (3, "dead"), (4, "pending")]

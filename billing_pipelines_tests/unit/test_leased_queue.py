@@ -55,9 +55,21 @@ def test_outbox_backoff_doubles_from_a_minute_to_an_hour_and_dies_after_8() -> N
     assert notifications.OUTBOX.table.owner is None  # the outbox records no claiming run
 
 
-def test_chat_alerts_retry_every_tick_and_die_after_max_attempts() -> None:
+def test_chat_alerts_back_off_and_die_after_max_attempts() -> None:
     policy = alerting.CHAT_POLICY
-    assert {policy.backoff_seconds(n) for n in range(0, 10)} == {0.0}
+    # 30 s, 1 min, 2, 4, 8, 16, then capped at 30 min.
+    assert [policy.backoff_seconds(n) for n in range(1, 9)] == [
+        30,
+        60,
+        120,
+        240,
+        480,
+        960,
+        1800,
+        1800,
+    ]
+    assert alerting.CHAT_QUEUE.table.name == "alert_deliveries"
+    assert alerting.CHAT_QUEUE.table.owner == "claimed_by"  # a claim is checked before recording
     assert policy.max_attempts == alerting.MAX_CHAT_ATTEMPTS
     assert not policy.exhausted(alerting.MAX_CHAT_ATTEMPTS - 1)
     assert policy.exhausted(alerting.MAX_CHAT_ATTEMPTS)

@@ -56,8 +56,8 @@ def send(billing_db: BillingDatabase, failures: Iterable[alerting.Failure]) -> i
         for failure in failures:
             raised += alerting.raise_failure(conn, failure, channel)
     if channel.chat_webhook_url:
-        with billing_db.transaction() as conn:
-            alerting.deliver_chat(conn, channel.chat_webhook_url)
+        # Claims and outcomes are committed apart from the posts, so delivery opens its own.
+        alerting.deliver_chat(billing_db.transaction, channel.chat_webhook_url)
     return raised
 
 

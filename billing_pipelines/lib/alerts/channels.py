@@ -2,29 +2,59 @@
 
 Each failure becomes one `alerts` row (unique dedup key: raised once), then goes to the
 configured channel: email through the notification outbox (`alerts.raise_alert`), and/or a chat
-webhook (Slack-compatible JSON `{"text": ...}`) delivered from `alert_deliveries` with retries.
+webhook (Slack-compatible JSON `{"text": ...}`) delivered from `alert_deliveries`, the shared
+leased queue (`lib.pg.queue`), with backoff and a dead letter.
 The text names what failed, why, and links to the run in the Dagster UI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import psycopg
 
 from billing_pipelines.lib.alerts import store as alerts
-from billing_pipelines.lib.pg.queue import RetryPolicy
+from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 
 Conn = psycopg.Connection[Any]
+# Opens one transaction on the billing database (committed on success), e.g. BillingDatabase's.
+Transaction = Callable[[], AbstractContextManager[Conn]]
 CHAT = "chat"
 MAX_CHAT_ATTEMPTS = 8
-# Chat alerts retry on every sensor tick (no backoff) and dead-letter after MAX_CHAT_ATTEMPTS.
-CHAT_POLICY = RetryPolicy(max_attempts=MAX_CHAT_ATTEMPTS, base_seconds=0.0, max_seconds=0.0)
+# Chat endpoints recover within minutes and an alert is stale after an hour: a failed post is
+# retried after 30 s, 1 min, 2, 4, 8, 16 and 30 min (by the first delivery call after each; the
+# alert sensors call it when they fire), and the eighth failure dead-letters the delivery. The
+# default 10 min lease outlasts a batch of 50 posts at their 10 s timeout.
+CHAT_POLICY = RetryPolicy(max_attempts=MAX_CHAT_ATTEMPTS, base_seconds=30.0, max_seconds=1800.0)
+
+
+@dataclass(frozen=True)
+class ChatDelivery:
+    """One claimed chat delivery: which alert to post, and how many tries this one makes."""
+
+    id: int
+    alert_id: int
+    attempts: int
+
+
+# Chat deliveries are the shared leased queue: claimed rows are `sending`, owned by the
+# delivering call, so an outcome is recorded only by the call that still holds the claim.
+CHAT_TABLE = QueueTable(
+    name="alert_deliveries",
+    claimed_status="sending",
+    done_statuses=("sent",),
+    done_at="sent_at",
+    owner="claimed_by",
+)
+CHAT_QUEUE: LeasedQueue[ChatDelivery] = LeasedQueue(CHAT_TABLE, CHAT_POLICY, ChatDelivery)
 
 
 @dataclass(frozen=True)
@@ -136,31 +166,81 @@ def raise_failure(conn: Conn, failure: Failure, channel: AlertChannel) -> bool:
 Poster = Callable[[str, dict[str, Any]], None]
 
 
+class _HideWebhookUrls(logging.Filter):
+    """Shows only the host of a chat webhook URL in httpx's request log: the path is a secret."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(str(a) in self.urls for a in record.args):
+            record.args = tuple(
+                _host_only(str(a)) if str(a) in self.urls else a for a in record.args
+            )
+        return True
+
+
+def _host_only(url: str) -> str:
+    """The webhook's scheme and host, without the secret path."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}/<chat webhook>"
+
+
+# httpx logs every request's full URL at INFO; a chat webhook's URL is its credential.
+_HIDDEN_URLS = _HideWebhookUrls()
+logging.getLogger("httpx").addFilter(_HIDDEN_URLS)
+
+
 def post_json(url: str, body: dict[str, Any]) -> None:
     """POST the message to a chat webhook; raises on a non-2xx answer."""
+    _HIDDEN_URLS.urls.add(url)
     response = httpx.post(url, json=body, timeout=10.0)
     response.raise_for_status()
 
 
 def deliver_chat(
-    conn: Conn, webhook_url: str, *, post: Poster = post_json, limit: int = 50
+    transaction: Transaction, webhook_url: str, *, post: Poster = post_json, limit: int = 50
 ) -> dict[str, int]:
-    """Send pending chat alerts (oldest first); failures retry on the next call, then die."""
-    # A thin adapter, not the shared leased queue: alert_deliveries is keyed by (alert, channel)
-    # and has no next_attempt_at, claimed_at or dispatch columns. Its lease is the row lock of
-    # this transaction (a concurrent sensor tick skips the locked rows), and a failure is
-    # retried on the next tick without backoff. Moving it onto the leased queue would need a
-    # migration and would change when chat alerts are retried; it shares the dead-letter rule.
-    rows = conn.execute(
-        """
-        SELECT d.alert_id, d.attempts, a.summary, a.details
-        FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
-        WHERE d.channel = %s AND d.status = 'pending'
-        ORDER BY d.created_at, d.alert_id LIMIT %s FOR UPDATE OF d SKIP LOCKED
-        """,
-        (CHAT, limit),
-    ).fetchall()
+    """Post due chat alerts (oldest first) once each; failures back off, then dead-letter.
+
+    The claim is committed before anything is posted, so a concurrent tick skips these rows and
+    a tick that dies mid-way leaves them to be taken over once the lease expires. Each outcome is
+    recorded in its own transaction right after its post.
+    """
+    owner = f"chat:{uuid.uuid4()}"
+    with transaction() as conn:
+        due = CHAT_QUEUE.select_for_dispatch(conn, limit=limit)
+        claimed = CHAT_QUEUE.claim(conn, [d.id for d in due], owner=owner) if due else []
+        texts = _texts(conn, [row.alert_id for row in claimed])
     counts = {"sent": 0, "failed": 0, "dead": 0}
+    for row in claimed:
+        try:
+            post(webhook_url, {"text": texts[row.alert_id]})
+        except (httpx.HTTPError, OSError) as exc:
+            # The URL carries the webhook's secret: only the error class and status are kept.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            error = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+            with transaction() as conn:
+                if CHAT_QUEUE.still_owned(conn, row.id, owner):
+                    outcome = CHAT_QUEUE.record_failure(conn, row.id, row.attempts, error)
+                    counts["dead" if outcome == CHAT_TABLE.dead_status else "failed"] += 1
+            continue
+        with transaction() as conn:
+            if CHAT_QUEUE.still_owned(conn, row.id, owner):
+                CHAT_QUEUE.complete(conn, row.id, status="sent")
+                counts["sent"] += 1
+    return counts
+
+
+def _texts(conn: Conn, alert_ids: list[int]) -> dict[int, str]:
+    """The chat message of each alert, by alert id."""
+    if not alert_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT id, summary, details FROM alerts WHERE id = ANY(%s)", (alert_ids,)
+    ).fetchall()
+    out = {}
     for row in rows:
         details = row["details"] if isinstance(row["details"], dict) else json.loads(row["details"])
         failure = Failure(
@@ -171,30 +251,5 @@ def deliver_chat(
             link=details.get("link"),
             details=details,
         )
-        try:
-            post(webhook_url, {"text": text_of(failure)})
-        except (httpx.HTTPError, OSError) as exc:
-            # The URL carries the webhook's secret: only the error class and status are kept.
-            status = getattr(getattr(exc, "response", None), "status_code", None)
-            error = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-            dead = CHAT_POLICY.exhausted(row["attempts"] + 1)
-            conn.execute(
-                """
-                UPDATE alert_deliveries SET attempts = attempts + 1, last_error = %s,
-                    status = CASE WHEN %s THEN 'dead' ELSE 'pending' END
-                WHERE alert_id = %s AND channel = %s
-                """,
-                (error, dead, row["alert_id"], CHAT),
-            )
-            counts["dead" if dead else "failed"] += 1
-            continue
-        conn.execute(
-            """
-            UPDATE alert_deliveries SET attempts = attempts + 1, status = 'sent', sent_at = now(),
-                last_error = NULL
-            WHERE alert_id = %s AND channel = %s
-            """,
-            (row["alert_id"], CHAT),
-        )
-        counts["sent"] += 1
-    return counts
+        out[int(row["id"])] = text_of(failure)
+    return out

@@ -8,9 +8,9 @@ that died and is taken over by the next run; a dispatched row nobody claimed wit
 redispatch time (the run never started) is dispatched again. Handlers must be idempotent: a
 taken-over row may run twice.
 
-The webhook queue (`webhook_events`) and the email outbox (`notification_outbox`) are this queue
-with their own table, status words and retry policy; chat alert delivery (`alert_deliveries`,
-which has no lease columns) shares only its RetryPolicy.
+The webhook queue (`webhook_events`), the email outbox (`notification_outbox`) and chat alert
+delivery (`alert_deliveries`) are this queue with their own table, status words and retry
+policy.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ outbox and a chat webhook on loopback) once each, with a link to the run."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -29,17 +30,31 @@ from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.webhook_harness import query
 
 
+def _let_time_pass(url: str, seconds: float) -> None:
+    """Move every delivery's queue times `seconds` into the past, as if that time had passed."""
+    query(
+        url,
+        """
+        UPDATE alert_deliveries SET
+            next_attempt_at = next_attempt_at - make_interval(secs => %(s)s),
+            claimed_at = claimed_at - make_interval(secs => %(s)s),
+            dispatched_at = dispatched_at - make_interval(secs => %(s)s)
+        """,
+        {"s": seconds},
+    )
+
+
 class ChatServer:
     """A chat webhook on loopback that records every JSON body it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         received: list[dict[str, Any]] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append(json.loads(body))
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -151,11 +166,108 @@ def test_unreachable_chat_webhook_is_retried_then_dead_lettered(
         with database.transaction(pool) as conn:
             assert alerting.raise_failure(conn, failure, channel)
             assert not alerting.raise_failure(conn, failure, channel)  # once per failure
-        for _ in range(alerting.MAX_CHAT_ATTEMPTS):
-            with database.transaction(pool) as conn:
-                alerting.deliver_chat(conn, channel.chat_webhook_url or "")
+        for attempt in range(1, alerting.MAX_CHAT_ATTEMPTS + 1):
+            alerting.deliver_chat(
+                lambda: database.transaction(pool), channel.chat_webhook_url or ""
+            )
+            # Each failure backs off: let the backoff pass before the next tick retries.
+            _let_time_pass(billing_db_url, alerting.CHAT_POLICY.backoff_seconds(attempt))
     finally:
         pool.close()
     (row,) = query(billing_db_url, "SELECT * FROM alert_deliveries")
     assert row["status"] == "dead" and row["attempts"] == alerting.MAX_CHAT_ATTEMPTS
     assert "secret-token" not in (row["last_error"] or "")
+
+
+def test_failing_chat_endpoint_backs_off_and_dead_letters_through_the_leased_queue(
+    billing_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from billing_pipelines.lib.alerts import channels as alerting
+    from billing_pipelines.lib.pg import database
+
+    caplog.set_level(logging.DEBUG)
+    endpoint = ChatServer(status=503)
+    failure = alerting.run_failure(run_id="r2", job_name="job", error="boom", ui_url=None)
+    channel = alerting.AlertChannel(chat_webhook_url=endpoint.url)
+    pool = database.open_pool(billing_db_url)
+
+    def tick() -> dict[str, int]:
+        return alerting.deliver_chat(lambda: database.transaction(pool), endpoint.url)
+
+    def delivery() -> dict[str, Any]:
+        (row,) = query(
+            billing_db_url,
+            "SELECT *, extract(epoch FROM next_attempt_at - now()) AS wait FROM alert_deliveries",
+        )
+        return row
+
+    try:
+        with database.transaction(pool) as conn:
+            assert alerting.raise_failure(conn, failure, channel)
+        for attempt in range(1, alerting.MAX_CHAT_ATTEMPTS):
+            assert tick() == {"sent": 0, "failed": 1, "dead": 0}
+            assert len(endpoint.received) == attempt  # posted once per attempt
+            row = delivery()
+            assert row["status"] == "failed" and row["attempts"] == attempt
+            assert row["claimed_by"] is None and row["claimed_at"] is None  # claim released
+            assert row["last_error"] == "HTTPStatusError (HTTP 503)"
+            backoff = alerting.CHAT_POLICY.backoff_seconds(attempt)
+            assert backoff - 10 < float(row["wait"]) <= backoff
+            # Within the backoff a tick leaves the delivery alone.
+            assert tick() == {"sent": 0, "failed": 0, "dead": 0}
+            assert len(endpoint.received) == attempt
+            _let_time_pass(billing_db_url, backoff)
+        assert tick() == {"sent": 0, "failed": 0, "dead": 1}
+        # The dead letter stays visible and is never posted again, however long one waits.
+        _let_time_pass(billing_db_url, 24 * 3600)
+        assert tick() == {"sent": 0, "failed": 0, "dead": 0}
+        with database.transaction(pool) as conn:
+            assert alerting.CHAT_QUEUE.depth(conn) == {"dead": 1}
+    finally:
+        pool.close()
+        endpoint.stop()
+    assert len(endpoint.received) == alerting.MAX_CHAT_ATTEMPTS
+    assert all("boom" in message["text"] for message in endpoint.received)
+    row = delivery()
+    assert row["status"] == "dead" and row["attempts"] == alerting.MAX_CHAT_ATTEMPTS
+    assert row["sent_at"] is None
+    # The webhook URL is a secret: neither stored nor logged.
+    stored = json.dumps(query(billing_db_url, "SELECT * FROM alert_deliveries"), default=str)
+    assert "secret-token" not in stored
+    assert "secret-token" not in caplog.text
+
+
+def test_a_delivery_left_claimed_by_a_dead_tick_is_taken_over_after_its_lease(
+    billing_db_url: str,
+) -> None:
+    from billing_pipelines.lib.alerts import channels as alerting
+    from billing_pipelines.lib.pg import database
+
+    failure = alerting.run_failure(run_id="r3", job_name="job", error="boom", ui_url=None)
+    channel = alerting.AlertChannel(chat_webhook_url="http://chat.invalid/hooks/secret-token")
+    posted: list[dict[str, Any]] = []
+    pool = database.open_pool(billing_db_url)
+
+    def tick() -> dict[str, int]:
+        return alerting.deliver_chat(
+            lambda: database.transaction(pool),
+            "http://chat.invalid/hooks/secret-token",
+            post=lambda _url, body: posted.append(body),
+        )
+
+    try:
+        with database.transaction(pool) as conn:
+            assert alerting.raise_failure(conn, failure, channel)
+            # A tick claimed the delivery, then died before posting.
+            (due,) = alerting.CHAT_QUEUE.select_for_dispatch(conn, limit=10)
+            alerting.CHAT_QUEUE.claim(conn, [due.id], owner="chat:died")
+        assert tick() == {"sent": 0, "failed": 0, "dead": 0}  # the lease is still live
+        assert posted == []
+        _let_time_pass(billing_db_url, alerting.CHAT_POLICY.lease_seconds + 1)
+        assert tick() == {"sent": 1, "failed": 0, "dead": 0}
+        assert tick() == {"sent": 0, "failed": 0, "dead": 0}  # sent once, never again
+    finally:
+        pool.close()
+    assert len(posted) == 1
+    (row,) = query(billing_db_url, "SELECT * FROM alert_deliveries")
+    assert row["status"] == "sent" and row["attempts"] == 2 and row["sent_at"] is not None
