@@ -61,6 +61,10 @@ def test_a_stripe_error_is_one_line_with_type_message_and_request() -> None:
         "Stripe card_error (card_declined): Your card was declined.; HTTP 402; request req_42"
     )
     assert "\n" not in line
+    # The webhook queue's last_error column records the same line.
+    from billing_pipelines.defs.webhooks.context import describe_error as queue_error
+
+    assert queue_error(error) == line
 
 
 def test_a_failed_step_names_the_stripe_error() -> None:

@@ -7,6 +7,7 @@ import psycopg
 
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.stripe.client import StripeClient, StripeError
+from billing_pipelines.lib.stripe.client import describe_error as describe_stripe_error
 from billing_pipelines.lib.webhooks.handlers import HandlerContext
 from billing_pipelines.settings import load_settings
 
@@ -47,7 +48,7 @@ def handler_context(
 def describe_error(exc: BaseException) -> str:
     """A one-line, secret-free reason for the queue's last_error column."""
     if isinstance(exc, StripeError):
-        status = exc.http_status or "-"
-        return f"Stripe {type(exc).__name__} (HTTP {status}): {exc.user_message or ''}"[:500]
+        # The same line the CLI prints: type, code, message, HTTP status, request id.
+        return describe_stripe_error(exc)[:500]
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:500]
