@@ -6,12 +6,15 @@ from decimal import Decimal
 import dagster as dg
 from pydantic import Field
 
+from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.resources import (
     STRIPE_POOL,
     BillingDatabase,
     StripeResource,
     UsageWarehouse,
 )
+from billing_pipelines.defs.sources import assets as sources
+from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
@@ -38,7 +41,13 @@ LEAK_CHECKS = {
 }
 
 
-@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+@dg.asset(
+    deps=[sources.stripe_customers, sources.stripe_subscriptions, sources.plan_catalog],
+    group_name=GROUP,
+    kinds={"stripe", "postgres"},
+    tags={"domain": GROUP},
+    pool=STRIPE_POOL,
+)
 def stripe_subscription_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
@@ -66,7 +75,13 @@ def stripe_subscription_snapshot(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+@dg.asset(
+    deps=[sources.stripe_invoices],
+    group_name=GROUP,
+    kinds={"stripe", "postgres"},
+    tags={"domain": GROUP},
+    pool=STRIPE_POOL,
+)
 def stripe_invoice_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
@@ -99,7 +114,7 @@ def stripe_invoice_snapshot(
 
 
 @dg.asset(
-    deps=[stripe_subscription_snapshot, stripe_invoice_snapshot],
+    deps=[stripe_subscription_snapshot, stripe_invoice_snapshot, sources.tenants],
     group_name=GROUP,
     kinds={"postgres"},
     tags={"domain": GROUP},
@@ -216,7 +231,18 @@ def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
 
 
 @dg.asset(
-    deps=[stripe_invoice_snapshot, stripe_subscription_snapshot],
+    # Everything the audit lines up: the warehouse, daily usage, the report ledger (written by
+    # stripe_meter_reports), Stripe's meter summaries, the snapshots, the catalog's tiers.
+    deps=[
+        stripe_invoice_snapshot,
+        stripe_subscription_snapshot,
+        sources.usage_events,
+        daily_tenant_usage,
+        stripe_meter_reports,
+        sources.stripe_meters,
+        sources.plan_catalog,
+        sources.tenants,
+    ],
     group_name=GROUP,
     kinds={"stripe", "clickhouse", "postgres"},
     tags={"domain": GROUP},
@@ -362,7 +388,14 @@ class HealthConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[subscription_state_diff, stripe_invoice_snapshot],
+    # Webhook outcomes from the queue, sync lag from the report ledger, payments and failures
+    # from the invoice snapshot, mismatches from the state diff.
+    deps=[
+        subscription_state_diff,
+        stripe_invoice_snapshot,
+        sources.webhook_events,
+        stripe_meter_reports,
+    ],
     group_name="reconciliation",
     kinds={"postgres"},
     tags={"domain": "reconciliation"},

@@ -6,6 +6,7 @@ import dagster as dg
 
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, UsageWarehouse
+from billing_pipelines.defs.sources.assets import tenants, usage_events
 from billing_pipelines.lib.usage.schema import validate_daily_usage
 
 USAGE_SCHEMA_CHECK = "usage_matches_schema"
@@ -13,6 +14,8 @@ USAGE_SCHEMA_CHECK = "usage_matches_schema"
 
 @dg.asset(
     partitions_def=daily_partitions,
+    # Reads the warehouse's events; validates tenant ids against the tenant table.
+    deps=[usage_events, tenants],
     group_name="usage",
     kinds={"clickhouse", "postgres"},
     tags={"domain": "usage"},
