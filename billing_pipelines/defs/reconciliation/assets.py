@@ -6,6 +6,7 @@ from decimal import Decimal
 import dagster as dg
 from pydantic import Field
 
+from billing_pipelines.defs import metadata as metadata_values
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.resources import (
     STRIPE_POOL,
@@ -18,6 +19,7 @@ from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
+from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation import health, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
@@ -321,6 +323,7 @@ def usage_invoice_audit(
         fees = usage_audit.fee_explanations(
             conn, audit_date, [r.line.invoice_id for r in rows], catalog.plans
         )
+        invoices = audit_view.invoice_summaries(conn, audit_date, [r.line.invoice_id for r in rows])
     bad = [r for r in rows if not r.clean]
     for row in bad:
         context.log.error(
@@ -342,6 +345,7 @@ def usage_invoice_audit(
             "over_charged_cents": dg.MetadataValue.int(over),
             "under_charged_cents": dg.MetadataValue.int(under),
             "explanations": dg.MetadataValue.md(explanations or "no closed periods"),
+            "audit_lines": metadata_values.table(audit_view.audit_lines_table(rows, invoices)),
         },
         check_results=[
             dg.AssetCheckResult(

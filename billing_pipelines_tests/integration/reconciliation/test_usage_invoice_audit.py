@@ -46,6 +46,13 @@ def _markdown(metadata: Mapping[str, dg.MetadataValue], key: str) -> str:
     return value.value
 
 
+def _table(metadata: Mapping[str, dg.MetadataValue], key: str) -> list[dict[str, Any]]:
+    """A table metadata entry's rows as dicts."""
+    value = metadata[key]
+    assert isinstance(value, dg.TableMetadataValue), value
+    return [dict(record.data) for record in value.records]
+
+
 def insert_queries(tenant_id: str, count: int, copies: int = 1) -> None:
     """`count` distinct queries on DAY, each logged `copies` times (cache duplicates)."""
     start, _ = wh.day_bounds(DAY)
@@ -111,6 +118,12 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
         resources=resources,
     )
     assert pushed.success
+    (usage_mat,) = pushed.asset_materializations_for_node("daily_tenant_usage")
+    by_tenant = _table(usage_mat.metadata, "usage_by_tenant")
+    assert [r["tenant_id"] for r in by_tenant] == ["t-clean", "t-doubled"]
+    assert (by_tenant[0]["billable_queries"], by_tenant[0]["raw_events"]) == ("125,000", "250,000")
+    assert by_tenant[0]["duplicate_rate"] == "50.00 %"  # every query logged twice
+    assert by_tenant[1]["duplicate_rate"] == "0.00 %"
     double_report(c, billing_db_url, "t-doubled", doubled_customer)
 
     period_end = c.v1.subscriptions.retrieve(doubled_sub)["items"].data[0].current_period_end
@@ -136,6 +149,34 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     explanations = _markdown(mat.metadata, "explanations")
     assert explanations.count("the Pro plan's monthly base fee, $99.00.") == 2  # one per invoice
     assert "You used 250,000 queries: 150,000 over the 100,000 included = $120.00" in explanations
+
+    # The same audit as a table, one row per tenant and period, the five sources side by side.
+    lines = {r["tenant_id"]: r for r in _table(mat.metadata, "audit_lines")}
+    assert set(lines) == {"t-clean", "t-doubled"}
+    table = mat.metadata["audit_lines"]
+    assert isinstance(table, dg.TableMetadataValue) and table.schema is not None
+    assert table.schema.columns[0].name == "tenant_id"
+    ok = lines["t-clean"]
+    sources = ("warehouse", "daily_usage", "ledger", "stripe_meter", "invoice_quantity")
+    assert [ok[k] for k in sources] == ["125,000"] * 5
+    assert (ok["included"], ok["over"], ok["invoiced"], ok["recomputed"]) == (
+        "100,000",
+        "25,000",
+        "$20.00",
+        "$20.00",
+    )
+    assert (ok["difference"], ok["status"], ok["causes"]) == ("$0.00", "ok", "")
+    assert ok["invoice_total"] == "$119.00"  # the $99.00 base fee and $20.00 of usage
+    assert ok["invoice_status"] == "paid" and ok["invoice_number"]
+    bad = lines["t-doubled"]
+    assert [bad[k] for k in sources] == ["125,000", "125,000", "250,000", "250,000", "250,000"]
+    assert (bad["invoiced"], bad["recomputed"], bad["difference"]) == (
+        "$120.00",
+        "$20.00",
+        "$100.00",
+    )
+    assert bad["status"] == "over-charged" and bad["invoice_total"] == "$219.00"
+    assert bad["period_start"] == f"{datetime.fromtimestamp(START, UTC):%Y-%m-%d %H:%M} UTC"
 
     rows = {
         r["tenant_id"]: r
