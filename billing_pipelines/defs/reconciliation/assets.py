@@ -21,7 +21,7 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import health, usage_audit
+from billing_pipelines.lib.reconciliation import health, health_view, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
@@ -431,21 +431,20 @@ def billing_health(
         health.store(conn, metrics)
         series = health.series(conn, day)
     verdicts = health.evaluate(metrics, thresholds)
-    numbers: dict[str, dg.MetadataValue] = {}
-    for key, value in vars(metrics).items():
-        if isinstance(value, bool) or value is None or key == "day":
-            continue  # no data today: left out rather than plotted as zero
-        numbers[key] = (
-            dg.MetadataValue.float(float(value))
-            if isinstance(value, float)
-            else dg.MetadataValue.int(int(value))
-        )
-    context.log.info("billing health %s: %s", day, {k: v.value for k, v in numbers.items()})
+    numbers = health_view.plotted_values(metrics)
+    context.log.info("billing health %s: %s", day, numbers)
     return dg.MaterializeResult(
         metadata={
             "day": dg.MetadataValue.text(day.isoformat()),
-            **numbers,
-            "series": dg.MetadataValue.json({"days": series}),
+            # One number per metric (rates in percent): Dagster plots each over materializations.
+            **{
+                key: dg.MetadataValue.float(float(value))
+                if isinstance(value, float)
+                else dg.MetadataValue.int(value)
+                for key, value in numbers.items()
+            },
+            "thresholds": metadata_values.table(health_view.thresholds_table(verdicts, thresholds)),
+            "history": metadata_values.table(health_view.history_table(series)),
             "dunning_funnel": dg.MetadataValue.md(
                 f"failed {metrics.dunning_failed} -> recovered {metrics.dunning_recovered}, "
                 f"suspended {metrics.dunning_suspended}, still open {metrics.dunning_open}"
@@ -457,10 +456,19 @@ def billing_health(
                 passed=v.passed,
                 severity=dg.AssetCheckSeverity.ERROR if v.alert else dg.AssetCheckSeverity.WARN,
                 description=v.description,
-                metadata={}
-                if v.value is None
-                else {"value": dg.MetadataValue.float(float(v.value))},
+                metadata=_verdict_metadata(v, thresholds),
             )
             for v in verdicts
         ],
     )
+
+
+def _verdict_metadata(v: health.Verdict, t: health.Thresholds) -> dict[str, dg.MetadataValue]:
+    """The checked value beside its target and alert level, in the same unit."""
+    _, _, target, alert = health_view.limits(v.name, t)
+    value = health_view.check_value(v.name, v.value)
+    return {
+        **({} if value is None else {"value": dg.MetadataValue.float(value)}),
+        "target": dg.MetadataValue.float(float(target)),
+        "alert_level": dg.MetadataValue.float(float(alert)),
+    }
