@@ -445,3 +445,23 @@ def test_no_retry_without_a_payment_method(stripe_client: stripe.StripeClient):
     inv = c.v1.invoices.retrieve(inv.id)
     assert inv.attempt_count == 1 and inv.status == "open"
     assert c.v1.subscriptions.retrieve(sub.id).status == "past_due"  # no end-of-retries action
+
+
+def test_cancel_at_period_end_bills_the_last_period_usage(stripe_client: stripe.StripeClient):
+    """Anchor Jan 31 14:30: the last period ends Feb 28 14:30 with a final usage invoice."""
+    c = stripe_client
+    p = _prices(c)
+    clock, cus = _customer(c, JAN31_1430, "pm_card_visa")
+    sub = _subscribe(c, cus, p, "starter")
+    c.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
+    advance(c, clock, JAN31_1430 + 27 * DAY)
+    _use(c, cus, JAN31_1430 + 3 * DAY, 14_000)
+    advance(c, clock, FEB28_1430 + 2 * HOUR)
+    gone = c.v1.subscriptions.retrieve(sub.id)
+    assert gone.status == "canceled" and gone.ended_at == FEB28_1430
+    final = c.v1.invoices.retrieve(str(gone.latest_invoice))
+    # 14,000 - 10,000 free = 4,000 x $0.001 = $4.00; no base fee for a period that never starts.
+    usage = _line(final, p["starter_usage"])
+    assert (usage.quantity, usage.amount) == (14_000, 400)
+    assert (usage.period.start, usage.period.end) == (JAN31_1430, FEB28_1430)
+    assert final.status == "paid" and final.amount_paid == 400

@@ -657,7 +657,7 @@ def run_until(st: SandboxState, clock: dict[str, Any] | None, target: int) -> in
         elif action == "renew":
             subs.renew(st, obj, t)
         elif action == "cancel":
-            subs.cancel_subscription_now(st, obj, reason="cancellation_requested", now=t)
+            subs.end_as_scheduled(st, obj, t)
         elif action == "expire":
             subs.expire_incomplete(st, obj, t)
     return steps

@@ -585,6 +585,33 @@ def cancel_subscription_now(
     emit(st, "customer.subscription.deleted", sub, created=t)
 
 
+def end_as_scheduled(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    """A cancellation at period end (or at `cancel_at`) takes effect with a final invoice.
+
+    "Any metered usage is charged for in a final invoice when the subscription cancels at the
+    end of the billing period", and pending prorations "are also left in place and collected at
+    the end of the period" (docs.stripe.com/billing/subscriptions/cancel and
+    docs.stripe.com/api/subscriptions/cancel). Without metered items or pending items there is
+    nothing to invoice.
+    """
+    if sub["status"] in ("active", "past_due", "unpaid"):
+        start, _ = eng.period_of(sub)
+        lines = eng.metered_lines(st, sub, start, t)
+        lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+        if lines:
+            inv = eng.new_invoice(
+                st,
+                customer=sub["customer"],
+                sub=sub,
+                lines=lines,
+                billing_reason="subscription_cycle",
+                period=(start, t),
+                now=t,
+            )
+            sub["latest_invoice"] = inv["id"]
+    cancel_subscription_now(st, sub, reason="cancellation_requested", now=t)
+
+
 def expire_incomplete(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     before = copy.deepcopy(sub)
     sub["status"] = "incomplete_expired"
