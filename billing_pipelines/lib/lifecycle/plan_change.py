@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from billing_pipelines.lib.catalog.plans import Plan
-from billing_pipelines.lib.notifications.emails import format_money
+from billing_pipelines.lib.catalog.plans import Catalog, Plan
+from billing_pipelines.lib.notifications.emails import format_day, format_money, usage_explanation
+from billing_pipelines.lib.stripe.catalog import usage_lookup_key
 from billing_pipelines.lib.stripe.lifecycle import PreviewLine
+from billing_pipelines.lib.stripe.reads import InvoiceLine
 
 
 @dataclass(frozen=True)
@@ -56,4 +58,35 @@ def included_queries_note(
         f"{from_plan.included_queries:,} included queries{so_far}; queries from the change to "
         f"the end of the period are billed on {to_plan.name} with its own "
         f"{to_plan.included_queries:,} included queries."
+    )
+
+
+def explain_invoice_usage(
+    catalog: Catalog, fallback: Plan | None, lines: Sequence[InvoiceLine], currency: str
+) -> str | None:
+    """An invoice's usage in plain words: one sentence per metered line, by that line's plan.
+
+    A plan change leaves two usage lines on one invoice (old price, new price); each is
+    explained with its own plan's included queries, as it was billed. Lines whose price is not
+    in the catalog fall back to the tenant's current plan.
+    """
+    by_key = {
+        usage_lookup_key(plan, meter): plan
+        for plan in catalog.plans.values()
+        for meter in catalog.meters.values()
+    }
+    parts = []
+    for line in lines:
+        plan = by_key.get(line.lookup_key or "") or fallback
+        if line.metered and plan is not None:
+            parts.append((plan, line))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        plan, line = parts[0]
+        return usage_explanation(plan, int(line.quantity or 0), currency)
+    return " ".join(
+        f"{plan.name}, {format_day(line.period_start)} to {format_day(line.period_end)}: "
+        f"{usage_explanation(plan, int(line.quantity or 0), currency).rstrip('.')}."
+        for plan, line in parts
     )
