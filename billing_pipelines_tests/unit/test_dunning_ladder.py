@@ -32,8 +32,25 @@ def test_ladder_matches_the_design() -> None:
     assert DEFAULT_LADDER.effects(4) == (False, Decimal("0.50"))
     assert DEFAULT_LADDER.effects(9) == (False, Decimal("0.50"))  # 4+ stays suspended
     assert DEFAULT_LADDER.step(2).announces_suspension
-    first = datetime(2026, 1, 15, 1, tzinfo=UTC)
-    assert DEFAULT_LADDER.suspension_date(first) == datetime(2026, 1, 22, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "next_attempt", "suspension", "remaining"),
+    [
+        # Only Stripe's next planned attempt is known: it dates the suspension when it is the
+        # attempt that reaches the last rung, whatever the account's retry schedule is.
+        (3, datetime(2026, 3, 9, 17, 5, tzinfo=UTC), datetime(2026, 3, 9, 17, 5, tzinfo=UTC), 1),
+        (2, datetime(2026, 3, 4, 11, 0, tzinfo=UTC), None, 2),
+        (1, datetime(2026, 3, 2, 11, 0, tzinfo=UTC), None, 3),
+        (3, None, None, 1),  # Stripe will not retry (no payment method): no date to promise
+        (4, None, None, 0),
+    ],
+)
+def test_suspension_date_comes_from_stripes_next_attempt(
+    attempts: int, next_attempt: datetime | None, suspension: datetime | None, remaining: int
+) -> None:
+    assert DEFAULT_LADDER.suspension_date(attempts, next_attempt) == suspension
+    assert DEFAULT_LADDER.attempts_before_suspension(attempts) == remaining
 
 
 @pytest.mark.parametrize(

@@ -87,13 +87,17 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
     for lower in range(1, step):
         if lower not in done:
             _record(conn, invoice_id, tenant.tenant_id, lower, "skipped", {"jumped_to": step})
-    suspension = ladder.suspension_date(case["first_failed_at"])
+    # From Stripe's real attempts and its next planned one, never from an assumed schedule.
+    suspension = ladder.suspension_date(invoice.attempt_count, invoice.next_payment_attempt)
     access, multiplier = ladder.effects(step)
     details = {
         "attempt_count": invoice.attempt_count,
         "amount_due": invoice.amount_remaining or invoice.amount_due,
         "currency": invoice.currency,
-        "suspension_date": suspension.isoformat() if rung.announces_suspension else None,
+        "suspension_date": suspension.isoformat() if suspension else None,
+        "next_payment_attempt": (
+            invoice.next_payment_attempt.isoformat() if invoice.next_payment_attempt else None
+        ),
     }
     _record(conn, invoice_id, tenant.tenant_id, step, rung.action, details)
     tenant_state.audit(
@@ -128,6 +132,7 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
             "attempt_count": invoice.attempt_count,
             "next_attempt": notifications.format_day(invoice.next_payment_attempt),
             "suspension_date": notifications.format_day(suspension),
+            "attempts_before_suspension": ladder.attempts_before_suspension(invoice.attempt_count),
             "rate_limit_percent": int(multiplier * 100),
             "api_access_enabled": access,
             "usage_explanation": explain_usage(ctx, tenant, invoice),
