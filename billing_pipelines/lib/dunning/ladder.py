@@ -53,10 +53,24 @@ class DunningLadder:
         """The rung an invoice with this many failed attempts is on (0 = none yet)."""
         return max(0, min(attempt_count, len(self.steps)))
 
-    def due_step(self, attempt_count: int, executed: Iterable[int]) -> int | None:
+    def step_reached(self, attempt_count: int, stripe_retries: bool = True) -> int:
+        """The rung an unpaid invoice is on: one per failed attempt while Stripe keeps retrying.
+
+        When Stripe has stopped retrying (its retry settings are used up, there is no payment
+        method, or a resume that never retries) no further attempt will come to climb on, so
+        the invoice is on the last rung at once: the ladder follows the account's retries,
+        whatever their number, instead of waiting for attempts that will not happen.
+        """
+        if attempt_count > 0 and not stripe_retries:
+            return len(self.steps)
+        return self.step_for_attempts(attempt_count)
+
+    def due_step(
+        self, attempt_count: int, executed: Iterable[int], stripe_retries: bool = True
+    ) -> int | None:
         """The next rung to run, or None. Missed rungs are not replayed: we jump to the current
         one (three emails at once would help nobody), and never go back down."""
-        current = self.step_for_attempts(attempt_count)
+        current = self.step_reached(attempt_count, stripe_retries)
         done = max(executed, default=0)
         return current if current > done else None
 
