@@ -383,10 +383,15 @@ def cancel(
         raise LifecycleError(f"tenant {tenant_id} has no subscription to cancel")
     if immediately:
         stripe_lifecycle.cancel_now(client, sub_id)
-        detail = "canceled now"
+        detail = (
+            "canceled now; a final invoice bills the period's usage so far "
+            "minus the unused part of the base fee"
+        )
     else:
         stripe_lifecycle.set_cancel_at_period_end(client, sub_id, True)
-        detail = "cancels at the end of the current period"
+        detail = (
+            "cancels at the end of the current period; the final invoice bills that period's usage"
+        )
     tenant = _converge(_context(conn, client, catalog, actor), tenant_id, detail)
     return _result(tenant, detail)
 
