@@ -189,3 +189,34 @@ def test_resume_stays_paused_until_paid_and_stripe_retries(
         fixed = lifecycle.update_payment_method(conn, c, catalog, tenant, "pm_card_visa")
     assert fixed.extra["paid"] == [invoice.id]
     assert fixed.subscription_status == "active" and fixed.api_access_enabled
+
+
+def test_a_classic_mode_subscription_is_not_changed_silently(
+    conn: Any, stripe_client: stripe.StripeClient, catalog: Catalog
+) -> None:
+    """Classic mode would drop the usage before the change: the change is refused, one line."""
+    c = stripe_client
+    tenant, _, result = _onboard(
+        conn, c, catalog, "starter", JAN31_1430, payment_method="pm_card_visa", trial=False
+    )
+    flexible = c.v1.subscriptions.retrieve(str(result.subscription_id))
+    c.v1.subscriptions.cancel(flexible.id)
+    classic = c.v1.subscriptions.create(
+        {
+            "customer": str(result.customer_id),
+            "items": [{"price": str(item.price.id)} for item in flexible["items"].data],
+            "billing_mode": {"type": "classic"},
+        }
+    )
+    conn.execute(
+        "UPDATE tenants SET stripe_subscription_id = %s WHERE tenant_id = %s", (classic.id, tenant)
+    )
+    with pytest.raises(lifecycle.LifecycleError) as err:
+        lifecycle.preview_plan_change(conn, c, catalog, tenant, "pro")
+    assert str(err.value) == (
+        f"subscription {classic.id} uses classic billing mode, which does not bill the usage "
+        "before a price change: migrate it to flexible in Stripe before changing plans"
+    )
+    assert [str(i.price.id) for i in c.v1.subscriptions.retrieve(classic.id)["items"].data] == [
+        str(i.price.id) for i in classic["items"].data
+    ]

@@ -242,6 +242,13 @@ def _plan_change(
     )
     if subscription.ended:
         raise LifecycleError(f"subscription {subscription.id} is {subscription.status}")
+    if subscription.billing_mode != stripe_lifecycle.BILLING_MODE:
+        # Classic mode would silently drop the usage before the change (never billed).
+        raise LifecycleError(
+            f"subscription {subscription.id} uses {subscription.billing_mode} billing mode, "
+            f"which does not bill the usage before a price change: migrate it to "
+            f"{stripe_lifecycle.BILLING_MODE} in Stripe before changing plans"
+        )
     new_prices = plan_price_ids(client, catalog, target)
     items = subscription.items
     if len(items) != len(new_prices):

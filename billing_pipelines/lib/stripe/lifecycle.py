@@ -39,6 +39,7 @@ class LiveSubscription:
     status: str
     cancel_at_period_end: bool
     items: tuple[SubscriptionItem, ...]
+    billing_mode: str = BILLING_MODE
 
     @property
     def ended(self) -> bool:
@@ -162,6 +163,8 @@ def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> 
         status=str(raw.get("status")),
         cancel_at_period_end=bool(raw.get("cancel_at_period_end")),
         items=items,
+        # Absent on API versions before billing modes existed: those subscriptions are classic.
+        billing_mode=str((raw.get("billing_mode") or {}).get("type") or "classic"),
     )
 
 
