@@ -32,8 +32,25 @@ def test_ladder_matches_the_design() -> None:
     assert DEFAULT_LADDER.effects(4) == (False, Decimal("0.50"))
     assert DEFAULT_LADDER.effects(9) == (False, Decimal("0.50"))  # 4+ stays suspended
     assert DEFAULT_LADDER.step(2).announces_suspension
-    first = datetime(2026, 1, 15, 1, tzinfo=UTC)
-    assert DEFAULT_LADDER.suspension_date(first) == datetime(2026, 1, 22, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "next_attempt", "suspension", "remaining"),
+    [
+        # Only Stripe's next planned attempt is known: it dates the suspension when it is the
+        # attempt that reaches the last rung, whatever the account's retry schedule is.
+        (3, datetime(2026, 3, 9, 17, 5, tzinfo=UTC), datetime(2026, 3, 9, 17, 5, tzinfo=UTC), 1),
+        (2, datetime(2026, 3, 4, 11, 0, tzinfo=UTC), None, 2),
+        (1, datetime(2026, 3, 2, 11, 0, tzinfo=UTC), None, 3),
+        (3, None, None, 1),  # Stripe will not retry (no payment method): no date to promise
+        (4, None, None, 0),
+    ],
+)
+def test_suspension_date_comes_from_stripes_next_attempt(
+    attempts: int, next_attempt: datetime | None, suspension: datetime | None, remaining: int
+) -> None:
+    assert DEFAULT_LADDER.suspension_date(attempts, next_attempt) == suspension
+    assert DEFAULT_LADDER.attempts_before_suspension(attempts) == remaining
 
 
 @pytest.mark.parametrize(
@@ -92,3 +109,28 @@ def test_change_actions_name_what_happened() -> None:
     canceled = decide(BASE, subscription_status="canceled", dunning_level=0, payment_failures=0)
     assert change_action(BASE, canceled) == "tenant.revoke_access"
     assert suspended.as_json()["rate_limit_multiplier"] == "0.50"
+
+
+@pytest.mark.parametrize(
+    ("attempts", "done", "retries", "due"),
+    [
+        (1, [], False, 4),  # no payment method: Stripe will not retry, suspension is due now
+        (3, [1, 2], False, 4),  # a custom schedule of two retries ended after attempt 3
+        (2, [1], True, 2),  # Stripe retries: one rung per real attempt
+        (1, [4], False, None),  # already suspended
+        (0, [], False, None),  # nothing failed yet
+    ],
+)
+def test_the_ladder_does_not_wait_for_attempts_stripe_will_not_make(
+    attempts: int, done: list[int], retries: bool, due: int | None
+) -> None:
+    assert DEFAULT_LADDER.due_step(attempts, done, retries) == due
+
+
+def test_first_payments_and_planned_retries_keep_the_attempt_ladder() -> None:
+    from billing_pipelines.lib.dunning.steps import stripe_retries
+
+    assert stripe_retries(datetime(2026, 3, 1, tzinfo=UTC), "past_due")
+    assert stripe_retries(None, "incomplete")  # a first payment: access never started
+    assert not stripe_retries(None, "past_due")
+    assert not stripe_retries(None, "paused")

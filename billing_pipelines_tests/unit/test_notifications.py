@@ -66,6 +66,26 @@ def test_dunning_templates_state_amount_and_usage(template: str) -> None:
         assert "January 22, 2026" in email.subject + email.body
     if template == "payment_final_warning":
         assert "50%" in email.body
+        assert "next attempt on January 22, 2026 fails" in " ".join(email.body.split())
+
+
+@pytest.mark.parametrize(
+    "template", ["payment_reminder", "payment_warning", "payment_final_warning"]
+)
+def test_dunning_emails_never_promise_a_retry_stripe_will_not_make(template: str) -> None:
+    context = {
+        **DUNNING_CONTEXT,
+        "next_attempt": "",
+        "suspension_date": "",
+        "attempts_before_suspension": 2,
+    }
+    email = notifications.render(template, context)
+    text = " ".join(email.body.split())
+    assert "We will not retry this payment automatically" in text
+    assert "retry on" not in text and "retry automatically on" not in text
+    if template == "payment_warning":
+        assert email.subject.endswith("suspended if payment keeps failing")
+        assert "after 2 more failed attempt(s)" in text
 
 
 def test_other_templates_render() -> None:

@@ -84,7 +84,13 @@ def change_plan_op(
     if config.apply:
         with billing_db.transaction() as conn:
             result = lifecycle.change_plan(
-                conn, client, catalog, config.tenant_id, config.to_plan, preview.proration_date
+                conn,
+                client,
+                catalog,
+                config.tenant_id,
+                config.to_plan,
+                preview.proration_date,
+                preview=preview,
             )
         out.update(_report(context, result))
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 
@@ -32,8 +32,6 @@ class DunningLadder:
     """The ordered rungs and when suspension happens relative to the first failure."""
 
     steps: tuple[LadderStep, ...]
-    # Stripe's default retry schedule puts the 4th attempt 7 days after the first failure.
-    suspension_after_days: int = 7
 
     def __post_init__(self) -> None:
         numbers = [s.step for s in self.steps]
@@ -55,10 +53,24 @@ class DunningLadder:
         """The rung an invoice with this many failed attempts is on (0 = none yet)."""
         return max(0, min(attempt_count, len(self.steps)))
 
-    def due_step(self, attempt_count: int, executed: Iterable[int]) -> int | None:
+    def step_reached(self, attempt_count: int, stripe_retries: bool = True) -> int:
+        """The rung an unpaid invoice is on: one per failed attempt while Stripe keeps retrying.
+
+        When Stripe has stopped retrying (its retry settings are used up, there is no payment
+        method, or a resume that never retries) no further attempt will come to climb on, so
+        the invoice is on the last rung at once: the ladder follows the account's retries,
+        whatever their number, instead of waiting for attempts that will not happen.
+        """
+        if attempt_count > 0 and not stripe_retries:
+            return len(self.steps)
+        return self.step_for_attempts(attempt_count)
+
+    def due_step(
+        self, attempt_count: int, executed: Iterable[int], stripe_retries: bool = True
+    ) -> int | None:
         """The next rung to run, or None. Missed rungs are not replayed: we jump to the current
         one (three emails at once would help nobody), and never go back down."""
-        current = self.step_for_attempts(attempt_count)
+        current = self.step_reached(attempt_count, stripe_retries)
         done = max(executed, default=0)
         return current if current > done else None
 
@@ -70,9 +82,24 @@ class DunningLadder:
             multiplier = min(multiplier, rung.rate_limit_multiplier)
         return access, multiplier
 
-    def suspension_date(self, first_failed_at: datetime) -> datetime:
-        """When access is suspended if the invoice stays unpaid (announced at step 2)."""
-        return first_failed_at + timedelta(days=self.suspension_after_days)
+    def attempts_before_suspension(self, attempt_count: int) -> int:
+        """How many more failed attempts reach the last rung (0: it is reached)."""
+        return max(0, self.last.step - attempt_count)
+
+    def suspension_date(
+        self, attempt_count: int, next_payment_attempt: datetime | None
+    ) -> datetime | None:
+        """When access is suspended if nothing is paid, as far as Stripe has decided it.
+
+        Stripe times retries from the account's settings (Smart Retries or a custom schedule)
+        and publishes only the next one, `next_payment_attempt`; it does not retry at all
+        without a payment method. So the date is known when the next attempt is the one that
+        reaches the last rung, and unknown (None) when more attempts come first or none is
+        planned: the ladder never assumes a day schedule of its own.
+        """
+        if next_payment_attempt is None or self.attempts_before_suspension(attempt_count) != 1:
+            return None
+        return next_payment_attempt
 
 
 DEFAULT_LADDER = DunningLadder(

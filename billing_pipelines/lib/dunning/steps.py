@@ -35,22 +35,36 @@ class DueStep:
         return f"dunning:{self.invoice_id}:{self.step}"
 
 
+# A subscription whose first payment failed never had access and Stripe never retries that
+# invoice (it expires instead): the ladder does not escalate it.
+_FIRST_PAYMENT_STATUSES = ("incomplete", "incomplete_expired")
+
+
+def stripe_retries(next_payment_attempt: object, subscription_status: str | None) -> bool:
+    """Whether Stripe will attempt this unpaid invoice again (or the case is a first payment)."""
+    return next_payment_attempt is not None or subscription_status in _FIRST_PAYMENT_STATUSES
+
+
 def due_steps(conn: psycopg.Connection[Any], ladder: DunningLadder) -> list[DueStep]:
     """Open cases whose failed attempts have reached a rung not yet executed."""
     rows = conn.execute(
         """
-        SELECT c.invoice_id, c.tenant_id, c.attempt_count,
+        SELECT c.invoice_id, c.tenant_id, c.attempt_count, c.next_payment_attempt,
+               t.subscription_status,
                coalesce(array_agg(a.step) FILTER (WHERE a.step IS NOT NULL), '{}') AS steps
         FROM dunning_cases c
+        JOIN tenants t ON t.tenant_id = c.tenant_id
         LEFT JOIN dunning_actions a ON a.invoice_id = c.invoice_id
         WHERE c.status = 'open'
-        GROUP BY c.invoice_id, c.tenant_id, c.attempt_count
+        GROUP BY c.invoice_id, c.tenant_id, c.attempt_count, c.next_payment_attempt,
+                 t.subscription_status
         ORDER BY min(c.opened_at), c.invoice_id
         """
     ).fetchall()
     due = []
     for row in rows:
-        step = ladder.due_step(int(row["attempt_count"]), row["steps"])
+        retrying = stripe_retries(row["next_payment_attempt"], row["subscription_status"])
+        step = ladder.due_step(int(row["attempt_count"]), row["steps"], retrying)
         if step is not None:
             due.append(DueStep(row["invoice_id"], row["tenant_id"], step))
     return due
@@ -73,7 +87,8 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
     if invoice.settled:
         apply_invoice_state(ctx, tenant, invoice)
         return Outcome("ignored", f"invoice {invoice_id} is {invoice.status}: step {step} skipped")
-    if ladder.step_for_attempts(invoice.attempt_count) < step:
+    retrying = stripe_retries(invoice.next_payment_attempt, tenant.state.subscription_status)
+    if ladder.step_reached(invoice.attempt_count, retrying) < step:
         return Outcome("ignored", f"invoice {invoice_id} has {invoice.attempt_count} attempts")
     done = {
         int(r["step"])
@@ -87,13 +102,17 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
     for lower in range(1, step):
         if lower not in done:
             _record(conn, invoice_id, tenant.tenant_id, lower, "skipped", {"jumped_to": step})
-    suspension = ladder.suspension_date(case["first_failed_at"])
+    # From Stripe's real attempts and its next planned one, never from an assumed schedule.
+    suspension = ladder.suspension_date(invoice.attempt_count, invoice.next_payment_attempt)
     access, multiplier = ladder.effects(step)
     details = {
         "attempt_count": invoice.attempt_count,
         "amount_due": invoice.amount_remaining or invoice.amount_due,
         "currency": invoice.currency,
-        "suspension_date": suspension.isoformat() if rung.announces_suspension else None,
+        "suspension_date": suspension.isoformat() if suspension else None,
+        "next_payment_attempt": (
+            invoice.next_payment_attempt.isoformat() if invoice.next_payment_attempt else None
+        ),
     }
     _record(conn, invoice_id, tenant.tenant_id, step, rung.action, details)
     tenant_state.audit(
@@ -128,6 +147,7 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
             "attempt_count": invoice.attempt_count,
             "next_attempt": notifications.format_day(invoice.next_payment_attempt),
             "suspension_date": notifications.format_day(suspension),
+            "attempts_before_suspension": ladder.attempts_before_suspension(invoice.attempt_count),
             "rate_limit_percent": int(multiplier * 100),
             "api_access_enabled": access,
             "usage_explanation": explain_usage(ctx, tenant, invoice),

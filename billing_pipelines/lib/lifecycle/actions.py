@@ -15,6 +15,8 @@ import psycopg
 
 from billing_pipelines.lib.catalog.plans import Catalog, Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.lifecycle import plan_change
+from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
 from billing_pipelines.lib.stripe.client import CardError, StripeClient
@@ -72,13 +74,20 @@ class PlanChangePreview:
     amount_due: int
     currency: str
     lines: list[tuple[str, int]]
+    # How included queries behave across the change, in the words the email and docs use.
+    included_queries: str = ""
+
+    @property
+    def due_when(self) -> str:
+        """When the previewed amount is charged."""
+        return "now" if self.proration_behavior == "always_invoice" else "on the next invoice"
 
     def describe(self) -> str:
         """Plain-words summary for the operator."""
         due = f"{self.amount_due / 100:,.2f} {self.currency.upper()}"
-        when = "now" if self.proration_behavior == "always_invoice" else "on the next invoice"
         lines = "; ".join(f"{text}: {amount / 100:,.2f}" for text, amount in self.lines)
-        return f"{self.from_plan} -> {self.to_plan}: {due} due {when} ({lines})"
+        summary = f"{self.from_plan} -> {self.to_plan}: {due} due {self.due_when} ({lines})"
+        return f"{summary}. {self.included_queries}" if self.included_queries else summary
 
 
 def _context(
@@ -222,7 +231,7 @@ def onboard(
 
 def _plan_change(
     client: StripeClient, catalog: Catalog, tenant: tenant_state.Tenant, to_plan: str
-) -> tuple[Plan, Plan, list[ItemPrice], str]:
+) -> tuple[Plan, Plan, list[ItemPrice], str, list[str]]:
     if not tenant.state.stripe_subscription_id or not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant.tenant_id} has no subscription to change")
     current, target = catalog.plan(tenant.state.plan), catalog.plan(to_plan)
@@ -233,6 +242,13 @@ def _plan_change(
     )
     if subscription.ended:
         raise LifecycleError(f"subscription {subscription.id} is {subscription.status}")
+    if subscription.billing_mode != stripe_lifecycle.BILLING_MODE:
+        # Classic mode would silently drop the usage before the change (never billed).
+        raise LifecycleError(
+            f"subscription {subscription.id} uses {subscription.billing_mode} billing mode, "
+            f"which does not bill the usage before a price change: migrate it to "
+            f"{stripe_lifecycle.BILLING_MODE} in Stripe before changing plans"
+        )
     new_prices = plan_price_ids(client, catalog, target)
     items = subscription.items
     if len(items) != len(new_prices):
@@ -250,7 +266,8 @@ def _plan_change(
         if target.base_monthly_cents > current.base_monthly_cents
         else "create_prorations"
     )
-    return current, target, changes, behavior
+    old_usage = [item.price_id for item in ordered if item.usage_type == "metered"]
+    return current, target, changes, behavior, old_usage
 
 
 def preview_plan_change(
@@ -263,7 +280,7 @@ def preview_plan_change(
 ) -> PlanChangePreview:
     """What changing plans would cost, from Stripe's own invoice preview (nothing changes)."""
     tenant = _tenant(conn, tenant_id)
-    current, target, changes, behavior = _plan_change(client, catalog, tenant, to_plan)
+    current, target, changes, behavior, old_usage = _plan_change(client, catalog, tenant, to_plan)
     assert tenant.stripe_customer_id is not None
     assert tenant.state.stripe_subscription_id is not None
     when = proration_date or stripe_lifecycle.customer_now(client, tenant.stripe_customer_id)
@@ -275,6 +292,15 @@ def preview_plan_change(
         proration_date=when,
         proration_behavior=behavior,
     )
+    # The old plan's usage so far, as Stripe priced it on its own line (flexible billing mode).
+    before = next(
+        (
+            found
+            for price in old_usage
+            if (found := plan_change.usage_before_change(preview.detail, price)) is not None
+        ),
+        None,
+    )
     return PlanChangePreview(
         tenant_id=tenant_id,
         from_plan=current.key,
@@ -284,6 +310,9 @@ def preview_plan_change(
         amount_due=preview.amount_due,
         currency=preview.currency,
         lines=preview.lines,
+        included_queries=plan_change.included_queries_note(
+            current, target, before, preview.currency
+        ),
     )
 
 
@@ -295,11 +324,18 @@ def change_plan(
     to_plan: str,
     proration_date: int,
     *,
+    preview: PlanChangePreview | None = None,
     actor: str = "lifecycle.change_plan",
 ) -> LifecycleResult:
-    """Apply a previewed plan change with the same proration date, so the bill matches it."""
+    """Apply a previewed plan change with the same proration date, so the bill matches it.
+
+    The tenant gets one email per change with the previewed amounts and the included-queries
+    rule, worded as in the preview.
+    """
+    if preview is None or preview.proration_date != proration_date:
+        preview = preview_plan_change(conn, client, catalog, tenant_id, to_plan, proration_date)
     tenant = _tenant(conn, tenant_id)
-    _, target, changes, behavior = _plan_change(client, catalog, tenant, to_plan)
+    current, target, changes, behavior, _ = _plan_change(client, catalog, tenant, to_plan)
     assert tenant.state.stripe_subscription_id is not None
     stripe_lifecycle.change_prices(
         client,
@@ -310,9 +346,29 @@ def change_plan(
         proration_date=proration_date,
         proration_behavior=behavior,
     )
+    notifications.enqueue(
+        conn,
+        dedup_key=f"plan_change:{tenant_id}:{target.key}:{proration_date}",
+        tenant_id=tenant_id,
+        template="plan_changed",
+        recipient=tenant.email,
+        context={
+            "tenant_name": tenant.name,
+            "from_plan": current.name,
+            "to_plan": target.name,
+            "amount_due": notifications.format_money(preview.amount_due, preview.currency),
+            "due_when": preview.due_when,
+            "lines": [
+                {"text": text, "amount": notifications.format_money(amount, preview.currency)}
+                for text, amount in preview.lines
+            ],
+            "included_queries": preview.included_queries,
+            "invoice_url": None,
+        },
+    )
     ctx = _context(conn, client, catalog, actor)
     tenant = _converge(ctx, tenant_id, f"plan changed to {target.key}")
-    return _result(tenant, f"now on {target.key} ({behavior})")
+    return _result(tenant, f"now on {target.key} ({behavior}). {preview.included_queries}")
 
 
 # ---- cancellation, cards, reactivation, portal -------------------------------------------------
@@ -334,10 +390,15 @@ def cancel(
         raise LifecycleError(f"tenant {tenant_id} has no subscription to cancel")
     if immediately:
         stripe_lifecycle.cancel_now(client, sub_id)
-        detail = "canceled now"
+        detail = (
+            "canceled now; a final invoice bills the period's usage so far "
+            "minus the unused part of the base fee"
+        )
     else:
         stripe_lifecycle.set_cancel_at_period_end(client, sub_id, True)
-        detail = "cancels at the end of the current period"
+        detail = (
+            "cancels at the end of the current period; the final invoice bills that period's usage"
+        )
     tenant = _converge(_context(conn, client, catalog, actor), tenant_id, detail)
     return _result(tenant, detail)
 
@@ -389,8 +450,15 @@ def reactivate(
         if not subscription.ended:
             if subscription.status == "paused":
                 # The billing cycle restarts now (Stripe's default): no charge for the pause.
+                # It resumes only once that first invoice is paid; a failed payment leaves it
+                # paused (no access) and Stripe retries it, so the dunning ladder runs.
                 stripe_lifecycle.resume(client, sub_id)
-                detail = "resumed the paused subscription"
+                after = stripe_lifecycle.retrieve_subscription(client, sub_id)
+                detail = (
+                    "resumed the paused subscription"
+                    if after.status != "paused"
+                    else "resume waits for payment: the first invoice failed and Stripe retries it"
+                )
             elif subscription.cancel_at_period_end:
                 stripe_lifecycle.set_cancel_at_period_end(client, sub_id, False)
                 detail = "pending cancellation withdrawn"

@@ -35,6 +35,7 @@ TEMPLATES = (
     "payment_final_warning",
     "suspended",
     "reactivated",
+    "plan_changed",
     "trial_ending",
     "ops_alert",
 )

@@ -17,6 +17,10 @@ import stripe
 
 from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
 
+# How every subscription bills changes, and how a paused one resumes (see the functions below).
+BILLING_MODE = "flexible"
+RESUME_PAYMENT_BEHAVIOR = "resume_on_payment_success"
+
 
 @dataclass(frozen=True)
 class SubscriptionItem:
@@ -35,6 +39,7 @@ class LiveSubscription:
     status: str
     cancel_at_period_end: bool
     items: tuple[SubscriptionItem, ...]
+    billing_mode: str = BILLING_MODE
 
     @property
     def ended(self) -> bool:
@@ -51,12 +56,25 @@ class ItemPrice:
 
 
 @dataclass(frozen=True)
+class PreviewLine:
+    """One line of a previewed invoice: which price, how many units, which period."""
+
+    description: str
+    amount: int
+    price_id: str | None
+    quantity: int | None
+    period_start: int
+    period_end: int
+
+
+@dataclass(frozen=True)
 class InvoicePreview:
     """The invoice Stripe would issue: what is due and the (description, amount) of each line."""
 
     amount_due: int
     currency: str
     lines: list[tuple[str, int]]
+    detail: tuple[PreviewLine, ...] = ()
 
 
 # ---- customers and cards -----------------------------------------------------------------------
@@ -145,6 +163,8 @@ def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> 
         status=str(raw.get("status")),
         cancel_at_period_end=bool(raw.get("cancel_at_period_end")),
         items=items,
+        # Absent on API versions before billing modes existed: those subscriptions are classic.
+        billing_mode=str((raw.get("billing_mode") or {}).get("type") or "classic"),
     )
 
 
@@ -167,6 +187,10 @@ def create_subscription(
         # A failed first charge leaves an `incomplete` subscription (no access) instead of an
         # API error, so the tenant row always records what Stripe holds.
         "payment_behavior": "allow_incomplete",
+        # Explicit, never the account's or API version's default: in flexible mode a metered
+        # price replaced mid-period bills its usage so far at its own price; classic mode would
+        # drop that usage (docs.stripe.com/billing/subscriptions/billing-mode/compare).
+        "billing_mode": {"type": BILLING_MODE},
     }
     if trial_days is not None:
         params["trial_period_days"] = trial_days
@@ -205,10 +229,25 @@ def preview_price_change(
             },
         }  # type: ignore[arg-type]
     )
+    detail = []
+    for line in preview.lines.data:
+        pricing = line.to_dict().get("pricing") or {}
+        price = (pricing.get("price_details") or {}).get("price")
+        detail.append(
+            PreviewLine(
+                description=str(line.description),
+                amount=int(line.amount),
+                price_id=price if isinstance(price, str) or price is None else str(price["id"]),
+                quantity=None if line.quantity is None else int(line.quantity),
+                period_start=int(line.period.start),
+                period_end=int(line.period.end),
+            )
+        )
     return InvoicePreview(
         amount_due=int(preview.amount_due),
         currency=str(preview.currency),
-        lines=[(str(line.description), int(line.amount)) for line in preview.lines.data],
+        lines=[(d.description, d.amount) for d in detail],
+        detail=tuple(detail),
     )
 
 
@@ -236,8 +275,13 @@ def change_prices(
 
 
 def cancel_now(client: stripe.StripeClient, subscription_id: str) -> None:
-    """End the subscription immediately."""
-    client.v1.subscriptions.cancel(subscription_id)
+    """End the subscription now with a final invoice: unbilled usage, minus unused base fee.
+
+    Without `invoice_now` Stripe discards the period's unbilled metered usage; `prorate` credits
+    the unused part of the base fee paid in advance on that same final invoice
+    (docs.stripe.com/api/subscriptions/cancel).
+    """
+    client.v1.subscriptions.cancel(subscription_id, {"invoice_now": True, "prorate": True})
 
 
 def set_cancel_at_period_end(
@@ -248,8 +292,14 @@ def set_cancel_at_period_end(
 
 
 def resume(client: stripe.StripeClient, subscription_id: str) -> None:
-    """Resume a paused subscription; its billing cycle restarts now (Stripe's default)."""
-    client.v1.subscriptions.resume(subscription_id)
+    """Resume a paused subscription once its first invoice is paid; the cycle restarts now.
+
+    `resume_on_payment_success` charges during the request, keeps the subscription paused (no
+    access) until the invoice is paid, and lets Stripe retry a failed payment, so the dunning
+    ladder sees real attempts. The default, `resume_on_payment_attempt`, would resume at once
+    and never retry a failed payment (docs.stripe.com/api/subscriptions/resume).
+    """
+    client.v1.subscriptions.resume(subscription_id, {"payment_behavior": RESUME_PAYMENT_BEHAVIOR})
 
 
 # ---- invoices ----------------------------------------------------------------------------------

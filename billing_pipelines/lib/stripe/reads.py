@@ -25,6 +25,11 @@ class InvoiceLine:
     quantity: int | None
     amount: int
     metered: bool
+    # The price's lookup key (which plan it belongs to) and the line's own period: a plan
+    # change bills one period in parts, each line at its own price for its own dates.
+    lookup_key: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -60,12 +65,16 @@ class InvoiceView:
 
 
 @retry_reads
-def _metered(client: stripe.StripeClient, price_id: str | None, cache: dict[str, bool]) -> bool:
+def _price_facts(
+    client: stripe.StripeClient, price_id: str | None, cache: dict[str, tuple[bool, str | None]]
+) -> tuple[bool, str | None]:
+    """(metered, lookup_key) of a price, read once per invoice."""
     if not price_id:
-        return False
+        return False, None
     if price_id not in cache:
         price = client.v1.prices.retrieve(price_id).to_dict()
-        cache[price_id] = (price.get("recurring") or {}).get("usage_type") == "metered"
+        metered = (price.get("recurring") or {}).get("usage_type") == "metered"
+        cache[price_id] = (metered, price.get("lookup_key"))
     return cache[price_id]
 
 
@@ -79,16 +88,21 @@ def fetch_invoice(
     details = parent.get("subscription_details") or {}
     lines: list[InvoiceLine] = []
     if with_lines:
-        cache: dict[str, bool] = {}
+        cache: dict[str, tuple[bool, str | None]] = {}
         for line in (raw.get("lines") or {}).get("data") or []:
             pricing = (line.get("pricing") or {}).get("price_details") or {}
             price_id = object_id(pricing.get("price"))
+            metered, lookup_key = _price_facts(client, price_id, cache)
+            period = line.get("period") or {}
             lines.append(
                 InvoiceLine(
                     price_id=price_id,
                     quantity=line.get("quantity"),
                     amount=int(line.get("amount") or 0),
-                    metered=_metered(client, price_id, cache),
+                    metered=metered,
+                    lookup_key=lookup_key,
+                    period_start=timestamp(period.get("start")),
+                    period_end=timestamp(period.get("end")),
                 )
             )
     error = raw.get("last_finalization_error")

@@ -19,6 +19,7 @@ import psycopg
 from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.catalog.plans import Catalog
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder
+from billing_pipelines.lib.lifecycle import plan_change
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.stripe.client import StripeClient
@@ -66,12 +67,13 @@ def _customer_of(event: dict[str, Any]) -> str | None:
 def explain_usage(
     ctx: HandlerContext, tenant: Tenant, invoice: stripe_state.InvoiceView
 ) -> str | None:
-    """The plain-words usage sentence for this invoice, when it bills metered usage."""
-    queries = invoice.metered_quantity
+    """The plain-words usage sentence for this invoice, when it bills metered usage.
+
+    Each metered line is explained by its own price's plan: after a plan change one invoice
+    bills the old plan's part and the new plan's part, each with its own included queries.
+    """
     plan = ctx.catalog.plans.get(tenant.state.plan)
-    if queries is None or plan is None:
-        return None
-    return notifications.usage_explanation(plan, queries, invoice.currency)
+    return plan_change.explain_invoice_usage(ctx.catalog, plan, invoice.lines, invoice.currency)
 
 
 # ---- shared convergence step -------------------------------------------------------------------

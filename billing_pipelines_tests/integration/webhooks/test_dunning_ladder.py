@@ -76,7 +76,14 @@ def test_failing_card_walks_the_ladder_then_payment_reactivates(harness: Harness
     subjects = [m["Subject"] for m in mails]
     assert len(subjects) == 4, subjects
     assert subjects[0].startswith("Payment failed")
-    assert "suspended on February 8, 2026" in subjects[1]  # first failure + 7 days
+    # Dates come from Stripe's own next attempt (the account's retry schedule), never from a
+    # day count of ours: at step 2 two attempts remain, at step 3 the next one decides.
+    assert subjects[1].endswith("API access will be suspended if payment keeps failing")
+    warning = " ".join(mails[1].get_content().split())
+    assert "suspended after 2 more failed attempt(s)" in warning
+    assert "We will retry on February 6, 2026" in warning  # first failure + 5 days
+    final = " ".join(mails[2].get_content().split())
+    assert "If the next attempt on February 8, 2026 fails, API access will be suspended" in final
     assert subjects[2].startswith("Final notice") and subjects[3] == "Your API access is suspended"
     for mail in mails:
         body = mail.get_content()

@@ -49,6 +49,18 @@ def set_period(sub: dict[str, Any], start: int, end: int) -> None:
         item["current_period_end"] = end
 
 
+def usage_start(sub: dict[str, Any], item: dict[str, Any]) -> int:
+    """Where an item's metered usage starts counting: its period start, or a later price change."""
+    start = int(item["current_period_start"])
+    return max(start, int(item.get("_usage_start") or start))
+
+
+def clear_usage_starts(sub: dict[str, Any]) -> None:
+    """A new period bills every item's usage from its start."""
+    for item in sub["items"]["data"]:
+        item.pop("_usage_start", None)
+
+
 def next_period_end(sub: dict[str, Any], start: int) -> int:
     rec = sub["items"]["data"][0]["price"]["recurring"]
     return add_interval(start, rec["interval"], rec["interval_count"], sub.get("_anchor_day"))
@@ -179,18 +191,22 @@ def metered_lines(
         price = st.table("price")[item["price"]["id"]]
         if (price.get("recurring") or {}).get("usage_type") != "metered":
             continue
-        qty = metered_quantity(st, price, sub["customer"], start, end)
+        # A price that replaced another mid-period bills from the change on (the replaced
+        # price's usage before it is its own invoice item): manage-billing-setup, "Update
+        # prices mid-cycle".
+        begin = max(start, usage_start(sub, item))
+        qty = metered_quantity(st, price, sub["customer"], begin, end)
         out.append(
             _line(
                 st,
                 amount=amount_for(price, qty),
                 price=price,
                 quantity=qty,
-                start=start,
+                start=begin,
                 end=end,
                 sub_id=sub["id"],
                 si_id=item["id"],
-                description=f"{product_name(st, price)} (usage {_day(start)} – {_day(end)})",
+                description=f"{product_name(st, price)} (usage {_day(begin)} – {_day(end)})",
             )
         )
     return out
@@ -437,7 +453,15 @@ def mark_paid(st: SandboxState, inv: dict[str, Any], now: int) -> None:
     emit(st, "invoice.paid", inv, created=now)
     emit(st, "invoice.payment_succeeded", inv, created=now)
     sub = st.table("subscription").get(inv.get("_subscription") or "")
-    if sub is not None and sub["status"] in ("incomplete", "past_due", "unpaid"):
+    if sub is not None and sub["status"] == "paused" and sub.get("_resume_invoice") == inv["id"]:
+        # resume_on_payment_success: the subscription resumes once its invoice is paid
+        # (docs.stripe.com/changelog/dahlia/2026-05-27/pause-subscriptions).
+        sbefore = copy.deepcopy(sub)
+        sub["status"] = "active"
+        sub.pop("_resume_invoice", None)
+        emit(st, "customer.subscription.resumed", sub, created=now)
+        emit(st, "customer.subscription.updated", sub, before=sbefore, created=now)
+    elif sub is not None and sub["status"] in ("incomplete", "past_due", "unpaid"):
         sbefore = copy.deepcopy(sub)
         sub["status"] = "active"
         emit(st, "customer.subscription.updated", sub, before=sbefore, created=now)
@@ -463,7 +487,16 @@ def attempt_payment(
     before = copy.deepcopy(inv)
     first_invoice = inv["billing_reason"] == "subscription_create"
     schedule = st.settings.retry_schedule_days
-    if automatic and not first_invoice:
+    # Stripe retries on the account's retry settings, but "doesn't retry when no payment method
+    # is available" (docs.stripe.com/billing/revenue-recovery/smart-retries), nor the invoice of
+    # a subscription resumed with resume_on_payment_attempt (docs.stripe.com/changelog/dahlia/
+    # 2026-05-27/pause-subscriptions). Neither case is "retries exhausted": the docs name no
+    # end-of-retries action for them, so none runs (the stricter choice: the subscription stays
+    # past_due until someone pays).
+    no_retry = outcome == "no_payment_method" or bool(inv.get("_no_retries"))
+    if automatic and not first_invoice and no_retry:
+        inv["next_payment_attempt"] = None
+    elif automatic and not first_invoice:
         if inv.get("_first_failure") is None:
             inv["_first_failure"] = now
         n = inv["attempt_count"]
@@ -482,7 +515,7 @@ def attempt_payment(
         sbefore = copy.deepcopy(sub)
         sub["status"] = "past_due"
         emit(st, "customer.subscription.updated", sub, before=sbefore, created=now)
-    if automatic and not first_invoice and inv["next_payment_attempt"] is None:
+    if automatic and not first_invoice and not no_retry and inv["next_payment_attempt"] is None:
         _retries_exhausted(st, inv, sub, now)
     return outcome
 
@@ -624,7 +657,7 @@ def run_until(st: SandboxState, clock: dict[str, Any] | None, target: int) -> in
         elif action == "renew":
             subs.renew(st, obj, t)
         elif action == "cancel":
-            subs.cancel_subscription_now(st, obj, reason="cancellation_requested", now=t)
+            subs.end_as_scheduled(st, obj, t)
         elif action == "expire":
             subs.expire_incomplete(st, obj, t)
     return steps

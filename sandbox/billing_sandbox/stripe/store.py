@@ -47,7 +47,11 @@ KIND_PREFIX = {v: k for k, v in PREFIXES.items()}
 class Settings:
     """Behaviour knobs (Stripe Dashboard settings in the real service)."""
 
-    # Smart-retries-like schedule: days after the first failed attempt.
+    # The account's custom retry schedule (the Dashboard's retry settings): days after the first
+    # failed attempt for each automatic retry. Stripe retries "according to your specifications
+    # for the number of retries and the maximum duration" and never without a payment method
+    # (docs.stripe.com/billing/revenue-recovery/smart-retries); the docs do not pin the day
+    # arithmetic of a custom schedule, so the sandbox counts from the first failure.
     retry_schedule_days: list[int] = field(default_factory=lambda: [3, 5, 7])
     # What happens to the subscription when all retries fail: "unpaid" | "canceled" | "past_due".
     subscription_after_retries: str = "unpaid"

@@ -13,7 +13,7 @@ from ..clock import customer_now
 from ..router import Ctx, route
 from ..wire import StripeError, list_object
 from .customers import resolve_pm
-from .subscriptions import proration_items
+from .subscriptions import metered_change_items, proration_items
 
 INV = "invoice"
 
@@ -117,12 +117,14 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         if changes and behavior != "none" and not trial
         else []
     )
+    # The preview shows a replaced metered price's usage so far as its own line, like the update.
+    usage = metered_change_items(st, shadow, changes, now, behavior) if changes else []
     if changes:
-        _apply_shadow(st, shadow, changes)
+        _apply_shadow(st, shadow, changes, now)
     start, end = eng.period_of(shadow)
     next_end = eng.next_period_end(shadow, end)
     lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
-    for p in prorations:
+    for p in usage + prorations:
         line = eng._line(
             st,
             amount=p["amount"],
@@ -133,7 +135,7 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
             sub_id=sub["id"],
             si_id=None,
             description=p["description"],
-            proration=True,
+            proration=p.get("proration", True),
         )
         lines.append(line)
     if behavior != "always_invoice" or not changes:
@@ -152,7 +154,7 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     return inv
 
 
-def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]]) -> None:
+def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]], now: int) -> None:
     data = shadow["items"]["data"]
     for ch in changes:
         item = next((it for it in data if it["id"] == ch.get("id")), None)
@@ -172,8 +174,9 @@ def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]]
         if ch.get("deleted"):
             data.remove(item)
             continue
-        if ch.get("price"):
+        if ch.get("price") and ch["price"] != item["price"]["id"]:
             item["price"] = copy.deepcopy(st.get("price", ch["price"]))
+            item["_usage_start"] = now
         if ch.get("quantity") not in (None, ""):
             item["quantity"] = int(ch["quantity"])
 

@@ -22,6 +22,8 @@ from .customers import card_error, card_outcome, resolve_pm
 from .events import apply_metadata, emit
 
 SUBS = "subscription"
+BILLING_MODES = ("classic", "flexible")
+RESUME_BEHAVIORS = ("resume_on_payment_attempt", "resume_on_payment_success")
 
 
 def _new_item(
@@ -72,6 +74,24 @@ def _new_item(
         current_period_start=now,
         current_period_end=now,
     )
+
+
+def _billing_mode(params: dict[str, Any]) -> str:
+    """The subscription's billing mode: `flexible` unless `billing_mode[type]=classic`.
+
+    Since API version 2025-09-30.clover new subscriptions default to flexible
+    (docs.stripe.com/changelog/clover/2025-09-30/billing-mode-default-flexible); the modes bill
+    a replaced metered price differently (docs.stripe.com/billing/subscriptions/billing-mode/
+    compare, docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup).
+    """
+    mode = (params.get("billing_mode") or {}).get("type") or "flexible"
+    if mode not in BILLING_MODES:
+        raise StripeError(
+            400,
+            f"Invalid billing_mode[type]: must be one of {', '.join(BILLING_MODES)}",
+            param="billing_mode[type]",
+        )
+    return str(mode)
 
 
 def _strip_deleted(obj: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +145,7 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
             param="items",
         )
     anchor_day = datetime.fromtimestamp(now, UTC).day
+    mode = _billing_mode(params)
     sub = st.create(
         stripe.Subscription,
         "sub",
@@ -134,8 +155,8 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         billing_cycle_anchor=trial_end or now,
         billing_cycle_anchor_config=None,
         billing_mode={
-            "type": "flexible",
-            "flexible": {"proration_discounts": "included"},
+            "type": mode,
+            "flexible": {"proration_discounts": "included"} if mode == "flexible" else None,
             "updated_at": None,
         },
         billing_schedules=[],
@@ -288,6 +309,55 @@ def proration_items(
     return out
 
 
+def metered_change_items(
+    st: SandboxState,
+    sub: dict[str, Any],
+    changes: list[dict[str, Any]],
+    now: int,
+    behavior: str,
+) -> list[dict[str, Any]]:
+    """Unsaved invoice items billing a replaced or removed metered price's usage so far.
+
+    Flexible billing mode: "we create an invoice item that bills for previously reported
+    metered usage when you remove a metered price from a subscription" (switching price A to B
+    on January 16 bills A's usage from January 1 to 16 on that day, and B from January 16 at the
+    cycle); `proration_behavior=none` removes the price without billing it. Classic mode reflects
+    only usage after the update on future invoices: the usage before it is not billed.
+    (docs.stripe.com/billing/subscriptions/usage-based/manage-billing-setup, "Update prices
+    mid-cycle"). The docs do not say whether usage reported later for the part before the change
+    joins that item: the sandbox fixes its quantity at the change (the stricter behaviour).
+    """
+    if sub["billing_mode"]["type"] != "flexible" or behavior == "none":
+        return []
+    if sub["status"] == "trialing":
+        return []  # usage during a trial is not billed (no metered line at trial end either)
+    by_id = {i["id"]: i for i in sub["items"]["data"]}
+    out: list[dict[str, Any]] = []
+    for ch in changes:
+        item = by_id.get(ch.get("id") or "")
+        if item is None:
+            continue
+        old = st.table("price")[item["price"]["id"]]
+        if (old.get("recurring") or {}).get("usage_type") != "metered":
+            continue
+        if not ch.get("deleted") and (not ch.get("price") or ch["price"] == old["id"]):
+            continue
+        start = eng.usage_start(sub, item)
+        qty = eng.metered_quantity(st, old, sub["customer"], start, now)
+        out.append(
+            {
+                "price": old,
+                "quantity": qty,
+                "amount": amount_for(old, qty),
+                "description": f"{eng.product_name(st, old)} (usage {eng._day(start)} – "
+                f"{eng._day(now)}, before the price change)",
+                "period": {"start": start, "end": now},
+                "proration": False,
+            }
+        )
+    return out
+
+
 def save_invoice_items(
     st: SandboxState, sub: dict[str, Any], prorations: list[dict[str, Any]], now: int
 ) -> list[dict[str, Any]]:
@@ -307,7 +377,7 @@ def save_invoice_items(
             invoice=None,
             metadata={},
             period=p["period"],
-            proration=True,
+            proration=p.get("proration", True),
             quantity=p["quantity"],
             subscription=sub["id"],
             test_clock=sub.get("test_clock"),
@@ -372,8 +442,9 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
             if behavior != "none" and sub["status"] != "trialing"
             else []
         )
+        usage = metered_change_items(st, sub, changes, now, behavior)
         _apply_item_changes(st, sub, changes, now)
-        saved = save_invoice_items(st, sub, prorations, now)
+        saved = save_invoice_items(st, sub, usage + prorations, now)
         if behavior == "always_invoice" and saved:
             start, end = eng.period_of(sub)
             lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
@@ -418,8 +489,10 @@ def _apply_item_changes(
             if ch.get("deleted"):
                 data.remove(item)
                 continue
-            if ch.get("price"):
+            if ch.get("price") and ch["price"] != item["price"]["id"]:
                 item["price"] = copy.deepcopy(st.get("price", ch["price"], f"items[{i}][price]"))
+                # The new price bills usage from the change on (both billing modes).
+                item["_usage_start"] = now
             if ch.get("quantity") not in (None, ""):
                 item["quantity"] = int(ch["quantity"])
             if "metadata" in ch:
@@ -439,6 +512,7 @@ def renew(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     old_start, old_end = eng.period_of(sub)
     new_end = eng.next_period_end(sub, old_end)
     lines = eng.metered_lines(st, sub, old_start, old_end)
+    eng.clear_usage_starts(sub)
     eng.set_period(sub, old_end, new_end)
     lines = eng.licensed_lines(st, sub, old_end, new_end) + lines
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
@@ -472,6 +546,7 @@ def end_trial(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     start = t
     end = eng.next_period_end(sub, start)
     sub["status"] = "active"
+    eng.clear_usage_starts(sub)
     eng.set_period(sub, start, end)
     lines = eng.licensed_lines(st, sub, start, end)
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
@@ -510,6 +585,33 @@ def cancel_subscription_now(
     emit(st, "customer.subscription.deleted", sub, created=t)
 
 
+def end_as_scheduled(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    """A cancellation at period end (or at `cancel_at`) takes effect with a final invoice.
+
+    "Any metered usage is charged for in a final invoice when the subscription cancels at the
+    end of the billing period", and pending prorations "are also left in place and collected at
+    the end of the period" (docs.stripe.com/billing/subscriptions/cancel and
+    docs.stripe.com/api/subscriptions/cancel). Without metered items or pending items there is
+    nothing to invoice.
+    """
+    if sub["status"] in ("active", "past_due", "unpaid"):
+        start, _ = eng.period_of(sub)
+        lines = eng.metered_lines(st, sub, start, t)
+        lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+        if lines:
+            inv = eng.new_invoice(
+                st,
+                customer=sub["customer"],
+                sub=sub,
+                lines=lines,
+                billing_reason="subscription_cycle",
+                period=(start, t),
+                now=t,
+            )
+            sub["latest_invoice"] = inv["id"]
+    cancel_subscription_now(st, sub, reason="cancellation_requested", now=t)
+
+
 def expire_incomplete(st: SandboxState, sub: dict[str, Any], t: int) -> None:
     before = copy.deepcopy(sub)
     sub["status"] = "incomplete_expired"
@@ -529,21 +631,130 @@ def cancel_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
             400, f"A canceled subscription can't be canceled again: {id}.", code="resource_missing"
         )
     details = params.get("cancellation_details") or {}
+    st = ctx.state
+    now = customer_now(st, sub["customer"])
+    _settle_on_cancel(
+        st,
+        sub,
+        now,
+        invoice_now=bool(params.get("invoice_now", False)),
+        prorate=bool(params.get("prorate", False)),
+    )
     cancel_subscription_now(
-        ctx.state, sub, reason="cancellation_requested", comment=details.get("comment") or None
+        st, sub, reason="cancellation_requested", now=now, comment=details.get("comment") or None
     )
     return sub
 
 
+def _settle_on_cancel(
+    st: SandboxState, sub: dict[str, Any], now: int, *, invoice_now: bool, prorate: bool
+) -> None:
+    """What an immediate cancellation bills, per docs.stripe.com/api/subscriptions/cancel.
+
+    `invoice_now` "will generate a final invoice that invoices for any un-invoiced metered usage
+    and new/pending proration invoice items" (default false: the period's unbilled metered usage
+    is never invoiced, docs.stripe.com/billing/subscriptions/cancel); `prorate` "will generate a
+    proration invoice item that credits remaining unused time until the subscription period
+    end" (default false); pending prorations are removed when both are false. The final invoice
+    is a draft that finalizes after the finalization grace period, like a period-end invoice, so
+    usage reported in that hour counts (the docs do not give its timing).
+    """
+    if sub["status"] not in ("active", "past_due", "unpaid"):
+        return  # a trial, a pause or an incomplete start has nothing billed in arrears
+    start, end = eng.period_of(sub)
+    if prorate and end > now:
+        frac = Decimal(end - now) / Decimal(end - start)
+        credits = []
+        for item in sub["items"]["data"]:
+            price = st.table("price")[item["price"]["id"]]
+            if price["recurring"]["usage_type"] == "metered":
+                continue
+            qty = int(item.get("quantity") or 1)
+            amt = (Decimal(amount_for(price, qty)) * frac).quantize(Decimal(1), ROUND_HALF_UP)
+            credits.append(
+                {
+                    "price": price,
+                    "quantity": qty,
+                    "amount": -int(amt),
+                    "description": f"Unused time on {qty} × {eng.product_name(st, price)} "
+                    f"after {eng._day(now)}",
+                    "period": {"start": now, "end": end},
+                }
+            )
+        save_invoice_items(st, sub, credits, now)
+    if invoice_now:
+        lines = eng.metered_lines(st, sub, start, now)
+        lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+        inv = eng.new_invoice(
+            st,
+            customer=sub["customer"],
+            sub=sub,
+            lines=lines,
+            billing_reason="subscription_cycle",
+            period=(start, now),
+            now=now,
+        )
+        sub["latest_invoice"] = inv["id"]
+    elif not prorate:
+        for ii in st.all("invoiceitem"):
+            if ii.get("subscription") == sub["id"] and not ii.get("invoice") and ii["proration"]:
+                ii["deleted"] = True
+
+
 @route("POST", "/v1/subscriptions/{id}/resume", P.SubscriptionResumeParams)
 def resume_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    """Resume a paused subscription; its billing cycle restarts now (the documented default).
+
+    `payment_behavior` (docs.stripe.com/changelog/dahlia/2026-05-27/pause-subscriptions and
+    docs.stripe.com/api/subscriptions/resume):
+    - `resume_on_payment_attempt` (default): no payment attempt during the request; the
+      subscription is active at once; if collecting the resumption invoice fails it moves to
+      `past_due` and "Stripe doesn't retry failed payments". The docs do not say when the
+      invoice is collected: the sandbox collects it automatically when it finalizes, after the
+      finalization grace period, and never retries it.
+    - `resume_on_payment_success`: payment is attempted during the request; the subscription
+      stays `paused` until the invoice is paid, and failed payments are retried on the account's
+      retry schedule.
+    """
     st = ctx.state
     sub = st.get(SUBS, id)
     if sub["status"] != "paused":
         raise StripeError(400, "Only paused subscriptions can be resumed.")
+    behavior = params.get("payment_behavior") or "resume_on_payment_attempt"
+    if behavior not in RESUME_BEHAVIORS:
+        raise StripeError(
+            400,
+            f"Invalid payment_behavior: must be one of {', '.join(RESUME_BEHAVIORS)}",
+            param="payment_behavior",
+        )
     now = customer_now(st, sub["customer"])
-    end_trial(st, sub, now)
-    if sub["status"] == "paused":  # still no payment method
+    before = copy.deepcopy(sub)
+    # billing_cycle_anchor defaults to `now` on resume: the cycle restarts at this instant.
+    sub["billing_cycle_anchor"] = now
+    sub["_anchor_day"] = datetime.fromtimestamp(now, UTC).day
+    start, end = now, eng.next_period_end(sub, now)
+    eng.clear_usage_starts(sub)
+    eng.set_period(sub, start, end)
+    lines = eng.licensed_lines(st, sub, start, end)
+    lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+    on_success = behavior == "resume_on_payment_success"
+    if not on_success:
         sub["status"] = "active"
-    emit(st, "customer.subscription.resumed", sub, created=now)
+        emit(st, "customer.subscription.resumed", sub, created=now, request_id=ctx.request_id)
+    emit(st, "customer.subscription.updated", sub, before=before, created=now)
+    inv = eng.new_invoice(
+        st,
+        customer=sub["customer"],
+        sub=sub,
+        lines=lines,
+        billing_reason="subscription_cycle",
+        period=(start, start),
+        now=now,
+    )
+    sub["latest_invoice"] = inv["id"]
+    if on_success:
+        sub["_resume_invoice"] = inv["id"]
+        eng.finalize(st, inv, now)  # pays and resumes (mark_paid), or stays paused and retries
+    else:
+        inv["_no_retries"] = True
     return sub
