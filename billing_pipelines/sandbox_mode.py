@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from billing_pipelines.lib.errors import BillingConfigError
 
@@ -89,7 +89,8 @@ def file_sink(smtp_url: str | None) -> Path | None:
         raise BillingConfigError(
             "SMTP_URL is invalid: a file sink is file:///absolute/folder (a local folder)"
         )
-    return Path(parts.path)
+    # A file URL percent-encodes the path (Path.as_uri() writes a space as %20).
+    return Path(unquote(parts.path))
 
 
 def findings(environ: Mapping[str, str] | None = None) -> list[str]:
