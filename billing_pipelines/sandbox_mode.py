@@ -121,8 +121,9 @@ def findings(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def _lookup(env: Mapping[str, str], name: str) -> str | None:
-    # Settings are read case-insensitively (pydantic-settings); so is this check.
-    if name in env:
-        return env[name]
+    # Settings are read case-insensitively (pydantic-settings); so is this check. Dagster reads
+    # DAGSTER_HOME by its exact name.
+    if name in env or name == "DAGSTER_HOME":
+        return env.get(name)
     lowered = name.lower()
     return next((value for key, value in env.items() if key.lower() == lowered), None)
