@@ -173,7 +173,10 @@ def sandbox_up(
     typer.echo(f"embedded services are up under {home}")
     for key, value in env.items():
         typer.echo(f"  {key}={value}")
-    typer.echo(f"every `billing` command reads these from {home / services.ENV_FILE}")
+    typer.echo(
+        f"`billing` commands read these from {home / services.ENV_FILE} only with "
+        f"{sandbox_mode.SWITCH}=1 (development only)"
+    )
 
 
 @sandbox_app.command("down")
