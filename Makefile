@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export BILLING_HOME ?= $(CURDIR)/.billing
+# The one switch that lets embedded services and $(BILLING_HOME)/sandbox.env stand in for real
+# ones (development only; refused next to a live Stripe key). Only these targets set it.
+SANDBOX := BILLING_SANDBOX=1
 
 .PHONY: demo test lint ui up down status clean
 
@@ -18,7 +21,7 @@ $(VENV)/.installed: pyproject.toml sandbox/pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/billing demo
+	$(SANDBOX) $(BIN)/billing demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -27,19 +30,19 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports
 
 test: $(VENV)/.installed lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider
 
 ui: $(VENV)/.installed
-	$(BIN)/billing ui
+	$(SANDBOX) $(BIN)/billing ui
 
 up: $(VENV)/.installed
-	$(BIN)/billing sandbox up
+	$(SANDBOX) $(BIN)/billing sandbox up
 
 down: $(VENV)/.installed
-	$(BIN)/billing sandbox down
+	$(SANDBOX) $(BIN)/billing sandbox down
 
 status: $(VENV)/.installed
-	$(BIN)/billing sandbox status
+	$(SANDBOX) $(BIN)/billing sandbox status
 
 clean: down
 	rm -rf $(BILLING_HOME)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.errors import BillingConfigError, ServiceUnavailableError
 from billing_pipelines.settings import billing_home, load_sandbox_env, load_settings
 
@@ -76,33 +77,87 @@ def _sandbox(module: str) -> Any:
         raise
 
 
-def _with_services(func: F) -> F:
-    """Use the environment's servers, or the embedded ones (started if needed) for unset URLs."""
+def _with_services_needing(*needs: str) -> Callable[[F], F]:
+    """Use the environment's servers; only with BILLING_SANDBOX=1 start embedded ones for gaps.
 
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        load_sandbox_env()
-        # Validate what is set before starting anything: one clear line beats a stack trace.
-        settings = load_settings()
-        need_postgres, need_clickhouse = not settings.database_url, not settings.clickhouse_url
-        if need_postgres or need_clickhouse:
-            services = _sandbox("services")
+    Outside the sandbox a missing setting in `needs` is one line naming it, and nothing local
+    (no `sandbox.env`, no embedded service) ever stands in for a production server.
+    """
 
-            env = services.up(
-                billing_home(),
-                with_postgres=need_postgres,
-                with_clickhouse=need_clickhouse,
-                # The Stripe sandbox stands in for Stripe only when no real key is configured.
-                with_stripe=settings.stripe_api_key is None,
-            )
-            for key, value in env.items():
-                os.environ.setdefault(key, value)
-        return func(*args, **kwargs)
+    def decorate(func: F) -> F:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not sandbox_mode.enabled():
+                # Validate what is set before anything runs: one clear line beats a stack trace.
+                load_settings()
+                sandbox_mode.require(needs)
+                return func(*args, **kwargs)
+            _start_sandbox_services()
+            return func(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _start_sandbox_services() -> None:
+    """BILLING_SANDBOX=1: read sandbox.env, start the embedded services for unset URLs."""
+    sandbox_mode.refuse_live_key()
+    load_sandbox_env()
+    # A stale or edited sandbox.env cannot bring a live key in either.
+    sandbox_mode.refuse_live_key()
+    settings = load_settings()
+    need_postgres, need_clickhouse = not settings.database_url, not settings.clickhouse_url
+    if need_postgres or need_clickhouse:
+        services = _sandbox("services")
+
+        env = services.up(
+            billing_home(),
+            with_postgres=need_postgres,
+            with_clickhouse=need_clickhouse,
+            # The Stripe sandbox stands in for Stripe only when no real key is configured.
+            with_stripe=settings.stripe_api_key is None,
+        )
+        for key, value in env.items():
+            os.environ.setdefault(key, value)
+
+
+def _sandbox_only(label: str) -> Callable[[F], F]:
+    """Commands writing synthetic data: only with BILLING_SANDBOX=1, only on embedded services."""
+
+    def decorate(func: F) -> F:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not sandbox_mode.enabled():
+                raise BillingConfigError(
+                    f"`{label}` writes synthetic data and runs only on the embedded services: "
+                    f"set {sandbox_mode.SWITCH}=1 (development only)"
+                )
+            sandbox_mode.refuse_live_key()
+            # Before anything starts: every outbound setting must be unset or the sandbox's own.
+            _sandbox("guard").require_embedded(label, billing_home())
+            _start_sandbox_services()
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# Commands that only touch the billing database; the others name what they need below.
+_with_services = _with_services_needing("DATABASE_URL")
+# Commands that run Dagster jobs on the instance in DAGSTER_HOME and call Stripe.
+_RUNS = ("DATABASE_URL", "DAGSTER_HOME", "STRIPE_API_KEY")
 
 
 # --- sandbox -----------------------------------------------------------------------------------
+
+
+@sandbox_app.callback()
+def sandbox_callback() -> None:
+    """Embedded services for local runs, demos and tests (development only)."""
+    # Every `billing sandbox ...` command, and the services it spawns, is the sandbox.
+    sandbox_mode.enable()
 
 
 @sandbox_app.command("up")
@@ -110,6 +165,7 @@ def sandbox_up(
     stripe: Annotated[bool, typer.Option(help="Also start the Stripe sandbox.")] = True,
 ) -> None:
     """Start embedded Postgres, the chDB warehouse bridge and the Stripe sandbox once."""
+    sandbox_mode.refuse_live_key()
     services = _sandbox("services")
 
     home = billing_home()
@@ -117,7 +173,10 @@ def sandbox_up(
     typer.echo(f"embedded services are up under {home}")
     for key, value in env.items():
         typer.echo(f"  {key}={value}")
-    typer.echo(f"every `billing` command reads these from {home / services.ENV_FILE}")
+    typer.echo(
+        f"`billing` commands read these from {home / services.ENV_FILE} only with "
+        f"{sandbox_mode.SWITCH}=1 (development only)"
+    )
 
 
 @sandbox_app.command("down")
@@ -189,7 +248,7 @@ def db_migrate() -> None:
 
 
 @usage_app.command("generate")
-@_with_services
+@_sandbox_only("billing usage generate")
 def usage_generate(
     tenants: Annotated[int, typer.Option(min=1, help="How many tenants to simulate.")] = 50,
     days: Annotated[int, typer.Option(min=1, max=400, help="How many UTC days.")] = 30,
@@ -210,7 +269,7 @@ def usage_generate(
 
 
 @usage_app.command("materialize")
-@_with_services
+@_with_services_needing("DATABASE_URL", "CLICKHOUSE_URL", "DAGSTER_HOME")
 def usage_materialize(
     start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")],
     end: Annotated[str | None, typer.Option(help="Last day, inclusive (default: start).")] = None,
@@ -262,7 +321,7 @@ def webhooks_serve(
 
 
 @usage_app.command("push")
-@_with_services
+@_with_services_needing("DATABASE_URL", "CLICKHOUSE_URL", "DAGSTER_HOME", "STRIPE_API_KEY")
 def usage_push(
     day: Annotated[
         str | None, typer.Option("--date", help="UTC day to push (default: yesterday).")
@@ -297,7 +356,7 @@ def _show(output: dict[str, Any]) -> None:
 
 
 @catalog_app.command("sync")
-@_with_services
+@_with_services_needing(*_RUNS)
 def catalog_sync() -> None:
     """Create or update Stripe products, prices and meters from plans.toml (idempotent)."""
     from billing_pipelines.runs import materialize_asset
@@ -315,7 +374,7 @@ def _new_tenant_id(value: str) -> str:
 
 
 @tenant_app.command("create")
-@_with_services
+@_with_services_needing(*_RUNS)
 def tenant_create(
     tenant: Annotated[
         str,
@@ -349,7 +408,7 @@ def tenant_create(
 
 
 @tenant_app.command("change-plan")
-@_with_services
+@_with_services_needing(*_RUNS)
 def tenant_change_plan(
     tenant: Annotated[str, typer.Option()],
     plan: Annotated[str, typer.Option(help="The new plan.")],
@@ -362,7 +421,7 @@ def tenant_change_plan(
 
 
 @invoice_app.command("preview")
-@_with_services
+@_with_services_needing(*_RUNS)
 def invoice_preview(
     tenant: Annotated[str, typer.Option()],
     plan: Annotated[str, typer.Option(help="The plan to price the change to.")],
@@ -374,7 +433,7 @@ def invoice_preview(
 
 
 @tenant_app.command("cancel")
-@_with_services
+@_with_services_needing(*_RUNS)
 def tenant_cancel(
     tenant: Annotated[str, typer.Option()],
     now: Annotated[bool, typer.Option(help="Cancel immediately instead of at period end.")] = False,
@@ -386,7 +445,7 @@ def tenant_cancel(
 
 
 @tenant_app.command("update-card")
-@_with_services
+@_with_services_needing(*_RUNS)
 def tenant_update_card(
     tenant: Annotated[str, typer.Option()],
     payment_method: Annotated[str, typer.Option(help="e.g. pm_card_visa.")],
@@ -398,7 +457,7 @@ def tenant_update_card(
 
 
 @tenant_app.command("reactivate")
-@_with_services
+@_with_services_needing(*_RUNS)
 def tenant_reactivate(tenant: Annotated[str, typer.Option()]) -> None:
     """Undo a pending cancellation, resume a paused subscription, or subscribe again."""
     from billing_pipelines.runs import run_job
@@ -407,7 +466,7 @@ def tenant_reactivate(tenant: Annotated[str, typer.Option()]) -> None:
 
 
 @app.command("portal")
-@_with_services
+@_with_services_needing("DATABASE_URL", "STRIPE_API_KEY")
 def portal_command(
     tenant: Annotated[str, typer.Option()],
     return_url: Annotated[str, typer.Option(help="Where the portal sends the customer back.")] = (
@@ -508,6 +567,7 @@ def demo_command(
     seed: int = 7,
 ) -> None:
     """Simulate a billing month end to end on the embedded services and print the report."""
+    sandbox_mode.enable()
     demo = _sandbox("demo")
 
     demo.run(tenant_count=tenants, seed=seed, echo=typer.echo)
@@ -519,7 +579,9 @@ def doctor_command() -> None:
     from billing_pipelines.lib.pg import database
     from billing_pipelines.lib.usage import warehouse
 
-    load_sandbox_env()
+    if sandbox_mode.enabled():
+        # Only the sandbox reads sandbox.env; outside it a stale file changes nothing.
+        load_sandbox_env()
     settings = load_settings()
     problems: list[str] = []
     checks: list[tuple[str, Callable[[], object]]] = [
@@ -534,6 +596,10 @@ def doctor_command() -> None:
         except (BillingConfigError, ServiceUnavailableError) as exc:
             typer.echo(f"FAIL  {name}", err=False)
             problems.append(str(exc))
+    # Stand-ins: the sandbox switch, a live key next to it, mail with nowhere to go.
+    findings = sandbox_mode.findings()
+    typer.echo(f"{'FAIL' if findings else 'ok  '}  no silent stand-ins")
+    problems += findings
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     if problems:
@@ -541,7 +607,7 @@ def doctor_command() -> None:
 
 
 @app.command("ui")
-@_with_services
+@_with_services_needing("DATABASE_URL", "CLICKHOUSE_URL", "DAGSTER_HOME")
 def ui_command(port: int = 3000) -> None:
     """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
     root = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from billing_pipelines.lib.errors import BillingConfigError
 
 STRIPE_DEFAULT_API_BASE = "https://api.stripe.com"
 
-# `billing sandbox up` writes the embedded services' addresses here; real environment variables
-# always win over it, so production never reads this file.
+# `billing sandbox up` writes the embedded services' addresses here; only BILLING_SANDBOX=1 reads
+# it (see sandbox_mode), and real environment variables always win over it.
 SANDBOX_ENV_FILE = "sandbox.env"
 
 
@@ -105,8 +105,8 @@ class Settings(BaseSettings):
         """The billing database URL, or a clear error naming DATABASE_URL."""
         if not self.database_url:
             raise BillingConfigError(
-                "DATABASE_URL is not set and no embedded services are running: "
-                "run `billing sandbox up` or set DATABASE_URL=postgresql://..."
+                "DATABASE_URL is not set: set DATABASE_URL=postgresql://... "
+                "(BILLING_SANDBOX=1 starts an embedded one, for development only)"
             )
         return self.database_url
 
@@ -114,8 +114,8 @@ class Settings(BaseSettings):
         """The warehouse URL, or a clear error naming CLICKHOUSE_URL."""
         if not self.clickhouse_url:
             raise BillingConfigError(
-                "CLICKHOUSE_URL is not set and no embedded services are running: "
-                "run `billing sandbox up` or set CLICKHOUSE_URL=http://host:8123/db"
+                "CLICKHOUSE_URL is not set: set CLICKHOUSE_URL=https://host:8443/db "
+                "(BILLING_SANDBOX=1 starts an embedded one, for development only)"
             )
         return self.clickhouse_url
 
@@ -125,7 +125,8 @@ class Settings(BaseSettings):
             where = "api.stripe.com" if self.uses_real_stripe else self.stripe_api_base
             raise BillingConfigError(
                 f"STRIPE_API_KEY is not set (requests would go to {where}): "
-                "set STRIPE_API_KEY=sk_test_... or run `billing sandbox up`"
+                "set STRIPE_API_KEY (BILLING_SANDBOX=1 starts the Stripe emulator, for "
+                "development only)"
             )
         return self.stripe_api_key.get_secret_value()
 
@@ -185,10 +186,16 @@ def load_sandbox_env(home: Path | None = None) -> dict[str, str]:
     exported: dict[str, str] = {}
     if not path.exists():
         return exported
+    # A Stripe key and its address go together: a key from the environment never goes to the
+    # emulator's address from this file, nor the emulator's key to a real address.
+    stripe_pair = {"STRIPE_API_KEY", "STRIPE_API_BASE"}
+    real_stripe = any(os.environ.get(name) for name in stripe_pair)
     for line in path.read_text().splitlines():
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, value = line.split("=", 1)
+        if key in stripe_pair and real_stripe:
+            continue
         if key not in os.environ:
             os.environ[key] = value
             exported[key] = value

@@ -12,6 +12,7 @@ import stripe
 from billing_sandbox import services
 from billing_sandbox.stripe import SandboxHandle, Settings, run_in_thread
 
+from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
@@ -22,6 +23,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="Also run tests marked stripe_live against real Stripe test mode (STRIPE_API_KEY).",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run on the embedded services: the sandbox switch is on for the whole session."""
+    # Subprocesses (the `billing` command, the daemon, the webserver) inherit it; tests of
+    # behaviour outside the sandbox remove it from their own environment.
+    os.environ[sandbox_mode.SWITCH] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,11 +11,11 @@ from datetime import date, timedelta
 
 import psycopg
 
+from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.catalog.plans import load_catalog
-from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.usage import warehouse
-from billing_pipelines.settings import billing_home, load_sandbox_env, load_settings
-from billing_sandbox import services, usage_generator
+from billing_pipelines.settings import billing_home, load_settings
+from billing_sandbox import guard, services, usage_generator
 
 Echo = Callable[[str], object]
 
@@ -69,26 +69,11 @@ def _store_tenants(database_url: str, tenants: list[DemoTenant]) -> None:
         )
 
 
-def _require_embedded() -> None:
-    """The demo wipes the warehouse table: never let it near a real one."""
-    exported = load_sandbox_env()
-    for name in ("DATABASE_URL", "CLICKHOUSE_URL"):
-        if os.environ.get(name) and name not in exported and not _points_at_sandbox(name):
-            raise BillingConfigError(
-                f"{name} is set: `billing demo` only runs on the embedded services "
-                "(it replaces the warehouse's usage); unset it to run the demo"
-            )
-
-
-def _points_at_sandbox(name: str) -> bool:
-    path = billing_home() / services.ENV_FILE
-    return path.exists() and f"{name}={os.environ[name]}" in path.read_text()
-
-
 def generate(
     tenant_count: int, start: date, days: int, seed: int, scale: float = 1.0
 ) -> usage_generator.GenerationSummary:
     """Create the demo tenants and insert their synthetic usage into the warehouse."""
+    guard.require_embedded("billing usage generate", billing_home())
     settings = load_settings()
     tenants = demo_tenants(tenant_count, seed)
     _store_tenants(settings.require_database_url(), tenants)
@@ -109,7 +94,10 @@ def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
     from billing_sandbox import month
 
     started = time.monotonic()
-    _require_embedded()
+    # The demo wipes the warehouse's usage and sends emails: never near anything real.
+    sandbox_mode.refuse_live_key()
+    guard.require_embedded("billing demo", billing_home())
+    sandbox_mode.enable()
     echo("1/3 starting embedded PostgreSQL and the chDB warehouse bridge ...")
     env = services.up(billing_home(), with_stripe=False)
     for key, value in env.items():

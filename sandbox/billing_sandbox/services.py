@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.pg import migrations
 from billing_sandbox import postgres
 
@@ -128,6 +129,8 @@ def up(
     with_stripe: bool = True,
 ) -> dict[str, str]:
     """Start whatever is not running yet, apply migrations, write sandbox.env; returns its vars."""
+    # Test data only: a live Stripe key in this process's environment stops everything here.
+    sandbox_mode.refuse_live_key()
     home.mkdir(parents=True, exist_ok=True)
     state = _load_state(home)
     env = {"DAGSTER_HOME": str(_dagster_home(home))}

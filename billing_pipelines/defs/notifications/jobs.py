@@ -34,6 +34,14 @@ def send_notifications(
             status = outbox.record_failure(conn, row.id, row.attempts, error)
             counts[status] += 1
             context.log.warning(f"email {row.id} ({row.dedup_key}) not sent: {error}")
+    if counts["failed"] + counts["dead"] and not email.configured():
+        # Loud, not silent: the rows keep their backoff, and the run fails naming the setting
+        # (no op retry: it would only burn the rows' attempts).
+        raise dg.Failure(
+            "SMTP_URL is not set: emails cannot be delivered and stay unsent",
+            metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()},
+            allow_retries=False,
+        )
     if counts["dead"]:
         raise dg.Failure(
             f"{counts['dead']} email(s) dead-lettered after {outbox.policy.max_attempts} attempts",

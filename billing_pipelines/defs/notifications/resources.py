@@ -1,4 +1,4 @@
-"""The email resource: SMTP in production, .eml files in a folder for local demos."""
+"""The email resource: SMTP in production; .eml files in a folder only when asked for."""
 
 import smtplib
 from collections.abc import Iterator, Sequence
@@ -6,13 +6,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
 from billing_pipelines.settings import billing_home, load_settings
 
+# The reason an email stays unsent when no delivery is configured (recorded on the row).
+NOT_CONFIGURED = "SMTP_URL is not set: no mail relay configured (set SMTP_URL, see billing doctor)"
+
 
 class EmailResource(dg.ConfigurableResource):
-    """Sends outbox emails over SMTP (SMTP_URL); without SMTP_URL writes them to a folder."""
+    """Sends outbox emails over SMTP (SMTP_URL); to a folder only when explicitly configured."""
 
     # Unset means "from the environment" (SMTP_URL, NOTIFICATION_FROM), read when a run starts.
     smtp_url: str | None = None
@@ -30,28 +34,46 @@ class EmailResource(dg.ConfigurableResource):
 
     def describe(self) -> str:
         """Where mail goes, without credentials (for logs and metadata)."""
+        sink = self._sink()
+        if sink is not None:
+            return f"folder {sink}"
         url = self._smtp_url()
         if url:
             target = notifications.parse_smtp_url(url)
             return f"smtp {target.host}:{target.port}"
-        return f"folder {self._sink()}"
+        return "nowhere: SMTP_URL is not set"
 
-    def _sink(self) -> Path:
-        return Path(self.sink_dir) if self.sink_dir else billing_home() / "mail"
+    def configured(self) -> bool:
+        """True when mail has somewhere to go (SMTP, or a folder that was asked for)."""
+        return self._sink() is not None or self._smtp_url() is not None
+
+    def _sink(self) -> Path | None:
+        # A folder only when asked for: `sink_dir`, SMTP_URL=file:///path, or the sandbox
+        # (BILLING_SANDBOX=1) without SMTP_URL. Otherwise an unset SMTP_URL must not look sent.
+        if self.sink_dir:
+            return Path(self.sink_dir)
+        url = self._smtp_url()
+        if url is not None:
+            return sandbox_mode.file_sink(url)
+        return billing_home() / "mail" if sandbox_mode.enabled() else None
 
     def send(self, rows: Sequence[OutboxRow]) -> Iterator[tuple[OutboxRow, str | None]]:
         """Send each row; yields (row, None) when accepted or (row, reason) when not."""
         if not rows:
             return
         sender = self._sender()
-        url = self._smtp_url()
-        if url is None:
-            sink = self._sink()
+        sink = self._sink()
+        if sink is not None:
             sink.mkdir(parents=True, exist_ok=True)
             for row in rows:
                 message = notifications.build_message(row, sender)
                 (sink / f"{row.id:08d}.eml").write_bytes(bytes(message))
                 yield row, None
+            return
+        url = self._smtp_url()
+        if url is None:
+            for row in rows:
+                yield row, NOT_CONFIGURED
             return
         target = notifications.parse_smtp_url(url)
         try:
