@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from billing_pipelines.lib.pg import migrations
+from billing_pipelines.lib.private_files import private_dir
 from billing_sandbox import postgres
 
 STATE_FILE = "sandbox.json"
@@ -128,13 +129,17 @@ def up(
     with_stripe: bool = True,
 ) -> dict[str, str]:
     """Start whatever is not running yet, apply migrations, write sandbox.env; returns its vars."""
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     state = _load_state(home)
     env = {"DAGSTER_HOME": str(_dagster_home(home))}
 
     if with_postgres:
         state.postgres_port = state.postgres_port or free_port()
         admin_url = postgres.start(home / "postgres", state.postgres_port, HOST)
+        if os.geteuid() == 0:
+            # As root the server runs as an unprivileged user, and the wheel opens every parent
+            # folder to others so it can reach its data: keep traversal, not listing or reading.
+            home.chmod(0o711)
         urls = postgres.ensure_databases(admin_url)
         migrations.upgrade_to_head(urls["billing"])
         env["DATABASE_URL"] = urls["billing"]
