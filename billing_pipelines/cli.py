@@ -257,10 +257,27 @@ def webhooks_serve(
             "METRICS_PORT: the metrics listener serves one process; use --workers 1, "
             "or METRICS_PORT=0 to serve no metrics with several workers"
         )
+    if settings.metrics_port:
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     typer.echo(f"webhook receiver on http://{host}:{port}/webhooks/stripe ({workers} worker(s))")
     if settings.metrics_port:
         typer.echo(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     uvicorn.run(**uvicorn_options(settings, host=host, port=port, workers=workers))
+
+
+def _require_free_port(host: str, port: int, setting: str) -> None:
+    """One clear line instead of the server's start-up traceback when the port is taken."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BillingConfigError(
+                f"{setting}: cannot listen on {host}:{port} ({exc.strerror or exc}); choose "
+                f"another {setting}"
+            ) from None
 
 
 @usage_app.command("push")

@@ -120,13 +120,14 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 class _BoundedHeaders:
     """ASGI wrapper: a request whose headers exceed the bound gets 431 before any route runs."""
 
-    def __init__(self, app: Any, max_header_bytes: int) -> None:
-        self.app, self.max_header_bytes = app, max_header_bytes
+    def __init__(self, app: Any, max_header_bytes: int, rejected: Counter) -> None:
+        self.app, self.max_header_bytes, self.rejected = app, max_header_bytes, rejected
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
             if size > self.max_header_bytes:
+                self.rejected.labels("headers_too_large").inc()
                 response = JSONResponse(
                     {"error": f"request headers larger than {self.max_header_bytes} bytes"},
                     status_code=431,
@@ -252,7 +253,13 @@ def create_app(config: ReceiverConfig) -> Starlette:
             await pool.close()
 
     app = Starlette(
-        middleware=[Middleware(_BoundedHeaders, max_header_bytes=config.max_header_bytes)],
+        middleware=[
+            Middleware(
+                _BoundedHeaders,
+                max_header_bytes=config.max_header_bytes,
+                rejected=metrics.rejected,
+            )
+        ],
         routes=[
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),

@@ -110,6 +110,8 @@ def test_request_heads_are_bounded_and_a_normal_event_still_lands(served: Served
     )
     assert under.status_code == 200
     assert _rows(served.db) == ["evt_big_head"]
+    metrics = httpx.get(f"http://127.0.0.1:{served.metrics_port}/metrics", timeout=5).text
+    assert 'billing_webhook_requests_rejected_total{reason="headers_too_large"} 1.0' in metrics
 
 
 def test_connections_beyond_the_concurrency_bound_get_503(served: Served) -> None:
@@ -173,3 +175,25 @@ def test_several_workers_with_a_metrics_port_is_refused_in_one_line(
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: METRICS_PORT: the metrics listener serves")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_metrics_port_in_use_is_one_line(
+    embedded_services: dict[str, str], billing_db_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = subprocess.run(
+            [BILLING, "webhooks", "serve", "--port", str(free_port())],
+            env=_env(embedded_services, billing_db_url, METRICS_PORT=str(busy)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: METRICS_PORT: cannot listen on 127.0.0.1:{busy} (Address already in use); "
+        "choose another METRICS_PORT"
+    ]
