@@ -62,3 +62,16 @@ def test_doctor_passes_the_exposure_checks_on_safe_settings(tmp_path: Path) -> N
         line.startswith(("error: SMTP_URL", "error: METRICS_HOST", "error: BILLING_HOME"))
         for line in result.stderr.splitlines()
     )
+
+
+def test_the_sandbox_home_and_its_env_file_are_private(
+    embedded_services: dict[str, str], billing_home: Path
+) -> None:
+    import stat
+
+    # As root the embedded PostgreSQL runs as another user that must traverse the home: x only.
+    expected_home = 0o711 if os.geteuid() == 0 else 0o700
+    assert stat.S_IMODE(billing_home.stat().st_mode) == expected_home
+    assert stat.S_IMODE((billing_home / "sandbox.env").stat().st_mode) == 0o600
+    result = _doctor({}, billing_home)
+    assert "ok    billing home permissions" in result.stdout

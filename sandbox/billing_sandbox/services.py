@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from billing_pipelines.lib.pg import migrations
-from billing_pipelines.lib.private_files import private_dir
+from billing_pipelines.lib.private_files import private_dir, write_private
 from billing_sandbox import postgres
 
 STATE_FILE = "sandbox.json"
@@ -174,7 +174,7 @@ def up(
     _save_state(home, state)
     lines = ["# Written by `billing sandbox up`: addresses of the embedded services."]
     lines += [f"{key}={value}" for key, value in env.items()]
-    (home / ENV_FILE).write_text("\n".join(lines) + "\n")
+    write_private(home / ENV_FILE, ("\n".join(lines) + "\n").encode())
     return env
 
 
