@@ -184,7 +184,7 @@ def _rows(url: str, prefix: str) -> int:
 def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [str(BIN / "billing"), "webhooks", "serve", "--port", str(port)],
-        env=env,
+        env={**env, "METRICS_PORT": "0"},  # not measured here; never clash with another one
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -308,16 +308,35 @@ def webhooks_serve(
             "STRIPE_WEBHOOK_SECRETS is not set: set it to the endpoint's whsec_... secret "
             "(comma-separated during a rotation)"
         )
+    from billing_pipelines.webhooks.server import uvicorn_options
+
+    if workers > 1 and settings.metrics_port:
+        # Each worker process has its own registry and would contend for one metrics port.
+        raise BillingConfigError(
+            "METRICS_PORT: the metrics listener serves one process; use --workers 1, "
+            "or METRICS_PORT=0 to serve no metrics with several workers"
+        )
+    if settings.metrics_port:
+        _require_free_port(settings.metrics_host, settings.metrics_port, "METRICS_PORT")
     typer.echo(f"webhook receiver on http://{host}:{port}/webhooks/stripe ({workers} worker(s))")
-    uvicorn.run(
-        "billing_pipelines.webhooks.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        access_log=False,
-    )
+    if settings.metrics_port:
+        typer.echo(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    uvicorn.run(**uvicorn_options(settings, host=host, port=port, workers=workers))
+
+
+def _require_free_port(host: str, port: int, setting: str) -> None:
+    """One clear line instead of the server's start-up traceback when the port is taken."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BillingConfigError(
+                f"{setting}: cannot listen on {host}:{port} ({exc.strerror or exc}); choose "
+                f"another {setting}"
+            ) from None
 
 
 @usage_app.command("push")
@@ -576,6 +595,7 @@ def demo_command(
 @app.command("doctor")
 def doctor_command() -> None:
     """Check every configured service is reachable and every required setting is present."""
+    from billing_pipelines.exposure_checks import exposure_checks
     from billing_pipelines.lib.pg import database
     from billing_pipelines.lib.usage import warehouse
 
@@ -589,6 +609,7 @@ def doctor_command() -> None:
         ("usage warehouse", lambda: warehouse.connect(settings.require_clickhouse_url()).ping()),
         ("stripe api key", settings.require_stripe_api_key),
     ]
+    checks += exposure_checks(settings)
     for name, check in checks:
         try:
             check()

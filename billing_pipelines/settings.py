@@ -28,9 +28,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
-    database_url: str | None = Field(default=None, description="Billing PostgreSQL database.")
-    dagster_postgres_url: str | None = Field(default=None, description="Dagster's own storage.")
-    clickhouse_url: str | None = Field(default=None, description="Usage warehouse (HTTP).")
+    # Connection URLs carry passwords: secrets, so repr(settings) and logs show "**********".
+    database_url: SecretStr | None = Field(default=None, description="Billing PostgreSQL database.")
+    dagster_postgres_url: SecretStr | None = Field(default=None, description="Dagster's storage.")
+    clickhouse_url: SecretStr | None = Field(default=None, description="Usage warehouse (HTTP).")
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str = STRIPE_DEFAULT_API_BASE
     stripe_webhook_secrets: SecretStr | None = None
@@ -57,10 +58,19 @@ class Settings(BaseSettings):
     # (its URL is a secret), and the Dagster UI address that alert links point at.
     alert_chat_webhook_url: SecretStr | None = None
     dagster_ui_url: str | None = None
+    # The receiver's listener bounds (uvicorn): the largest request head (request line and
+    # headers) it buffers, and the connections it serves at once before answering 503.
+    webhook_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    webhook_max_concurrency: int = Field(default=100, ge=1, le=10_000)
+    # Prometheus /metrics has its own listener, never the public webhook one: loopback by
+    # default; METRICS_PORT=0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9787, ge=0, le=65535)
 
-    @field_validator("database_url", "dagster_postgres_url")
+    @field_validator("database_url", "dagster_postgres_url", mode="before")
     @classmethod
-    def _postgres_url(cls, value: str | None) -> str | None:
+    def _postgres_url(cls, value: str | SecretStr | None) -> str | None:
+        value = _plain(value)
         if value is None or value == "":
             return None
         parts = urlsplit(value)
@@ -73,9 +83,10 @@ class Settings(BaseSettings):
         _port_of(parts)
         return value
 
-    @field_validator("clickhouse_url")
+    @field_validator("clickhouse_url", mode="before")
     @classmethod
-    def _clickhouse_url(cls, value: str | None) -> str | None:
+    def _clickhouse_url(cls, value: str | SecretStr | None) -> str | None:
+        value = _plain(value)
         if value is None or value == "":
             return None
         parts = urlsplit(value)
@@ -108,7 +119,7 @@ class Settings(BaseSettings):
                 "DATABASE_URL is not set: set DATABASE_URL=postgresql://... "
                 "(BILLING_SANDBOX=1 starts an embedded one, for development only)"
             )
-        return self.database_url
+        return self.database_url.get_secret_value()
 
     def require_clickhouse_url(self) -> str:
         """The warehouse URL, or a clear error naming CLICKHOUSE_URL."""
@@ -117,7 +128,7 @@ class Settings(BaseSettings):
                 "CLICKHOUSE_URL is not set: set CLICKHOUSE_URL=https://host:8443/db "
                 "(BILLING_SANDBOX=1 starts an embedded one, for development only)"
             )
-        return self.clickhouse_url
+        return self.clickhouse_url.get_secret_value()
 
     def require_stripe_api_key(self) -> str:
         """The Stripe secret key, or a clear error naming STRIPE_API_KEY."""
@@ -136,6 +147,11 @@ class Settings(BaseSettings):
             return []
         raw = self.stripe_webhook_secrets.get_secret_value()
         return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def _plain(value: str | SecretStr | None) -> str | None:
+    """The raw text of a URL setting, whether it arrives as text or already as a secret."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _port_of(parts: object) -> None:
@@ -165,6 +181,10 @@ _ENV_NAMES = {
     "alert_email": "ALERT_EMAIL",
     "alert_chat_webhook_url": "ALERT_CHAT_WEBHOOK_URL",
     "dagster_ui_url": "DAGSTER_UI_URL",
+    "webhook_max_header_bytes": "WEBHOOK_MAX_HEADER_BYTES",
+    "webhook_max_concurrency": "WEBHOOK_MAX_CONCURRENCY",
+    "metrics_host": "METRICS_HOST",
+    "metrics_port": "METRICS_PORT",
 }
 
 

@@ -6,6 +6,7 @@ conftest.py of each test folder that uses them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -103,6 +104,9 @@ class ReceiverServer:
     """The real ASGI receiver under uvicorn on a loopback port, in a thread."""
 
     def __init__(self, config: ReceiverConfig, port: int | None = None) -> None:
+        if config.metrics_port is None:
+            # Metrics have their own listener: an ephemeral loopback port for each test.
+            config = dataclasses.replace(config, metrics_port=0)
         self.app = create_app(config)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -122,6 +126,11 @@ class ReceiverServer:
     @property
     def webhook_url(self) -> str:
         return f"{self.url}/webhooks/stripe"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics, on the receiver's own metrics listener (not the webhook port)."""
+        return f"http://127.0.0.1:{self.app.state.metrics_port}/metrics"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -149,7 +158,8 @@ class SmtpServer:
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.controller.port}"
+        # A loopback test server without TLS: the explicit, loopback-only plaintext opt-out.
+        return f"smtp://127.0.0.1:{self.controller.port}?starttls=false"
 
     @property
     def messages(self) -> list[EmailMessage]:

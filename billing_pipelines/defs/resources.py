@@ -12,7 +12,7 @@ import pandas as pd
 import psycopg
 from clickhouse_connect.driver.client import Client
 from psycopg_pool import ConnectionPool
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, SecretStr
 
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.pg import database, migrations
@@ -39,13 +39,13 @@ class BillingDatabase(dg.ConfigurableResource):
 
     def _validated_url(self) -> str:
         try:
-            validated = Settings(database_url=self.url).database_url
+            validated = Settings(database_url=SecretStr(self.url)).database_url
         except Exception:
             raise BillingConfigError(
                 "DATABASE_URL is invalid: expected postgresql://user:password@host:5432/dbname"
             ) from None
         assert validated is not None
-        return validated
+        return validated.get_secret_value()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         url = self._validated_url()
@@ -124,6 +124,10 @@ class StripeResource(dg.ConfigurableResource):
     api_base: str | None = None
     max_network_retries: int | None = None
     timeout_seconds: float | None = None
+
+    def livemode(self) -> bool:
+        """True for a live-mode key: only live-mode events may change tenants then."""
+        return stripe_api.is_live_key(self.api_key)
 
     def client(self) -> stripe_api.StripeClient:
         """A StripeClient with retries and timeouts; the key never appears in logs or metadata."""

@@ -9,7 +9,9 @@ fast and never depends on Stripe or on business logic. What the receiver promise
   a duplicate is acknowledged 200 too;
 - when the database cannot take the row it answers 503, so Stripe retries: it never
   acknowledges an event it did not store;
-- secrets and signatures never reach logs, errors or metrics.
+- secrets and signatures never reach logs, errors or metrics;
+- Prometheus metrics are served on their own listener (loopback by default), never on the
+  public webhook one.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -47,11 +49,17 @@ class ReceiverConfig:
     secrets: Sequence[str] = field(repr=False)
     tolerance_seconds: int = 300
     max_body_bytes: int = 512 * 1024
+    # The largest request head (header names and values) the app accepts: 431 above it. The
+    # server's parser bounds what it buffers before that (see webhooks/server.py).
+    max_header_bytes: int = 16 * 1024
     pool_min_size: int = 2
     pool_max_size: int = 10
     # How long a request waits for a database connection before answering 503.
     pool_timeout_seconds: float = 2.0
     clock: Callable[[], float] = time.time
+    # Prometheus metrics listener (its own port, loopback by default); None: not served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
 
 class Metrics:
@@ -107,6 +115,26 @@ async def _read_capped(request: Request, cap: int) -> bytes:
             raise _Reject(413, "body_too_large", f"body larger than {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _BoundedHeaders:
+    """ASGI wrapper: a request whose headers exceed the bound gets 431 before any route runs."""
+
+    def __init__(self, app: Any, max_header_bytes: int, rejected: Counter) -> None:
+        self.app, self.max_header_bytes, self.rejected = app, max_header_bytes, rejected
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_header_bytes:
+                self.rejected.labels("headers_too_large").inc()
+                response = JSONResponse(
+                    {"error": f"request headers larger than {self.max_header_bytes} bytes"},
+                    status_code=431,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(config: ReceiverConfig) -> Starlette:
@@ -179,6 +207,12 @@ def create_app(config: ReceiverConfig) -> Starlette:
                 metrics.accepted.labels(event.event_type).inc()
             log.debug("webhook %s %s %s", event.event_id, event.event_type, outcome)
             return JSONResponse({"received": True, "duplicate": row is None})
+        except ClientDisconnect:
+            # The sender hung up mid-body: nothing was stored and nobody reads an answer. One
+            # line, no traceback (Stripe retries an event it got no 2xx for).
+            metrics.rejected.labels("client_disconnected").inc()
+            log.info("webhook request abandoned: the client disconnected before the body ended")
+            return Response(status_code=400)
         except _Reject as rej:
             outcome = "unavailable" if rej.status == 503 else "rejected"
             metrics.rejected.labels(rej.reason).inc()
@@ -200,23 +234,36 @@ def create_app(config: ReceiverConfig) -> Starlette:
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)
+        listener = None
+        if config.metrics_port is not None:
+            # prometheus_client's own small HTTP server, on its own interface and port.
+            listener, _thread = start_http_server(
+                config.metrics_port, addr=config.metrics_host, registry=metrics.registry
+            )
+            app.state.metrics_port = listener.server_port
         try:
             yield
         finally:
+            if listener is not None:
+                listener.shutdown()
+                listener.server_close()
             await pool.close()
 
     app = Starlette(
+        middleware=[
+            Middleware(
+                _BoundedHeaders,
+                max_header_bytes=config.max_header_bytes,
+                rejected=metrics.rejected,
+            )
+        ],
         routes=[
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -236,5 +283,8 @@ def app_from_environment() -> Starlette:
             secrets=settings.webhook_secrets(),
             tolerance_seconds=settings.webhook_tolerance_seconds,
             max_body_bytes=settings.webhook_max_body_bytes,
+            max_header_bytes=settings.webhook_max_header_bytes,
+            metrics_host=settings.metrics_host,
+            metrics_port=settings.metrics_port or None,
         )
     )

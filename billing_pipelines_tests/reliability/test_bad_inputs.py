@@ -165,7 +165,7 @@ def test_ten_megabytes_are_refused_at_the_default_cap_even_when_signed_or_chunke
     assert accepted.status_code == 200
     rows = query(billing_db_url, "SELECT event_id FROM webhook_events")
     assert rows == [{"event_id": "evt_fits"}]
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(server.metrics_url).text
     assert 'billing_webhook_requests_rejected_total{reason="body_too_large"} 2.0' in metrics
 
 

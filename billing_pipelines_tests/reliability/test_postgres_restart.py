@@ -178,7 +178,7 @@ def test_webhook_burst_across_a_postgres_restart_is_stored_exactly_once(
         # event stored means no 2xx was ever given for an event that was not stored.
         acks = Counter(d.event_id for d in dispatcher.deliveries if d.status == 200)
         assert set(acks) == set(events) and set(acks.values()) == {1}
-        metrics = httpx.get(f"{receiver.url}/metrics").text
+        metrics = httpx.get(receiver.metrics_url).text
         assert _metric(metrics, "billing_webhook_events_accepted_total") == BURST
         assert (
             _metric(

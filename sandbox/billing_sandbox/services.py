@@ -20,6 +20,7 @@ from pathlib import Path
 
 from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.pg import migrations
+from billing_pipelines.lib.private_files import private_dir, write_private
 from billing_sandbox import postgres
 
 STATE_FILE = "sandbox.json"
@@ -131,13 +132,17 @@ def up(
     """Start whatever is not running yet, apply migrations, write sandbox.env; returns its vars."""
     # Test data only: a live Stripe key in this process's environment stops everything here.
     sandbox_mode.refuse_live_key()
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     state = _load_state(home)
     env = {"DAGSTER_HOME": str(_dagster_home(home))}
 
     if with_postgres:
         state.postgres_port = state.postgres_port or free_port()
         admin_url = postgres.start(home / "postgres", state.postgres_port, HOST)
+        if os.geteuid() == 0:
+            # As root the server runs as an unprivileged user, and the wheel opens every parent
+            # folder to others so it can reach its data: keep traversal, not listing or reading.
+            home.chmod(0o711)
         urls = postgres.ensure_databases(admin_url)
         migrations.upgrade_to_head(urls["billing"])
         env["DATABASE_URL"] = urls["billing"]
@@ -172,7 +177,7 @@ def up(
     _save_state(home, state)
     lines = ["# Written by `billing sandbox up`: addresses of the embedded services."]
     lines += [f"{key}={value}" for key, value in env.items()]
-    (home / ENV_FILE).write_text("\n".join(lines) + "\n")
+    write_private(home / ENV_FILE, ("\n".join(lines) + "\n").encode())
     return env
 
 

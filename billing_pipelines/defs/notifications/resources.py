@@ -9,6 +9,7 @@ import dagster as dg
 from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
+from billing_pipelines.lib.private_files import private_dir, write_private
 from billing_pipelines.settings import billing_home, load_settings
 
 # The reason an email stays unsent when no delivery is configured (recorded on the row).
@@ -64,10 +65,11 @@ class EmailResource(dg.ConfigurableResource):
         sender = self._sender()
         sink = self._sink()
         if sink is not None:
-            sink.mkdir(parents=True, exist_ok=True)
+            # Customers' names and addresses: the folder is 0700 and each file 0600.
+            sink = private_dir(sink)
             for row in rows:
                 message = notifications.build_message(row, sender)
-                (sink / f"{row.id:08d}.eml").write_bytes(bytes(message))
+                write_private(sink / f"{row.id:08d}.eml", bytes(message))
                 yield row, None
             return
         url = self._smtp_url()

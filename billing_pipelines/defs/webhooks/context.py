@@ -19,6 +19,7 @@ class HandlerSetup:
     client: StripeClient
     catalog: Catalog
     alert_email: str | None
+    livemode: bool | None = None
 
     def context(self, conn: psycopg.Connection[Any], actor: str) -> HandlerContext:
         """A HandlerContext for one transaction; `actor` names the run and the trigger."""
@@ -28,14 +29,17 @@ class HandlerSetup:
             catalog=self.catalog,
             actor=actor,
             alert_email=self.alert_email,
+            livemode=self.livemode,
         )
 
 
-def handler_setup(client: StripeClient, *, alert_email: str | None = None) -> HandlerSetup:
+def handler_setup(
+    client: StripeClient, *, alert_email: str | None = None, livemode: bool | None = None
+) -> HandlerSetup:
     """Read the catalog and the alert address (unset: ALERT_EMAIL) for one run's handlers."""
     if alert_email is None:
         alert_email = load_settings().alert_email
-    return HandlerSetup(client, load_catalog(), alert_email)
+    return HandlerSetup(client, load_catalog(), alert_email, livemode)
 
 
 def handler_context(

@@ -52,7 +52,9 @@ def process_webhook_events(
     """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
     queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run.run_id
-    handlers = handler_setup(stripe.client(), alert_email=config.alert_email)
+    handlers = handler_setup(
+        stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode()
+    )
     with billing_db.transaction() as conn:
         claimed = queue.claim(conn, config.row_ids, owner=owner)
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}

@@ -9,6 +9,7 @@ outbox is the shared leased queue (`lib.pg.queue`) on the `notification_outbox` 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import smtplib
 import ssl
@@ -178,7 +179,7 @@ def mark_sent(conn: psycopg.Connection[Any], row_id: int) -> None:
 
 @dataclass(frozen=True)
 class SmtpTarget:
-    """Where and how to submit mail: smtp:// (optionally ?starttls=true) or smtps://."""
+    """Where and how to submit mail: smtp:// (STARTTLS) or smtps:// (implicit TLS)."""
 
     host: str
     port: int
@@ -189,27 +190,60 @@ class SmtpTarget:
     timeout: float = 10.0
 
 
+SMTP_URL_FORMS = (
+    "expected smtp://user:password@host:587 (STARTTLS) or smtps://user:password@host:465 "
+    "(implicit TLS); smtp://localhost:25?starttls=false only for a relay on this machine"
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for this machine's own addresses (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parse_smtp_url(url: str) -> SmtpTarget:
-    """Parse SMTP_URL; errors name the setting, never the password."""
+    """Parse SMTP_URL: TLS by default, never credentials in clear, errors without the password."""
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise BillingConfigError(
-            "SMTP_URL is invalid: expected smtp://user:password@host:587?starttls=true "
-            "or smtps://user:password@host:465"
-        )
+        raise BillingConfigError(f"SMTP_URL is invalid: {SMTP_URL_FORMS}")
     try:
         port = parts.port
     except ValueError:
         raise BillingConfigError("SMTP_URL is invalid: the port is not a number") from None
     query = parse_qs(parts.query)
     implicit = parts.scheme == "smtps"
+    # smtp:// upgrades with STARTTLS unless explicitly turned off; a server that does not offer
+    # it fails the delivery instead of silently sending in clear.
+    starttls = not implicit and query.get("starttls", ["true"])[0].lower() not in (
+        "0",
+        "false",
+        "no",
+    )
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    if not implicit and not starttls:
+        if username or password:
+            raise BillingConfigError(
+                "SMTP_URL sends credentials without TLS (starttls=false): remove starttls=false "
+                "or use smtps://"
+            )
+        if not is_loopback_host(parts.hostname):
+            raise BillingConfigError(
+                f"SMTP_URL turns TLS off for {parts.hostname}, which is not this machine: "
+                "starttls=false is only for a loopback relay"
+            )
     return SmtpTarget(
         host=parts.hostname,
         port=port or (465 if implicit else 25),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        username=username,
+        password=password,
         implicit_tls=implicit,
-        starttls=query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"),
+        starttls=starttls,
     )
 
 
@@ -239,8 +273,13 @@ def open_smtp(target: SmtpTarget) -> smtplib.SMTP:
     else:
         server = smtplib.SMTP(target.host, target.port, timeout=target.timeout)
         if target.starttls:
+            # Raises SMTPNotSupportedError when the server does not offer STARTTLS: the row
+            # fails with that reason rather than going out (with its credentials) in clear.
             server.starttls(context=context)
     if target.username and target.password:
+        if not (target.implicit_tls or target.starttls):
+            server.close()
+            raise BillingConfigError("SMTP_URL: refusing to send credentials without TLS")
         server.login(target.username, target.password)
     return server
 

@@ -37,6 +37,9 @@ class HandlerContext:
     actor: str
     alert_email: str | None = None
     ladder: DunningLadder = DEFAULT_LADDER
+    # The Stripe key's mode (True: sk_live_/rk_live_); an event of the other mode is not
+    # applied. None only where no event is handled (a dunning step re-reads its own invoice).
+    livemode: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -366,8 +369,41 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+def _mode(live: bool) -> str:
+    return "live" if live else "test"
+
+
+def refuse_other_mode(ctx: HandlerContext, event: dict[str, Any]) -> Outcome | None:
+    """A test-mode event never changes a live tenant, nor the reverse: record it and alert."""
+    if ctx.livemode is None:
+        return None
+    event_live = event.get("livemode") is True
+    if event_live == ctx.livemode:
+        return None
+    detail = (
+        f"{_mode(event_live)}-mode event, but the Stripe key is {_mode(ctx.livemode)}-mode: "
+        "not applied"
+    )
+    # One alert per direction and UTC day (a misrouted endpoint sends many); every event keeps
+    # its own `ignored` row with this reason.
+    alerts.raise_alert(
+        ctx.conn,
+        dedup_key=f"webhook_mode_mismatch:{_mode(event_live)}:{datetime.now(UTC).date()}",
+        kind="webhook_mode_mismatch",
+        severity="warning",
+        summary=f"Stripe sent {_mode(event_live)}-mode events to the {_mode(ctx.livemode)}-mode "
+        "receiver: check the webhook endpoint and STRIPE_WEBHOOK_SECRETS",
+        details={"first_event": event.get("id"), "type": event.get("type")},
+        notify=ctx.alert_email,
+    )
+    return Outcome("ignored", detail)
+
+
 def handle(ctx: HandlerContext, event: dict[str, Any]) -> Outcome:
-    """Dispatch by type; unknown types are recorded as ignored."""
+    """Dispatch by type; unknown types and events of the other Stripe mode are ignored."""
+    refused = refuse_other_mode(ctx, event)
+    if refused is not None:
+        return refused
     handler = HANDLERS.get(str(event.get("type")))
     if handler is None:
         return Outcome("ignored", f"no handler for {event.get('type')}")

@@ -76,9 +76,12 @@ def verify(
         raise SignatureError("timestamp_too_old", "timestamp outside the tolerance (past)")
     if parsed.timestamp > now + tolerance_seconds:
         raise SignatureError("timestamp_in_future", "timestamp outside the tolerance (future)")
+    # Compare bytes: hmac.compare_digest raises TypeError on non-ASCII text, and a header is
+    # attacker-controlled (a forged `v1=é` must be a plain bad_signature, never a 500).
+    candidates = [candidate.encode("utf-8", "surrogateescape") for candidate in parsed.signatures]
     for secret in secrets:
-        expected = expected_signature(payload, parsed.timestamp, secret)
+        expected = expected_signature(payload, parsed.timestamp, secret).encode("ascii")
         # Compare against every candidate without short-circuiting on the first byte.
-        if any(hmac.compare_digest(expected, candidate) for candidate in parsed.signatures):
+        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
             return parsed.timestamp
     raise SignatureError("bad_signature", "no signature matches any configured secret")

@@ -20,6 +20,8 @@ BILLING = str(Path(sys.executable).parent / "billing")
 def _env(embedded_services: dict[str, str], db: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, **embedded_services, "DATABASE_URL": db}
     env.pop("STRIPE_WEBHOOK_SECRETS", None)
+    # Its own metrics port: test sessions and other receivers on this machine run at once.
+    env["METRICS_PORT"] = str(free_port())
     env.update(extra)
     return env
 

@@ -61,7 +61,7 @@ def test_same_event_three_times_in_parallel_and_later_one_row_one_effect_one_ema
     reminders = [m for m in h.emails("dup@tenant.example") if "Payment failed" in m["Subject"]]
     assert len(reminders) == 1
     assert query(h.db_url, "SELECT count(*) AS n FROM notification_outbox")[0]["n"] == 1
-    metrics = httpx.get(f"{h.receiver.url}/metrics").text
+    metrics = httpx.get(h.receiver.metrics_url).text
     assert "billing_webhook_events_duplicate_total 5.0" in metrics
 
 

@@ -147,7 +147,7 @@ def test_rejected_requests_store_nothing(
     assert response.status_code == status
     assert _count(billing_db_url) == 0
     if reason:
-        metrics = httpx.get(f"{receiver.url}/metrics").text
+        metrics = httpx.get(receiver.metrics_url).text
         assert f'billing_webhook_requests_rejected_total{{reason="{reason}"}} 1.0' in metrics
     # Never a secret or a signature in the logs or the answer.
     signature = headers.get("Stripe-Signature", "")
@@ -191,7 +191,7 @@ def test_valid_event_stored_once_with_either_rotating_secret(
     ]
     assert httpx.get(f"{receiver.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{receiver.url}/readyz").status_code == 200
-    metrics = httpx.get(f"{receiver.url}/metrics").text
+    metrics = httpx.get(receiver.metrics_url).text
     assert 'billing_webhook_events_accepted_total{event_type="customer.created"} 1.0' in metrics
     assert "billing_webhook_events_duplicate_total 1.0" in metrics
     assert 'billing_webhook_ack_seconds_count{outcome="accepted"} 1.0' in metrics
@@ -199,7 +199,7 @@ def test_valid_event_stored_once_with_either_rotating_secret(
 
 def _rejections(receiver: ReceiverServer, reason: str) -> str | None:
     """The receiver's rejected-requests counter line for one reason, if any."""
-    metrics = httpx.get(f"{receiver.url}/metrics").text
+    metrics = httpx.get(receiver.metrics_url).text
     prefix = f'billing_webhook_requests_rejected_total{{reason="{reason}"}} '
     return next((line for line in metrics.splitlines() if line.startswith(prefix)), None)
 
@@ -370,7 +370,7 @@ def test_database_down_answers_503_and_the_retry_lands_exactly_once(
         event = stripe_client.v1.events.list({"type": "customer.created"}).data[0]
         assert event.data.object.id == customer.id
         assert rows == [{"event_id": event.id, "event_type": "customer.created"}]
-        metrics = httpx.get(f"{receiver.url}/metrics").text
+        metrics = httpx.get(receiver.metrics_url).text
         assert 'billing_webhook_requests_rejected_total{reason="database_unavailable"}' in metrics
     finally:
         receiver.stop()
