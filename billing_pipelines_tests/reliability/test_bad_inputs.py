@@ -256,6 +256,7 @@ def _job_resources(url: str, sandbox: SandboxHandle) -> dict[str, Any]:
     return {
         "billing_db": BillingDatabase(url=url),
         "stripe": StripeResource(api_key=API_KEY, api_base=sandbox.url, max_network_retries=0),
+        "warehouse": UsageWarehouse(url=os.environ["CLICKHOUSE_URL"]),
     }
 
 

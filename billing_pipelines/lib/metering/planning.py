@@ -106,6 +106,7 @@ class DayPlan:
     resend: list[MeterReport] = field(default_factory=list)
     unchanged: int = 0
     stranded: int = 0  # still out of Stripe's window at the same value: flagged, not re-sent
+    no_version_left: list[Key] = field(default_factory=list)  # the part's versions are used up
 
     @property
     def to_send(self) -> list[MeterReport]:
@@ -113,20 +114,31 @@ class DayPlan:
         return [*self.resend, *self.new]
 
 
-def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEntry]) -> DayPlan:
+def plan_day(
+    day: date,
+    truth: Iterable[DayTotal],
+    latest: Mapping[Key, LedgerEntry],
+    versions: Mapping[str, tuple[int, int]] | None = None,
+) -> DayPlan:
     """Decide the meter events for one day so that Stripe converges to `truth` (see
-    `desired_totals`); keys absent from `truth` are left alone."""
+    `desired_totals`); keys absent from `truth` are left alone.
+
+    `versions` bounds a tenant's value versions (so its event timestamp falls in one part of
+    a day split at a period boundary, see boundaries.py); others use the whole day."""
     plan = DayPlan()
+    versions = versions or {}
     wanted = {(t.tenant_id, t.metric): t for t in truth}
     for key in sorted(wanted):
         total = wanted[key]
         entry = latest.get(key)
+        floor, ceiling = versions.get(total.tenant_id, (1, MAX_VERSION))
         if entry is None and total.value == 0:
             continue  # nothing was ever reported and nothing is owed
         same = (
             entry is not None
             and entry.value == total.value
             and entry.stripe_customer_id == total.stripe_customer_id
+            and floor <= entry.value_version <= ceiling  # stamped in the part now reported
         )
         if same and entry is not None and entry.status == DELIVERED:
             plan.unchanged += 1
@@ -148,7 +160,10 @@ def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEn
                 )
             )
         else:
-            version = (entry.value_version if entry is not None else 0) + 1
+            version = max((entry.value_version if entry is not None else 0) + 1, floor)
+            if version > ceiling:
+                plan.no_version_left.append(key)
+                continue
             plan.new.append(
                 MeterReport(
                     tenant_id=total.tenant_id,
