@@ -112,3 +112,42 @@ def test_unknown_tenant_fails_the_blocking_check_and_stores_nothing(
     assert "t-stranger" in str(evaluation.metadata["failure_cases"].value)
     # The last good partition stays as it was: nothing of the bad day was stored.
     assert _stored(embedded_services["DATABASE_URL"]) == {"t-a": 3}
+
+
+def test_a_query_id_logged_on_both_sides_of_midnight_counts_once_on_its_first_day(
+    resources: dict[str, object], embedded_services: dict[str, str]
+) -> None:
+    client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
+    before = datetime(2026, 4, 1, 23, 59, 50, tzinfo=UTC)  # the day before DAY
+    after = datetime(2026, 4, 2, 0, 0, 10, tzinfo=UTC)  # 20 seconds later, on DAY
+
+    def row(query_id: str, at: datetime, tokens: int) -> list[object]:
+        return [uuid.uuid4(), query_id, "t-a", at, "query", tokens, 0, 5, at]
+
+    # 3 queries first logged before midnight and again after it (a cache re-log), 2 queries
+    # only after it, and one logged twice after it.
+    rows = [row(f"straddle-{i}", before, 7) for i in range(3)]
+    rows += [row(f"straddle-{i}", after, 7) for i in range(3)]
+    rows += [row(f"fresh-{i}", after, 11) for i in range(2)]
+    rows += [row("twice", after, 5), row("twice", after, 5)]
+    client.insert("usage_events", rows, column_names=list(USAGE_EVENTS_COLUMNS))
+
+    first_day = dg.materialize(
+        [daily_tenant_usage], partition_key="2026-04-01", resources=resources
+    )
+    assert first_day.success
+    meta = _materialize(resources)  # DAY
+    # DAY bills fresh-0, fresh-1 and twice: 3 queries, 2 * 11 + 5 = 27 tokens; its 10 rows
+    # hold 3 re-logged straddlers and one cache copy as duplicates.
+    assert meta["billable_queries"] == 3
+    assert meta["duplicate_events_removed"] == 4
+    assert _stored(embedded_services["DATABASE_URL"]) == {"t-a": 3}
+
+    import psycopg
+
+    with psycopg.connect(embedded_services["DATABASE_URL"]) as conn:
+        got = conn.execute(
+            "SELECT usage_date, billable_queries, tokens FROM daily_tenant_usage "
+            "WHERE tenant_id = 't-a' ORDER BY usage_date"
+        ).fetchall()
+    assert got == [(date(2026, 4, 1), 3, 21), (DAY, 3, 27)]

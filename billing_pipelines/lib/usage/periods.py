@@ -9,16 +9,11 @@ cache, a retry across midnight) counts once, at its first event.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from billing_pipelines.lib.usage.warehouse import day_bounds
-
-# How far back a query id is looked for before an interval: a re-logged query (cache hit,
-# retry) shows up seconds to hours later, never days, so a day of look-back finds every
-# earlier copy while keeping the scan to the interval plus one day.
-DUPLICATE_HORIZON = timedelta(days=1)
+from billing_pipelines.lib.usage.warehouse import DUPLICATE_HORIZON, day_bounds
 
 INTERVAL_QUERIES_SQL = """
 SELECT toInt64(countIf(first_seen >= {start:DateTime64(6, 'UTC')}))
