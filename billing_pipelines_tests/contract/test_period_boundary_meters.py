@@ -130,3 +130,24 @@ def test_an_older_part_received_last_replaces_the_newer_part_of_the_day(
     )
     assert [s.aggregated_value for s in after.data] == [0.0]
     assert [s.aggregated_value for s in before.data] == [700.0]
+
+
+def test_subscriptions_listed_by_the_day_their_current_period_started(
+    stripe_client: stripe.StripeClient,
+) -> None:
+    # docs.stripe.com/api/subscriptions/list: current_period_start "Only return subscriptions
+    # whose maximum item current_period_start falls within the given date interval".
+    c = stripe_client
+    _, sub, clock, _ = _setup(c)  # period from 2026-01-05 14:30:00
+
+    def listed(gte: int, lt: int) -> list[str]:
+        page = c.v1.subscriptions.list(
+            {"status": "all", "current_period_start": {"gte": gte, "lt": lt}, "limit": 100}
+        )
+        return [s.id for s in page.auto_paging_iter()]
+
+    assert sub in listed(JAN5, JAN5 + DAY)
+    assert sub not in listed(JAN5 + DAY, JAN5 + 2 * DAY)
+    advance(c, clock, FEB5_BOUNDARY + 60)  # renewed on Feb 5 at 14:30
+    assert sub in listed(FEB5, FEB5 + DAY)
+    assert sub not in listed(JAN5, JAN5 + DAY)

@@ -139,7 +139,7 @@ def _day_parts(client: StripeClient, warehouse: UsageWarehouse) -> PartsOf:
             for t, a in accounts.items()
             if a.billable and a.stripe_subscription_id
         }
-        times = stripe_periods.subscription_times(client, set(tenant_of))
+        times = stripe_periods.subscription_times(client, set(tenant_of), day)
         clients: list[Client] = []  # the warehouse is opened only when a day is split
 
         def count(tenant_id: str, start: datetime, end: datetime) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import stripe
@@ -12,6 +12,7 @@ from billing_pipelines.lib.metering.boundaries import SubscriptionTimes
 from billing_pipelines.lib.stripe.client import retry_reads
 from billing_pipelines.lib.stripe.objects import timestamp
 from billing_pipelines.lib.stripe.snapshots import pages
+from billing_pipelines.lib.usage.warehouse import day_bounds
 
 
 def times_of(raw: dict[str, Any]) -> SubscriptionTimes:
@@ -36,15 +37,22 @@ def times_of(raw: dict[str, Any]) -> SubscriptionTimes:
 
 
 def subscription_times(
-    client: stripe.StripeClient, subscription_ids: Collection[str]
+    client: stripe.StripeClient, subscription_ids: Collection[str], day: date
 ) -> dict[str, SubscriptionTimes]:
-    """The times of these subscriptions, from one paged listing (100 per request) rather than
-    a read per tenant: the push stays within a few percent of its request budget."""
+    """The times of these subscriptions whose current period started during the UTC day (a
+    sign-up, renewal, trial end or resume inside it): only they can have a boundary inside
+    it. One filtered listing, not a read per tenant, so a day without boundaries costs one
+    request."""
     wanted = set(subscription_ids)
     out: dict[str, SubscriptionTimes] = {}
     if not wanted:
         return out
-    for raw in pages(client, "/v1/subscriptions", {"status": "all"}):
+    start, end = day_bounds(day)
+    params: dict[str, Any] = {
+        "status": "all",
+        "current_period_start": {"gte": int(start.timestamp()), "lt": int(end.timestamp())},
+    }
+    for raw in pages(client, "/v1/subscriptions", params):
         if raw["id"] in wanted:
             out[raw["id"]] = times_of(raw)
     return out
