@@ -14,8 +14,10 @@ from billing_pipelines.lib.metering.boundaries import (
 )
 from billing_pipelines.lib.metering.planning import (
     DELIVERED,
+    BillingAccount,
     DayTotal,
     LedgerEntry,
+    desired_totals,
     plan_day,
 )
 
@@ -107,3 +109,27 @@ def test_a_part_whose_versions_are_used_up_is_flagged_not_sent() -> None:
     truth = [DayTotal("t1", "queries", 800, "cus_1", "q")]
     plan = plan_day(day, truth, {("t1", "queries"): _entry(700, 3)}, {"t1": (1, 3)})
     assert plan.new == [] and plan.no_version_left == [("t1", "queries")]
+
+
+def test_a_new_stripe_customer_gets_the_day_and_the_old_customer_total_is_withdrawn() -> None:
+    day = date(2027, 2, 10)
+    old = LedgerEntry(9, "t1", "queries", 500, 2, "id-v2", "cus_old", "q", DELIVERED)
+    plan = plan_day(day, [DayTotal("t1", "queries", 520, "cus_new", "q")], {("t1", "queries"): old})
+    assert [(r.stripe_customer_id, r.value, r.value_version) for r in plan.new] == [
+        ("cus_old", 0, 3),  # the old customer's day window now holds 0
+        ("cus_new", 520, 4),
+    ]
+    assert plan.new[0].timestamp < plan.new[1].timestamp
+
+
+def test_a_tenant_without_usage_left_on_a_new_customer_only_withdraws_the_old_total() -> None:
+    day = date(2027, 2, 10)
+    old = LedgerEntry(9, "t1", "queries", 500, 2, "id-v2", "cus_old", "q", DELIVERED)
+    desired = desired_totals(
+        {},
+        {"t1": BillingAccount("cus_new", "sub_1")},
+        [("queries", "q", "billable_queries")],
+        {("t1", "queries"): old},
+    )
+    plan = plan_day(day, desired.totals, {("t1", "queries"): old})
+    assert [(r.stripe_customer_id, r.value) for r in plan.new] == [("cus_old", 0)]

@@ -161,9 +161,34 @@ def plan_day(
             )
         else:
             version = max((entry.value_version if entry is not None else 0) + 1, floor)
-            if version > ceiling:
+            moved = (
+                entry is not None
+                and entry.stripe_customer_id != total.stripe_customer_id
+                and entry.value != 0
+            )
+            if version + int(moved) > ceiling:
                 plan.no_version_left.append(key)
                 continue
+            if moved and entry is not None:
+                # The tenant's Stripe customer changed: the old customer's day total is
+                # replaced by 0 (the newest event of its day window), then the new customer
+                # gets the total, so the day is billed once, to the customer billed now.
+                plan.new.append(
+                    MeterReport(
+                        tenant_id=total.tenant_id,
+                        metric=total.metric,
+                        usage_date=day,
+                        value=0,
+                        value_version=version,
+                        identifier=identifier_for(total.tenant_id, total.metric, day, version),
+                        stripe_customer_id=entry.stripe_customer_id,
+                        event_name=entry.event_name,
+                        timestamp=event_timestamp(day, version),
+                    )
+                )
+                version += 1
+                if total.value == 0:
+                    continue
             plan.new.append(
                 MeterReport(
                     tenant_id=total.tenant_id,
@@ -310,11 +335,13 @@ def desired_totals(
             and entry.tenant_id not in held
             and entry.value != 0
             and account is not None
-            and account.stripe_customer_id == entry.stripe_customer_id
+            and account.stripe_customer_id is not None
         ):
+            # Wanted at 0 for the customer billed now: if that is another customer than the
+            # one the ledger reported to, plan_day withdraws the old customer's total.
             out.totals.append(
                 DayTotal(
-                    entry.tenant_id, entry.metric, 0, entry.stripe_customer_id, entry.event_name
+                    entry.tenant_id, entry.metric, 0, account.stripe_customer_id, entry.event_name
                 )
             )
     return out
