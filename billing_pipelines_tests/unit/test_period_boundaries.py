@@ -133,3 +133,31 @@ def test_a_tenant_without_usage_left_on_a_new_customer_only_withdraws_the_old_to
     )
     plan = plan_day(day, desired.totals, {("t1", "queries"): old})
     assert [(r.stripe_customer_id, r.value) for r in plan.new] == [("cus_old", 0)]
+
+
+def test_subscription_times_come_from_the_items_periods_trial_start_and_end() -> None:
+    from billing_pipelines.lib.stripe.periods import times_of
+
+    def ts(dt: datetime) -> int:
+        return int(dt.timestamp())
+
+    trial_end = datetime(2027, 2, 14, 9, 15, 30, tzinfo=UTC)
+    raw = {
+        "id": "sub_1",
+        "start_date": ts(START),
+        "created": ts(START),
+        "trial_start": ts(START),
+        "trial_end": ts(trial_end),
+        "ended_at": None,
+        "billing_cycle_anchor": ts(trial_end),
+        "items": {
+            "data": [
+                {"current_period_start": ts(trial_end), "current_period_end": ts(NEXT)},
+            ]
+        },
+    }
+    times = times_of(raw)
+    assert times.start == START and times.end is None
+    assert times.boundaries == (START, trial_end, NEXT)
+    before, after = day_segments(date(2027, 2, 14), times)
+    assert before.end == trial_end and before.closes_period and after.start == trial_end

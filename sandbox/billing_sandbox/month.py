@@ -349,7 +349,13 @@ def simulate(
         )
         timed("usage generation", mark)
         # Day by day through the period, then ten days of renewal, finalization and retries.
-        renewal_day = first + timedelta(days=days)
+        # Days holding a period boundary when the month does not start at 00:00 UTC: trial
+        # ends and the renewal, at the start's time of day.
+        boundary_days = (
+            {first + timedelta(days=catalog.trial_days), first + timedelta(days=days)}
+            if t0 != midnight0
+            else set()
+        )
         for offset in range(days + 10):
             day = first + timedelta(days=offset)
             mark = time.monotonic()
@@ -357,11 +363,12 @@ def simulate(
             _advance(sandbox, clock, midnight0 + (offset + 1) * DAY + 30 * 60)
             mark = timed("stripe clock and webhooks", mark)
             pushes = [day] if offset < days else []
-            if t0 != midnight0 and days <= offset < days + 3:
-                # The renewal day holds a boundary: the late-event schedule pushes it again on
-                # the three following nights (its part from the renewal once that invoice is
-                # final); other days have no boundary and nothing late here.
-                pushes.append(renewal_day)
+            for split in sorted(boundary_days):
+                # The late-event schedule pushes a day again on the following nights: a split
+                # day's part from its boundary goes once that period's invoice is final. (The
+                # month pushes only these days again; no other day has a boundary here.)
+                if 0 <= offset - (split - first).days < 3 and split not in pushes:
+                    pushes.append(split)
             for pushed in pushes:
                 for _, ok in materialize_days(
                     "usage_to_stripe_job",
