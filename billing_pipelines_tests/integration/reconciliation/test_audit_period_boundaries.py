@@ -1,6 +1,8 @@
 """The usage audit over periods that do not start at 00:00 UTC: truth is counted by event
 timestamps over each invoice line's own period, so a boundary day billed in the wrong period
-(or not at all) is an under-charge the audit names, never a silent "zero difference"."""
+(or not at all) is an under-charge the audit names, never a silent "zero difference". The loss
+is made as the pipeline made it before the boundary policy (a whole-day total at midnight); the
+pipeline itself is tested across such boundaries in test_period_boundary_push.py."""
 
 from __future__ import annotations
 
@@ -9,16 +11,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
+import psycopg
 import stripe
 from billing_sandbox.stripe import SandboxHandle
 
-from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.reconciliation.assets import (
     stripe_invoice_snapshot,
     stripe_subscription_snapshot,
     usage_invoice_audit,
 )
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import (
+    DELIVERED,
+    MeterReport,
+    event_timestamp,
+    identifier_for,
+)
+from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.support import advance
@@ -50,6 +60,28 @@ def insert(tenant_id: str, prefix: str, count: int, first: datetime, spread_seco
     )
 
 
+def whole_day_push(
+    client: stripe.StripeClient, db_url: str, tenant_id: str, customer: str, value: int
+) -> None:
+    """DAY's whole total as one meter event at 00:00:01 UTC (version 1), recorded delivered."""
+    report = MeterReport(
+        tenant_id=tenant_id,
+        metric="queries",
+        usage_date=DAY,
+        value=value,
+        value_version=1,
+        identifier=identifier_for(tenant_id, "queries", DAY, 1),
+        stripe_customer_id=customer,
+        event_name="rag_api_queries",
+        timestamp=event_timestamp(DAY, 1),
+    )
+    with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:
+        (pending,) = ledger.record_pending(conn, [report], "before-the-boundary-policy")
+        assert stripe_meters.send_meter_event(client, pending).status == DELIVERED
+        assert pending.ledger_id is not None
+        ledger.record_outcome(conn, pending.ledger_id, DELIVERED)
+
+
 def test_a_period_starting_at_14_30_is_audited_by_timestamps_and_its_boundary_day_named(
     stripe_sandbox: SandboxHandle,
     stripe_client: stripe.StripeClient,
@@ -62,7 +94,7 @@ def test_a_period_starting_at_14_30_is_audited_by_timestamps_and_its_boundary_da
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
     ch.command("TRUNCATE TABLE usage_events")
-    _, sub, clock = support.tenant(
+    customer, sub, clock = support.tenant(
         c, billing_db_url, "t-afternoon", frozen_time=int(SIGN_UP.timestamp())
     )
     midnight = wh.day_bounds(DAY)[0]
@@ -73,12 +105,13 @@ def test_a_period_starting_at_14_30_is_audited_by_timestamps_and_its_boundary_da
     insert("t-afternoon", "late-", 120_000, SIGN_UP, 9 * 3600)
     advance(c, clock, int(SIGN_UP.timestamp()) + 86400)  # DAY is over
 
-    pushed = dg.materialize(
-        [daily_tenant_usage, stripe_meter_reports],
-        partition_key=DAY.isoformat(),
-        resources=resources,
+    stored = dg.materialize(
+        [daily_tenant_usage], partition_key=DAY.isoformat(), resources=resources
     )
-    assert pushed.success
+    assert stored.success
+    # The loss as the pipeline made it before the boundary policy: the whole day's total,
+    # stamped just after the day's midnight, through the same ledger and meter event code.
+    whole_day_push(c, billing_db_url, "t-afternoon", customer, 300 + 120_000)
 
     period_end = c.v1.subscriptions.retrieve(sub)["items"].data[0].current_period_end
     advance(c, clock, period_end + 2 * 3600)  # the period closed and its invoice finalized
@@ -98,8 +131,8 @@ def test_a_period_starting_at_14_30_is_audited_by_timestamps_and_its_boundary_da
         "AND invoice_quantity IS NOT NULL ORDER BY period_start DESC LIMIT 1",
     )
     audited: dict[str, Any] = row
-    # The day's whole total is stamped at the day's first second, before the 14:30 sign-up, so
-    # Stripe bills none of it; truth is the 120,000 queries first seen after 14:30.
+    # The day's whole total was stamped at the day's first second, before the 14:30 sign-up,
+    # so Stripe billed none of it; truth is the 120,000 queries first seen after 14:30.
     assert audited["period_start"] == SIGN_UP
     assert audited["invoice_quantity"] == 0
     assert audited["warehouse_queries"] == 120_000
