@@ -175,3 +175,45 @@ def test_a_query_id_logged_on_both_sides_of_midnight_counts_once_on_its_first_da
             "WHERE tenant_id = 't-a' ORDER BY usage_date"
         ).fetchall()
     assert got == [(date(2026, 4, 1), 3, 21), (DAY, 3, 27)]
+
+
+def test_held_usage_sensor_pushes_a_day_again_once_its_tenant_is_billable(
+    embedded_services: dict[str, str],
+) -> None:
+    import psycopg
+
+    from billing_pipelines.definitions import defs
+
+    db = embedded_services["DATABASE_URL"]
+    recent = datetime.now(UTC).date() - timedelta(days=5)
+    sensor = defs().resolve_sensor_def("held_usage_sensor")
+
+    def evaluate() -> list[dg.RunRequest]:
+        with dg.build_sensor_context(resources={"billing_db": BillingDatabase(url=db)}) as context:
+            result = sensor(context)
+        return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+    with psycopg.connect(db) as conn:
+        conn.execute("DELETE FROM daily_tenant_usage WHERE tenant_id = 't-late'")
+        conn.execute("DELETE FROM tenants WHERE tenant_id = 't-late'")
+        conn.execute(
+            "INSERT INTO daily_tenant_usage (usage_date, tenant_id, billable_queries, tokens, "
+            "embeddings, raw_events, duplicate_events) VALUES (%s, 't-late', 12, 0, 0, 12, 0)",
+            (recent,),
+        )
+    try:
+        assert evaluate() == []  # held: the tenant does not exist yet
+        with psycopg.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO tenants (tenant_id, name, email, plan, stripe_customer_id, "
+                "stripe_subscription_id) VALUES ('t-late', 'L', 'l@x.io', 'pro', 'cus_l', "
+                "'sub_l')"
+            )
+        (request,) = evaluate()
+        assert request.partition_key == recent.isoformat()
+        assert request.run_key is not None and request.run_key.startswith(f"held-{recent}-")
+        assert evaluate()[0].run_key == request.run_key  # the same run_key: launched once
+    finally:
+        with psycopg.connect(db) as conn:
+            conn.execute("DELETE FROM daily_tenant_usage WHERE tenant_id = 't-late'")
+            conn.execute("DELETE FROM tenants WHERE tenant_id = 't-late'")
