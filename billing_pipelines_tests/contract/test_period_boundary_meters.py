@@ -151,3 +151,33 @@ def test_subscriptions_listed_by_the_day_their_current_period_started(
     advance(c, clock, FEB5_BOUNDARY + 60)  # renewed on Feb 5 at 14:30
     assert sub in listed(FEB5, FEB5 + DAY)
     assert sub not in listed(JAN5, JAN5 + DAY)
+
+
+def test_a_month_end_anchor_renews_on_the_last_day_of_february_at_the_same_instant(
+    stripe_client: stripe.StripeClient,
+) -> None:
+    # docs.stripe.com/billing/subscriptions/billing-cycle: a monthly subscription anchored on
+    # the 31st bills on the last day of shorter months, then on the 31st again.
+    c = stripe_client
+    jan31 = 1769850930  # 2026-01-31T09:15:30Z
+    feb28 = jan31 + 28 * DAY  # 2026-02-28T09:15:30Z
+    mar31 = feb28 + 31 * DAY  # 2026-03-31T09:15:30Z
+    clock = c.v1.test_helpers.test_clocks.create({"frozen_time": jan31})
+    cus = c.v1.customers.create({"test_clock": clock.id})
+    pm = c.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
+    c.v1.customers.update(cus.id, {"invoice_settings": {"default_payment_method": pm.id}})
+    prod = c.v1.products.create({"name": "Anchor"})
+    price = c.v1.prices.create(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 100,
+            "recurring": {"interval": "month"},
+        }
+    )
+    sub = c.v1.subscriptions.create({"customer": cus.id, "items": [{"price": price.id}]})
+    item = sub["items"].data[0]
+    assert (item.current_period_start, item.current_period_end) == (jan31, feb28)
+    advance(c, clock.id, feb28 + 2 * 3600)
+    item = c.v1.subscriptions.retrieve(sub.id)["items"].data[0]
+    assert (item.current_period_start, item.current_period_end) == (feb28, mar31)
