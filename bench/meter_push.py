@@ -41,7 +41,7 @@ from billing_sandbox import services
 from billing_sandbox.stripe import SandboxState, run_in_thread
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
-from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 
@@ -105,6 +105,8 @@ def ours(url: str, database_url: str, day: date, rate: float) -> tuple[float, di
         resources={
             "billing_db": BillingDatabase(url=database_url),
             "stripe": StripeResource(api_key=API_KEY, api_base=url, max_network_retries=0),
+            # Opened only for a day that a period boundary splits; none here (steady state).
+            "warehouse": UsageWarehouse(url="http://127.0.0.1:9/unused"),
         },
         run_config={
             "ops": {

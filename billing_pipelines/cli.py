@@ -584,12 +584,36 @@ def explain_command(
 def demo_command(
     tenants: Annotated[int, typer.Option(min=1, max=5000)] = 50,
     seed: int = 7,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Instant the simulated month starts, ISO 8601 in UTC (2026-10-01T14:30:00Z); "
+            "default: 00:00 UTC on the first of the month that began at least 45 days ago."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a billing month end to end on the embedded services and print the report."""
+    instant = parse_utc_instant(start) if start is not None else None
     sandbox_mode.enable()
     demo = _sandbox("demo")
 
-    demo.run(tenant_count=tenants, seed=seed, echo=typer.echo)
+    demo.run(tenant_count=tenants, seed=seed, echo=typer.echo, start=instant)
+
+
+def parse_utc_instant(text: str) -> datetime:
+    """An ISO 8601 instant in UTC (a trailing Z or +00:00), or exit 2 with one line."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value.utcoffset() is None or value.utcoffset() != timedelta(0):
+        typer.echo(
+            f"error: --start {text!r} is not an ISO 8601 instant in UTC "
+            "(for example 2026-10-01T14:30:00Z)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return value.astimezone(UTC)
 
 
 @app.command("doctor")

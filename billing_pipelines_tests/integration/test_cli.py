@@ -154,3 +154,17 @@ def test_catalog_sync_then_usage_push_from_the_shell(
     pushed = _run(["usage", "push", "--date", day], embedded_services, tmp_path)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert f"usage_to_stripe_job {day}: ok" in pushed.stdout
+
+
+@pytest.mark.parametrize(
+    "start", ["2026-10-01 14:30", "2026-10-01T14:30:00+02:00", "tomorrow", "2026-02-30T00:00Z"]
+)
+def test_demo_start_that_is_not_a_utc_instant_is_one_line_before_starting_anything(
+    start: str, tmp_path: Path
+) -> None:
+    line = _one_error_line(_run(["demo", "--start", start], {}, tmp_path))
+    assert line == (
+        f"error: --start {start!r} is not an ISO 8601 instant in UTC (for example "
+        "2026-10-01T14:30:00Z)"
+    )
+    assert not (tmp_path / "postgres").exists()  # nothing was started

@@ -388,6 +388,7 @@ def test_no_meter_in_stripe_fails_with_a_clear_message(embedded_services: dict[s
             resources={
                 "billing_db": BillingDatabase(url=embedded_services["DATABASE_URL"]),
                 "stripe": StripeResource(api_key=API_KEY, api_base=handle.url),
+                "warehouse": UsageWarehouse(url=embedded_services["CLICKHOUSE_URL"]),
             },
             raise_on_error=False,
         )

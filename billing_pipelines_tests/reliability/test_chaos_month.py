@@ -37,7 +37,12 @@ pytestmark = pytest.mark.timeout(900)
 
 TENANTS = 6  # one per card story
 SEED = 2026
-START = datetime.now(UTC).date() - timedelta(days=40)  # inside the recovery job's 30-day window
+START_DAY = datetime.now(UTC).date() - timedelta(days=40)  # inside the recovery job's window
+# The month starts at a seeded random instant of that day, not at 00:00 UTC: the sign-up day
+# and the renewal day are split at that instant (the metering boundary policy).
+START = datetime.combine(START_DAY, datetime.min.time(), UTC) + timedelta(
+    seconds=random.Random(SEED).randrange(1, 86_400)
+)
 FAULTS = ("none", "stripe_errors", "webhook_outage", "crash_in_push", "replayed_push")
 WEIGHTS = (0.40, 0.20, 0.15, 0.15, 0.10)
 # The recovery job lists Stripe's last 30 days of *real* time and test-clock events carry clock
@@ -141,7 +146,7 @@ class Injector:
         elif fault == "crash_in_push":
             self._crash_then_rerun(ctx)
         elif fault == "replayed_push":
-            first = max(ctx.day - timedelta(days=2), START)
+            first = max(ctx.day - timedelta(days=2), START_DAY)
             self.reruns_ok += [
                 ok for _, ok in materialize_days("usage_to_stripe_job", first, ctx.day, None)
             ]
@@ -184,7 +189,7 @@ def _rows(url: str, query: str, *params: Any) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def chaos_month(embedded_services: dict[str, str]) -> dict[str, Any]:
     """Run the month under the seeded fault plan once; keep what the tests check."""
-    days_in_period = (START + relativedelta(months=1) - START).days  # as the month computes it
+    days_in_period = (START_DAY + relativedelta(months=1) - START_DAY).days  # as the month does
     plan = fault_plan(days_in_period, SEED)
     injector = Injector(plan, embedded_services["CLICKHOUSE_URL"])
     seen: dict[str, Any] = {"injector": injector}

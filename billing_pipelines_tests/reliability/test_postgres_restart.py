@@ -27,7 +27,7 @@ from billing_sandbox import postgres
 from billing_sandbox.stripe import SandboxHandle, SandboxState, Settings
 
 from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
-from billing_pipelines.defs.resources import BillingDatabase, StripeResource
+from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.lib.pg import database, migrations
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.webhooks import ReceiverConfig
@@ -228,6 +228,8 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
         "stripe": StripeResource(
             api_key=API_KEY, api_base=stripe_sandbox.url, max_network_retries=0
         ),
+        # Opened only for a day that a period boundary splits; none here.
+        "warehouse": UsageWarehouse(url="http://127.0.0.1:9/unused"),
     }
     assert dg.materialize([stripe_catalog], resources=resources).success
     # The warehouse is not part of this fault: the day's usage is stored as daily_tenant_usage

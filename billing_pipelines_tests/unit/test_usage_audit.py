@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from billing_pipelines.lib.catalog.plans import load_catalog
@@ -11,7 +12,9 @@ from billing_pipelines.lib.reconciliation.usage_audit import (
     audit_line,
     line_cents,
     period_days,
+    priced_by_line,
 )
+from billing_pipelines.lib.usage.periods import PeriodTruth
 
 PRO = load_catalog().plans["pro"]
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -78,3 +81,49 @@ def test_each_source_gap_has_its_own_cause() -> None:
     row = audit_line(line(125_000, 2500), mispriced)
     assert any("catalog tiers say $20.00" in c for c in row.causes)
     assert row.difference_cents == 500
+
+
+def _truth(start: datetime, end: datetime, queries: int, head: int, tail: int) -> PeriodTruth:
+    return PeriodTruth(start, end, queries, head, tail, head_before=7, tail_after=9)
+
+
+def test_truth_by_timestamps_replaces_whole_days_and_names_both_boundary_days() -> None:
+    # A period from Jan 31 09:15:30 to the last day of February at 09:15:30 (a month-end anchor).
+    start = datetime(2027, 1, 31, 9, 15, 30, tzinfo=UTC)
+    end = datetime(2027, 2, 28, 9, 15, 30, tzinfo=UTC)
+    billed = BilledLine("in_2", "il_2", "cus_1", "t1", PRO, "usd", start, end, 100_500, 40, None)
+    whole = {date(2027, 2, 1): DaySources(100_500, 100_500, 100_500, 100_500)}
+    row = audit_line(billed, whole, _truth(start, end, 101_000, head=200, tail=300))
+    assert row.warehouse == 101_000 and row.truth_method.startswith("distinct query ids")
+    assert row.recomputed_amount == 80  # 1,000 over 100,000 at $0.0008
+    assert row.difference_cents == 40 - 80
+    text = " | ".join(row.causes)
+    assert "the period starts at 2027-01-31 09:15:30 UTC" in text
+    assert "200 queries of that day after the start belong to this period" in text
+    assert "7 before it to the previous one" in text
+    assert "boundary day 2027-02-28: the period ends at 2027-02-28 09:15:30 UTC" in text
+    assert "300 queries of that day before the end" in text and "9 after it" in text
+    # The same line by whole days alone looks exact: the blind spot the truth closes.
+    assert audit_line(billed, whole).clean
+
+
+def test_midnight_periods_name_no_boundary_day() -> None:
+    row = audit_line(line(125_000, 2000), {}, _truth(START, END, 125_001, head=0, tail=0))
+    assert not any("boundary day" in c for c in row.causes)
+    assert any("125,001 distinct queries with timestamps in the period" in c for c in row.causes)
+
+
+def test_each_line_is_priced_by_its_own_price_after_a_plan_change() -> None:
+    plans = load_catalog().plans
+    old = replace(line(120_000, 1600), price_id="price_pro_usage", line_id="il_old")
+    new = replace(line(150_000, 0), price_id="price_ent_usage", line_id="il_new")
+    other = replace(line(5, 0), price_id="price_unknown", line_id="il_other")
+    priced = priced_by_line(
+        [old, new, other], plans, {"price_pro_usage": "pro", "price_ent_usage": "enterprise"}
+    )
+    assert [p.plan.key if p.plan else None for p in priced] == ["pro", "enterprise", "pro"]
+    # Enterprise includes 1,000,000: its 150,000 cost nothing; checked against the
+    # subscription's plan (pro) the same line would look under-charged by $40.00.
+    same = {date(2026, 11, 5): DaySources(150_000, 150_000, 150_000, 150_000)}
+    assert audit_line(priced[1], same).clean
+    assert audit_line(new, same).difference_cents == -4000

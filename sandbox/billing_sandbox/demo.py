@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg
 
@@ -89,8 +89,9 @@ def generate(
     )
 
 
-def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
-    """Start services, simulate a billing month on a test clock, and print the report."""
+def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None = None) -> None:
+    """Start services, simulate a billing month on a test clock (from `start`, any instant;
+    default the first of the month that began at least 45 days ago), and print the report."""
     from billing_sandbox import month
 
     started = time.monotonic()
@@ -119,6 +120,7 @@ def run(tenant_count: int, seed: int, echo: Echo = print) -> None:
         clickhouse_url=clickhouse_url,
         tenant_count=tenant_count,
         seed=seed,
+        start=start,
         echo=echo,
         on_done=final_report,
     )

@@ -242,7 +242,7 @@ def simulate(
     clickhouse_url: str,
     tenant_count: int = 50,
     seed: int = 7,
-    start: date | None = None,
+    start: date | datetime | None = None,
     echo: Echo = print,
     usage_scale: float = 1.0,
     on_done: Callable[[MonthResult], object] | None = None,
@@ -266,10 +266,18 @@ def simulate(
         seen["requests"] = total
         return now
 
-    first = start or month_start(datetime.now(UTC).date())
-    # One billing period: Stripe anchors monthly subscriptions on their start date.
+    # The month starts at any instant (a date is its 00:00 UTC): the sign-up day and the
+    # renewal day are then split at that instant (see the metering boundary policy).
+    if isinstance(start, datetime):
+        instant = start.astimezone(UTC)
+    else:
+        day0 = start or month_start(datetime.now(UTC).date())
+        instant = datetime.combine(day0, datetime.min.time(), tzinfo=UTC)
+    first = instant.date()
+    # One billing period: Stripe anchors monthly subscriptions on their start instant.
     days = (first + relativedelta(months=1) - first).days
-    t0 = int(datetime.combine(first, datetime.min.time(), tzinfo=UTC).timestamp())
+    t0 = int(instant.timestamp())
+    midnight0 = int(datetime.combine(first, datetime.min.time(), tzinfo=UTC).timestamp())
     catalog = load_catalog()
     clickhouse = warehouse.connect(clickhouse_url)
     _reset(database_url, clickhouse)
@@ -277,7 +285,10 @@ def simulate(
     # Stripe's test-mode limits (the sandbox's default): every call is paced and retried.
     sandbox = run_in_thread(port=0, webhook_chaos=webhook_chaos)
     # Stripe retries webhooks for days; a demo month compresses that to seconds.
-    sandbox.state.settings = Settings(webhook_backoff_seconds=[0.2, 0.5, 1.0, 2.0])
+    # The account's finalization grace period is 48 hours, as the boundary policy requires.
+    sandbox.state.settings = Settings(
+        webhook_backoff_seconds=[0.2, 0.5, 1.0, 2.0], finalization_grace_seconds=48 * HOUR
+    )
     receiver_port = free_port()
     # Runs read Stripe's address from the environment: point them at this sandbox, and put
     # back whatever was there when the month is over.
@@ -338,22 +349,36 @@ def simulate(
         )
         timed("usage generation", mark)
         # Day by day through the period, then ten days of renewal, finalization and retries.
+        # Days holding a period boundary when the month does not start at 00:00 UTC: trial
+        # ends and the renewal, at the start's time of day.
+        boundary_days = (
+            {first + timedelta(days=catalog.trial_days), first + timedelta(days=days)}
+            if t0 != midnight0
+            else set()
+        )
         for offset in range(days + 10):
             day = first + timedelta(days=offset)
             mark = time.monotonic()
-            # 00:30 the next morning: inside the hour before an invoice finalizes.
-            _advance(sandbox, clock, t0 + (offset + 1) * DAY + 30 * 60)
+            # 00:30 the next morning, as the 00:10 schedule pushes yesterday.
+            _advance(sandbox, clock, midnight0 + (offset + 1) * DAY + 30 * 60)
             mark = timed("stripe clock and webhooks", mark)
-            if offset < days:
+            pushes = [day] if offset < days else []
+            for split in sorted(boundary_days):
+                # The late-event schedule pushes a day again on the following nights: a split
+                # day's part from its boundary goes once that period's invoice is final. (The
+                # month pushes only these days again; no other day has a boundary here.)
+                if 0 <= offset - (split - first).days < 3 and split not in pushes:
+                    pushes.append(split)
+            for pushed in pushes:
                 for _, ok in materialize_days(
                     "usage_to_stripe_job",
-                    day,
-                    day,
+                    pushed,
+                    pushed,
                     echo=None,
                     instance=instance,
                 ):
                     if not ok:
-                        pump.failed.append(f"usage_to_stripe_job {day}")
+                        pump.failed.append(f"usage_to_stripe_job {pushed}")
             mark = timed("usage and meter push runs", mark)
             _story_events(client, database_url, catalog, people, offset, days)
             if hooks and offset in hooks:
@@ -368,7 +393,7 @@ def simulate(
                 f"{time.monotonic() - started:.0f}s"
             )
         # Let the last finalizations, payments and deliveries land.
-        _advance(sandbox, clock, t0 + (days + 10) * DAY + 2 * HOUR)
+        _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
         mark = time.monotonic()
         reconciliation = definitions.resolve_job_def("reconciliation_job").execute_in_process(
@@ -555,4 +580,8 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
     else:
         verdict = "zero difference" if audit else "DIFFERENCES (see usage_invoice_audit)"
     echo(f"    usage vs invoices audit (every tenant, closed period): {verdict}")
+    echo(
+        "    truth: distinct billable query ids (each at its first event) with timestamps in "
+        "each invoice line's own [period start, period end), priced by the line's own price"
+    )
     return numbers

@@ -1,26 +1,37 @@
 """Usage to Stripe: each day's usage as exactly-once meter events."""
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 
 import dagster as dg
 import psycopg
+from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 from billing_pipelines.defs.catalog.assets import stripe_catalog
 from billing_pipelines.defs.partitions import daily_partitions
-from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, StripeResource
+from billing_pipelines.defs.resources import (
+    STRIPE_POOL,
+    BillingDatabase,
+    StripeResource,
+    UsageWarehouse,
+)
 from billing_pipelines.defs.sources.assets import plan_catalog, tenants
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
 from billing_pipelines.lib.markdown import records_table
 from billing_pipelines.lib.metering import ledger
-from billing_pipelines.lib.metering.push import MeterPush, Pace, PushResult
+from billing_pipelines.lib.metering.boundaries import DayPart, day_parts
+from billing_pipelines.lib.metering.planning import BillingAccount
+from billing_pipelines.lib.metering.push import MeterPush, Pace, PartsOf, PushResult
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
+from billing_pipelines.lib.stripe import periods as stripe_periods
+from billing_pipelines.lib.stripe.client import StripeClient
+from billing_pipelines.lib.usage.periods import interval_queries
 from billing_pipelines.settings import load_settings
 
 WINDOW_CHECK = "usage_within_stripe_window"
@@ -79,6 +90,7 @@ def stripe_meter_reports(
     config: MeterPushConfig,
     billing_db: BillingDatabase,
     stripe: StripeResource,
+    warehouse: UsageWarehouse,
 ) -> dg.MaterializeResult:
     """Each billable tenant's day totals in Stripe's meters, sent exactly once per value."""
     day = date.fromisoformat(context.partition_key)
@@ -99,6 +111,7 @@ def stripe_meter_reports(
         ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
         run_id=context.run.run_id,
         log=context.log,
+        parts=_day_parts(client, warehouse),
     )
     pace = Pace(
         requests_per_second=config.requests_per_second or pacing.default_rate(stripe.api_key),
@@ -116,6 +129,36 @@ def stripe_meter_reports(
     return dg.MaterializeResult(
         metadata=_push_metadata(result), check_results=_check_results(result)
     )
+
+
+def _day_parts(client: StripeClient, warehouse: UsageWarehouse) -> PartsOf:
+    """The parts of days split by a period boundary: subscription times from one paged
+    listing, the part's usage counted in the warehouse by event timestamps."""
+
+    def parts(day: date, accounts: Mapping[str, BillingAccount]) -> dict[str, DayPart]:
+        tenant_of = {
+            a.stripe_subscription_id: t
+            for t, a in accounts.items()
+            if a.billable and a.stripe_subscription_id
+        }
+        times = stripe_periods.subscription_times(client, set(tenant_of), day)
+        clients: list[Client] = []  # the warehouse is opened only when a day is split
+
+        def count(tenant_id: str, start: datetime, end: datetime) -> int:
+            if not clients:
+                clients.append(warehouse.client())
+            return interval_queries(clients[0], tenant_id, start, end)
+
+        return day_parts(
+            day,
+            {tenant_of[s]: t for s, t in times.items()},
+            count,
+            lambda tenant, end: stripe_periods.period_invoice_final(
+                client, accounts[tenant].stripe_subscription_id or "", end
+            ),
+        )
+
+    return parts
 
 
 def _failure_metadata(result: PushResult) -> dict[str, dg.MetadataValue]:

@@ -6,8 +6,10 @@ import dagster as dg
 
 from billing_pipelines.defs.metering.jobs import usage_to_stripe_job
 
-# Invoices finalize about an hour after a period ends: at 00:10 UTC the previous day is pushed,
-# leaving ~50 minutes of the grace period for retries of a failed run.
+# At 00:10 UTC the previous day is pushed. A day holding a period boundary carries its part
+# before the boundary while that period's invoice is a draft (the account's finalization grace
+# period must be 48 hours, see README "boundary policy"), and its part from the boundary once
+# the invoice is final: the late-event re-push of the last 3 days below sends that part.
 usage_to_stripe_daily = dg.build_schedule_from_partitioned_job(
     usage_to_stripe_job,
     name="usage_to_stripe_daily",

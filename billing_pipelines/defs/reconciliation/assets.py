@@ -24,7 +24,9 @@ from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation import health, health_view, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe import prices as stripe_prices
 from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
+from billing_pipelines.lib.usage.periods import PeriodTruth, period_truth
 from billing_pipelines.settings import load_settings
 
 GROUP = "reconciliation"
@@ -280,6 +282,13 @@ def usage_invoice_audit(
         lines = usage_audit.billed_lines(
             conn, audit_date, catalog.plans, since=taken_at - timedelta(days=config.lookback_days)
         )
+    client = stripe.client()
+    # Each line is priced by its own price's plan (a plan change leaves an old-price line).
+    lines = usage_audit.priced_by_line(
+        lines,
+        catalog.plans,
+        stripe_prices.plans_of_prices(client, {ln.price_id for ln in lines if ln.price_id}),
+    )
     tenants = [ln.tenant_id for ln in lines if ln.tenant_id]
     days = [d for ln in lines for d in usage_audit.period_days(ln.period_start, ln.period_end)]
     warehouse_truth: dict[usage_audit.Key, int] = {}
@@ -291,7 +300,13 @@ def usage_invoice_audit(
         with billing_db.transaction() as conn:
             stored = usage_audit.stored_queries(conn, tenants, first, last)
             delivered = usage_audit.ledger_queries(conn, tenants, first, last)
-    client = stripe.client()
+    usage_client = warehouse.client() if tenants else None
+
+    def truth_of(line: usage_audit.BilledLine) -> PeriodTruth | None:
+        # Truth by event timestamps over the line's own period, never by whole days.
+        if usage_client is None or line.tenant_id is None:
+            return None
+        return period_truth(usage_client, line.tenant_id, line.period_start, line.period_end)
 
     # One summaries list per line (grouped by day), read on the line's first day.
     per_line: dict[tuple[str, str, datetime, datetime], dict[date, Decimal]] = {}
@@ -317,6 +332,7 @@ def usage_invoice_audit(
         stored=stored,
         ledger=delivered,
         stripe_day_total=stripe_day_total,
+        truth_of=truth_of,
     )
     with billing_db.transaction() as conn:
         usage_audit.store(conn, audit_date, rows)
@@ -341,6 +357,10 @@ def usage_invoice_audit(
         metadata={
             "audit_date": dg.MetadataValue.text(audit_date.isoformat()),
             "periods_audited": dg.MetadataValue.int(len(rows)),
+            "truth": dg.MetadataValue.text(
+                "distinct billable query ids (each at its first event) with timestamps in each "
+                "invoice line's own [period start, period end), priced by the line's own price"
+            ),
             "periods_with_differences": dg.MetadataValue.int(len(bad)),
             "over_charged_cents": dg.MetadataValue.int(over),
             "under_charged_cents": dg.MetadataValue.int(under),

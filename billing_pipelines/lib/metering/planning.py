@@ -106,6 +106,7 @@ class DayPlan:
     resend: list[MeterReport] = field(default_factory=list)
     unchanged: int = 0
     stranded: int = 0  # still out of Stripe's window at the same value: flagged, not re-sent
+    no_version_left: list[Key] = field(default_factory=list)  # the part's versions are used up
 
     @property
     def to_send(self) -> list[MeterReport]:
@@ -113,20 +114,31 @@ class DayPlan:
         return [*self.resend, *self.new]
 
 
-def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEntry]) -> DayPlan:
+def plan_day(
+    day: date,
+    truth: Iterable[DayTotal],
+    latest: Mapping[Key, LedgerEntry],
+    versions: Mapping[str, tuple[int, int]] | None = None,
+) -> DayPlan:
     """Decide the meter events for one day so that Stripe converges to `truth` (see
-    `desired_totals`); keys absent from `truth` are left alone."""
+    `desired_totals`); keys absent from `truth` are left alone.
+
+    `versions` bounds a tenant's value versions (so its event timestamp falls in one part of
+    a day split at a period boundary, see boundaries.py); others use the whole day."""
     plan = DayPlan()
+    versions = versions or {}
     wanted = {(t.tenant_id, t.metric): t for t in truth}
     for key in sorted(wanted):
         total = wanted[key]
         entry = latest.get(key)
+        floor, ceiling = versions.get(total.tenant_id, (1, MAX_VERSION))
         if entry is None and total.value == 0:
             continue  # nothing was ever reported and nothing is owed
         same = (
             entry is not None
             and entry.value == total.value
             and entry.stripe_customer_id == total.stripe_customer_id
+            and floor <= entry.value_version <= ceiling  # stamped in the part now reported
         )
         if same and entry is not None and entry.status == DELIVERED:
             plan.unchanged += 1
@@ -148,7 +160,35 @@ def plan_day(day: date, truth: Iterable[DayTotal], latest: Mapping[Key, LedgerEn
                 )
             )
         else:
-            version = (entry.value_version if entry is not None else 0) + 1
+            version = max((entry.value_version if entry is not None else 0) + 1, floor)
+            moved = (
+                entry is not None
+                and entry.stripe_customer_id != total.stripe_customer_id
+                and entry.value != 0
+            )
+            if version + int(moved) > ceiling:
+                plan.no_version_left.append(key)
+                continue
+            if moved and entry is not None:
+                # The tenant's Stripe customer changed: the old customer's day total is
+                # replaced by 0 (the newest event of its day window), then the new customer
+                # gets the total, so the day is billed once, to the customer billed now.
+                plan.new.append(
+                    MeterReport(
+                        tenant_id=total.tenant_id,
+                        metric=total.metric,
+                        usage_date=day,
+                        value=0,
+                        value_version=version,
+                        identifier=identifier_for(total.tenant_id, total.metric, day, version),
+                        stripe_customer_id=entry.stripe_customer_id,
+                        event_name=entry.event_name,
+                        timestamp=event_timestamp(day, version),
+                    )
+                )
+                version += 1
+                if total.value == 0:
+                    continue
             plan.new.append(
                 MeterReport(
                     tenant_id=total.tenant_id,
@@ -295,11 +335,13 @@ def desired_totals(
             and entry.tenant_id not in held
             and entry.value != 0
             and account is not None
-            and account.stripe_customer_id == entry.stripe_customer_id
+            and account.stripe_customer_id is not None
         ):
+            # Wanted at 0 for the customer billed now: if that is another customer than the
+            # one the ledger reported to, plan_day withdraws the old customer's total.
             out.totals.append(
                 DayTotal(
-                    entry.tenant_id, entry.metric, 0, entry.stripe_customer_id, entry.event_name
+                    entry.tenant_id, entry.metric, 0, account.stripe_customer_id, entry.event_name
                 )
             )
     return out

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.boundaries import DayPart
 from billing_pipelines.lib.metering.planning import (
     DELIVERED,
     FAILED,
     OUT_OF_WINDOW,
+    BillingAccount,
     DayPlan,
     DesiredDay,
     MeterReport,
@@ -43,6 +45,9 @@ Meter = tuple[str, str, str]  # (metric, meter event name, usage column)
 Transaction = Callable[[], AbstractContextManager[ledger.Conn]]
 
 Confirmation = tuple[int, str, str | None]  # (ledger id, outcome status, error)
+
+# Per tenant whose day a period boundary splits: the part to report now (boundaries.day_parts).
+PartsOf = Callable[[date, Mapping[str, BillingAccount]], Mapping[str, DayPart]]
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,10 @@ class MeterPush:
         ceiling: int,
         run_id: str,
         log: logging.Logger,
+        parts: PartsOf | None = None,
     ) -> None:
         self.day = day
+        self._parts = parts
         self.meters = meters
         self.ceiling = ceiling
         self._transaction = transaction
@@ -228,12 +235,31 @@ class MeterPush:
                 self.ceiling,
             )
             held = {r.tenant_id for r in refused}
-            desired = desired_totals(
-                usage, ledger.billing_accounts(conn), self.meters, latest, held=held
-            )
-            plan = plan_day(self.day, desired.totals, latest)
+            accounts = ledger.billing_accounts(conn)
+            # A day split by a period boundary carries one part at a time (boundaries.py).
+            parts = self._parts(self.day, accounts) if self._parts else {}
+            versions: dict[str, tuple[int, int]] = {}
+            for tenant_id, part in parts.items():
+                if tenant_id in held:
+                    continue
+                if part.usage is None:
+                    held.add(tenant_id)
+                    usage.pop(tenant_id, None)
+                else:
+                    usage[tenant_id] = {**usage.get(tenant_id, {}), **part.usage}
+                    versions[tenant_id] = part.versions
+            desired = desired_totals(usage, accounts, self.meters, latest, held=held)
+            plan = plan_day(self.day, desired.totals, latest, versions)
         for refusal in refused:
             self._log.error("refused, not sent: %s", refusal.describe())
+        for tenant_id, metric in plan.no_version_left:
+            self._log.error(
+                "%s %s on %s: no value version left inside the part of the day now reported; "
+                "the usage audit shows the difference",
+                tenant_id,
+                metric,
+                self.day,
+            )
         return PushPlan(self.day, plan, desired, refused)
 
     def push(self, planned: PushPlan, pace: Pace) -> PushResult:

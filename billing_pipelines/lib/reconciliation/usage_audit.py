@@ -10,7 +10,7 @@ the money difference is what the invoice charged minus what the warehouse truth 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.notifications.emails import format_money, usage_explanation
+from billing_pipelines.lib.usage.periods import PeriodTruth
 from billing_pipelines.lib.usage.warehouse import day_bounds
 
 QUERIES = "queries"
@@ -60,6 +61,7 @@ class BilledLine:
     quantity: int
     amount: int
     meter_id: str | None
+    price_id: str | None = None  # the line's own price: a plan change bills two prices
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class AuditRow:
     difference_cents: int  # invoice amount minus recomputed: > 0 over-charged
     causes: list[str] = field(default_factory=list)
     explanation: str = ""
+    truth_method: str = ""  # how `warehouse` was computed (by event timestamps, or whole days)
 
     @property
     def clean(self) -> bool:
@@ -110,8 +113,36 @@ def explain_line(line: BilledLine) -> str:
     return f"For {period}: {sentence}."
 
 
-def audit_line(line: BilledLine, days: Mapping[date, DaySources]) -> AuditRow:
-    """Compare every source for one billed line; each difference is a cause."""
+def boundary_causes(line: BilledLine, truth: PeriodTruth) -> list[str]:
+    """Why a period that does not start or end at 00:00 UTC differs: the boundary days."""
+    causes = []
+    if not truth.starts_at_midnight:
+        day = truth.start.astimezone(UTC).date()
+        causes.append(
+            f"boundary day {day}: the period starts at {truth.start:%Y-%m-%d %H:%M:%S} UTC, "
+            f"not at midnight; {truth.head:,} queries of that day after the start belong to this "
+            f"period and {truth.head_before:,} before it to the previous one (a whole-day total "
+            "stamped at midnight bills them all in the previous period)"
+        )
+    if not truth.ends_at_midnight:
+        day = truth.end.astimezone(UTC).date()
+        causes.append(
+            f"boundary day {day}: the period ends at {truth.end:%Y-%m-%d %H:%M:%S} UTC, "
+            f"not at midnight; {truth.tail:,} queries of that day before the end belong to this "
+            f"period and {truth.tail_after:,} after it to the next one (unbilled if the day's "
+            "part before the end was not reported before the invoice finalized)"
+        )
+    return causes
+
+
+def audit_line(
+    line: BilledLine, days: Mapping[date, DaySources], truth: PeriodTruth | None = None
+) -> AuditRow:
+    """Compare every source for one billed line; each difference is a cause.
+
+    With `truth` (distinct query ids by event timestamp over the line's own period) the money
+    is checked against it; without, against the whole days whose midnight is in the period.
+    """
     causes: list[str] = []
     for day in sorted(days):
         s = days[day]
@@ -135,9 +166,20 @@ def audit_line(line: BilledLine, days: Mapping[date, DaySources]) -> AuditRow:
                 f"{day}: Stripe's meter holds {s.stripe:,} queries, the ledger {s.ledger:,} "
                 "(meter events sent outside the ledger, or lost)"
             )
-    warehouse = sum(s.warehouse for s in days.values())
+    whole_days = sum(s.warehouse for s in days.values())
+    warehouse = whole_days if truth is None else truth.queries
     stripe_total = sum(s.stripe for s in days.values())
-    if stripe_total != line.quantity:
+    if truth is not None and line.quantity != truth.queries:
+        causes.append(
+            f"the invoice bills {line.quantity:,} queries, the warehouse has {truth.queries:,} "
+            f"distinct queries with timestamps in the period "
+            f"[{truth.start:%Y-%m-%d %H:%M:%S}, {truth.end:%Y-%m-%d %H:%M:%S}) UTC"
+        )
+        causes.extend(boundary_causes(line, truth))
+    whole_days_only = truth is None or (truth.starts_at_midnight and truth.ends_at_midnight)
+    if whole_days_only and stripe_total != line.quantity:
+        # (A period cut inside a day is checked against the truth above: a split day's meter
+        # and ledger values are its parts, which whole-day sources cannot show.)
         causes.append(
             f"the invoice bills {line.quantity:,} queries, Stripe's meter totals for the period "
             f"are {stripe_total:,} (usage arrived after the invoice finalized?)"
@@ -173,6 +215,9 @@ def audit_line(line: BilledLine, days: Mapping[date, DaySources]) -> AuditRow:
         difference_cents=difference,
         causes=causes,
         explanation=explain_line(line),
+        truth_method=(
+            "whole UTC days whose midnight is in the period" if truth is None else truth.method
+        ),
     )
 
 
@@ -237,11 +282,16 @@ def audit_lines(
     stored: Mapping[Key, int],
     ledger: Mapping[Key, int],
     stripe_day_total: Callable[[BilledLine, date], int],
+    truth_of: Callable[[BilledLine], PeriodTruth | None] = lambda line: None,
 ) -> list[AuditRow]:
-    """Audit every line; `stripe_day_total` reads Stripe's meter summary for one day."""
+    """Audit every line; `stripe_day_total` reads Stripe's meter summary for one day and
+    `truth_of` counts the line's queries by event timestamps over its own period."""
     rows = []
     for line in lines:
         tenant = line.tenant_id or ""
+        # A day cut by the period's end instant carries one part at a time in the ledger and
+        # the meter; its sources are compared through the truth by timestamps instead.
+        split_day = line.period_end.astimezone(UTC).date() if not _at_midnight(line) else None
         days = {
             day: DaySources(
                 warehouse=warehouse.get((tenant, day), 0),
@@ -250,21 +300,26 @@ def audit_lines(
                 stripe=stripe_day_total(line, day),
             )
             for day in period_days(line.period_start, line.period_end)
+            if day != split_day
         }
-        rows.append(audit_line(line, days))
+        rows.append(audit_line(line, days, truth_of(line)))
     return rows
+
+
+def _at_midnight(line: BilledLine) -> bool:
+    return line.period_end == day_bounds(line.period_end.astimezone(UTC).date())[0]
 
 
 def billed_lines(
     conn: Conn, snapshot_date: date, plans: Mapping[str, Plan], *, since: datetime
 ) -> list[BilledLine]:
     """Metered lines of finalized (closed) invoices in the snapshot whose period ends after
-    `since`, with the tenant and the plan Stripe billed."""
+    `since`, with the tenant and the subscription's plan (see `priced_by_line`)."""
     rows = conn.execute(
         """
         SELECT l.invoice_id, l.line_id, i.customer_id, t.tenant_id,
                coalesce(s.plan, t.plan) AS plan, i.currency, l.period_start, l.period_end,
-               coalesce(l.quantity, 0) AS quantity, l.amount, l.meter_id
+               coalesce(l.quantity, 0) AS quantity, l.amount, l.meter_id, l.price_id
         FROM stripe_invoice_line_snapshots l
         JOIN stripe_invoice_snapshots i
           ON i.snapshot_date = l.snapshot_date AND i.invoice_id = l.invoice_id
@@ -291,9 +346,23 @@ def billed_lines(
             quantity=int(r["quantity"]),
             amount=int(r["amount"]),
             meter_id=r["meter_id"],
+            price_id=r["price_id"],
         )
         for r in rows
     ]
+
+
+def priced_by_line(
+    lines: Iterable[BilledLine], plans: Mapping[str, Plan], price_plans: Mapping[str, str]
+) -> list[BilledLine]:
+    """Each line with the plan of its own price (price id -> plan key): after a plan change
+    the old price's line is checked against the old plan, the new one against the new plan.
+    A line whose price names no known plan keeps the subscription's plan."""
+    out = []
+    for line in lines:
+        plan = plans.get(price_plans.get(line.price_id or "", ""))
+        out.append(replace(line, plan=plan) if plan is not None else line)
+    return out
 
 
 def fee_explanations(

@@ -87,16 +87,24 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+# How far back a query id is looked for before a day (or an invoice period): a re-logged query
+# (the RAG API's cache, a retry across midnight) shows up seconds to hours after its first
+# event, never days, so a day of look-back finds every earlier copy while keeping the scan to
+# the day plus one.
+DUPLICATE_HORIZON = timedelta(days=1)
+
 # Billable queries are distinct query ids, never rows: the RAG API's cache can log one query twice.
-# Tokens and embeddings are taken once per distinct (query, kind) for the same reason.
+# Tokens and embeddings are taken once per distinct (query, kind) for the same reason. A query id
+# already seen in the day before counts on the day of its first event only (its copies here are
+# duplicates), so a query logged on both sides of midnight is billed once.
 DAILY_USAGE_SQL = """
 SELECT
     tenant_id,
-    toInt64(countIf(event_type = 'query'))  AS billable_queries,
-    toInt64(sum(tokens))                    AS tokens,
-    toInt64(sum(embeddings))                AS embeddings,
-    toInt64(sum(copies))                    AS raw_events,
-    toInt64(sum(copies) - count())          AS duplicate_events
+    toInt64(countIf(event_type = 'query' AND NOT seen_before)) AS billable_queries,
+    toInt64(sumIf(tokens, NOT seen_before))                    AS tokens,
+    toInt64(sumIf(embeddings, NOT seen_before))                AS embeddings,
+    toInt64(sum(copies))                                       AS raw_events,
+    toInt64(sum(copies) - countIf(NOT seen_before))            AS duplicate_events
 FROM
 (
     SELECT
@@ -105,7 +113,12 @@ FROM
         event_type,
         any(tokens_used)      AS tokens,
         any(embeddings_count) AS embeddings,
-        count()               AS copies
+        count()               AS copies,
+        (tenant_id, query_id) IN (
+            SELECT tenant_id, query_id FROM usage_events
+            WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
+              AND timestamp < {start:DateTime64(3, 'UTC')}
+        )                     AS seen_before
     FROM usage_events
     WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
     GROUP BY tenant_id, query_id, event_type
@@ -127,7 +140,10 @@ DAILY_USAGE_COLUMNS = [
 def daily_usage(client: Client, day: date) -> pd.DataFrame:
     """Per-tenant usage for one UTC day, computed in the warehouse with bound parameters."""
     start, end = day_bounds(day)
-    result = client.query(DAILY_USAGE_SQL, parameters={"start": start, "end": end})
+    result = client.query(
+        DAILY_USAGE_SQL,
+        parameters={"start": start, "end": end, "lookback": start - DUPLICATE_HORIZON},
+    )
     frame = pd.DataFrame(result.result_rows, columns=DAILY_USAGE_COLUMNS)
     for column in DAILY_USAGE_COLUMNS[1:]:
         frame[column] = frame[column].astype("int64")

@@ -253,15 +253,21 @@ def _events_for(
         if e["event_name"] == meter["event_name"]
         and not e["canceled"]
         and e["payload"].get(ck) == customer
-        and start <= e["timestamp"] < end
     ]
     window = WINDOWS.get(meter.get("event_time_window") or "")
     if window:
+        # docs.stripe.com/billing/subscriptions/usage-based/recording-usage ("Event
+        # ingestion"): for pre-aggregated meters "Stripe only uses the most recently received
+        # meter event. A newer event sent within the same hourly or daily window overwrites
+        # the previous one. The hour and day boundaries are based on the meter event timestamp
+        # in UTC." The docs are silent on a window that a period boundary cuts; the stricter
+        # reading is kept: the window's newest event replaces the older one for every period
+        # (a finalized invoice keeps the quantity it counted when it finalized).
         latest: dict[int, dict[str, Any]] = {}
         for e in evs:  # receipt order: the last received in a window wins
             latest[e["timestamp"] // window] = e
         evs = list(latest.values())
-    return evs
+    return [e for e in evs if start <= e["timestamp"] < end]
 
 
 def aggregate(

@@ -252,7 +252,29 @@ def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         ]
     if params.get("test_clock"):
         items = [s for s in items if s.get("test_clock") == params["test_clock"]]
+    # docs.stripe.com/api/subscriptions/list: `current_period_start` "Only return
+    # subscriptions whose maximum item current_period_start falls within the given date
+    # interval" (an integer is an exact match; gt/gte/lt/lte bound it).
+    if params.get("current_period_start") is not None:
+        bounds = params["current_period_start"]
+        items = [
+            s
+            for s in items
+            if _in_interval(max(i["current_period_start"] for i in s["items"]["data"]), bounds)
+        ]
     return list_object(items, "/v1/subscriptions", params)
+
+
+def _in_interval(value: int, bounds: Any) -> bool:
+    if not isinstance(bounds, dict):
+        return value == int(bounds)
+    checks = {
+        "gt": lambda b: value > b,
+        "gte": lambda b: value >= b,
+        "lt": lambda b: value < b,
+        "lte": lambda b: value <= b,
+    }
+    return all(checks[k](int(v)) for k, v in bounds.items() if k in checks)
 
 
 @route("GET", "/v1/subscriptions/search", P.SubscriptionSearchParams)

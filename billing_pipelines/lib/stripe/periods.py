@@ -1,0 +1,67 @@
+"""Where each subscription's billing periods begin and end, as the meter push needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import date, datetime
+from typing import Any
+
+import stripe
+
+from billing_pipelines.lib.metering.boundaries import SubscriptionTimes
+from billing_pipelines.lib.stripe.client import retry_reads
+from billing_pipelines.lib.stripe.objects import timestamp
+from billing_pipelines.lib.stripe.snapshots import pages
+from billing_pipelines.lib.usage.warehouse import day_bounds
+
+
+def times_of(raw: dict[str, Any]) -> SubscriptionTimes:
+    """A subscription's start, end and every period boundary Stripe reports on it and its
+    items (periods live on the items since API 2025-03-31.basil)."""
+    instants = [
+        timestamp(raw.get("trial_start")),
+        timestamp(raw.get("trial_end")),
+        timestamp(raw.get("billing_cycle_anchor")),
+    ]
+    for item in (raw.get("items") or {}).get("data") or []:
+        instants += [
+            timestamp(item.get("current_period_start")),
+            timestamp(item.get("current_period_end")),
+        ]
+    start = timestamp(raw.get("start_date")) or timestamp(raw.get("created"))
+    return SubscriptionTimes(
+        start=start,
+        end=timestamp(raw.get("ended_at")),
+        boundaries=tuple(sorted({t for t in instants if t is not None})),
+    )
+
+
+def subscription_times(
+    client: stripe.StripeClient, subscription_ids: Collection[str], day: date
+) -> dict[str, SubscriptionTimes]:
+    """The times of these subscriptions whose current period started during the UTC day (a
+    sign-up, renewal, trial end or resume inside it): only they can have a boundary inside
+    it. One filtered listing, not a read per tenant, so a day without boundaries costs one
+    request."""
+    wanted = set(subscription_ids)
+    out: dict[str, SubscriptionTimes] = {}
+    if not wanted:
+        return out
+    start, end = day_bounds(day)
+    params: dict[str, Any] = {
+        "status": "all",
+        "current_period_start": {"gte": int(start.timestamp()), "lt": int(end.timestamp())},
+    }
+    for raw in pages(client, "/v1/subscriptions", params):
+        if raw["id"] in wanted:
+            out[raw["id"]] = times_of(raw)
+    return out
+
+
+@retry_reads
+def period_invoice_final(client: stripe.StripeClient, subscription_id: str, end: datetime) -> bool:
+    """True once the invoice for the subscription's period ending at `end` left draft: usage
+    reported for that period from now on is not on it (a later correction bills it)."""
+    listed = client.v1.invoices.list({"subscription": subscription_id, "limit": 10})
+    stamp = int(end.timestamp())
+    return any(inv.period_end == stamp and inv.status not in (None, "draft") for inv in listed.data)
