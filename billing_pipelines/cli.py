@@ -427,7 +427,7 @@ def tenant_create(
 
 
 @tenant_app.command("change-plan")
-@_with_services_needing(*_RUNS)
+@_with_services_needing(*_RUNS, "CLICKHOUSE_URL")  # usage up to the change
 def tenant_change_plan(
     tenant: Annotated[str, typer.Option()],
     plan: Annotated[str, typer.Option(help="The new plan.")],
@@ -452,7 +452,7 @@ def invoice_preview(
 
 
 @tenant_app.command("cancel")
-@_with_services_needing(*_RUNS)
+@_with_services_needing(*_RUNS, "CLICKHOUSE_URL")  # usage up to the change
 def tenant_cancel(
     tenant: Annotated[str, typer.Option()],
     now: Annotated[bool, typer.Option(help="Cancel immediately instead of at period end.")] = False,

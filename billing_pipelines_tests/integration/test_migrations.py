@@ -37,6 +37,8 @@ EXPECTED_TABLES = {
     "usage_invoice_audit",
     "billing_health_daily",
     "alert_deliveries",
+    # 0006: lifecycle instants that cut a tenant's usage
+    "lifecycle_usage_cuts",
 }
 
 

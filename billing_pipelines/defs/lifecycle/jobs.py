@@ -4,9 +4,17 @@ from typing import Any
 
 import dagster as dg
 
-from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, StripeResource
-from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.defs.resources import (
+    STRIPE_POOL,
+    BillingDatabase,
+    StripeResource,
+    UsageWarehouse,
+)
+from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.metering.cut_push import CutPush
+from billing_pipelines.lib.stripe.client import StripeClient
+from billing_pipelines.lib.usage.periods import interval_queries
 
 
 def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -> dict[str, Any]:
@@ -21,6 +29,24 @@ def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -
     )
     context.log.info("%s: %s", result.tenant_id, result.detail)
     return dict(result.__dict__)
+
+
+def _usage_reporter(
+    context: dg.OpExecutionContext,
+    billing_db: BillingDatabase,
+    warehouse: UsageWarehouse,
+    client: StripeClient,
+    catalog: Catalog,
+) -> CutPush:
+    """Pushes a tenant's usage up to a plan change or cancellation, before it is made."""
+    return CutPush(
+        transaction=billing_db.transaction,
+        client=client,
+        meters=[(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()],
+        count=lambda tenant, start, end: interval_queries(warehouse.client(), tenant, start, end),
+        run_id=context.run.run_id,
+        log=context.log,
+    )
 
 
 class OnboardTenantConfig(dg.Config):
@@ -69,8 +95,10 @@ def change_plan_op(
     config: ChangePlanConfig,
     billing_db: BillingDatabase,
     stripe: StripeResource,
+    warehouse: UsageWarehouse,
 ) -> dict[str, Any]:
-    """Preview the plan change's invoice, then apply it with the same proration date."""
+    """Preview the plan change's invoice, then apply it with the same proration date (the
+    tenant's usage up to the change is pushed first, for the old plan)."""
     client, catalog = stripe.client(), load_catalog()
     with billing_db.transaction() as conn:
         preview = lifecycle.preview_plan_change(
@@ -91,6 +119,7 @@ def change_plan_op(
                 config.to_plan,
                 preview.proration_date,
                 preview=preview,
+                usage=_usage_reporter(context, billing_db, warehouse, client, catalog),
             )
         out.update(_report(context, result))
     return out
@@ -114,11 +143,19 @@ def cancel_subscription_op(
     config: CancelSubscriptionConfig,
     billing_db: BillingDatabase,
     stripe: StripeResource,
+    warehouse: UsageWarehouse,
 ) -> dict[str, Any]:
-    """Cancel the tenant's subscription; access follows Stripe's resulting status."""
+    """Cancel the tenant's subscription; access follows Stripe's resulting status (cancelling
+    now first pushes the tenant's usage up to now, for the final invoice)."""
+    client, catalog = stripe.client(), load_catalog()
     with billing_db.transaction() as conn:
         result = lifecycle.cancel(
-            conn, stripe.client(), load_catalog(), config.tenant_id, immediately=config.immediately
+            conn,
+            client,
+            catalog,
+            config.tenant_id,
+            immediately=config.immediately,
+            usage=_usage_reporter(context, billing_db, warehouse, client, catalog),
         )
     return _report(context, result)
 

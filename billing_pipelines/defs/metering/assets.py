@@ -23,7 +23,7 @@ from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
 from billing_pipelines.lib.markdown import records_table
-from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering import cuts, ledger
 from billing_pipelines.lib.metering.boundaries import DayPart, day_parts
 from billing_pipelines.lib.metering.planning import BillingAccount
 from billing_pipelines.lib.metering.push import MeterPush, Pace, PartsOf, PushResult
@@ -111,7 +111,7 @@ def stripe_meter_reports(
         ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
         run_id=context.run.run_id,
         log=context.log,
-        parts=_day_parts(client, warehouse),
+        parts=_day_parts(client, warehouse, billing_db),
     )
     pace = Pace(
         requests_per_second=config.requests_per_second or pacing.default_rate(stripe.api_key),
@@ -131,9 +131,13 @@ def stripe_meter_reports(
     )
 
 
-def _day_parts(client: StripeClient, warehouse: UsageWarehouse) -> PartsOf:
-    """The parts of days split by a period boundary: subscription times from one paged
-    listing, the part's usage counted in the warehouse by event timestamps."""
+def _day_parts(
+    client: StripeClient, warehouse: UsageWarehouse, billing_db: BillingDatabase
+) -> PartsOf:
+    """The parts of days split by a period boundary or a lifecycle instant: subscription
+    times from one paged listing, the instants plan changes and cancellations recorded (their
+    old part was billed when they happened), the part's usage counted in the warehouse by
+    event timestamps."""
 
     def parts(day: date, accounts: Mapping[str, BillingAccount]) -> dict[str, DayPart]:
         tenant_of = {
@@ -142,6 +146,9 @@ def _day_parts(client: StripeClient, warehouse: UsageWarehouse) -> PartsOf:
             if a.billable and a.stripe_subscription_id
         }
         times = stripe_periods.subscription_times(client, set(tenant_of), day)
+        with billing_db.transaction() as conn:
+            day_cuts = {t: c for t, c in cuts.cuts_on(conn, day).items() if t in accounts}
+        settled = cuts.final_at(day_cuts)
         clients: list[Client] = []  # the warehouse is opened only when a day is split
 
         def count(tenant_id: str, start: datetime, end: datetime) -> int:
@@ -151,10 +158,13 @@ def _day_parts(client: StripeClient, warehouse: UsageWarehouse) -> PartsOf:
 
         return day_parts(
             day,
-            {tenant_of[s]: t for s, t in times.items()},
+            cuts.with_cuts({tenant_of[s]: t for s, t in times.items()}, day_cuts),
             count,
-            lambda tenant, end: stripe_periods.period_invoice_final(
-                client, accounts[tenant].stripe_subscription_id or "", end
+            lambda tenant, end: (
+                end in settled.get(tenant, ())
+                or stripe_periods.period_invoice_final(
+                    client, accounts[tenant].stripe_subscription_id or "", end
+                )
             ),
         )
 

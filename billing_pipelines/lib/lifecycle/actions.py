@@ -15,7 +15,9 @@ import psycopg
 
 from billing_pipelines.lib.catalog.plans import Catalog, Plan
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.lifecycle import plan_change
+from billing_pipelines.lib.lifecycle import plan_change, usage_cut
+from billing_pipelines.lib.metering import cuts
+from billing_pipelines.lib.metering.cut_push import CutPush, CutPushResult
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
@@ -316,6 +318,28 @@ def preview_plan_change(
     )
 
 
+def _usage_before(
+    conn: psycopg.Connection[Any],
+    client: StripeClient,
+    usage: CutPush | None,
+    tenant_id: str,
+    customer_id: str,
+    subscription_id: str,
+) -> CutPushResult | None:
+    """The tenant's usage up to now, pushed before the action (a refusal is one clear line)."""
+    try:
+        return usage_cut.before(
+            conn,
+            client,
+            usage,
+            tenant_id=tenant_id,
+            customer_id=customer_id,
+            subscription_id=subscription_id,
+        )
+    except usage_cut.UsageCutError as exc:
+        raise LifecycleError(f"tenant {tenant_id}: {exc}") from exc
+
+
 def change_plan(
     conn: psycopg.Connection[Any],
     client: StripeClient,
@@ -325,18 +349,34 @@ def change_plan(
     proration_date: int,
     *,
     preview: PlanChangePreview | None = None,
+    usage: CutPush | None = None,
     actor: str = "lifecycle.change_plan",
 ) -> LifecycleResult:
     """Apply a previewed plan change with the same proration date, so the bill matches it.
 
-    The tenant gets one email per change with the previewed amounts and the included-queries
-    rule, worded as in the preview.
+    With a `usage` reporter, the tenant's usage up to now is pushed first, so the old plan's
+    part bills the queries before the change (see usage_cut). The tenant gets one email per
+    change with the previewed amounts and the included-queries rule, worded as in the preview.
     """
-    if preview is None or preview.proration_date != proration_date:
+    tenant = _tenant(conn, tenant_id)
+    _plan_change(client, catalog, tenant, to_plan)  # refuse before anything is pushed
+    assert tenant.stripe_customer_id is not None
+    assert tenant.state.stripe_subscription_id is not None
+    pushed = _usage_before(
+        conn,
+        client,
+        usage,
+        tenant_id,
+        tenant.stripe_customer_id,
+        tenant.state.stripe_subscription_id,
+    )
+    stale = pushed is not None and pushed.sent > 0  # the old part's usage changed: re-preview
+    if preview is None or preview.proration_date != proration_date or stale:
         preview = preview_plan_change(conn, client, catalog, tenant_id, to_plan, proration_date)
     tenant = _tenant(conn, tenant_id)
     current, target, changes, behavior, _ = _plan_change(client, catalog, tenant, to_plan)
     assert tenant.state.stripe_subscription_id is not None
+    assert tenant.stripe_customer_id is not None
     stripe_lifecycle.change_prices(
         client,
         tenant_id=tenant_id,
@@ -345,6 +385,14 @@ def change_plan(
         changes=changes,
         proration_date=proration_date,
         proration_behavior=behavior,
+    )
+    usage_cut.after(
+        conn,
+        client,
+        tenant_id=tenant_id,
+        customer_id=tenant.stripe_customer_id,
+        subscription_id=tenant.state.stripe_subscription_id,
+        action=cuts.PLAN_CHANGE,
     )
     notifications.enqueue(
         conn,
@@ -381,15 +429,31 @@ def cancel(
     tenant_id: str,
     *,
     immediately: bool = False,
+    usage: CutPush | None = None,
     actor: str = "lifecycle.cancel_subscription",
 ) -> LifecycleResult:
-    """Cancel at period end (default: service until then) or now (access ends now)."""
+    """Cancel at period end (default: service until then) or now (access ends now).
+
+    Cancelling now with a `usage` reporter first pushes the tenant's usage up to now, so the
+    final invoice bills every query before the cancellation (see usage_cut).
+    """
     tenant = _tenant(conn, tenant_id)
     sub_id = tenant.state.stripe_subscription_id
     if not sub_id:
         raise LifecycleError(f"tenant {tenant_id} has no subscription to cancel")
     if immediately:
+        customer_id = tenant.stripe_customer_id or ""
+        if not stripe_lifecycle.retrieve_subscription(client, sub_id).ended:
+            _usage_before(conn, client, usage, tenant_id, customer_id, sub_id)
         stripe_lifecycle.cancel_now(client, sub_id)
+        usage_cut.after(
+            conn,
+            client,
+            tenant_id=tenant_id,
+            customer_id=customer_id,
+            subscription_id=sub_id,
+            action=cuts.CANCEL_NOW,
+        )
         detail = (
             "canceled now; a final invoice bills the period's usage so far "
             "minus the unused part of the base fee"

@@ -65,3 +65,15 @@ def period_invoice_final(client: stripe.StripeClient, subscription_id: str, end:
     listed = client.v1.invoices.list({"subscription": subscription_id, "limit": 10})
     stamp = int(end.timestamp())
     return any(inv.period_end == stamp and inv.status not in (None, "draft") for inv in listed.data)
+
+
+@retry_reads
+def current_period_start(client: stripe.StripeClient, subscription_id: str) -> datetime | None:
+    """When the subscription's current period started (the latest of its items' starts)."""
+    raw = client.v1.subscriptions.retrieve(subscription_id).to_dict()
+    starts = [
+        timestamp(item.get("current_period_start"))
+        for item in (raw.get("items") or {}).get("data") or []
+    ]
+    known = [s for s in starts if s is not None]
+    return max(known) if known else None
