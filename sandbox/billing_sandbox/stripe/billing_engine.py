@@ -215,27 +215,43 @@ def metered_lines(
 def pending_item_lines(
     st: SandboxState, customer: str, sub_id: str | None, invoice_id: str | None
 ) -> list[dict[str, Any]]:
-    """Lines for pending invoice items (prorations); marks them as invoiced if invoice_id."""
+    """Lines for pending invoice items (prorations, one-off items); marks them as invoiced if
+    invoice_id.
+
+    An item created for the customer without a subscription goes on the customer's next
+    invoice, a subscription's included ("If no invoice is specified, the item will be on the
+    next invoice created for the customer specified": docs.stripe.com/api/invoiceitems/create).
+    """
     out = []
     for ii in list(reversed(st.all("invoiceitem"))):
-        if ii["customer"] != customer or ii.get("invoice") or ii.get("subscription") != sub_id:
+        if ii["customer"] != customer or ii.get("invoice"):
             continue
-        price = st.table("price")[ii["pricing"]["price_details"]["price"]]
-        out.append(
-            _line(
-                st,
-                amount=ii["amount"],
-                price=price,
-                quantity=ii["quantity"],
-                start=ii["period"]["start"],
-                end=ii["period"]["end"],
-                sub_id=sub_id,
-                si_id=None,
-                description=ii["description"],
-                proration=ii["proration"],
-                invoice_item=ii["id"],
-            )
+        if ii.get("subscription") not in (None, sub_id):
+            continue
+        pricing = ii.get("pricing") or {}
+        price_id = (pricing.get("price_details") or {}).get("price")
+        # An item priced by amount alone has no price: its line carries none either.
+        price = (
+            st.table("price")[price_id]
+            if price_id
+            else {"id": None, "product": None, "currency": ii["currency"]}
         )
+        line = _line(
+            st,
+            amount=ii["amount"],
+            price=price,
+            quantity=ii["quantity"],
+            start=ii["period"]["start"],
+            end=ii["period"]["end"],
+            sub_id=sub_id,
+            si_id=None,
+            description=ii["description"],
+            proration=ii["proration"],
+            invoice_item=ii["id"],
+        )
+        if not price_id:
+            line["pricing"] = None
+        out.append(line)
         if invoice_id:
             ii["invoice"] = invoice_id
     return out
