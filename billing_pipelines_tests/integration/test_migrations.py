@@ -39,6 +39,8 @@ EXPECTED_TABLES = {
     "alert_deliveries",
     # 0006: lifecycle instants that cut a tenant's usage
     "lifecycle_usage_cuts",
+    # 0007: late usage corrections
+    "late_usage_corrections",
 }
 
 

@@ -21,7 +21,7 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import health, health_view, usage_audit
+from billing_pipelines.lib.reconciliation import health, health_view, late_usage, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
@@ -289,6 +289,10 @@ def usage_invoice_audit(
         catalog.plans,
         stripe_prices.plans_of_prices(client, {ln.price_id for ln in lines if ln.price_id}),
     )
+    # Late usage billed on a later invoice counts for the line it corrects.
+    with billing_db.transaction() as conn:
+        done = late_usage.corrected(conn, [(ln.invoice_id, ln.line_id) for ln in lines])
+    lines = late_usage.with_corrections(lines, done)
     tenants = [ln.tenant_id for ln in lines if ln.tenant_id]
     days = [d for ln in lines for d in usage_audit.period_days(ln.period_start, ln.period_end)]
     warehouse_truth: dict[usage_audit.Key, int] = {}

@@ -13,7 +13,9 @@ from billing_pipelines.defs.reconciliation.assets import (
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.lib.alerts import channels as alerting
 from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.markdown import records_table
 from billing_pipelines.lib.reconciliation import remediation
+from billing_pipelines.lib.reconciliation.late_billing import bill_late_usage
 from billing_pipelines.settings import load_settings
 
 
@@ -84,6 +86,46 @@ def remediate_subscription_state(
 def subscription_remediation_job() -> None:
     """Apply Stripe's subscription state to flagged tenants (dry run unless configured)."""
     remediate_subscription_state()
+
+
+@dg.op(tags={"domain": "reconciliation"})
+def bill_late_usage_op(
+    context: dg.OpExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
+) -> dg.Output[dict[str, int]]:
+    """Bill the newest usage audit's under-charges as correction lines on the next invoices."""
+    result = bill_late_usage(billing_db.transaction, stripe.client(), load_catalog().plans)
+    for correction, item_id in result.created:
+        context.log.info("%s: %s (%s)", correction.tenant_id, correction.description, item_id)
+    counts = {
+        "corrections": len(result.created),
+        "cents": result.cents,
+        "already_billed": result.already_billed,
+    }
+    return dg.Output(
+        counts,
+        metadata={
+            **{k: dg.MetadataValue.int(v) for k, v in counts.items()},
+            "created": dg.MetadataValue.md(
+                records_table(
+                    [
+                        {
+                            "tenant": c.tenant_id,
+                            "description": c.description,
+                            "cents": c.amount,
+                            "invoice_item": item_id,
+                        }
+                        for c, item_id in result.created
+                    ]
+                )
+            ),
+        },
+    )
+
+
+@dg.job(tags={"domain": "reconciliation"})
+def late_usage_billing_job() -> None:
+    """Bill usage that arrived after its period's invoice was final, on the next invoice."""
+    bill_late_usage_op()
 
 
 reconciliation_job = dg.define_asset_job(
