@@ -5,6 +5,8 @@ import dagster as dg
 from billing_pipelines.defs.notifications.resources import EmailResource
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.notifications import emails as notifications
+from billing_pipelines.lib.notifications.emails import OutboxRow
+from billing_pipelines.lib.notifications.recipients import InvalidRecipientError, check_recipient
 
 
 class OutboxBatchConfig(dg.Config):
@@ -20,32 +22,58 @@ def send_notifications(
     billing_db: BillingDatabase,
     email: EmailResource,
 ) -> dg.Output[dict[str, int]]:
-    """Send the batch's emails; failures retry with backoff, then dead-letter."""
+    """Send the batch's emails one by one; a bad row fails alone, retries, then dead-letters."""
     outbox = notifications.OUTBOX
     with billing_db.transaction() as conn:
-        rows = outbox.claim(conn, config.outbox_ids)
-    counts = {"sent": 0, "failed": 0, "dead": 0, "skipped": len(config.outbox_ids) - len(rows)}
-    for row, error in email.send(rows):
+        claim = outbox.claim_due(conn, config.outbox_ids)
+    rows = claim.claimed
+    counts = {"sent": 0, "failed": 0, "dead": len(claim.dead), "lost": 0}
+    counts["skipped"] = len(config.outbox_ids) - len(rows) - len(claim.dead)
+    for row in claim.dead:
+        context.log.warning(f"email {row.id} ({row.dedup_key}) dead: attempts used up")
+
+    def fail(row: OutboxRow, error: str, *, permanent: bool = False) -> None:
         with billing_db.transaction() as conn:
-            if error is None:
-                notifications.mark_sent(conn, row.id)
-                counts["sent"] += 1
+            status = outbox.record_failure(conn, row.id, row.attempts, error, permanent=permanent)
+        counts["lost" if status is None else status] += 1
+        context.log.warning(f"email {row.id} ({row.dedup_key}) not sent ({status}): {error}")
+
+    # A recipient that is not exactly one valid address can never be sent: dead at once.
+    sendable = []
+    for row in rows:
+        try:
+            check_recipient(row.recipient)
+        except InvalidRecipientError as exc:
+            fail(row, str(exc), permanent=True)
+            continue
+        sendable.append(row)
+    pending = {row.id: row for row in sendable}
+    try:
+        for row, error in email.send(sendable):
+            pending.pop(row.id, None)
+            if error is not None:
+                fail(row, error)
                 continue
-            status = outbox.record_failure(conn, row.id, row.attempts, error)
-            counts[status] += 1
-            context.log.warning(f"email {row.id} ({row.dedup_key}) not sent: {error}")
+            with billing_db.transaction() as conn:
+                notifications.mark_sent(conn, row.id)
+            counts["sent"] += 1
+    finally:
+        # Whatever stopped the batch, no row it did not reach is left `sending`.
+        for row in pending.values():
+            fail(row, "delivery stopped before this email was attempted")
+    metadata = {
+        **{k: dg.MetadataValue.int(v) for k, v in counts.items()},
+        "delivered_via": dg.MetadataValue.text(email.describe()),
+    }
     if counts["dead"]:
+        # No op retry: the rows are recorded; a retry would only find them dead or backing off.
         raise dg.Failure(
-            f"{counts['dead']} email(s) dead-lettered after {outbox.policy.max_attempts} attempts",
-            metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()},
+            f"{counts['dead']} email(s) dead-lettered (invalid recipient or "
+            f"{outbox.policy.max_attempts} attempts used up)",
+            metadata=metadata,
+            allow_retries=False,
         )
-    return dg.Output(
-        counts,
-        metadata={
-            **{k: dg.MetadataValue.int(v) for k, v in counts.items()},
-            "delivered_via": dg.MetadataValue.text(email.describe()),
-        },
-    )
+    return dg.Output(counts, metadata=metadata)
 
 
 @dg.job(tags={"domain": "notifications"})

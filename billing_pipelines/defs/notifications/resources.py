@@ -49,8 +49,12 @@ class EmailResource(dg.ConfigurableResource):
             sink = self._sink()
             sink.mkdir(parents=True, exist_ok=True)
             for row in rows:
-                message = notifications.build_message(row, sender)
-                (sink / f"{row.id:08d}.eml").write_bytes(bytes(message))
+                try:
+                    message = notifications.build_message(row, sender)
+                    (sink / f"{row.id:08d}.eml").write_bytes(bytes(message))
+                except (ValueError, OSError) as exc:  # one bad row fails alone
+                    yield row, notifications.describe_smtp_error(exc)
+                    continue
                 yield row, None
             return
         target = notifications.parse_smtp_url(url)
@@ -69,7 +73,8 @@ class EmailResource(dg.ConfigurableResource):
                 except smtplib.SMTPServerDisconnected as exc:
                     yield row, notifications.describe_smtp_error(exc)
                     server = notifications.open_smtp(target)
-                except (OSError, smtplib.SMTPException) as exc:
+                except (ValueError, OSError, smtplib.SMTPException) as exc:
+                    # ValueError: a header the message cannot carry; that row fails alone.
                     yield row, notifications.describe_smtp_error(exc)
         finally:
             try:

@@ -54,9 +54,23 @@ def process_webhook_events(
     owner = context.run.run_id
     handlers = handler_setup(stripe.client(), alert_email=config.alert_email)
     with billing_db.transaction() as conn:
-        claimed = queue.claim(conn, config.row_ids, owner=owner)
-    counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
-    counts["not_claimed"] = len(config.row_ids) - len(claimed)
+        claim = queue.claim_due(conn, config.row_ids, owner=owner)
+        # Rows whose runs kept dying (attempts used up while claimed) end here, with an alert.
+        for row in claim.dead:
+            alerts.raise_alert(
+                conn,
+                dedup_key=f"webhook_dead:{row.event_id}",
+                kind="webhook_dead_letter",
+                severity="critical",
+                summary=f"Stripe event {row.event_id} ({row.event_type}) dead-lettered: "
+                f"its {row.attempts} attempts were used up by runs that never finished",
+                details={"event": row.event_id, "type": row.event_type, "attempts": row.attempts},
+                notify=handlers.alert_email,
+            )
+            context.log.warning(f"{row.event_type} {row.event_id}: dead (attempts used up)")
+    claimed = claim.claimed
+    counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": len(claim.dead)}
+    counts["not_claimed"] = len(config.row_ids) - len(claimed) - len(claim.dead)
     for row in claimed:
         actor = f"webhook {row.event_id} (run {owner[:8]})"
         try:
@@ -71,7 +85,12 @@ def process_webhook_events(
         except Exception as exc:  # every failure is recorded on the row, never lost
             error = describe_error(exc)
             with billing_db.transaction() as conn:
-                status = queue.record_failure(conn, row.id, row.attempts, error)
+                status = queue.record_failure(conn, row.id, row.attempts, error, owner=owner)
+                if status is None:
+                    # Taken over after the lease: the new owner decides; no false alert.
+                    counts["not_claimed"] += 1
+                    context.log.warning(f"{row.event_id}: claim lost; its failure not recorded")
+                    continue
                 if status == "dead":
                     alerts.raise_alert(
                         conn,

@@ -1,0 +1,28 @@
+"""Email recipients: exactly one valid address, checked when stored and again before sending.
+
+A recipient with a CR/LF would inject headers, one with a comma or a display name would become
+several recipients; both are refused with one clear reason. Validation is syntax only (no DNS):
+onboarding must not depend on the network, and the mail relay reports undeliverable domains.
+"""
+
+from __future__ import annotations
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class InvalidRecipientError(ValueError):
+    """The text is not exactly one deliverable-looking email address."""
+
+
+def check_recipient(address: str) -> str:
+    """The address, normalized (domain lower-cased), or InvalidRecipientError saying why not."""
+    if not isinstance(address, str) or not address.strip():
+        raise InvalidRecipientError("email address is empty")
+    shown = address.encode("unicode_escape").decode("ascii")[:80]
+    try:
+        # test_environment allows the reserved `.test` names (never delivered anywhere) and turns
+        # off DNS lookups; every other special-use domain (localhost, .invalid, ...) is refused.
+        checked = validate_email(address, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as exc:
+        raise InvalidRecipientError(f"invalid email address {shown!r}: {exc}") from None
+    return str(checked.normalized)
