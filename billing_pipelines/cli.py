@@ -314,6 +314,13 @@ def _new_tenant_id(value: str) -> str:
     return check_tenant_id(value)
 
 
+def _valid_email(value: str) -> str:
+    # Runs while the options are parsed: a refused address starts no service and touches nothing.
+    from billing_pipelines.lib.notifications.recipients import check_recipient
+
+    return check_recipient(value)
+
+
 @tenant_app.command("create")
 @_with_services
 def tenant_create(
@@ -325,7 +332,9 @@ def tenant_create(
         ),
     ],
     plan: Annotated[str, typer.Option(help="Plan key from plans.toml.")],
-    email: Annotated[str, typer.Option(help="Billing contact.")],
+    email: Annotated[
+        str, typer.Option(help="Billing contact: one email address.", callback=_valid_email)
+    ],
     name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
     payment_method: Annotated[str | None, typer.Option(help="e.g. pm_card_visa.")] = None,
     trial: Annotated[bool, typer.Option(help="Start with the catalog's trial.")] = True,

@@ -8,13 +8,14 @@ webhook handlers use (`webhook_handlers.converge_tenant`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 
 from billing_pipelines.lib.catalog.plans import Catalog, Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.notifications.recipients import check_recipient
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
 from billing_pipelines.lib.stripe.client import CardError, StripeClient
@@ -156,6 +157,8 @@ def onboard(
     # Validate every input before the first write or Stripe call: a refused onboarding leaves
     # no tenant row and no Stripe customer behind.
     check_tenant_id(request.tenant_id)
+    # One valid address, or one clear error before anything is stored or created in Stripe.
+    request = replace(request, email=check_recipient(request.email))
     plan = catalog.plan(request.plan)
     if request.trial_end_behavior not in TRIAL_END_BEHAVIORS:
         raise BillingConfigError(

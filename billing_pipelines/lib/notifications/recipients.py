@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from email_validator import EmailNotValidError, validate_email
 
+from billing_pipelines.lib.errors import BillingConfigError
 
-class InvalidRecipientError(ValueError):
-    """The text is not exactly one deliverable-looking email address."""
+
+class InvalidRecipientError(BillingConfigError):
+    """The text is not exactly one valid email address (an input error: one line, exit 2)."""
 
 
 def check_recipient(address: str) -> str:
