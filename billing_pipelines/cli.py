@@ -43,6 +43,8 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(invoice_app, name="invoice")
 webhooks_app = typer.Typer(help="The Stripe webhook receiver.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+notifications_app = typer.Typer(help="Customer and operator emails.", no_args_is_help=True)
+app.add_typer(notifications_app, name="notifications")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -275,6 +277,72 @@ def usage_push(
     for _day, ok in materialize_days("usage_to_stripe_job", chosen, chosen, echo=typer.echo):
         if not ok:
             raise typer.Exit(1)
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+RequeueIds = Annotated[
+    list[int] | None, typer.Option("--id", help="A dead row's id (repeat for several).")
+]
+RequeueSince = Annotated[
+    str | None,
+    typer.Option(help="Only rows received/queued at or after this time (ISO 8601, e.g. ...Z)."),
+]
+RequeueReason = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+
+
+def _requeue(
+    job_name: str, ids: list[int] | None, kind: str | None, since: str | None, reason: str
+) -> None:
+    """Run a requeue job for the operator at this terminal and print what it requeued."""
+    import getpass
+
+    from billing_pipelines.lib.pg import requeue
+    from billing_pipelines.runs import run_job
+
+    # Refuse a bad selection before starting anything: one line, exit 2.
+    requeue.Selection(tuple(ids or ()), kind, requeue.parse_since(since)).check()
+    if not reason.strip():
+        raise BillingConfigError("--reason must say why (it is recorded in the audit log)")
+    output = run_job(
+        job_name,
+        {
+            "ids": list(ids or ()),
+            "type": kind,
+            "since": since,
+            "requested_by": f"{getpass.getuser()} (billing cli)",
+            "reason": reason,
+        },
+    )
+    requeued, left = output["requeued"], output["not_dead_or_unknown"]
+    assert isinstance(requeued, list) and isinstance(left, list)
+    typer.echo(f"requeued {len(requeued)} dead row(s)" + (f": {requeued}" if requeued else ""))
+    if left:
+        typer.echo(f"not dead (or unknown), left as they are: {left}")
+
+
+@webhooks_app.command("requeue")
+@_with_services
+def webhooks_requeue(
+    reason: RequeueReason,
+    ids: RequeueIds = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="Stripe event type.")] = None,
+    since: RequeueSince = None,
+) -> None:
+    """Send dead-lettered Stripe events through the queue again; audited."""
+    _requeue("webhook_requeue_job", ids, event_type, since, reason)
+
+
+@notifications_app.command("requeue")
+@_with_services
+def notifications_requeue(
+    reason: RequeueReason,
+    ids: RequeueIds = None,
+    template: Annotated[str | None, typer.Option("--type", help="Email template.")] = None,
+    since: RequeueSince = None,
+) -> None:
+    """Send dead-lettered emails again; audited."""
+    _requeue("notification_requeue_job", ids, template, since, reason)
 
 
 # --- top level ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.notifications.resources import EmailResource
+from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
@@ -80,3 +81,17 @@ def send_notifications(
 def notification_delivery_job() -> None:
     """Send queued customer and operator emails."""
     send_notifications()
+
+
+@dg.op
+def requeue_dead_emails(
+    context: dg.OpExecutionContext, config: RequeueConfig, billing_db: BillingDatabase
+) -> dg.Output[dict[str, list[int]]]:
+    """Make the chosen dead outbox emails pending again, with fresh attempts; audited."""
+    return requeue_from_config(context, config, billing_db, notifications.DEAD_EMAILS)
+
+
+@dg.job(tags={"domain": "notifications"})
+def notification_requeue_job() -> None:
+    """Send dead-lettered emails again (by id, template, or since)."""
+    requeue_dead_emails()
