@@ -523,6 +523,7 @@ def demo_command(
 @app.command("doctor")
 def doctor_command() -> None:
     """Check every configured service is reachable and every required setting is present."""
+    from billing_pipelines.lib.notifications.recipients import check_configured_addresses
     from billing_pipelines.lib.pg import database
     from billing_pipelines.lib.usage import warehouse
 
@@ -533,6 +534,10 @@ def doctor_command() -> None:
         ("billing database", lambda: database.check_reachable(settings.require_database_url())),
         ("usage warehouse", lambda: warehouse.connect(settings.require_clickhouse_url()).ping()),
         ("stripe api key", settings.require_stripe_api_key),
+        (
+            "alert and sender addresses",
+            lambda: check_configured_addresses(settings.alert_email, settings.notification_from),
+        ),
     ]
     for name, check in checks:
         try:

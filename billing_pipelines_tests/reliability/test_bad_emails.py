@@ -128,3 +128,47 @@ def test_billing_tenant_create_refuses_a_bad_email_in_one_line_before_starting_a
     assert not (tmp_path / "home").exists()  # no embedded service was started for it
     assert query(fresh_database_url, "SELECT tenant_id FROM tenants") == []
     assert _footprint(stripe_sandbox) == before
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("ALERT_EMAIL", "oncall@ops.example, cto@ops.example", "error: ALERT_EMAIL: invalid email"),
+        ("ALERT_EMAIL", "oncall@ops.example\r\nBcc: x@y.example", "error: ALERT_EMAIL: invalid"),
+        ("NOTIFICATION_FROM", "a@ops.example, b@ops.example", "error: NOTIFICATION_FROM: "),
+    ],
+)
+def test_billing_doctor_names_an_alert_or_sender_address_that_cannot_work(
+    embedded_services: dict[str, str],
+    fresh_database_url: str,
+    tmp_path: Path,
+    setting: str,
+    value: str,
+    expected: str,
+) -> None:
+    env = {
+        **os.environ,
+        **embedded_services,
+        "DATABASE_URL": fresh_database_url,
+        "STRIPE_API_KEY": API_KEY,
+        "BILLING_HOME": str(tmp_path / "home"),
+    }
+
+    def doctor(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "billing_pipelines.cli", "doctor"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    good = doctor({"ALERT_EMAIL": "oncall@ops.example"})
+    assert good.returncode == 0, good.stderr
+    assert "ok    alert and sender addresses" in good.stdout.splitlines()
+    bad = doctor({setting: value})
+    assert bad.returncode == 2
+    assert "FAIL  alert and sender addresses" in bad.stdout.splitlines()
+    errors = bad.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith(expected), bad.stderr
+    assert "Traceback" not in bad.stderr

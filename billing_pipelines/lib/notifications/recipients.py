@@ -7,6 +7,8 @@ onboarding must not depend on the network, and the mail relay reports undelivera
 
 from __future__ import annotations
 
+from email.utils import getaddresses
+
 from email_validator import EmailNotValidError, validate_email
 
 from billing_pipelines.lib.errors import BillingConfigError
@@ -28,3 +30,19 @@ def check_recipient(address: str) -> str:
     except EmailNotValidError as exc:
         raise InvalidRecipientError(f"invalid email address {shown!r}: {exc}") from None
     return str(checked.normalized)
+
+
+def check_configured_addresses(alert_email: str | None, sender: str) -> None:
+    """Refuse an ALERT_EMAIL that is not one valid address, or a NOTIFICATION_FROM that is not one
+    mailbox: either would dead-letter every alert or every email at send time."""
+    if alert_email is not None:
+        try:
+            check_recipient(alert_email)
+        except InvalidRecipientError as exc:
+            raise BillingConfigError(f"ALERT_EMAIL: {exc}") from None
+    mailboxes = getaddresses([sender])
+    if any(ch in sender for ch in "\r\n") or len(mailboxes) != 1 or "@" not in mailboxes[0][1]:
+        shown = sender.encode("unicode_escape").decode("ascii")[:80]
+        raise BillingConfigError(
+            f"NOTIFICATION_FROM: {shown!r} is not one mailbox, e.g. 'Billing <billing@example.com>'"
+        )
