@@ -1,10 +1,14 @@
 """Outbox delivery runs: send a batch of pending emails over SMTP, with retries."""
 
+from typing import Any
+
 import dagster as dg
+import psycopg
 
 from billing_pipelines.defs.notifications.resources import EmailResource
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase
+from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
 from billing_pipelines.lib.notifications.recipients import InvalidRecipientError, check_recipient
@@ -30,12 +34,16 @@ def send_notifications(
     rows = claim.claimed
     counts = {"sent": 0, "failed": 0, "dead": len(claim.dead), "lost": 0}
     counts["skipped"] = len(config.outbox_ids) - len(rows) - len(claim.dead)
-    for row in claim.dead:
-        context.log.warning(f"email {row.id} ({row.dedup_key}) dead: attempts used up")
+    with billing_db.transaction() as conn:
+        for row in claim.dead:
+            _alert_dead(conn, row, "its attempts were used up by runs that never finished")
+            context.log.warning(f"email {row.id} ({row.dedup_key}) dead: attempts used up")
 
     def fail(row: OutboxRow, error: str, *, permanent: bool = False) -> None:
         with billing_db.transaction() as conn:
             status = outbox.record_failure(conn, row.id, row.attempts, error, permanent=permanent)
+            if status == notifications.OUTBOX_TABLE.dead_status:
+                _alert_dead(conn, row, error)
         counts["lost" if status is None else status] += 1
         context.log.warning(f"email {row.id} ({row.dedup_key}) not sent ({status}): {error}")
 
@@ -75,6 +83,23 @@ def send_notifications(
             allow_retries=False,
         )
     return dg.Output(counts, metadata=metadata)
+
+
+def _alert_dead(conn: psycopg.Connection[Any], row: OutboxRow, reason: str) -> None:
+    """Record a dead email as an alert (shown with the others, requeued from the CLI).
+
+    No email is sent about it: the outbox is what failed. The run fails too, so the
+    failed-run alert reaches the chat channel when one is configured.
+    """
+    alerts.raise_alert(
+        conn,
+        dedup_key=f"email_dead:{row.id}",
+        kind="email_dead_letter",
+        severity="warning",
+        summary=f"email {row.id} ({row.dedup_key}) dead-lettered: {reason}"[:300],
+        details={"outbox_id": row.id, "dedup_key": row.dedup_key, "reason": reason},
+        notify=None,
+    )
 
 
 @dg.job(tags={"domain": "notifications"})

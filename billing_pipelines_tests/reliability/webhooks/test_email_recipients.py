@@ -71,7 +71,7 @@ def test_bad_recipients_fail_alone_and_the_batch_goes_on(
     assert not result.success
     rows = query(
         billing_db_url,
-        "SELECT recipient, status, attempts, last_error FROM notification_outbox ORDER BY id",
+        "SELECT id, recipient, status, attempts, last_error FROM notification_outbox ORDER BY id",
     )
     by_recipient = {r["recipient"]: r for r in rows}
     # ... every good email went out, each to exactly one recipient ...
@@ -83,6 +83,11 @@ def test_bad_recipients_fail_alone_and_the_batch_goes_on(
         assert (row["status"], row["attempts"]) == ("dead", 1), recipient
         assert row["last_error"].startswith("invalid email address") and reason in row["last_error"]
     assert {r["status"] for r in rows} == {"sent", "dead"}
+    # Each dead email is an alert row naming the row and the reason.
+    dead_ids = {r["id"] for r in rows if r["status"] == "dead"}
+    alerts = query(billing_db_url, "SELECT dedup_key, kind, details FROM alerts ORDER BY id")
+    assert {a["kind"] for a in alerts} == {"email_dead_letter"}
+    assert {a["dedup_key"] for a in alerts} == {f"email_dead:{i}" for i in dead_ids}
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_failure_data is not None and failure.step_failure_data.error is not None
     assert "3 email(s) dead-lettered" in failure.step_failure_data.error.message
