@@ -16,9 +16,10 @@ from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
 def dunning_sensor(
     context: dg.SensorEvaluationContext, billing_db: BillingDatabase
 ) -> dg.SensorResult | dg.SkipReason:
-    """One run per (invoice, step) that failed payments have reached; run_key = invoice + step."""
+    """One run per (invoice, step) failed payments reached; run_key = invoice + step + dispatch."""
     with billing_db.transaction() as conn:
-        due = dunning.due_steps(conn, DEFAULT_LADDER)
+        # The dispatch generation re-asks for a step whose run failed with all its retries.
+        due = dunning.dispatch_steps(conn, dunning.due_steps(conn, DEFAULT_LADDER))
     if not due:
         return dg.SkipReason("no dunning step due")
     requests = [
@@ -31,7 +32,11 @@ def dunning_sensor(
                     )
                 }
             ),
-            tags={"billing/invoice": item.invoice_id, "billing/dunning_step": str(item.step)},
+            tags={
+                "billing/invoice": item.invoice_id,
+                "billing/dunning_step": str(item.step),
+                "billing/dispatch": str(item.dispatch),
+            },
         )
         for item in due
     ]
