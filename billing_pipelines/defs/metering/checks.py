@@ -13,7 +13,6 @@ from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.planning import Key, settle_totals
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
-from billing_pipelines.settings import load_settings
 
 
 class TotalsCheckConfig(dg.Config):
@@ -98,20 +97,3 @@ def meter_totals_match_warehouse(
             ),
         },
     )
-
-
-@dg.definitions
-def usage_sync_freshness() -> dg.Definitions:
-    """Yesterday's usage must be in Stripe within the sync-lag budget after the day ends."""
-    lag_hours = load_settings().usage_sync_lag_hours
-    hours, minutes = int(lag_hours), int(round((lag_hours % 1) * 60))
-    checks = dg.build_time_partition_freshness_checks(
-        assets=[stripe_meter_reports],
-        deadline_cron=f"{minutes} {hours % 24} * * *",
-        timezone="UTC",
-        severity=dg.AssetCheckSeverity.ERROR,
-    )
-    sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks, name="usage_sync_freshness_sensor"
-    )
-    return dg.Definitions(asset_checks=checks, sensors=[sensor])
