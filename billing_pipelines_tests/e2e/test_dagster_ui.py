@@ -50,7 +50,8 @@ LOCATION_QUERY = """
 RUNS_QUERY = """
 {
   runsOrError(filter: {pipelineName: "daily_usage_job"}, limit: 20) {
-    ... on Runs { results { runId status tags { key value } } }
+    ... on Runs { results { runId status tags { key value }
+      repositoryOrigin { repositoryLocationName repositoryName } } }
   }
 }
 """
@@ -140,3 +141,11 @@ def test_ui_serves_every_definition_and_the_runs(
     partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
     assert "2026-06-01" in partitions
     assert any(r["status"] == "SUCCESS" for r in runs)
+    # Launched with the code location's origin: the UI files the run under the location it
+    # serves (Overview timeline, re-execution without a warning), not as an orphan.
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        if tags.get("dagster/partition") != "2026-06-01":
+            continue
+        assert (run["repositoryOrigin"] or {}).get("repositoryLocationName") == entry["name"]
+        assert tags.get("dagster/code_location") == entry["name"]
