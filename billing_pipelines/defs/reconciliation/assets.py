@@ -396,7 +396,17 @@ def billing_health(
         delivered = conn.execute(
             "SELECT max(usage_date) AS d FROM usage_report_ledger WHERE status = 'delivered'"
         ).fetchone()
-        metrics = health.compute(conn, day, now=now, state_mismatches=mismatches)
+        # The newest day whose meter push completed (quiet days send nothing to the ledger).
+        pushed = [
+            date.fromisoformat(key)
+            for key in context.instance.get_materialized_partitions(
+                dg.AssetKey("stripe_meter_reports")
+            )
+        ]
+        synced_through = max([d for d in pushed if d <= day], default=None)
+        metrics = health.compute(
+            conn, day, now=now, state_mismatches=mismatches, synced_through=synced_through
+        )
         health.store(conn, metrics)
         series = health.series(conn, day)
     verdicts = health.evaluate(
@@ -404,7 +414,10 @@ def billing_health(
         thresholds,
         revenue_leaks=sum(1 for f in findings if f["revenue_leak"]),
         mismatched_tenants=list(dict.fromkeys(f["tenant_id"] for f in findings if f["tenant_id"])),
-        reported_through=delivered["d"] if delivered else None,
+        reported_through=max(
+            [d for d in (delivered["d"] if delivered else None, synced_through) if d],
+            default=None,
+        ),
     )
     numbers: dict[str, dg.MetadataValue] = {}
     for key, value in vars(metrics).items():

@@ -179,9 +179,19 @@ def evaluate(
 
 
 def compute(
-    conn: Conn, day: date, *, now: datetime, state_mismatches: int, lookback_days: int = 30
+    conn: Conn,
+    day: date,
+    *,
+    now: datetime,
+    state_mismatches: int,
+    lookback_days: int = 30,
+    synced_through: date | None = None,
 ) -> HealthMetrics:
-    """The metrics for `day` from the queue, the snapshots, the ledger and dunning cases."""
+    """The metrics for `day` from the queue, the snapshots, the ledger and dunning cases.
+
+    `synced_through` is the newest day whose push completed (a day without usage sends nothing,
+    so the ledger alone would call a quiet day late).
+    """
     start, end = day_bounds(day)
     webhooks = conn.execute(
         """
@@ -222,8 +232,9 @@ def compute(
         "SELECT max(usage_date) AS d FROM usage_report_ledger WHERE status = 'delivered'"
     ).fetchone()
     lag = None
-    if delivered is not None and delivered["d"] is not None:
-        _, newest_end = day_bounds(delivered["d"])
+    newest = [d for d in (delivered["d"] if delivered else None, synced_through) if d is not None]
+    if newest:
+        _, newest_end = day_bounds(max(newest))
         lag = max(0.0, (now - newest_end).total_seconds() / 3600)
     dunning = conn.execute(
         """

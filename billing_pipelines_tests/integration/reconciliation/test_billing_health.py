@@ -35,8 +35,12 @@ def delivered_day(db_url: str, days_ago: int) -> None:
     )
 
 
-def run(db_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = dg.materialize([billing_health], resources={"billing_db": BillingDatabase(url=db_url)})
+def run(
+    db_url: str, instance: dg.DagsterInstance | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = dg.materialize(
+        [billing_health], resources={"billing_db": BillingDatabase(url=db_url)}, instance=instance
+    )
     assert result.success
     (mat,) = result.asset_materializations_for_node("billing_health")
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -151,3 +155,28 @@ def test_health_is_judged_on_the_business_clock(
     assert f"from {date.fromisoformat(delivered) + timedelta(days=1)} on" in str(
         wall["usage_sync_lag"].description
     )
+
+
+def test_a_quiet_day_that_was_pushed_is_not_late(
+    billing_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day without usage sends nothing to Stripe; its completed push still counts as synced."""
+    query(
+        billing_db_url,
+        "INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value, value_version, "
+        "identifier, stripe_customer_id, meter_event_name, status, delivered_at) "
+        "VALUES ('t1', 'queries', '2026-05-20', 5, 1, 'id-q', 'cus_1', 'rag_api_queries', "
+        "'delivered', now())",
+    )
+    monkeypatch.setenv("BUSINESS_CLOCK", "2026-05-26T03:00:00+00:00")
+    instance = dg.DagsterInstance.ephemeral()
+    _, late = run(billing_db_url, instance)
+    assert not late["usage_sync_lag"].passed  # only the ledger: 5 days and 3 hours behind
+    assert "from 2026-05-21 on" in str(late["usage_sync_lag"].description)
+    for day in ("2026-05-21", "2026-05-22", "2026-05-23", "2026-05-24", "2026-05-25"):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("stripe_meter_reports", partition=day)
+        )
+    metadata, synced = run(billing_db_url, instance)
+    assert synced["usage_sync_lag"].passed
+    assert metadata["usage_sync_lag_hours"] == 3.0
