@@ -11,6 +11,7 @@ from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.planning import Key, settle_totals
+from billing_pipelines.lib.reconciliation.advice import names
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
 
@@ -76,6 +77,15 @@ def meter_totals_match_warehouse(
     return dg.AssetCheckResult(
         passed=not mismatches,
         severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"Stripe's totals for {day} differ from the warehouse for {len(mismatches)} tenant "
+            f"metric(s) ({names(m.tenant_id for m in mismatches)}). Next: re-run "
+            f"usage_to_stripe_job for partition {day} (`billing usage push --date {day}`), which "
+            "sends changed totals as new versions; a day older than Stripe's 35 days cannot be "
+            "re-sent (usage_within_stripe_window lists it for a manual adjustment)"
+            if mismatches
+            else None
+        ),
         metadata={
             "compared": dg.MetadataValue.int(len(expected)),
             "mismatches": dg.MetadataValue.int(len(mismatches)),
