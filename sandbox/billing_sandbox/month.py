@@ -197,6 +197,29 @@ def _reset(database_url: str, clickhouse: Any) -> None:
     clickhouse.command("TRUNCATE TABLE usage_events")
 
 
+def failed_checks_since(instance: dg.DagsterInstance, since: datetime) -> dict[str, str]:
+    """Checks whose latest evaluation (per check and partition) in runs since then failed.
+
+    Keyed `check` or `check [partition]`, valued with the check's own description.
+    """
+    latest: dict[tuple[str, str | None], Any] = {}
+    records = instance.get_run_records(filters=dg.RunsFilter(created_after=since), ascending=True)
+    for record in records:
+        for entry in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            if entry.dagster_event is None:
+                continue
+            evaluation = entry.dagster_event.asset_check_evaluation_data
+            latest[(evaluation.check_name, evaluation.partition)] = evaluation
+    return {
+        name + (f" [{partition}]" if partition else ""): evaluation.description
+        or "failed (see its metadata in the UI)"
+        for (name, partition), evaluation in latest.items()
+        if not evaluation.passed
+    }
+
+
 def _end_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """End the runs a killed demo left started: they hold the Stripe pool's only slot.
 
@@ -333,6 +356,7 @@ def simulate(
     # a long-lived process; the month is one, and ~120 runs of event writes add up.
     instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
     _end_orphaned_runs(instance)
+    month_began = datetime.now(UTC)
     pump = SensorPump(definitions, instance)
     cleanup = ExitStack()
     try:
@@ -427,6 +451,12 @@ def simulate(
             for e in evaluations
             if not e.passed
         }
+        # Checks evaluated by the month's other runs (the daily pushes, the sensors' jobs) are
+        # reported too: a check failing there is as visible in the UI as in reconciliation.
+        for name, description in failed_checks_since(instance, month_began).items():
+            if name not in checks:
+                checks[name] = False
+                findings[name] = description
         # Failed checks are findings (drift is an alert, not a crash): the report lists them,
         # and a run that failed outright is kept apart from the sensors' runs.
         timed("reconciliation", mark)
@@ -596,7 +626,8 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
     failing = sorted(name for name, passed in result.checks.items() if not passed)
     numbers["failing_checks"] = len(failing)
     echo(
-        f"    reconciliation: {len(result.checks)} asset checks, "
+        f"    asset checks: {len(result.checks)} (reconciliation's, and any that failed in the "
+        "month's other runs), "
         + (f"failing: {', '.join(failing)}" if failing else "all pass")
         + ("" if result.reconciliation_ok else "; reconciliation_job FAILED (see the UI)")
     )
