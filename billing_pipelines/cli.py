@@ -739,6 +739,10 @@ def ui_command(port: int = 3000) -> None:
     """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
     root = Path(__file__).resolve().parents[1]
     os.chdir(root)
+    # Alert links from this instance's daemon point at this UI (a real DAGSTER_UI_URL wins).
+    local = f"http://127.0.0.1:{port}"
+    if os.environ.get("DAGSTER_UI_URL", local).startswith("http://127.0.0.1:"):
+        os.environ["DAGSTER_UI_URL"] = local
     # The dagster executable installed beside this interpreter (the venv may not be on PATH).
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(root / "workspace.yaml")]

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.dunning.jobs import DunningStepConfig, dunning_step_job
+from billing_pipelines.defs.readiness import stripe_not_ready
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.dunning import steps as dunning
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
@@ -17,6 +18,8 @@ def dunning_sensor(
     context: dg.SensorEvaluationContext, billing_db: BillingDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per (invoice, step) failed payments reached; run_key = invoice + step + dispatch."""
+    if reason := stripe_not_ready():
+        return dg.SkipReason(reason)
     with billing_db.transaction() as conn:
         # The dispatch generation re-asks for a step whose run failed with all its retries.
         due = dunning.dispatch_steps(conn, dunning.due_steps(conn, DEFAULT_LADDER))
