@@ -26,11 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.exposition import generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.monitoring.collector import BillingStateCollector
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 from billing_pipelines.lib.webhooks.signature import SignatureError, verify
 
@@ -114,6 +116,9 @@ def create_app(config: ReceiverConfig) -> Starlette:
     if not config.secrets:
         raise BillingConfigError("STRIPE_WEBHOOK_SECRETS is not set: the receiver cannot verify")
     metrics = Metrics()
+    # Payments, dunning, meter pushes and queue work happen in Dagster's run processes: their
+    # metrics are read from the database at scrape time, beside the receiver's own.
+    metrics.registry.register(BillingStateCollector.for_url(config.database_url))
 
     async def check(conn: psycopg.AsyncConnection[Any]) -> None:
         # Test each connection as it is handed out (one round trip). One dead connection means
@@ -201,7 +206,9 @@ def create_app(config: ReceiverConfig) -> Starlette:
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The database collector blocks on PostgreSQL: keep it off the loop that acks webhooks.
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
