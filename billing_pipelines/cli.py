@@ -432,6 +432,67 @@ def portal_command(
         pool.close()
 
 
+def _explain_period(value: str | None) -> str | None:
+    # Checked while the options are parsed: a bad month starts no service.
+    from billing_pipelines.lib.reconciliation.explain import parse_period
+
+    if value is not None:
+        parse_period(value)
+    return value
+
+
+@app.command("explain")
+@_with_services
+def explain_command(
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (with --period).")] = None,
+    period: Annotated[
+        str | None,
+        typer.Option(
+            help="YYYY-MM: the billing period that starts in this month.",
+            callback=_explain_period,
+        ),
+    ] = None,
+    invoice: Annotated[str | None, typer.Option(help="A Stripe invoice id, in_...")] = None,
+) -> None:
+    """Explain an invoice's usage line down to the days, meter events and warehouse query."""
+    from billing_pipelines.defs.resources import StripeResource
+    from billing_pipelines.lib.catalog.plans import load_catalog
+    from billing_pipelines.lib.pg import database
+    from billing_pipelines.lib.reconciliation import explain
+    from billing_pipelines.lib.usage import warehouse
+
+    by_invoice = invoice is not None and tenant is None and period is None
+    by_period = invoice is None and tenant is not None and period is not None
+    if not (by_invoice or by_period):
+        raise BillingConfigError(
+            "give either --invoice in_..., or --tenant T with --period YYYY-MM"
+        )
+    settings = load_settings()
+    client = StripeResource(api_key=settings.require_stripe_api_key()).client()
+    ch = warehouse.connect(settings.require_clickhouse_url())
+    pool = database.open_pool(settings.require_database_url(), max_size=1)
+    try:
+        with database.transaction(pool) as conn:
+            lines = explain.find_lines(
+                conn,
+                load_catalog().plans,
+                invoice_id=invoice,
+                tenant_id=tenant,
+                month=explain.parse_period(period) if period else None,
+            )
+            if not lines:
+                what = f"invoice {invoice}" if invoice else f"tenant {tenant} in {period}"
+                raise BillingConfigError(
+                    f"no metered invoice line for {what} in the newest invoice snapshot "
+                    "(materialize stripe_invoice_snapshot, e.g. run reconciliation_job, "
+                    "after the invoice is created)"
+                )
+            texts = [explain.render(explain.gather(conn, ch, client, line)) for line in lines]
+    finally:
+        pool.close()
+    typer.echo(("\n\n" + "-" * 72 + "\n\n").join(texts))
+
+
 @app.command("demo")
 def demo_command(
     tenants: Annotated[int, typer.Option(min=1, max=5000)] = 50,

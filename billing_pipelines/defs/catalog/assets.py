@@ -3,11 +3,18 @@
 import dagster as dg
 
 from billing_pipelines.defs.resources import STRIPE_POOL, StripeResource
+from billing_pipelines.defs.sources.assets import plan_catalog
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 
 
-@dg.asset(group_name="catalog", kinds={"stripe"}, tags={"domain": "catalog"}, pool=STRIPE_POOL)
+@dg.asset(
+    deps=[plan_catalog],
+    group_name="catalog",
+    kinds={"stripe"},
+    tags={"domain": "catalog"},
+    pool=STRIPE_POOL,
+)
 def stripe_catalog(
     context: dg.AssetExecutionContext, stripe: StripeResource
 ) -> dg.MaterializeResult:

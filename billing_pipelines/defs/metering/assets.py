@@ -12,6 +12,7 @@ from pydantic import Field
 from billing_pipelines.defs.catalog.assets import stripe_catalog
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import STRIPE_POOL, BillingDatabase, StripeResource
+from billing_pipelines.defs.sources.assets import plan_catalog, tenants
 from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
@@ -54,7 +55,8 @@ class MeterPushConfig(dg.Config):
 
 @dg.asset(
     partitions_def=daily_partitions,
-    deps=[daily_tenant_usage, stripe_catalog],
+    # The day's usage, the catalog's meters (in Stripe and in plans.toml), billing accounts.
+    deps=[daily_tenant_usage, stripe_catalog, plan_catalog, tenants],
     group_name="metering",
     kinds={"stripe", "postgres"},
     tags={"domain": "metering"},

@@ -6,17 +6,22 @@ from decimal import Decimal
 import dagster as dg
 from pydantic import Field
 
+from billing_pipelines.defs import metadata as metadata_values
+from billing_pipelines.defs.metering.assets import stripe_meter_reports
 from billing_pipelines.defs.resources import (
     STRIPE_POOL,
     BillingDatabase,
     StripeResource,
     UsageWarehouse,
 )
+from billing_pipelines.defs.sources import assets as sources
+from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
+from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import health, usage_audit
+from billing_pipelines.lib.reconciliation import health, health_view, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
@@ -38,7 +43,13 @@ LEAK_CHECKS = {
 }
 
 
-@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+@dg.asset(
+    deps=[sources.stripe_customers, sources.stripe_subscriptions, sources.plan_catalog],
+    group_name=GROUP,
+    kinds={"stripe", "postgres"},
+    tags={"domain": GROUP},
+    pool=STRIPE_POOL,
+)
 def stripe_subscription_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
@@ -66,7 +77,13 @@ def stripe_subscription_snapshot(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"stripe", "postgres"}, tags={"domain": GROUP}, pool=STRIPE_POOL)
+@dg.asset(
+    deps=[sources.stripe_invoices],
+    group_name=GROUP,
+    kinds={"stripe", "postgres"},
+    tags={"domain": GROUP},
+    pool=STRIPE_POOL,
+)
 def stripe_invoice_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
@@ -99,7 +116,7 @@ def stripe_invoice_snapshot(
 
 
 @dg.asset(
-    deps=[stripe_subscription_snapshot, stripe_invoice_snapshot],
+    deps=[stripe_subscription_snapshot, stripe_invoice_snapshot, sources.tenants],
     group_name=GROUP,
     kinds={"postgres"},
     tags={"domain": GROUP},
@@ -216,7 +233,18 @@ def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
 
 
 @dg.asset(
-    deps=[stripe_invoice_snapshot, stripe_subscription_snapshot],
+    # Everything the audit lines up: the warehouse, daily usage, the report ledger (written by
+    # stripe_meter_reports), Stripe's meter summaries, the snapshots, the catalog's tiers.
+    deps=[
+        stripe_invoice_snapshot,
+        stripe_subscription_snapshot,
+        sources.usage_events,
+        daily_tenant_usage,
+        stripe_meter_reports,
+        sources.stripe_meters,
+        sources.plan_catalog,
+        sources.tenants,
+    ],
     group_name=GROUP,
     kinds={"stripe", "clickhouse", "postgres"},
     tags={"domain": GROUP},
@@ -295,6 +323,7 @@ def usage_invoice_audit(
         fees = usage_audit.fee_explanations(
             conn, audit_date, [r.line.invoice_id for r in rows], catalog.plans
         )
+        invoices = audit_view.invoice_summaries(conn, audit_date, [r.line.invoice_id for r in rows])
     bad = [r for r in rows if not r.clean]
     for row in bad:
         context.log.error(
@@ -316,6 +345,7 @@ def usage_invoice_audit(
             "over_charged_cents": dg.MetadataValue.int(over),
             "under_charged_cents": dg.MetadataValue.int(under),
             "explanations": dg.MetadataValue.md(explanations or "no closed periods"),
+            "audit_lines": metadata_values.table(audit_view.audit_lines_table(rows, invoices)),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -362,7 +392,14 @@ class HealthConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[subscription_state_diff, stripe_invoice_snapshot],
+    # Webhook outcomes from the queue, sync lag from the report ledger, payments and failures
+    # from the invoice snapshot, mismatches from the state diff.
+    deps=[
+        subscription_state_diff,
+        stripe_invoice_snapshot,
+        sources.webhook_events,
+        stripe_meter_reports,
+    ],
     group_name="reconciliation",
     kinds={"postgres"},
     tags={"domain": "reconciliation"},
@@ -394,21 +431,20 @@ def billing_health(
         health.store(conn, metrics)
         series = health.series(conn, day)
     verdicts = health.evaluate(metrics, thresholds)
-    numbers: dict[str, dg.MetadataValue] = {}
-    for key, value in vars(metrics).items():
-        if isinstance(value, bool) or value is None or key == "day":
-            continue  # no data today: left out rather than plotted as zero
-        numbers[key] = (
-            dg.MetadataValue.float(float(value))
-            if isinstance(value, float)
-            else dg.MetadataValue.int(int(value))
-        )
-    context.log.info("billing health %s: %s", day, {k: v.value for k, v in numbers.items()})
+    numbers = health_view.plotted_values(metrics)
+    context.log.info("billing health %s: %s", day, numbers)
     return dg.MaterializeResult(
         metadata={
             "day": dg.MetadataValue.text(day.isoformat()),
-            **numbers,
-            "series": dg.MetadataValue.json({"days": series}),
+            # One number per metric (rates in percent): Dagster plots each over materializations.
+            **{
+                key: dg.MetadataValue.float(float(value))
+                if isinstance(value, float)
+                else dg.MetadataValue.int(value)
+                for key, value in numbers.items()
+            },
+            "thresholds": metadata_values.table(health_view.thresholds_table(verdicts, thresholds)),
+            "history": metadata_values.table(health_view.history_table(series)),
             "dunning_funnel": dg.MetadataValue.md(
                 f"failed {metrics.dunning_failed} -> recovered {metrics.dunning_recovered}, "
                 f"suspended {metrics.dunning_suspended}, still open {metrics.dunning_open}"
@@ -420,10 +456,19 @@ def billing_health(
                 passed=v.passed,
                 severity=dg.AssetCheckSeverity.ERROR if v.alert else dg.AssetCheckSeverity.WARN,
                 description=v.description,
-                metadata={}
-                if v.value is None
-                else {"value": dg.MetadataValue.float(float(v.value))},
+                metadata=_verdict_metadata(v, thresholds),
             )
             for v in verdicts
         ],
     )
+
+
+def _verdict_metadata(v: health.Verdict, t: health.Thresholds) -> dict[str, dg.MetadataValue]:
+    """The checked value beside its target and alert level, in the same unit."""
+    _, _, target, alert = health_view.limits(v.name, t)
+    value = health_view.check_value(v.name, v.value)
+    return {
+        **({} if value is None else {"value": dg.MetadataValue.float(value)}),
+        "target": dg.MetadataValue.float(float(target)),
+        "alert_level": dg.MetadataValue.float(float(alert)),
+    }

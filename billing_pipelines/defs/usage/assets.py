@@ -4,15 +4,20 @@ from datetime import date
 
 import dagster as dg
 
+from billing_pipelines.defs import metadata
 from billing_pipelines.defs.partitions import daily_partitions
 from billing_pipelines.defs.resources import BillingDatabase, UsageWarehouse
+from billing_pipelines.defs.sources.assets import tenants, usage_events
 from billing_pipelines.lib.usage.schema import validate_daily_usage
+from billing_pipelines.lib.usage.tenant_table import usage_by_tenant
 
 USAGE_SCHEMA_CHECK = "usage_matches_schema"
 
 
 @dg.asset(
     partitions_def=daily_partitions,
+    # Reads the warehouse's events; validates tenant ids against the tenant table.
+    deps=[usage_events, tenants],
     group_name="usage",
     kinds={"clickhouse", "postgres"},
     tags={"domain": "usage"},
@@ -63,6 +68,7 @@ def daily_tenant_usage(
             "embeddings": dg.MetadataValue.int(int(usage["embeddings"].sum())),
             "duplicate_events_removed": dg.MetadataValue.int(int(usage["duplicate_events"].sum())),
             "preview": dg.MetadataValue.md(usage.head(10).to_markdown(index=False)),
+            "usage_by_tenant": metadata.table(usage_by_tenant(usage)),
         },
         check_results=[
             dg.AssetCheckResult(

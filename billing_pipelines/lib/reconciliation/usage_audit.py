@@ -105,7 +105,9 @@ def explain_line(line: BilledLine) -> str:
             f"For {period} we billed {line.quantity:,} queries, "
             f"{format_money(line.amount, line.currency)}."
         )
-    return f"For {period}: {usage_explanation(line.plan, line.quantity, line.currency)}."
+    # The sentence may already end with a full stop ("no usage charge."): never two.
+    sentence = usage_explanation(line.plan, line.quantity, line.currency).rstrip(".")
+    return f"For {period}: {sentence}."
 
 
 def audit_line(line: BilledLine, days: Mapping[date, DaySources]) -> AuditRow:

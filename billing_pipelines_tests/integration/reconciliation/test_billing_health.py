@@ -1,5 +1,5 @@
-"""billing_health: the daily series in its metadata, and threshold checks that fail, against a
-fresh embedded PostgreSQL database."""
+"""billing_health: one plotted number per metric, thresholds beside values, the daily series,
+and threshold checks that fail, against a fresh embedded PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -40,7 +40,13 @@ def run(db_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
     assert result.success
     (mat,) = result.asset_materializations_for_node("billing_health")
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    return {k: v.value for k, v in mat.metadata.items()}, checks
+    values: dict[str, Any] = {}
+    for key, entry in mat.metadata.items():
+        if isinstance(entry, dg.TableMetadataValue):
+            values[key] = [dict(r.data) for r in entry.records]
+        else:
+            values[key] = entry.value
+    return values, checks
 
 
 def test_billing_health_keeps_a_daily_series_and_fails_checks_past_thresholds(
@@ -59,16 +65,28 @@ def test_billing_health_keeps_a_daily_series_and_fails_checks_past_thresholds(
     webhook_events(billing_db_url, "evt_ok_", processed=100, dead=0)
     delivered_day(billing_db_url, 1)  # yesterday is in Stripe: lag below 6 h only early in a day
     healthy, checks = run(billing_db_url)
-    assert healthy["webhook_success_rate"] == 1.0 and healthy["webhook_events"] == 100
+    # Rates in percent, one number per metric; no 0-1 rate beside it.
+    assert healthy["webhook_success_percent"] == 100.0 and healthy["webhook_events"] == 100
+    assert "webhook_success_rate" not in healthy and "series" not in healthy
+    assert "first_attempt_payment_success_percent" not in healthy  # no invoices: not plotted
     assert checks["webhook_success_rate"].passed
     assert checks["state_mismatches"].passed and checks["invoice_generation_failures"].passed
-    series = healthy["series"]["days"]
+    series = healthy["history"]
     assert [row["day"] for row in series] == [
         (today - timedelta(days=2)).isoformat(),
         (today - timedelta(days=1)).isoformat(),
         today.isoformat(),
     ]
-    assert series[-1]["webhook_events"] == 100
+    assert series[-1]["webhook_events"] == "100" and series[-1]["webhook_success"] == "100.00 %"
+    limits = {row["metric"]: row for row in healthy["thresholds"]}
+    assert limits["webhook_success_rate"] == {
+        "metric": "webhook_success_rate",
+        "value": "100.00 %",
+        "target": ">= 99 %",
+        "alert": "below 97 %",
+        "status": "ok",
+    }
+    assert limits["first_attempt_payment_success_rate"]["status"] == "no data"
 
     # 8 dead letters among 108 events: 92.6 %, below the 97 % alert line.
     webhook_events(billing_db_url, "evt_dead_", processed=0, dead=8)
@@ -81,16 +99,28 @@ def test_billing_health_keeps_a_daily_series_and_fails_checks_past_thresholds(
         (today,),
     )
     sick, checks = run(billing_db_url)
-    assert round(sick["webhook_success_rate"], 3) == 0.926
+    assert sick["webhook_success_percent"] == 92.59  # 100 of 108
     webhook = checks["webhook_success_rate"]
     assert not webhook.passed and webhook.severity == dg.AssetCheckSeverity.ERROR
+    assert {k: v.value for k, v in webhook.metadata.items()} == {
+        "value": 92.59,
+        "target": 99.0,
+        "alert_level": 97.0,
+    }
+    limits = {row["metric"]: row for row in sick["thresholds"]}
+    assert (limits["webhook_success_rate"]["value"], limits["webhook_success_rate"]["status"]) == (
+        "92.59 %",
+        "alert",
+    )
+    assert limits["usage_sync_lag"]["status"] == "alert"
+    assert limits["usage_sync_lag"]["target"] == "<= 6 h"
     lag = checks["usage_sync_lag"]
     assert not lag.passed and lag.severity == dg.AssetCheckSeverity.ERROR
     assert sick["usage_sync_lag_hours"] > 48
     assert not checks["state_mismatches"].passed and sick["state_mismatches"] == 1
     assert checks["first_attempt_payment_success_rate"].passed  # no invoices: no data, no alarm
-    assert len(sick["series"]["days"]) == 3  # today's row was replaced, not duplicated
-    assert sick["series"]["days"][-1]["state_mismatches"] == 1
+    assert len(sick["history"]) == 3  # today's row was replaced, not duplicated
+    assert sick["history"][-1]["state_mismatches"] == "1"
 
 
 def test_usage_sync_lag_threshold_is_a_launchpad_knob_defaulting_to_the_environment(

@@ -5,6 +5,8 @@ ledger, against the Stripe sandbox, embedded PostgreSQL and the chDB warehouse."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -32,7 +34,7 @@ from billing_pipelines.lib.metering.planning import (
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support
-from billing_pipelines_tests.support import advance
+from billing_pipelines_tests.support import API_KEY, advance
 from billing_pipelines_tests.webhook_harness import query
 
 DAY = datetime.now(UTC).date() - timedelta(days=3)  # recent: inside Stripe's 35-day window
@@ -44,6 +46,13 @@ def _markdown(metadata: Mapping[str, dg.MetadataValue], key: str) -> str:
     value = metadata[key]
     assert isinstance(value, dg.MarkdownMetadataValue), value
     return value.value
+
+
+def _table(metadata: Mapping[str, dg.MetadataValue], key: str) -> list[dict[str, Any]]:
+    """A table metadata entry's rows as dicts."""
+    value = metadata[key]
+    assert isinstance(value, dg.TableMetadataValue), value
+    return [dict(record.data) for record in value.records]
 
 
 def insert_queries(tenant_id: str, count: int, copies: int = 1) -> None:
@@ -111,6 +120,12 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
         resources=resources,
     )
     assert pushed.success
+    (usage_mat,) = pushed.asset_materializations_for_node("daily_tenant_usage")
+    by_tenant = _table(usage_mat.metadata, "usage_by_tenant")
+    assert [r["tenant_id"] for r in by_tenant] == ["t-clean", "t-doubled"]
+    assert (by_tenant[0]["billable_queries"], by_tenant[0]["raw_events"]) == ("125,000", "250,000")
+    assert by_tenant[0]["duplicate_rate"] == "50.00 %"  # every query logged twice
+    assert by_tenant[1]["duplicate_rate"] == "0.00 %"
     double_report(c, billing_db_url, "t-doubled", doubled_customer)
 
     period_end = c.v1.subscriptions.retrieve(doubled_sub)["items"].data[0].current_period_end
@@ -137,6 +152,34 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     assert explanations.count("the Pro plan's monthly base fee, $99.00.") == 2  # one per invoice
     assert "You used 250,000 queries: 150,000 over the 100,000 included = $120.00" in explanations
 
+    # The same audit as a table, one row per tenant and period, the five sources side by side.
+    lines = {r["tenant_id"]: r for r in _table(mat.metadata, "audit_lines")}
+    assert set(lines) == {"t-clean", "t-doubled"}
+    table = mat.metadata["audit_lines"]
+    assert isinstance(table, dg.TableMetadataValue) and table.schema is not None
+    assert table.schema.columns[0].name == "tenant_id"
+    ok = lines["t-clean"]
+    sources = ("warehouse", "daily_usage", "ledger", "stripe_meter", "invoice_quantity")
+    assert [ok[k] for k in sources] == ["125,000"] * 5
+    assert (ok["included"], ok["over"], ok["invoiced"], ok["recomputed"]) == (
+        "100,000",
+        "25,000",
+        "$20.00",
+        "$20.00",
+    )
+    assert (ok["difference"], ok["status"], ok["causes"]) == ("$0.00", "ok", "")
+    assert ok["invoice_total"] == "$119.00"  # the $99.00 base fee and $20.00 of usage
+    assert ok["invoice_status"] == "paid" and ok["invoice_number"]
+    bad = lines["t-doubled"]
+    assert [bad[k] for k in sources] == ["125,000", "125,000", "250,000", "250,000", "250,000"]
+    assert (bad["invoiced"], bad["recomputed"], bad["difference"]) == (
+        "$120.00",
+        "$20.00",
+        "$100.00",
+    )
+    assert bad["status"] == "over-charged" and bad["invoice_total"] == "$219.00"
+    assert bad["period_start"] == f"{datetime.fromtimestamp(START, UTC):%Y-%m-%d %H:%M} UTC"
+
     rows = {
         r["tenant_id"]: r
         for r in query(billing_db_url, "SELECT * FROM usage_invoice_audit ORDER BY tenant_id")
@@ -162,3 +205,57 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     causes = " ".join(doubled["causes"])
     assert f"{DAY + timedelta(days=1)}: the report ledger delivered 125,000 queries" in causes
     assert "double count" in causes
+
+    # billing explain: the same line from the command line, down to the raw events.
+    env = {
+        **os.environ,
+        "DATABASE_URL": billing_db_url,
+        "CLICKHOUSE_URL": embedded_services["CLICKHOUSE_URL"],
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": stripe_sandbox.url,
+    }
+    by_invoice = _explain(["--invoice", doubled["invoice_id"]], env)
+    assert by_invoice.returncode == 0, by_invoice.stderr
+    text = by_invoice.stdout
+    assert f"({doubled['invoice_id']}): paid, total $219.00" in text
+    assert f"Tenant t-doubled (Stripe customer {doubled_customer}) on Pro." in text
+    assert "bills 250,000 queries" in text and "= $120.00." in text
+    for day in (DAY, DAY + timedelta(days=1)):
+        assert f"meter event {identifier_for('t-doubled', 'queries', day, 1)}" in text
+    assert "250,000 queries over the period; the invoice line bills 250,000." in text
+    assert "Verdict: over-charged." in text and "(difference $100.00)" in text
+    assert "double count" in text
+    assert "(125,000 billable queries" in text
+    # The printed query, pasted into the warehouse, gives the printed count.
+    sql = text[text.index("SELECT sum(queries)") : text.index("\n\nVerdict")]
+    assert int(ch.query(sql).result_rows[0][0]) == 125_000
+
+    month = f"{datetime.fromtimestamp(START, UTC):%Y-%m}"
+    clean_text = _explain(["--tenant", "t-clean", "--period", month], env)
+    assert clean_text.returncode == 0, clean_text.stderr
+    assert "Verdict: correct." in clean_text.stdout and "<- differs" not in clean_text.stdout
+    assert "tenant_id = 't-clean'" in clean_text.stdout
+    sql = clean_text.stdout[clean_text.stdout.index("SELECT sum(queries)") :].split("\n\n")[0]
+    assert int(ch.query(sql).result_rows[0][0]) == 125_000  # 250,000 rows, 125,000 distinct
+
+    for args, message in [
+        (["--tenant", "t-nobody", "--period", month], "no metered invoice line for tenant"),
+        (["--tenant", "t-clean", "--period", "2026-13"], "--period must be a month as YYYY-MM"),
+        (["--tenant", "t-clean"], "give either --invoice"),
+        (["--invoice", "in_x", "--tenant", "t-clean"], "give either --invoice"),
+    ]:
+        refused = _explain(args, env)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert refused.stderr.strip().startswith("error: ") and message in refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def _explain(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`billing explain ARGS` as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "billing_pipelines.cli", "explain", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
