@@ -270,13 +270,15 @@ def test_data_team_works_in_the_dagster_ui_in_chromium(
             selection.press("Enter")
             expect(dialog.get_by_text("3 partitions", exact=True)).to_be_visible()
             dialog.get_by_role("button", name="Launch backfill").click()
-            page.get_by_role("link", name="View").first.click()
+            # The "Created backfill …" toast links to the backfill's page.
+            page.locator('a[href*="/runs/b/"]').filter(has_text="View").first.click()
             page.wait_for_url("**/runs/b/**")
             expect(page.get_by_text(f"{backfill[0]}...{backfill[-1]}")).to_be_visible()
             # "0% completed" until the daemon's three runs are done, whatever their outcome.
             expect(page.get_by_text("100% completed")).to_be_visible(timeout=BACKFILL_WAIT_MS)
-            progress = page.get_by_role("row").filter(has_text="daily_tenant_usage").last
-            counts = [c.strip() for c in progress.inner_text().split("\t")][-4:]
+            asset_link = page.locator('a[href$="/assets/daily_tenant_usage"]').first
+            progress = asset_link.locator("xpath=ancestor::div[count(div) >= 5][1]")
+            counts = [c.strip() for c in progress.inner_text().splitlines() if c.strip()][-4:]
             # Partitions targeted, in progress, succeeded, failed.
             assert counts == ["3", "0", "3", "0"], progress.inner_text()
             shots.take("backfill")
