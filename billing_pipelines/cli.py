@@ -468,7 +468,11 @@ def explain_command(
             "give either --invoice in_..., or --tenant T with --period YYYY-MM"
         )
     settings = load_settings()
-    client = StripeResource(api_key=settings.require_stripe_api_key()).client()
+    client, stripe_problem = None, None
+    try:
+        client = StripeResource(api_key=settings.require_stripe_api_key()).client()
+    except BillingConfigError as exc:  # explain what Postgres and the warehouse know
+        stripe_problem = str(exc)
     ch = warehouse.connect(settings.require_clickhouse_url())
     pool = database.open_pool(settings.require_database_url(), max_size=1)
     try:
@@ -487,7 +491,12 @@ def explain_command(
                     "(materialize stripe_invoice_snapshot, e.g. run reconciliation_job, "
                     "after the invoice is created)"
                 )
-            texts = [explain.render(explain.gather(conn, ch, client, line)) for line in lines]
+            texts = [
+                explain.render(
+                    explain.gather(conn, ch, client, line, stripe_problem=stripe_problem)
+                )
+                for line in lines
+            ]
     finally:
         pool.close()
     typer.echo(("\n\n" + "-" * 72 + "\n\n").join(texts))

@@ -96,7 +96,10 @@ def test_a_correct_line_is_explained_down_to_the_meter_events() -> None:
     assert "You used 150,000 queries: 50,000 over the 100,000 included = $40.00." in text
     assert "2026-03-15 to 2026-03-17 (3 days)" in text
     assert "differs" not in text
-    assert "2026-03-16 version 2: 50,000 queries, meter event bp-20260316-queries-v2-t-acme" in text
+    assert (
+        "2026-03-16 version 2: 50,000 queries, meter event bp-20260316-queries-v2-t-acme to "
+        "rag_api_queries timestamped 2026-03-16 00:00:02 UTC, delivered" in text
+    )
     assert "2026-03-16 version 1: 49,000 queries" in text and "superseded" in text
     assert "meter mtr_9: 150,000 queries over the period; the invoice line bills 150,000." in text
     assert "(150,000 billable queries" in text
@@ -170,3 +173,22 @@ def test_a_period_is_a_month(bad: str) -> None:
 def test_a_month_parses_to_its_first_day() -> None:
     assert parse_period("2026-02") == date(2026, 2, 1)
     assert parse_period("2025-12") == date(2025, 12, 1)
+
+
+def test_without_stripe_every_other_source_is_still_explained() -> None:
+    text = render(
+        Explanation(
+            line=line(150_000, 4_000),
+            days=[Day(D15, 150_000, 150_000, 150_000, None), Day(D16, 0, None, None, None)],
+            ledger=[version(D15, 1, 150_000)],
+            sql_start=datetime(2026, 3, 15, tzinfo=UTC),
+            sql_end=datetime(2026, 3, 17, tzinfo=UTC),
+            sql_count=150_000,
+            stripe_problem="STRIPE_API_KEY is not set",
+        )
+    )
+    assert "not read (STRIPE_API_KEY is not set); every other source is shown above." in text
+    assert "differs" not in text  # Stripe unknown is not a difference
+    total_row = [ln for ln in text.splitlines() if ln.strip().startswith("total")]
+    assert total_row[0].split() == ["total", "150,000", "150,000", "150,000", "-"]
+    assert "Verdict: correct." in text

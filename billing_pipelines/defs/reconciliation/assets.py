@@ -344,6 +344,8 @@ def usage_invoice_audit(
             "periods_with_differences": dg.MetadataValue.int(len(bad)),
             "over_charged_cents": dg.MetadataValue.int(over),
             "under_charged_cents": dg.MetadataValue.int(under),
+            "over_charged": dg.MetadataValue.text(format_money(over, catalog.currency)),
+            "under_charged": dg.MetadataValue.text(format_money(under, catalog.currency)),
             "explanations": dg.MetadataValue.md(explanations or "no closed periods"),
             "audit_lines": metadata_values.table(audit_view.audit_lines_table(rows, invoices)),
         },
@@ -362,6 +364,9 @@ def usage_invoice_audit(
                 metadata={
                     "differences": dg.MetadataValue.int(len(bad)),
                     "difference_cents": dg.MetadataValue.int(over - under),
+                    "difference": dg.MetadataValue.text(
+                        format_money(over - under, catalog.currency)
+                    ),
                     "details": dg.MetadataValue.md(audit_table(rows)),
                 },
             )

@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.metering.planning import event_timestamp
 from billing_pipelines.lib.notifications.emails import format_money, usage_explanation
 from billing_pipelines.lib.reconciliation.usage_audit import (
     QUERIES,
@@ -28,6 +29,7 @@ from billing_pipelines.lib.reconciliation.usage_audit import (
     warehouse_queries,
 )
 from billing_pipelines.lib.stripe import meters as stripe_meters
+from billing_pipelines.lib.stripe.client import StripeError, describe_error
 from billing_pipelines.lib.usage.warehouse import day_bounds
 
 Conn = psycopg.Connection[Any]
@@ -103,6 +105,7 @@ class Explanation:
     sql_end: datetime
     sql_count: int
     causes: list[str] = field(default_factory=list)
+    stripe_problem: str | None = None  # why Stripe's summary could not be read
 
 
 # ---- words -------------------------------------------------------------------------------------
@@ -185,17 +188,19 @@ def render(e: Explanation) -> str:
     ]
     for d in e.days:
         # A day without usage has no stored row and no report: None reads as zero here.
-        same = d.warehouse == (d.daily_usage or 0) == (d.ledger or 0) == (d.stripe or 0)
+        ours = d.warehouse == (d.daily_usage or 0) == (d.ledger or 0)
+        same = ours and (d.stripe is None or d.stripe == (d.ledger or 0))
         flag = "" if same else "  <- differs"
         out.append(
             f"  {d.day!s:<12}{_n(d.warehouse):>12}{_n(d.daily_usage):>13}{_n(d.ledger):>12}"
             f"{_n(d.stripe):>12}{flag}"
         )
-    totals = [
+    asked = all(d.stripe is not None for d in e.days)
+    totals: list[int | None] = [
         sum(d.warehouse for d in e.days),
         sum(d.daily_usage or 0 for d in e.days),
         sum(d.ledger or 0 for d in e.days),
-        sum(d.stripe or 0 for d in e.days),
+        sum(d.stripe or 0 for d in e.days) if asked else None,
     ]
     out.append(
         f"  {'total':<12}"
@@ -207,16 +212,19 @@ def render(e: Explanation) -> str:
     for v in e.ledger:
         when = f" at {_when(v.delivered_at)}" if v.delivered_at else ""
         error = f" ({v.last_error})" if v.last_error else ""
+        stamp = datetime.fromtimestamp(event_timestamp(v.day, v.version), UTC)
         out.append(
             f"  {v.day} version {v.version}: {v.value:,} queries, meter event {v.identifier} "
-            f"to {v.event_name}, {v.status}{when}{error}"
+            f"to {v.event_name} timestamped {stamp:%Y-%m-%d %H:%M:%S} UTC, {v.status}{when}{error}"
         )
     out += ["", "Stripe's meter summary (what Stripe aggregated per day for this customer):"]
     if line.meter_id is None:
         out.append("  the line has no meter: Stripe was not asked.")
+    elif e.stripe_problem is not None:
+        out.append(f"  not read ({e.stripe_problem}); every other source is shown above.")
     else:
         out.append(
-            f"  meter {line.meter_id}: {totals[3]:,} queries over the period; the invoice "
+            f"  meter {line.meter_id}: {_n(totals[3])} queries over the period; the invoice "
             f"line bills {line.quantity:,}."
         )
     out += [
@@ -366,8 +374,18 @@ def billed_days(line: Line) -> tuple[list[date], datetime, datetime]:
     return days, day_bounds(days[0])[0], day_bounds(days[-1])[1]
 
 
-def gather(conn: Conn, warehouse: Client, stripe_client: Any, line: Line) -> Explanation:
-    """Every source for one line: Postgres (daily usage, ledger, audit), warehouse, Stripe."""
+def gather(
+    conn: Conn,
+    warehouse: Client,
+    stripe_client: Any,
+    line: Line,
+    *,
+    stripe_problem: str | None = None,
+) -> Explanation:
+    """Every source for one line: Postgres (daily usage, ledger, audit), warehouse, Stripe.
+
+    Without a Stripe client (`stripe_problem` says why) or when Stripe refuses, the rest is
+    still explained: the ledger and the warehouse are enough to find most differences."""
     days, start, end = billed_days(line)
     tenant = line.tenant_id or ""
     stored: dict[date, int] = {}
@@ -378,10 +396,14 @@ def gather(conn: Conn, warehouse: Client, stripe_client: Any, line: Line) -> Exp
         stored = daily_usage(conn, tenant, days[0], days[-1])
         versions = ledger_versions(conn, tenant, days[0], days[-1])
         truth = warehouse_queries(warehouse, [tenant], days[0], days[-1])
-        if line.meter_id is not None:
-            stripe_totals = stripe_meters.daily_totals(
-                stripe_client, line.meter_id, line.customer_id, days[0], days[-1]
-            )
+        if line.meter_id is not None and stripe_client is not None:
+            try:
+                stripe_totals = stripe_meters.daily_totals(
+                    stripe_client, line.meter_id, line.customer_id, days[0], days[-1]
+                )
+            except StripeError as exc:
+                stripe_problem = f"Stripe answered: {describe_error(exc)}"
+    asked = line.meter_id is not None and stripe_problem is None
     delivered: dict[date, int] = {}
     for v in versions:  # oldest first: the newest delivered version wins
         if v.status == "delivered":
@@ -394,7 +416,7 @@ def gather(conn: Conn, warehouse: Client, stripe_client: Any, line: Line) -> Exp
                 warehouse=truth.get((tenant, d), 0),
                 daily_usage=stored.get(d),
                 ledger=delivered.get(d),
-                stripe=None if line.meter_id is None else int(stripe_totals.get(d, Decimal(0))),
+                stripe=int(stripe_totals.get(d, Decimal(0))) if asked else None,
             )
             for d in days
         ],
@@ -403,4 +425,5 @@ def gather(conn: Conn, warehouse: Client, stripe_client: Any, line: Line) -> Exp
         sql_end=end,
         sql_count=warehouse_count(warehouse, tenant, start, end) if days else 0,
         causes=audit_causes(conn, line),
+        stripe_problem=stripe_problem if line.meter_id is not None else None,
     )

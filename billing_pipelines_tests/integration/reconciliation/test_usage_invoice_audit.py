@@ -147,8 +147,13 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     assert "$100.00" in details and "over-charged by $100.00" in details
     assert "t-clean" not in details
     assert check.metadata["difference_cents"].value == 10_000
+    assert check.metadata["difference"].value == "$100.00"
     (mat,) = result.asset_materializations_for_node("usage_invoice_audit")
     explanations = _markdown(mat.metadata, "explanations")
+    assert (mat.metadata["over_charged"].value, mat.metadata["under_charged"].value) == (
+        "$100.00",
+        "$0.00",
+    )
     assert explanations.count("the Pro plan's monthly base fee, $99.00.") == 2  # one per invoice
     assert "You used 250,000 queries: 150,000 over the 100,000 included = $120.00" in explanations
 
