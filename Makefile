@@ -7,7 +7,7 @@ export BILLING_HOME ?= $(CURDIR)/.billing
 # ones (development only; refused next to a live Stripe key). Only these targets set it.
 SANDBOX := BILLING_SANDBOX=1
 
-.PHONY: demo test lint ui up down status clean
+.PHONY: demo test lint ui up down status clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,20 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox billing_pipelines_tests bench
 	$(BIN)/lint-imports
 
-test: $(VENV)/.installed lint
+# The browser end-to-end test drives Debian's Chromium through Playwright; no browser is ever
+# downloaded (`playwright install` is not used). Installed once, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium
+
+test: $(VENV)/.installed lint $(CHROMIUM)
 	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider
+
+# Refresh the README's screenshots: the browser test, writing its screenshots into docs/.
+screenshots: $(VENV)/.installed $(CHROMIUM)
+	BILLING_UI_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \
+		billing_pipelines_tests/e2e/test_browser.py
 
 ui: $(VENV)/.installed
 	$(SANDBOX) $(BIN)/billing ui

@@ -44,6 +44,8 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(invoice_app, name="invoice")
 webhooks_app = typer.Typer(help="The Stripe webhook receiver.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+notifications_app = typer.Typer(help="Customer and operator emails.", no_args_is_help=True)
+app.add_typer(notifications_app, name="notifications")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -355,6 +357,72 @@ def usage_push(
             raise typer.Exit(1)
 
 
+# --- dead letters ------------------------------------------------------------------------------
+
+RequeueIds = Annotated[
+    list[int] | None, typer.Option("--id", help="A dead row's id (repeat for several).")
+]
+RequeueSince = Annotated[
+    str | None,
+    typer.Option(help="Only rows received/queued at or after this time (ISO 8601, e.g. ...Z)."),
+]
+RequeueReason = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+
+
+def _requeue(
+    job_name: str, ids: list[int] | None, kind: str | None, since: str | None, reason: str
+) -> None:
+    """Run a requeue job for the operator at this terminal and print what it requeued."""
+    import getpass
+
+    from billing_pipelines.lib.pg import requeue
+    from billing_pipelines.runs import run_job
+
+    # Refuse a bad selection before starting anything: one line, exit 2.
+    requeue.Selection(tuple(ids or ()), kind, requeue.parse_since(since)).check()
+    if not reason.strip():
+        raise BillingConfigError("--reason must say why (it is recorded in the audit log)")
+    output = run_job(
+        job_name,
+        {
+            "ids": list(ids or ()),
+            "type": kind,
+            "since": since,
+            "requested_by": f"{getpass.getuser()} (billing cli)",
+            "reason": reason,
+        },
+    )
+    requeued, left = output["requeued"], output["not_dead_or_unknown"]
+    assert isinstance(requeued, list) and isinstance(left, list)
+    typer.echo(f"requeued {len(requeued)} dead row(s)" + (f": {requeued}" if requeued else ""))
+    if left:
+        typer.echo(f"not dead (or unknown), left as they are: {left}")
+
+
+@webhooks_app.command("requeue")
+@_with_services
+def webhooks_requeue(
+    reason: RequeueReason,
+    ids: RequeueIds = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="Stripe event type.")] = None,
+    since: RequeueSince = None,
+) -> None:
+    """Send dead-lettered Stripe events through the queue again; audited."""
+    _requeue("webhook_requeue_job", ids, event_type, since, reason)
+
+
+@notifications_app.command("requeue")
+@_with_services
+def notifications_requeue(
+    reason: RequeueReason,
+    ids: RequeueIds = None,
+    template: Annotated[str | None, typer.Option("--type", help="Email template.")] = None,
+    since: RequeueSince = None,
+) -> None:
+    """Send dead-lettered emails again; audited."""
+    _requeue("notification_requeue_job", ids, template, since, reason)
+
+
 # --- top level ---------------------------------------------------------------------------------
 
 
@@ -392,6 +460,13 @@ def _new_tenant_id(value: str) -> str:
     return check_tenant_id(value)
 
 
+def _valid_email(value: str) -> str:
+    # Runs while the options are parsed: a refused address starts no service and touches nothing.
+    from billing_pipelines.lib.notifications.recipients import check_recipient
+
+    return check_recipient(value)
+
+
 @tenant_app.command("create")
 @_with_services_needing(*_RUNS)
 def tenant_create(
@@ -403,7 +478,9 @@ def tenant_create(
         ),
     ],
     plan: Annotated[str, typer.Option(help="Plan key from plans.toml.")],
-    email: Annotated[str, typer.Option(help="Billing contact.")],
+    email: Annotated[
+        str, typer.Option(help="Billing contact: one email address.", callback=_valid_email)
+    ],
     name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
     payment_method: Annotated[str | None, typer.Option(help="e.g. pm_card_visa.")] = None,
     trial: Annotated[bool, typer.Option(help="Start with the catalog's trial.")] = True,
@@ -620,6 +697,7 @@ def parse_utc_instant(text: str) -> datetime:
 def doctor_command() -> None:
     """Check every configured service is reachable and every required setting is present."""
     from billing_pipelines.exposure_checks import exposure_checks
+    from billing_pipelines.lib.notifications.recipients import check_configured_addresses
     from billing_pipelines.lib.pg import database
     from billing_pipelines.lib.usage import warehouse
 
@@ -632,6 +710,10 @@ def doctor_command() -> None:
         ("billing database", lambda: database.check_reachable(settings.require_database_url())),
         ("usage warehouse", lambda: warehouse.connect(settings.require_clickhouse_url()).ping()),
         ("stripe api key", settings.require_stripe_api_key),
+        (
+            "alert and sender addresses",
+            lambda: check_configured_addresses(settings.alert_email, settings.notification_from),
+        ),
     ]
     checks += exposure_checks(settings)
     for name, check in checks:
@@ -657,6 +739,10 @@ def ui_command(port: int = 3000) -> None:
     """Open the Dagster UI on the same instance (runs, lineage, checks) at http://127.0.0.1:PORT."""
     root = Path(__file__).resolve().parents[1]
     os.chdir(root)
+    # Alert links from this instance's daemon point at this UI (a real DAGSTER_UI_URL wins).
+    local = f"http://127.0.0.1:{port}"
+    if os.environ.get("DAGSTER_UI_URL", local).startswith("http://127.0.0.1:"):
+        os.environ["DAGSTER_UI_URL"] = local
     # The dagster executable installed beside this interpreter (the venv may not be on PATH).
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(root / "workspace.yaml")]

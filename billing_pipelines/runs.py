@@ -1,16 +1,89 @@
-"""Runs Dagster jobs in-process on the configured instance, so the UI shows every CLI run."""
+"""Runs Dagster jobs in-process on the configured instance, so the UI shows every CLI run.
+
+Runs are created with the code location's origin (as workspace.yaml declares it, the way
+`dagster dev` and the webserver load it), so they appear in the UI like any launched run:
+on the Overview timeline, under the location, and re-executable from the UI without warning.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.repository_definition.valid_definitions import (
+    SINGLETON_REPOSITORY_NAME,
+)
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import (
+    CodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.workspace.load import location_origins_from_yaml_paths
 
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.stripe import client as stripe_api
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE_FILE = ROOT / "workspace.yaml"
+DEFINITIONS_MODULE = "billing_pipelines.definitions"
+# Runs started here execute in this process (one step after another), as before.
+IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
+
+
+@functools.cache
+def location_origin() -> CodeLocationOrigin | None:
+    """The code location as workspace.yaml declares it (None in an install without it)."""
+    if not WORKSPACE_FILE.exists():
+        return None
+    origins = location_origins_from_yaml_paths([str(WORKSPACE_FILE)])
+    return origins[0] if origins else None
+
+
+def execute(
+    job_name: str,
+    *,
+    instance: dg.DagsterInstance,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
+) -> dg.JobExecutionResult:
+    """Run a job of the code location in this process, recorded with the location's origin."""
+    job = code_location().resolve_job_def(job_name)
+    if asset_selection:
+        job = job.get_subset(asset_selection=set(asset_selection))
+    origin = location_origin()
+    remote = (
+        None
+        if origin is None
+        else RemoteJobOrigin(RemoteRepositoryOrigin(origin, SINGLETON_REPOSITORY_NAME), job_name)
+    )
+    code = (
+        ReconstructableRepository.for_module(
+            DEFINITIONS_MODULE, "defs", working_directory=str(ROOT)
+        )
+        .get_reconstructable_job(job_name)
+        .get_python_origin()
+    )
+    run_tags = dict(tags or {})
+    if partition_key is not None:
+        run_tags["dagster/partition"] = partition_key
+    run = instance.create_run_for_job(
+        job_def=job,
+        run_config={**(run_config or {}), **IN_PROCESS},
+        tags=run_tags,
+        asset_selection=set(asset_selection) if asset_selection else None,
+        remote_job_origin=remote,
+        job_code_origin=code,
+    )
+    return execute_run(InMemoryJob(job), run, instance)
 
 
 @functools.cache
@@ -43,10 +116,10 @@ def materialize_days(
             f"{min(known) if known else '?'} to {max(known) if known else '?'} (UTC, up to today)"
         )
     for index, day in enumerate(days, start=1):
-        result = job.execute_in_process(
+        result = execute(
+            job_name,
             instance=instance,
             partition_key=day.isoformat(),
-            raise_on_error=False,
             # Step-level events still land in the instance for the UI; the console shows progress.
             run_config={
                 **(run_config or {}),
@@ -98,10 +171,10 @@ def run_job(job_name: str, op_config: dict[str, object]) -> dict[str, object]:
 def materialize_asset(asset_key: str) -> bool:
     """Materialize one unpartitioned asset (and its checks) as a run on the instance."""
     job = code_location().resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(
+    result = execute(
+        job.name,
         instance=dg.DagsterInstance.get(),
         asset_selection=[dg.AssetKey(asset_key)],
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        raise_on_error=False,
     )
     return result.success

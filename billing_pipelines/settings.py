@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -66,6 +67,19 @@ class Settings(BaseSettings):
     # default; METRICS_PORT=0 turns it off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9787, ge=0, le=65535)
+    # The business clock: what "now" is for health, usage sync lag, snapshot dates and trial
+    # windows. Unset in production (the wall clock); the simulated month sets it to its Stripe
+    # test clock's time, so a month simulated in minutes is judged on its own days.
+    business_clock: datetime | None = None
+    # The first day with usage: daily partitions start here (read when the code loads).
+    usage_start_date: date = date(2026, 1, 1)
+
+    @field_validator("business_clock")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("expected an ISO 8601 instant with its offset, e.g. 2026-10-31T00:30Z")
+        return value
 
     @field_validator("database_url", "dagster_postgres_url", mode="before")
     @classmethod
@@ -111,6 +125,10 @@ class Settings(BaseSettings):
     def uses_real_stripe(self) -> bool:
         """True when requests go to Stripe itself rather than a local sandbox."""
         return urlsplit(self.stripe_api_base).hostname == "api.stripe.com"
+
+    def now(self) -> datetime:
+        """The business clock's current instant (UTC): the wall clock unless BUSINESS_CLOCK."""
+        return (self.business_clock or datetime.now(UTC)).astimezone(UTC)
 
     def require_database_url(self) -> str:
         """The billing database URL, or a clear error naming DATABASE_URL."""
@@ -185,6 +203,8 @@ _ENV_NAMES = {
     "webhook_max_concurrency": "WEBHOOK_MAX_CONCURRENCY",
     "metrics_host": "METRICS_HOST",
     "metrics_port": "METRICS_PORT",
+    "business_clock": "BUSINESS_CLOCK",
+    "usage_start_date": "USAGE_START_DATE",
 }
 
 

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from billing_pipelines.lib.errors import BillingConfigError
+from billing_pipelines.lib.monitoring.collector import BillingStateCollector
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 from billing_pipelines.lib.webhooks.signature import SignatureError, verify
 
@@ -142,6 +143,9 @@ def create_app(config: ReceiverConfig) -> Starlette:
     if not config.secrets:
         raise BillingConfigError("STRIPE_WEBHOOK_SECRETS is not set: the receiver cannot verify")
     metrics = Metrics()
+    # Payments, dunning, meter pushes and queue work happen in Dagster's run processes: their
+    # metrics are read from the database at scrape time, beside the receiver's own.
+    metrics.registry.register(BillingStateCollector.for_url(config.database_url))
 
     async def check(conn: psycopg.AsyncConnection[Any]) -> None:
         # Test each connection as it is handed out (one round trip). One dead connection means

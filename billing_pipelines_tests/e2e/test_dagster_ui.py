@@ -50,7 +50,8 @@ LOCATION_QUERY = """
 RUNS_QUERY = """
 {
   runsOrError(filter: {pipelineName: "daily_usage_job"}, limit: 20) {
-    ... on Runs { results { runId status tags { key value } } }
+    ... on Runs { results { runId status tags { key value }
+      repositoryOrigin { repositoryLocationName repositoryName } } }
   }
 }
 """
@@ -140,3 +141,56 @@ def test_ui_serves_every_definition_and_the_runs(
     partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
     assert "2026-06-01" in partitions
     assert any(r["status"] == "SUCCESS" for r in runs)
+    # Launched with the code location's origin: the UI files the run under the location it
+    # serves (Overview timeline, re-execution without a warning), not as an orphan.
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        if tags.get("dagster/partition") != "2026-06-01":
+            continue
+        assert (run["repositoryOrigin"] or {}).get("repositoryLocationName") == entry["name"]
+        assert tags.get("dagster/code_location") == entry["name"]
+
+
+INSTIGATORS_QUERY = """
+{
+  workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+    ... on RepositoryLocation { repositories {
+      sensors { name sensorState { status } }
+      schedules { name scheduleState { status } }
+    } } } } } }
+}
+"""
+
+
+def _instigator_status(url: str) -> dict[str, str]:
+    (entry,) = _graphql(url, INSTIGATORS_QUERY)["workspaceOrError"]["locationEntries"]
+    (repo,) = entry["locationOrLoadError"]["repositories"]
+    status = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
+    status.update({s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]})
+    return status
+
+
+def test_the_sandbox_instance_shows_schedules_and_stripe_sensors_stopped(webserver: str) -> None:
+    import dagster as dg
+    from billing_sandbox import instigators
+
+    instance = dg.DagsterInstance.get()
+    before = _instigator_status(webserver)
+    assert before["usage_to_stripe_daily"] == "RUNNING"  # the production default
+    stopped = instigators.stop_stripe_dependent(instance)
+    try:
+        after = _instigator_status(webserver)
+        schedules = {s.name for s in defs().get_repository_def().schedule_defs}
+        assert schedules and schedules <= set(stopped)
+        for name in stopped:
+            assert after[name] == "STOPPED", (name, after[name])
+        # Alerts keep running: the demo's failed checks still reach the operator.
+        assert after["failed_run_alert_sensor"] == "RUNNING"
+        assert after["failed_check_alert_sensor"] == "RUNNING"
+        assert instigators.stop_stripe_dependent(instance) == stopped  # idempotent
+    finally:
+        # This session's other tests expect the production defaults back.
+        for state in instance.all_instigator_state():
+            if state.instigator_name in stopped:
+                instance.delete_instigator_state(state.instigator_origin_id, state.selector_id)
+    assert _instigator_status(webserver) == before

@@ -111,7 +111,10 @@ def test_claim_fail_back_off_and_dead_letter(queue_url: str) -> None:
     # A failure releases the claim and waits out the first backoff (30 s).
     with psycopg.connect(queue_url, row_factory=dict_row) as conn:
         assert queue.still_owned(conn, first, "run-1")
-        assert queue.record_failure(conn, first, item.tries, "boom " * 1000) == "retrying"
+        assert (
+            queue.record_failure(conn, first, item.tries, "boom " * 1000, owner="run-1")
+            == "retrying"
+        )
     row = _row(queue_url, first)
     assert (row["state"], row["tries"], row["leased_by"]) == ("retrying", 1, None)
     assert len(row["error"]) == 2000 and 25 < row["due_in"] <= 30
@@ -124,7 +127,7 @@ def test_claim_fail_back_off_and_dead_letter(queue_url: str) -> None:
         assert queue.select_for_dispatch(conn, limit=10) == [Dispatched(first, 2)]
         [item] = queue.claim(conn, [first], owner="run-2")
         assert item.tries == 2
-        assert queue.record_failure(conn, first, item.tries, "boom") == "buried"
+        assert queue.record_failure(conn, first, item.tries, "boom", owner="run-2") == "buried"
     row = _row(queue_url, first)
     assert (row["state"], row["tries"], row["error"]) == ("buried", 2, "boom")
     with psycopg.connect(queue_url, row_factory=dict_row) as conn:
@@ -196,3 +199,106 @@ def test_racing_owners_split_the_rows_between_them(queue_url: str) -> None:
         owned = conn.execute("SELECT item_id, leased_by FROM work_items").fetchall()
     by_owner = {o: sorted(r["item_id"] for r in owned if r["leased_by"] == o) for o in owners}
     assert by_owner == {o: sorted(c) for o, c in zip(owners, claims, strict=True)}
+
+
+def test_a_claim_waits_for_the_backoff_whoever_asks(queue_url: str) -> None:
+    """An op retry or a re-executed run names the row again: it is not claimed before it is due."""
+    queue = LeasedQueue(TABLE, POLICY, Item)
+    [row] = _add(queue_url, 1)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        [item] = queue.claim(conn, [row], owner="run-1")
+        assert queue.record_failure(conn, row, item.tries, "smtp down", owner="run-1") == "retrying"
+        # Asked again at once (same ids, another owner): nothing to claim, no attempt spent.
+        assert queue.claim_due(conn, [row], owner="run-2").claimed == []
+        assert queue.claim_due(conn, [row], owner="run-3").dead == []
+    assert (_row(queue_url, row)["state"], _row(queue_url, row)["tries"]) == ("retrying", 1)
+    # A pending row scheduled for later (due_at ahead) waits too.
+    [later] = _add(queue_url, 1)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        conn.execute("UPDATE work_items SET due_at = now() + interval '5 minutes'")
+        assert queue.claim(conn, [later, row], owner="run-4") == []
+        # Once due, it is claimed with one more attempt.
+        conn.execute("UPDATE work_items SET due_at = now() - interval '1 second'")
+        taken = queue.claim(conn, [later, row], owner="run-4")
+    assert sorted((i.item_id, i.tries) for i in taken) == sorted([(row, 2), (later, 1)])
+
+
+def test_a_row_whose_process_keeps_dying_is_dead_lettered_at_claim(queue_url: str) -> None:
+    """Each claim crashes (no failure recorded); the claim after the last attempt buries it."""
+    queue = LeasedQueue(TABLE, POLICY, Item)  # max_attempts = 2
+    [row, healthy] = _add(queue_url, 2)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        conn.execute("UPDATE work_items SET error = 'first crash' WHERE item_id = %s", (row,))
+    for attempt, owner in enumerate(("run-1", "run-2"), start=1):
+        with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+            claim = queue.claim_due(conn, [row], owner=owner)
+            assert ([i.tries for i in claim.claimed], claim.dead) == ([attempt], [])
+            # The process dies holding the claim; the lease runs out.
+            conn.execute("UPDATE work_items SET leased_at = now() - interval '11 minutes'")
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        # Dispatch still hands it out (someone must bury it); the claim dead-letters it.
+        assert [d.id for d in queue.select_for_dispatch(conn, limit=10)] == [row, healthy]
+        claim = queue.claim_due(conn, [row, healthy], owner="run-3")
+    assert [i.item_id for i in claim.claimed] == [healthy]
+    assert claim.dead == [Item(item_id=row, tries=2, body="item 1")]
+    state = _row(queue_url, row)
+    assert (state["state"], state["tries"], state["leased_by"]) == ("buried", 2, None)
+    assert state["error"].startswith("attempts used up: 2 of 2")
+    assert state["error"].endswith("last error: first crash")
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        conn.execute("UPDATE work_items SET due_at = now() - interval '1 day'")
+        assert queue.select_for_dispatch(conn, limit=10) == []  # the dead stay dead
+        assert queue.claim_due(conn, [row], owner="run-4") == type(claim)([], [])
+
+
+def test_a_failure_after_a_takeover_changes_nothing(queue_url: str) -> None:
+    """The old owner's late failure must not overwrite the new owner's outcome, nor count."""
+    queue = LeasedQueue(TABLE, POLICY, Item)
+    [row] = _add(queue_url, 1)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        [old] = queue.claim(conn, [row], owner="run-old")
+        conn.execute("UPDATE work_items SET leased_at = now() - interval '11 minutes'")
+        [new] = queue.claim(conn, [row], owner="run-new")
+        assert (old.tries, new.tries) == (1, 2)
+        # While the new owner still holds it: the old owner's failure is refused.
+        assert queue.record_failure(conn, row, old.tries, "late", owner="run-old") is None
+        assert _state(conn, row) == ("leased", 2, "run-new", None)
+        queue.complete(conn, row, status="done", outcome="handled by run-new")
+        # After the new owner finished: still refused, `done` stays.
+        assert queue.record_failure(conn, row, old.tries, "late", owner="run-old") is None
+        # Even with the right owner name, a stale attempt number is not this claim.
+        assert queue.record_failure(conn, row, old.tries, "late", owner="run-new") is None
+        assert _state(conn, row) == ("done", 2, "run-new", None)
+    with pytest.raises(ValueError, match="owner is required"):
+        with psycopg.connect(queue_url) as conn:
+            queue.record_failure(conn, row, 2, "x")
+
+
+def test_a_table_without_owner_checks_the_claim_by_its_attempt(queue_url: str) -> None:
+    """An owner-less queue (the outbox) still refuses a failure from a superseded claim."""
+    table = TABLE.__class__(**{**TABLE.__dict__, "owner": None})
+    queue = LeasedQueue(table, POLICY, Item)
+    [row] = _add(queue_url, 1)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        [old] = queue.claim(conn, [row])
+        conn.execute("UPDATE work_items SET leased_at = now() - interval '11 minutes'")
+        [new] = queue.claim(conn, [row])
+        # The old claim's failure while the new one holds the row: its attempt number is stale.
+        assert queue.record_failure(conn, row, old.tries, "late") is None
+        assert _state(conn, row)[:2] == ("leased", 2)
+        queue.complete(conn, row, status="done")
+        assert queue.record_failure(conn, row, old.tries, "late") is None
+        assert _state(conn, row)[0] == "done"
+        # The current claim's failure is recorded; a permanent one is dead at once.
+        conn.execute("UPDATE work_items SET state = 'leased' WHERE item_id = %s", (row,))
+        assert queue.record_failure(conn, row, new.tries, "bad address", permanent=True) == (
+            "buried"
+        )
+
+
+def _state(conn: psycopg.Connection[Any], item_id: int) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT state, tries, leased_by, error FROM work_items WHERE item_id = %s", (item_id,)
+    ).fetchone()
+    assert row is not None
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)

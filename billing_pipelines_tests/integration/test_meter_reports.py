@@ -333,6 +333,9 @@ def test_changed_day_beyond_35_days_is_flagged_with_tenants_and_amounts(env: Env
     billable = checks(first)["usage_tenants_billable"]
     assert not billable.passed and billable.severity == dg.AssetCheckSeverity.WARN
     assert orphan in billable.metadata["tenants"].value
+    assert orphan in str(billable.description) and "billing tenant create" in str(
+        billable.description
+    )
 
     advance(c, clock.id, start + 40 * 86400)  # for this customer the day is now 40 days old
     env.insert_queries(old, 50, 8)  # and late events change it
@@ -347,6 +350,8 @@ def test_changed_day_beyond_35_days_is_flagged_with_tenants_and_amounts(env: Env
     assert env.stripe_day_total(fresh) == 6
     totals = checks(second)["meter_totals_match_warehouse"]
     assert not totals.passed and totals.metadata["under_billed_units"].value == 8
+    assert old in str(window.description) and "by hand" in str(window.description)
+    assert old in str(totals.description) and f"partition {DAY}" in str(totals.description)
     # ... and a re-run neither drops nor re-sends the stranded total: still flagged.
     third = env.push()
     assert metadata(third)["sent"] == 0

@@ -37,9 +37,11 @@ EXPECTED_TABLES = {
     "usage_invoice_audit",
     "billing_health_daily",
     "alert_deliveries",
-    # 0006: lifecycle instants that cut a tenant's usage
+    # 0006: recovery
+    "dunning_dispatches",
+    # 0007: lifecycle instants that cut a tenant's usage
     "lifecycle_usage_cuts",
-    # 0007: late usage corrections
+    # 0008: late usage corrections
     "late_usage_corrections",
 }
 
@@ -93,6 +95,20 @@ def test_schema_guards_tenant_access_flags(empty_database: str) -> None:
         )
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE tenants SET rate_limit_multiplier = 2 WHERE tenant_id = 't1'")
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["a@x.com, b@y.com", "a@x.com\r\nBcc: c@z.com", "Name <a@x.com>", "a@x.com;b@y.com", "nobody"],
+)
+def test_schema_refuses_an_email_that_is_not_one_address(empty_database: str, email: str) -> None:
+    migrations.upgrade_to_head(empty_database)
+    with psycopg.connect(empty_database) as conn:
+        conn.execute(
+            "INSERT INTO tenants (tenant_id, name, email, plan) VALUES ('t1', 'T', 'a@x.io', 'pro')"
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE tenants SET email = %s WHERE tenant_id = 't1'", (email,))
 
 
 def test_chat_deliveries_survive_the_move_to_the_leased_queue(empty_database: str) -> None:

@@ -169,7 +169,7 @@ def test_crash_before_dunning_step_commits_then_rerun_records_it_once(
     monkeypatch.setattr(dunning, "execute_step", dies_before_commit)
     stripe_requests.clear()
     assert h.pump(only=("dunning_sensor",)) == 1
-    run_key = f"dunning:{invoice_id}:3"
+    run_key = f"dunning:{invoice_id}:3:1"
     assert h.runs[-1] == ("dunning_step_job", run_key, False)
     assert reached == ["processed"]  # the step ran to its end inside the transaction
     # The step talks to Stripe only to read: nothing there to double on a re-run.
@@ -210,7 +210,9 @@ def test_crash_before_dunning_step_commits_then_rerun_records_it_once(
         {"step": 3, "action": "final_warning"},
     ]
     outbox = _outbox(h)
-    assert [(r["dedup_key"], r["status"], r["attempts"]) for r in outbox] == [(run_key, "sent", 1)]
+    assert [(r["dedup_key"], r["status"], r["attempts"]) for r in outbox] == [
+        (f"dunning:{invoice_id}:3", "sent", 1)
+    ]
     mails = h.emails("acme@tenant.example")
     assert [m["Subject"][:12] for m in mails] == ["Final notice"]
     row = h.tenant_row("acme")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from billing_pipelines.lib.reconciliation import advice
 from billing_pipelines.lib.reconciliation import diff as rec
 from billing_pipelines.lib.stripe.snapshots import (
     CustomerSnapshot,
@@ -178,3 +179,40 @@ def test_remediation_targets_group_categories_per_tenant() -> None:
     assert rec.remediation_targets(findings) == {
         "t1": ("sub_1", [rec.STATUS_MISMATCH, rec.TRIAL_ENDED_NO_PAYMENT_METHOD])
     }
+
+
+def test_trial_ended_without_a_card_is_no_finding_once_both_sides_paused_it() -> None:
+    paused = sub(status="paused", trial_end=NOW - timedelta(days=2), has_payment_method=False)
+    agreed = tenant(billing_status="paused", subscription_status="paused", api_access_enabled=False)
+    result = rec.diff([agreed], [paused], [customer()], [], as_of=NOW)
+    assert result.findings == [] and result.mismatches == 0
+    # Still served: a leak. Access off but the tenant row says trialing: a status mismatch.
+    served = rec.diff(
+        [replace(agreed, api_access_enabled=True)], [paused], [customer()], [], as_of=NOW
+    )
+    assert (rec.TRIAL_ENDED_NO_PAYMENT_METHOD, "t1", True) in categories(served)
+    stale = rec.diff(
+        [replace(agreed, subscription_status="trialing")], [paused], [customer()], [], as_of=NOW
+    )
+    assert categories(stale) == [(rec.STATUS_MISMATCH, "t1", False)]
+
+
+def test_advice_names_who_and_the_next_step_per_category() -> None:
+    assert advice.describe([]) is None
+    gone = sub(status="canceled", ended_at=NOW)
+    leaks = rec.diff(
+        [tenant("t-b"), tenant("t-a", stripe_subscription_id="sub_1")],
+        [gone],
+        [customer()],
+        [invoice(invoice_id="in_stuck", status="draft", finalization_error="tax")],
+        as_of=NOW,
+    ).findings
+    text = advice.describe(leaks)
+    assert text is not None
+    assert "2 tenant(s) served although cancelled in Stripe (revenue leak): t-a, t-b." in text
+    assert "launch subscription_remediation_job" in text
+    assert "invoice(s) stuck in draft" in text and "finalize it" in text
+    orphan = rec.diff([], [], [customer("cus_orphan")], [], as_of=NOW).findings
+    assert "cus_orphan" in (advice.describe(orphan) or "")
+    many = [rec.Finding(rec.PLAN_MISMATCH, False, "", tenant_id=f"t{i}") for i in range(10)]
+    assert "t7 and 2 more" in (advice.describe(many) or "")

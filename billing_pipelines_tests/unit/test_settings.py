@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from billing_pipelines.lib.errors import (
@@ -86,3 +88,33 @@ def test_connection_errors_are_summarised_without_details() -> None:
     refused = OSError('connection to server at "10.0.0.1", port 5432 failed: Connection refused')
     assert describe_connection_error(refused) == "connection refused: nothing listens there"
     assert describe_connection_error(OSError("timeout expired")) == "timed out"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-03-14T22:30:00-05:00", datetime(2026, 3, 15, 3, 30, tzinfo=UTC)),
+        ("2025-12-31T23:59:59Z", datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_business_clock_is_the_setting_when_set(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: datetime
+) -> None:
+    monkeypatch.setenv("BUSINESS_CLOCK", value)
+    now = load_settings().now()
+    assert now == expected and now.tzinfo == UTC
+
+
+def test_business_clock_is_the_wall_clock_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BUSINESS_CLOCK", raising=False)
+    before = datetime.now(UTC)
+    now = load_settings().now()
+    assert before <= now <= datetime.now(UTC)
+
+
+def test_business_clock_without_an_offset_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUSINESS_CLOCK", "2026-03-14T22:30:00")
+    with pytest.raises(BillingConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith("BUSINESS_CLOCK is invalid: expected an ISO 8601 instant")
+    assert "\n" not in str(error.value)

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
@@ -92,7 +92,9 @@ def generate(
 def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None = None) -> None:
     """Start services, simulate a billing month on a test clock (from `start`, any instant;
     default the first of the month that began at least 45 days ago), and print the report."""
-    from billing_sandbox import month
+    import dagster as dg
+
+    from billing_sandbox import instigators, month
 
     started = time.monotonic()
     # The demo wipes the warehouse's usage and sends emails: never near anything real.
@@ -100,9 +102,14 @@ def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None
     guard.require_embedded("billing demo", billing_home())
     sandbox_mode.enable()
     echo("1/3 starting embedded PostgreSQL and the chDB warehouse bridge ...")
-    env = services.up(billing_home(), with_stripe=False)
+    home = billing_home()
+    env = services.up(home, with_stripe=False)
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    # The month's days are the partitions: they start on its first usage day (set before the
+    # definitions load), not on a fixed date with months of empty partitions before it.
+    first = start.date() if start is not None else month.month_start(datetime.now(UTC).date())
+    os.environ["USAGE_START_DATE"] = first.isoformat()
     settings = load_settings()
     database_url = settings.require_database_url()
     clickhouse_url = settings.require_clickhouse_url()
@@ -120,9 +127,21 @@ def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None
         clickhouse_url=clickhouse_url,
         tenant_count=tenant_count,
         seed=seed,
-        start=start,
+        start=start if start is not None else first,
         echo=echo,
         on_done=final_report,
+    )
+    # `make ui` on this instance: judged on the month's clock, its partitions, and no
+    # schedule or Stripe sensor ticking against the Stripe sandbox that just stopped.
+    remembered = {"USAGE_START_DATE": first.isoformat()}
+    if result.business_clock:
+        remembered["BUSINESS_CLOCK"] = result.business_clock
+    services.remember(home, remembered)
+    stopped = instigators.stop_stripe_dependent(dg.DagsterInstance.get())
+    echo(
+        f"    business clock {result.business_clock} and partitions from {first} written to "
+        f"sandbox.env; stopped on this instance (start them in the UI with Stripe served): "
+        f"{', '.join(stopped)}"
     )
     if result.failed_runs:
         raise RuntimeError(f"{len(result.failed_runs)} run(s) failed: {result.failed_runs[:5]}")

@@ -32,6 +32,7 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
 from billing_sandbox import usage_generator
 from billing_sandbox.demo import demo_tenants
@@ -80,14 +81,15 @@ class SensorPump:
                         continue
                     if request.run_key:
                         self.run_keys.add(request.run_key)
-                    outcome = job.execute_in_process(
+                    # Launched with the code location's origin, as the daemon's runs are.
+                    outcome = execute(
+                        job.name,
                         run_config={
                             **(request.run_config or {}),
                             "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
                         },
                         instance=self.instance,
                         tags={**request.tags, "demo": "simulated_month"},
-                        raise_on_error=False,
                     )
                     self.runs[job.name] += 1
                     if not outcome.success:
@@ -195,10 +197,58 @@ def _reset(database_url: str, clickhouse: Any) -> None:
     clickhouse.command("TRUNCATE TABLE usage_events")
 
 
+def failed_checks_since(instance: dg.DagsterInstance, since: datetime) -> dict[str, str]:
+    """Checks whose latest evaluation (per check and partition) in runs since then failed.
+
+    Keyed `check` or `check [partition]`, valued with the check's own description.
+    """
+    latest: dict[tuple[str, str | None], Any] = {}
+    records = instance.get_run_records(filters=dg.RunsFilter(created_after=since), ascending=True)
+    for record in records:
+        for entry in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            if entry.dagster_event is None:
+                continue
+            evaluation = entry.dagster_event.asset_check_evaluation_data
+            latest[(evaluation.check_name, evaluation.partition)] = evaluation
+    return {
+        name + (f" [{partition}]" if partition else ""): evaluation.description
+        or "failed (see its metadata in the UI)"
+        for (name, partition), evaluation in latest.items()
+        if not evaluation.passed
+    }
+
+
+def _end_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """End the runs a killed demo left started: they hold the Stripe pool's only slot.
+
+    The demo runs its jobs in its own process, so on the sandbox instance a run still marked
+    started when a new month begins belongs to a process that is gone; left alone, the next
+    run that needs the pool would wait for it forever.
+    """
+    unfinished = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    )
+    for record in unfinished:
+        run = record.dagster_run
+        instance.report_run_failed(run, "its process was gone when the next demo started")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return [r.dagster_run.run_id for r in unfinished]
+
+
 def _advance(sandbox: SandboxHandle, clock: str, to: int) -> None:
     sandbox.advance_clock(clock, to)
+    # The business clock follows the test clock: health, lag and snapshot dates are judged on
+    # the simulated day (runs in this process read it when they start).
+    os.environ["BUSINESS_CLOCK"] = business_instant(to)
     assert sandbox.state.webhooks is not None
     sandbox.state.webhooks.drain(30)
+
+
+def business_instant(timestamp: int) -> str:
+    """A test clock's time as the BUSINESS_CLOCK setting (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 @dataclass(frozen=True)
@@ -234,6 +284,10 @@ class MonthResult:
     stripe_throttled: int  # answered 429 by the sandbox's rate limiter
     checks: dict[str, bool]
     reconciliation_ok: bool
+    # What each failing check says (who is affected, what to do), by check name.
+    findings: dict[str, str] = field(default_factory=dict)
+    # The test clock's time when the month ended: the business clock the UI should use.
+    business_clock: str | None = None
 
 
 def simulate(
@@ -292,7 +346,10 @@ def simulate(
     receiver_port = free_port()
     # Runs read Stripe's address from the environment: point them at this sandbox, and put
     # back whatever was there when the month is over.
-    saved_env = {key: os.environ.get(key) for key in ("STRIPE_API_BASE", "STRIPE_API_KEY")}
+    saved_env = {
+        key: os.environ.get(key) for key in ("STRIPE_API_BASE", "STRIPE_API_KEY", "BUSINESS_CLOCK")
+    }
+    os.environ["BUSINESS_CLOCK"] = business_instant(t0)
     os.environ["STRIPE_API_BASE"] = sandbox.url
     os.environ["STRIPE_API_KEY"] = SANDBOX_KEY
     client = stripe_api.make_client(SANDBOX_KEY, api_base=sandbox.url)
@@ -309,6 +366,8 @@ def simulate(
     # Dagster's Postgres storages open a new connection per stored event unless told they are
     # a long-lived process; the month is one, and ~120 runs of event writes add up.
     instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
+    _end_orphaned_runs(instance)
+    month_began = datetime.now(UTC)
     pump = SensorPump(definitions, instance)
     cleanup = ExitStack()
     try:
@@ -362,12 +421,17 @@ def simulate(
             # 00:30 the next morning, as the 00:10 schedule pushes yesterday.
             _advance(sandbox, clock, midnight0 + (offset + 1) * DAY + 30 * 60)
             mark = timed("stripe clock and webhooks", mark)
-            pushes = [day] if offset < days else []
+            # Every day is pushed, as the daily schedule does, including the renewal days with
+            # no usage: they send nothing, and usage sync stays current on the business clock.
+            # A day that has not ended on the wall clock has no partition yet (a month that
+            # started 40 days ago renews into today).
+            today = datetime.now(UTC).date()
+            pushes = [day] if day < today else []
             for split in sorted(boundary_days):
                 # The late-event schedule pushes a day again on the following nights: a split
                 # day's part from its boundary goes once that period's invoice is final. (The
                 # month pushes only these days again; no other day has a boundary here.)
-                if 0 <= offset - (split - first).days < 3 and split not in pushes:
+                if 0 <= offset - (split - first).days < 3 and split not in pushes and split < today:
                     pushes.append(split)
             for pushed in pushes:
                 for _, ok in materialize_days(
@@ -396,13 +460,29 @@ def simulate(
         _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
         mark = time.monotonic()
-        reconciliation = definitions.resolve_job_def("reconciliation_job").execute_in_process(
+        reconciliation = execute(
+            "reconciliation_job",
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             tags={"demo": "simulated_month"},
-            raise_on_error=False,
         )
-        checks = {e.check_name: e.passed for e in reconciliation.get_asset_check_evaluations()}
+        evaluations = [
+            e.asset_check_evaluation_data
+            for e in reconciliation.all_events
+            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ]
+        checks = {e.check_name: e.passed for e in evaluations}
+        findings = {
+            e.check_name: e.description or "failed (see its metadata in the UI)"
+            for e in evaluations
+            if not e.passed
+        }
+        # Checks evaluated by the month's other runs (the daily pushes, the sensors' jobs) are
+        # reported too: a check failing there is as visible in the UI as in reconciliation.
+        for name, description in failed_checks_since(instance, month_began).items():
+            if name not in checks:
+                checks[name] = False
+                findings[name] = description
         # Failed checks are findings (drift is an alert, not a crash): the report lists them,
         # and a run that failed outright is kept apart from the sensors' runs.
         timed("reconciliation", mark)
@@ -423,6 +503,8 @@ def simulate(
             stripe_throttled=sandbox.throttled,
             checks=checks,
             reconciliation_ok=reconciliation.success,
+            findings=findings,
+            business_clock=os.environ.get("BUSINESS_CLOCK"),
         )
         if on_done is not None:
             on_done(result)
@@ -570,10 +652,13 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
     failing = sorted(name for name, passed in result.checks.items() if not passed)
     numbers["failing_checks"] = len(failing)
     echo(
-        f"    reconciliation: {len(result.checks)} asset checks, "
+        f"    asset checks: {len(result.checks)} (reconciliation's, and any that failed in the "
+        "month's other runs), "
         + (f"failing: {', '.join(failing)}" if failing else "all pass")
         + ("" if result.reconciliation_ok else "; reconciliation_job FAILED (see the UI)")
     )
+    for name in failing:
+        echo(f"      - {name}: {result.findings.get(name, 'failed (see the UI)')}")
     audit = result.checks.get("usage_matches_invoices")
     if audit is None:
         verdict = "not evaluated"

@@ -28,6 +28,8 @@ ENV_FILE = "sandbox.env"
 # A well-formed test-mode key for the local Stripe sandbox; it grants nothing anywhere else.
 SANDBOX_STRIPE_KEY = "sk_test_billing_pipelines_sandbox"
 HOST = "127.0.0.1"
+# Where `billing ui` serves the Dagster UI by default: alert links point here.
+DEFAULT_UI_URL = f"http://{HOST}:3000"
 
 
 @dataclass
@@ -174,11 +176,33 @@ def up(
         env["STRIPE_API_BASE"] = stripe_base
         env["STRIPE_API_KEY"] = SANDBOX_STRIPE_KEY
 
+    env["DAGSTER_UI_URL"] = DEFAULT_UI_URL
+    # What the demo recorded (its business clock, its first usage day) outlives a restart.
+    env.update(state.extra)
     _save_state(home, state)
+    _write_env(home, env)
+    return env
+
+
+def _write_env(home: Path, env: dict[str, str]) -> None:
     lines = ["# Written by `billing sandbox up`: addresses of the embedded services."]
     lines += [f"{key}={value}" for key, value in env.items()]
     write_private(home / ENV_FILE, ("\n".join(lines) + "\n").encode())
-    return env
+
+
+def remember(home: Path, values: dict[str, str]) -> None:
+    """Add settings to sandbox.env (and keep them across `up`), e.g. the demo's clock."""
+    state = _load_state(home)
+    state.extra.update(values)
+    _save_state(home, state)
+    path = home / ENV_FILE
+    env = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                env[key] = value
+    _write_env(home, {**env, **values})
 
 
 def _dagster_home(home: Path) -> Path:

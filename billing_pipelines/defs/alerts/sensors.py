@@ -1,9 +1,10 @@
 """Alerts: every failed run and every failed ERROR asset check notifies the configured channel."""
 
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster import DagsterEventType
+from dagster import DagsterEventType, RunStatusChangeRecordsFilter
 
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.alerts import channels as alerting
@@ -61,38 +62,78 @@ def send(billing_db: BillingDatabase, failures: Iterable[alerting.Failure]) -> i
     return raised
 
 
-@dg.run_failure_sensor(
+# A sensor with no cursor yet (a new instance, a renamed sensor) looks back this far, so
+# failures from before the daemon started still alert, without replaying years of history.
+FIRST_TICK_LOOKBACK = timedelta(days=7)
+# Run ends handled per tick; the cursor carries the rest over to the next tick.
+BATCH = 100
+
+
+def run_ends(
+    instance: dg.DagsterInstance, event_type: DagsterEventType, cursor: str | None
+) -> tuple[list[tuple[dg.DagsterRun, str | None]], str | None]:
+    """Runs that ended with `event_type` after the cursor (or within the lookback), oldest first.
+
+    The cursor is the event log's own record cursor: it resumes where the last tick stopped,
+    whether the daemon was running when the run ended or not.
+    """
+    records_filter = RunStatusChangeRecordsFilter(
+        event_type=event_type,  # type: ignore[arg-type]
+        after_timestamp=None if cursor else (datetime.now(UTC) - FIRST_TICK_LOOKBACK).timestamp(),
+    )
+    page = instance.fetch_run_status_changes(
+        records_filter, limit=BATCH, cursor=cursor, ascending=True
+    )
+    out = []
+    for record in page.records:
+        run = instance.get_run_by_id(record.run_id)
+        if run is None:
+            continue
+        event = record.event_log_entry.dagster_event
+        out.append((run, event.message if event is not None else None))
+    return out, page.cursor if page.records else cursor
+
+
+@dg.sensor(
     name="failed_run_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
 def failed_run_alert_sensor(
-    context: dg.RunFailureSensorContext, billing_db: BillingDatabase
-) -> None:
+    context: dg.SensorEvaluationContext, billing_db: BillingDatabase
+) -> dg.SensorResult | dg.SkipReason:
     """Alert once per failed run, and once per failed ERROR check inside it."""
-    run = context.dagster_run
+    ended, cursor = run_ends(context.instance, DagsterEventType.RUN_FAILURE, context.cursor)
+    if not ended:
+        return dg.SkipReason("no run failed since the last tick")
     ui_url = alert_channel().ui_url
-    error = context.failure_event.message if context.failure_event else None
-    failures = [
-        alerting.run_failure(run_id=run.run_id, job_name=run.job_name, error=error, ui_url=ui_url),
-        *failed_error_checks(context.instance, run, ui_url),
-    ]
+    failures = []
+    for run, error in ended:
+        failures.append(
+            alerting.run_failure(
+                run_id=run.run_id, job_name=run.job_name, error=error, ui_url=ui_url
+            )
+        )
+        failures.extend(failed_error_checks(context.instance, run, ui_url))
     raised = send(billing_db, failures)
-    context.log.info(f"run {run.run_id}: {raised} alert(s) raised")
+    context.log.info(f"{len(ended)} failed run(s): {raised} alert(s) raised")
+    return dg.SensorResult(cursor=cursor)
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
+@dg.sensor(
     name="failed_check_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
 def failed_check_alert_sensor(
-    context: dg.RunStatusSensorContext, billing_db: BillingDatabase
-) -> None:
+    context: dg.SensorEvaluationContext, billing_db: BillingDatabase
+) -> dg.SensorResult | dg.SkipReason:
     """Alert once per failed ERROR asset check in a run that otherwise succeeded."""
-    run = context.dagster_run
-    failures = failed_error_checks(context.instance, run, alert_channel().ui_url)
-    if failures:
-        raised = send(billing_db, failures)
-        context.log.info(f"run {run.run_id}: {raised} check alert(s) raised")
+    ended, cursor = run_ends(context.instance, DagsterEventType.RUN_SUCCESS, context.cursor)
+    if not ended:
+        return dg.SkipReason("no run succeeded since the last tick")
+    ui_url = alert_channel().ui_url
+    failures = [f for run, _ in ended for f in failed_error_checks(context.instance, run, ui_url)]
+    raised = send(billing_db, failures) if failures else 0
+    context.log.info(f"{len(ended)} successful run(s): {raised} check alert(s) raised")
+    return dg.SensorResult(cursor=cursor)

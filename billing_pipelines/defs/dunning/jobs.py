@@ -1,6 +1,6 @@
 """Dunning runs: one ladder step for one invoice, and the daily trial reminders."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -11,6 +11,7 @@ from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
+from billing_pipelines.settings import load_settings
 
 
 class DunningStepConfig(dg.Config):
@@ -56,7 +57,7 @@ class TrialReminderConfig(dg.Config):
     """The window ahead of now (UTC) in which a trial end triggers a reminder."""
 
     within_days: int = 3
-    as_of: str | None = None  # ISO timestamp; default now
+    as_of: str | None = None  # ISO timestamp; default: the business clock (BUSINESS_CLOCK)
 
 
 @dg.op
@@ -67,7 +68,8 @@ def remind_trials_ending(
     stripe: StripeResource,
 ) -> dg.Output[int]:
     """Check each trialing tenant's live subscription; queue at most one reminder per trial."""
-    now = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(UTC)
+    # Trial ends are on the business clock (a Stripe test clock in the simulated month).
+    now = datetime.fromisoformat(config.as_of) if config.as_of else load_settings().now()
     with billing_db.transaction() as conn:
         candidates = [
             r["tenant_id"]

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.dunning.jobs import DunningStepConfig, dunning_step_job
+from billing_pipelines.defs.readiness import stripe_not_ready
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.dunning import steps as dunning
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
@@ -16,9 +17,12 @@ from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
 def dunning_sensor(
     context: dg.SensorEvaluationContext, billing_db: BillingDatabase
 ) -> dg.SensorResult | dg.SkipReason:
-    """One run per (invoice, step) that failed payments have reached; run_key = invoice + step."""
+    """One run per (invoice, step) failed payments reached; run_key = invoice + step + dispatch."""
+    if reason := stripe_not_ready():
+        return dg.SkipReason(reason)
     with billing_db.transaction() as conn:
-        due = dunning.due_steps(conn, DEFAULT_LADDER)
+        # The dispatch generation re-asks for a step whose run failed with all its retries.
+        due = dunning.dispatch_steps(conn, dunning.due_steps(conn, DEFAULT_LADDER))
     if not due:
         return dg.SkipReason("no dunning step due")
     requests = [
@@ -31,7 +35,11 @@ def dunning_sensor(
                     )
                 }
             ),
-            tags={"billing/invoice": item.invoice_id, "billing/dunning_step": str(item.step)},
+            tags={
+                "billing/invoice": item.invoice_id,
+                "billing/dunning_step": str(item.step),
+                "billing/dispatch": str(item.dispatch),
+            },
         )
         for item in due
     ]

@@ -70,8 +70,10 @@ def onboard_tenant_op(
 ) -> dict[str, Any]:
     """Create the tenant's Stripe customer and subscription (idempotent)."""
     request = lifecycle.OnboardRequest(**config.model_dump())
-    with billing_db.transaction() as conn:
-        result = lifecycle.onboard(conn, stripe.client(), load_catalog(), request)
+    # Each step commits as soon as Stripe holds it: a crash leaves nothing unlinked.
+    result = lifecycle.onboard_durably(
+        billing_db.transaction, stripe.client(), load_catalog(), request
+    )
     return _report(context, result)
 
 

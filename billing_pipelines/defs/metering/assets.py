@@ -27,6 +27,7 @@ from billing_pipelines.lib.metering import cuts, ledger
 from billing_pipelines.lib.metering.boundaries import DayPart, day_parts
 from billing_pipelines.lib.metering.planning import BillingAccount
 from billing_pipelines.lib.metering.push import MeterPush, Pace, PartsOf, PushResult
+from billing_pipelines.lib.reconciliation.advice import names
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe import periods as stripe_periods
@@ -208,8 +209,10 @@ def _check_results(result: PushResult) -> list[dg.AssetCheckResult]:
             passed=not stranded,
             severity=dg.AssetCheckSeverity.ERROR,
             description=(
-                "changed totals Stripe refused as older than 35 days: bill or credit "
-                "the difference by hand"
+                f"{len(stranded)} changed total(s) for {result.day} that Stripe refused as older "
+                f"than 35 days ({names(str(r.get('tenant_id', '?')) for r in stranded)}). Next: "
+                "bill or credit the difference by hand (an invoice item in Stripe); the "
+                "metadata lists each tenant, metric and amount"
                 if stranded
                 else None
             ),
@@ -222,6 +225,13 @@ def _check_results(result: PushResult) -> list[dg.AssetCheckResult]:
             check_name=BILLABLE_CHECK,
             passed=not unbillable,
             severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"{len(unbillable)} tenant(s) used the API on {result.day} without a Stripe "
+                f"customer and subscription: {names(unbillable)}. Next: onboard them "
+                "(`billing tenant create`), then re-run usage_to_stripe_job for this partition"
+                if unbillable
+                else None
+            ),
             metadata={
                 "unbillable": dg.MetadataValue.int(len(unbillable)),
                 "tenants": dg.MetadataValue.md(

@@ -11,9 +11,9 @@ from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.planning import Key, settle_totals
+from billing_pipelines.lib.reconciliation.advice import names
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
-from billing_pipelines.settings import load_settings
 
 
 class TotalsCheckConfig(dg.Config):
@@ -77,6 +77,15 @@ def meter_totals_match_warehouse(
     return dg.AssetCheckResult(
         passed=not mismatches,
         severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"Stripe's totals for {day} differ from the warehouse for {len(mismatches)} tenant "
+            f"metric(s) ({names(m.tenant_id for m in mismatches)}). Next: re-run "
+            f"usage_to_stripe_job for partition {day} (`billing usage push --date {day}`), which "
+            "sends changed totals as new versions; a day older than Stripe's 35 days cannot be "
+            "re-sent (usage_within_stripe_window lists it for a manual adjustment)"
+            if mismatches
+            else None
+        ),
         metadata={
             "compared": dg.MetadataValue.int(len(expected)),
             "mismatches": dg.MetadataValue.int(len(mismatches)),
@@ -98,20 +107,3 @@ def meter_totals_match_warehouse(
             ),
         },
     )
-
-
-@dg.definitions
-def usage_sync_freshness() -> dg.Definitions:
-    """Yesterday's usage must be in Stripe within the sync-lag budget after the day ends."""
-    lag_hours = load_settings().usage_sync_lag_hours
-    hours, minutes = int(lag_hours), int(round((lag_hours % 1) * 60))
-    checks = dg.build_time_partition_freshness_checks(
-        assets=[stripe_meter_reports],
-        deadline_cron=f"{minutes} {hours % 24} * * *",
-        timezone="UTC",
-        severity=dg.AssetCheckSeverity.ERROR,
-    )
-    sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks, name="usage_sync_freshness_sensor"
-    )
-    return dg.Definitions(asset_checks=checks, sensors=[sensor])

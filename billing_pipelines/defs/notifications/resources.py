@@ -68,8 +68,12 @@ class EmailResource(dg.ConfigurableResource):
             # Customers' names and addresses: the folder is 0700 and each file 0600.
             sink = private_dir(sink)
             for row in rows:
-                message = notifications.build_message(row, sender)
-                write_private(sink / f"{row.id:08d}.eml", bytes(message))
+                try:
+                    message = notifications.build_message(row, sender)
+                    write_private(sink / f"{row.id:08d}.eml", bytes(message))
+                except (ValueError, OSError) as exc:  # one bad row fails alone
+                    yield row, notifications.describe_smtp_error(exc)
+                    continue
                 yield row, None
             return
         url = self._smtp_url()
@@ -93,7 +97,8 @@ class EmailResource(dg.ConfigurableResource):
                 except smtplib.SMTPServerDisconnected as exc:
                     yield row, notifications.describe_smtp_error(exc)
                     server = notifications.open_smtp(target)
-                except (OSError, smtplib.SMTPException) as exc:
+                except (ValueError, OSError, smtplib.SMTPException) as exc:
+                    # ValueError: a header the message cannot carry; that row fails alone.
                     yield row, notifications.describe_smtp_error(exc)
         finally:
             try:

@@ -1,6 +1,6 @@
 """Reconciliation: Stripe snapshots, the tenant DB against them, usage against invoices, health."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
@@ -19,9 +19,15 @@ from billing_pipelines.defs.usage.assets import daily_tenant_usage
 from billing_pipelines.lib import markdown
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.notifications.emails import format_money
+from billing_pipelines.lib.reconciliation import (
+    advice,
+    health,
+    health_view,
+    late_usage,
+    usage_audit,
+)
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import health, health_view, late_usage, usage_audit
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
@@ -56,7 +62,8 @@ def stripe_subscription_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
     """Every Stripe customer and subscription (all statuses) as of today, stored by date."""
-    taken_at = datetime.now(UTC)
+    # On the business clock, so the snapshot's date is the day it describes.
+    taken_at = load_settings().now()
     state = stripe_snapshots.fetch_state(stripe.client(), set(load_catalog().plans))
     with billing_db.transaction() as conn:
         snapshot_store.store_state(conn, taken_at.date(), state, taken_at)
@@ -90,7 +97,8 @@ def stripe_invoice_snapshot(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
 ) -> dg.MaterializeResult:
     """Every Stripe invoice with its lines (quantities, amounts, periods) as of today."""
-    taken_at = datetime.now(UTC)
+    # On the business clock, so the snapshot's date is the day it describes.
+    taken_at = load_settings().now()
     snapshot = stripe_snapshots.fetch_invoices(stripe.client())
     with billing_db.transaction() as conn:
         snapshot_store.store_invoices(conn, taken_at.date(), snapshot, taken_at)
@@ -167,11 +175,7 @@ def subscription_state_diff(
                 check_name=name,
                 passed=not leaks,
                 severity=dg.AssetCheckSeverity.ERROR,
-                description=(
-                    f"{len(leaks)} revenue leak(s): run subscription_remediation_job"
-                    if leaks
-                    else None
-                ),
+                description=advice.describe(leaks),
                 metadata={
                     "leaks": dg.MetadataValue.int(len(leaks)),
                     "tenants": dg.MetadataValue.md(reconciliation.findings_table(leaks)),
@@ -182,7 +186,12 @@ def subscription_state_diff(
         dg.AssetCheckResult(
             check_name=CONSISTENT_CHECK,
             passed=not result.findings,
-            severity=dg.AssetCheckSeverity.WARN,
+            # Money at risk (a tenant served without a charge) is an error; bookkeeping
+            # differences that cost nothing yet are warnings.
+            severity=dg.AssetCheckSeverity.ERROR
+            if any(f.revenue_leak for f in result.findings)
+            else dg.AssetCheckSeverity.WARN,
+            description=advice.describe(result.findings),
             metadata={
                 "findings": dg.MetadataValue.int(len(result.findings)),
                 **{f"{c}": dg.MetadataValue.int(len(grouped[c])) for c in grouped},
@@ -441,25 +450,47 @@ def billing_health(
     context: dg.AssetExecutionContext, config: HealthConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
     """Webhook and payment success, usage sync lag, invoice failures, mismatches, dunning funnel."""
-    now = datetime.now(UTC)
+    settings = load_settings()
+    # The business clock: a simulated month is judged on its test clock's days.
+    now = settings.now()
     day = health.utc_today(now)
     lag_hours = config.usage_sync_lag_hours
     thresholds = health.Thresholds(
-        usage_sync_lag_hours=load_settings().usage_sync_lag_hours
-        if lag_hours is None
-        else lag_hours
+        usage_sync_lag_hours=settings.usage_sync_lag_hours if lag_hours is None else lag_hours
     )
     with billing_db.transaction() as conn:
-        row = conn.execute(
-            "SELECT count(*) AS n FROM subscription_state_findings WHERE snapshot_date = "
-            "(SELECT max(snapshot_date) FROM subscription_state_findings) "
-            "AND category <> 'customer_without_tenant'"
+        findings = conn.execute(
+            "SELECT tenant_id, revenue_leak FROM subscription_state_findings WHERE snapshot_date "
+            "= (SELECT max(snapshot_date) FROM subscription_state_findings) "
+            "AND category <> 'customer_without_tenant' ORDER BY tenant_id"
+        ).fetchall()
+        mismatches = len(findings)
+        delivered = conn.execute(
+            "SELECT max(usage_date) AS d FROM usage_report_ledger WHERE status = 'delivered'"
         ).fetchone()
-        mismatches = int(row["n"]) if row else 0
-        metrics = health.compute(conn, day, now=now, state_mismatches=mismatches)
+        # The newest day whose meter push completed (quiet days send nothing to the ledger).
+        pushed = [
+            date.fromisoformat(key)
+            for key in context.instance.get_materialized_partitions(
+                dg.AssetKey("stripe_meter_reports")
+            )
+        ]
+        synced_through = max([d for d in pushed if d <= day], default=None)
+        metrics = health.compute(
+            conn, day, now=now, state_mismatches=mismatches, synced_through=synced_through
+        )
         health.store(conn, metrics)
         series = health.series(conn, day)
-    verdicts = health.evaluate(metrics, thresholds)
+    verdicts = health.evaluate(
+        metrics,
+        thresholds,
+        revenue_leaks=sum(1 for f in findings if f["revenue_leak"]),
+        mismatched_tenants=list(dict.fromkeys(f["tenant_id"] for f in findings if f["tenant_id"])),
+        reported_through=max(
+            [d for d in (delivered["d"] if delivered else None, synced_through) if d],
+            default=None,
+        ),
+    )
     numbers = health_view.plotted_values(metrics)
     context.log.info("billing health %s: %s", day, numbers)
     return dg.MaterializeResult(

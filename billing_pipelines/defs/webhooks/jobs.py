@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
+from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
 from billing_pipelines.lib.alerts import store as alerts
@@ -49,17 +50,40 @@ def process_webhook_events(
     billing_db: BillingDatabase,
     stripe: StripeResource,
 ) -> dg.Output[dict[str, int]]:
-    """Claim the batch's rows, apply each event's effect once, record outcomes and retries."""
+    """Claim the batch's rows one by one, apply each effect once, record outcomes and retries."""
     queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run.run_id
     handlers = handler_setup(
         stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode()
     )
-    with billing_db.transaction() as conn:
-        claimed = queue.claim(conn, config.row_ids, owner=owner)
-    counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0}
-    counts["not_claimed"] = len(config.row_ids) - len(claimed)
-    for row in claimed:
+    counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0, "not_claimed": 0}
+    for row_id in sorted(set(config.row_ids)):
+        # One row claimed at a time, just before it is handled: an event that kills the run
+        # spends only its own attempt, never those of the rows queued behind it.
+        with billing_db.transaction() as conn:
+            claim = queue.claim_due(conn, [row_id], owner=owner)
+            # A row whose runs kept dying (attempts used up while claimed) ends here, alerted.
+            for dead in claim.dead:
+                alerts.raise_alert(
+                    conn,
+                    dedup_key=f"webhook_dead:{dead.event_id}",
+                    kind="webhook_dead_letter",
+                    severity="critical",
+                    summary=f"Stripe event {dead.event_id} ({dead.event_type}) dead-lettered: "
+                    f"its {dead.attempts} attempts were used up by runs that never finished",
+                    details={
+                        "event": dead.event_id,
+                        "type": dead.event_type,
+                        "attempts": dead.attempts,
+                    },
+                    notify=handlers.alert_email,
+                )
+                counts["dead"] += 1
+                context.log.warning(f"{dead.event_type} {dead.event_id}: dead (attempts used up)")
+        if not claim.claimed:
+            counts["not_claimed"] += 0 if claim.dead else 1
+            continue
+        [row] = claim.claimed
         actor = f"webhook {row.event_id} (run {owner[:8]})"
         try:
             with billing_db.transaction() as conn:
@@ -73,7 +97,12 @@ def process_webhook_events(
         except Exception as exc:  # every failure is recorded on the row, never lost
             error = describe_error(exc)
             with billing_db.transaction() as conn:
-                status = queue.record_failure(conn, row.id, row.attempts, error)
+                status = queue.record_failure(conn, row.id, row.attempts, error, owner=owner)
+                if status is None:
+                    # Taken over after the lease: the new owner decides; no false alert.
+                    counts["not_claimed"] += 1
+                    context.log.warning(f"{row.event_id}: claim lost; its failure not recorded")
+                    continue
                 if status == "dead":
                     alerts.raise_alert(
                         conn,
@@ -144,3 +173,17 @@ def recover_stripe_events(
 def stripe_event_recovery_job() -> None:
     """Enqueue Stripe events of the last 30 days that never reached the receiver."""
     recover_stripe_events()
+
+
+@dg.op
+def requeue_dead_webhook_events(
+    context: dg.OpExecutionContext, config: RequeueConfig, billing_db: BillingDatabase
+) -> dg.Output[dict[str, list[int]]]:
+    """Make the chosen dead webhook rows pending again, with fresh attempts; audited."""
+    return requeue_from_config(context, config, billing_db, webhook_queue.DEAD_EVENTS)
+
+
+@dg.job(tags={"domain": "webhooks"})
+def webhook_requeue_job() -> None:
+    """Send dead-lettered Stripe events through the queue again (by id, type, or since)."""
+    requeue_dead_webhook_events()

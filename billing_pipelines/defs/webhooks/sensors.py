@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from billing_pipelines.defs.readiness import stripe_not_ready
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.defs.webhooks.jobs import (
     WebhookBatchConfig,
@@ -24,6 +25,8 @@ def webhook_events_sensor(
     context: dg.SensorEvaluationContext, billing_db: BillingDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     """One run per batch of due queue rows; run_key from the row ids and dispatch counts."""
+    if reason := stripe_not_ready():
+        return dg.SkipReason(reason)
     with billing_db.transaction() as conn:
         # Dispatch reads only the lease and redispatch times; attempts are the run's business.
         due = webhook_queue.events_queue().select_for_dispatch(

@@ -211,9 +211,22 @@ def deliver_chat(
     owner = f"chat:{uuid.uuid4()}"
     with transaction() as conn:
         due = CHAT_QUEUE.select_for_dispatch(conn, limit=limit)
-        claimed = CHAT_QUEUE.claim(conn, [d.id for d in due], owner=owner) if due else []
+        claim = CHAT_QUEUE.claim_due(conn, [d.id for d in due], owner=owner)
+        claimed = claim.claimed
         texts = _texts(conn, [row.alert_id for row in claimed])
-    counts = {"sent": 0, "failed": 0, "dead": 0}
+        for row in claim.dead:
+            # The alert itself stays recorded; its chat post is given up, and said so.
+            alerts.raise_alert(
+                conn,
+                dedup_key=f"chat_dead:{row.id}",
+                kind="chat_dead_letter",
+                severity="warning",
+                summary=f"chat delivery {row.id} of alert {row.alert_id} dead-lettered: "
+                f"its {row.attempts} attempts were used up by calls that never finished",
+                details={"delivery": row.id, "alert": row.alert_id, "attempts": row.attempts},
+                notify=None,
+            )
+    counts = {"sent": 0, "failed": 0, "dead": len(claim.dead)}
     for row in claimed:
         try:
             post(webhook_url, {"text": texts[row.alert_id]})
@@ -223,8 +236,11 @@ def deliver_chat(
             error = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
             with transaction() as conn:
                 if CHAT_QUEUE.still_owned(conn, row.id, owner):
-                    outcome = CHAT_QUEUE.record_failure(conn, row.id, row.attempts, error)
-                    counts["dead" if outcome == CHAT_TABLE.dead_status else "failed"] += 1
+                    outcome = CHAT_QUEUE.record_failure(
+                        conn, row.id, row.attempts, error, owner=owner
+                    )
+                    if outcome is not None:
+                        counts["dead" if outcome == CHAT_TABLE.dead_status else "failed"] += 1
             continue
         with transaction() as conn:
             if CHAT_QUEUE.still_owned(conn, row.id, owner):

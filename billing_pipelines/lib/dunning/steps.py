@@ -1,9 +1,9 @@
-"""Running the dunning ladder: which (invoice, step) is due, and executing one step once."""
+"""Running the dunning ladder: which (invoice, step) is due and asked for; one step, once."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -20,19 +20,69 @@ from billing_pipelines.lib.webhooks.handlers import (
     explain_usage,
 )
 
+# A step still due after its run was asked for is asked for again (a new run_key) after 15 min,
+# then 30 min, 1 h, ... at most every 6 h: a run that failed with all its retries (a Stripe
+# outage) is retried until the step is recorded, and a slow queue gets a harmless duplicate at
+# worst (a step is recorded once per invoice under a row lock).
+REDISPATCH_BASE_SECONDS = 900.0
+REDISPATCH_MAX_SECONDS = 6 * 3600.0
+
 
 @dataclass(frozen=True)
 class DueStep:
-    """One rung to run for one invoice; (invoice_id, step) is the run_key."""
+    """One rung to run for one invoice; (invoice_id, step, dispatch) is the run_key."""
 
     invoice_id: str
     tenant_id: str
     step: int
+    dispatch: int = 1
 
     @property
     def run_key(self) -> str:
-        """The business id of this run: one run per invoice and step, ever."""
-        return f"dunning:{self.invoice_id}:{self.step}"
+        """The business id of this run: one run per invoice, step and dispatch generation."""
+        return f"dunning:{self.invoice_id}:{self.step}:{self.dispatch}"
+
+
+def dispatch_steps(
+    conn: psycopg.Connection[Any],
+    due: list[DueStep],
+    *,
+    base_seconds: float = REDISPATCH_BASE_SECONDS,
+    max_seconds: float = REDISPATCH_MAX_SECONDS,
+) -> list[DueStep]:
+    """The due steps with their dispatch generation, bumped for those asked for long enough ago.
+
+    The first time a step is due it is generation 1. While it stays due (its run failed, or
+    never ran), the generation goes up once `base_seconds * 2**(generation - 1)` (capped) have
+    passed since the last dispatch, which gives the sensor a new run_key to ask for.
+    """
+    out = []
+    for item in due:
+        row = conn.execute(
+            """
+            INSERT INTO dunning_dispatches AS d (invoice_id, step) VALUES (%(invoice)s, %(step)s)
+            ON CONFLICT (invoice_id, step) DO UPDATE
+                SET dispatch_count = d.dispatch_count + 1, dispatched_at = now()
+                WHERE d.dispatched_at <= now() - make_interval(
+                    secs => least(%(max)s, %(base)s * power(2, d.dispatch_count - 1)))
+            RETURNING dispatch_count
+            """,
+            {
+                "invoice": item.invoice_id,
+                "step": item.step,
+                "base": base_seconds,
+                "max": max_seconds,
+            },
+        ).fetchone()
+        if row is None:  # dispatched recently: the same generation (the same run_key) again
+            row = conn.execute(
+                "SELECT dispatch_count FROM dunning_dispatches WHERE invoice_id = %s AND step = %s",
+                (item.invoice_id, item.step),
+            ).fetchone()
+        assert row is not None
+        count = row["dispatch_count"] if isinstance(row, dict) else row[0]
+        out.append(replace(item, dispatch=int(count)))
+    return out
 
 
 # A subscription whose first payment failed never had access and Stripe never retries that

@@ -8,7 +8,9 @@ webhook handlers use (`webhook_handlers.converge_tenant`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from billing_pipelines.lib.lifecycle import plan_change, usage_cut
 from billing_pipelines.lib.metering import cuts
 from billing_pipelines.lib.metering.cut_push import CutPush, CutPushResult
 from billing_pipelines.lib.notifications import emails as notifications
+from billing_pipelines.lib.notifications.recipients import check_recipient
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
 from billing_pipelines.lib.stripe.client import CardError, StripeClient
@@ -31,6 +34,8 @@ from billing_pipelines.lib.webhooks.handlers import HandlerContext, converge_ten
 # (the tenant adds a card and resumes) while access stops: nobody uses the service for free.
 DEFAULT_TRIAL_END_BEHAVIOR = "pause"
 TRIAL_END_BEHAVIORS = ("pause", "cancel", "create_invoice")
+# Opens one transaction on the billing database (committed on success), e.g. BillingDatabase's.
+Transaction = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
 
 class LifecycleError(Exception):
@@ -155,24 +160,23 @@ def _get_or_create_customer(
     )
 
 
-def onboard(
-    conn: psycopg.Connection[Any],
-    client: StripeClient,
-    catalog: Catalog,
-    request: OnboardRequest,
-    *,
-    actor: str = "lifecycle.onboard_tenant",
-) -> LifecycleResult:
-    """Create (or find) the tenant, its Stripe customer and its subscription; idempotent."""
-    # Validate every input before the first write or Stripe call: a refused onboarding leaves
-    # no tenant row and no Stripe customer behind.
+def _checked(request: OnboardRequest, catalog: Catalog) -> tuple[OnboardRequest, Plan]:
+    """Every input validated before the first write or Stripe call (the email normalized)."""
     check_tenant_id(request.tenant_id)
+    # One valid address, or one clear error before anything is stored or created in Stripe.
+    request = replace(request, email=check_recipient(request.email))
     plan = catalog.plan(request.plan)
     if request.trial_end_behavior not in TRIAL_END_BEHAVIORS:
         raise BillingConfigError(
             f"trial_end_behavior must be one of {', '.join(TRIAL_END_BEHAVIORS)}, "
             f"got {request.trial_end_behavior!r}"
         )
+    return request, plan
+
+
+def _record_tenant(
+    conn: psycopg.Connection[Any], request: OnboardRequest, plan: Plan
+) -> tenant_state.Tenant:
     conn.execute(
         """
         INSERT INTO tenants (tenant_id, name, email, plan)
@@ -181,23 +185,73 @@ def onboard(
         """,
         (request.tenant_id, request.name, request.email, plan.key),
     )
-    tenant = _tenant(conn, request.tenant_id)
+    return _tenant(conn, request.tenant_id)
+
+
+def _link_customer(
+    conn: psycopg.Connection[Any], tenant: tenant_state.Tenant, customer_id: str, actor: str
+) -> None:
+    if tenant.stripe_customer_id == customer_id:
+        return
+    conn.execute(
+        "UPDATE tenants SET stripe_customer_id = %s, updated_at = now() WHERE tenant_id = %s",
+        (customer_id, tenant.tenant_id),
+    )
+    tenant_state.audit(
+        conn,
+        actor=actor,
+        action="tenant.link_customer",
+        entity_type="tenant",
+        entity_id=tenant.tenant_id,
+        reason="onboarding: Stripe customer created or found by tenant_id metadata",
+        before={"stripe_customer_id": tenant.stripe_customer_id},
+        after={"stripe_customer_id": customer_id},
+    )
+
+
+def onboard_durably(
+    transaction: Transaction,
+    client: StripeClient,
+    catalog: Catalog,
+    request: OnboardRequest,
+    *,
+    actor: str = "lifecycle.onboard_tenant",
+) -> LifecycleResult:
+    """Onboard, committing the tenant row, then its customer, before the subscription exists.
+
+    A crash at any point leaves what Stripe holds findable: the customer is linked to a
+    committed tenant row (or found again by its `tenant_id` metadata), and the subscription is
+    found by its `tenant_id` metadata before another is created. Re-running after a crash, even
+    past Stripe's 24-hour idempotency window, ends with one customer and one subscription.
+    """
+    request, plan = _checked(request, catalog)
+    with transaction() as conn:
+        tenant = _record_tenant(conn, request, plan)
+    if not tenant.stripe_customer_id:
+        customer_id = _get_or_create_customer(client, tenant, request)
+        with transaction() as conn:
+            _link_customer(conn, _tenant(conn, request.tenant_id), customer_id, actor)
+    with transaction() as conn:
+        return onboard(conn, client, catalog, request, actor=actor)
+
+
+def onboard(
+    conn: psycopg.Connection[Any],
+    client: StripeClient,
+    catalog: Catalog,
+    request: OnboardRequest,
+    *,
+    actor: str = "lifecycle.onboard_tenant",
+) -> LifecycleResult:
+    """Create (or find) the tenant, its Stripe customer and its subscription, in one transaction.
+
+    Idempotent, but a crash rolls back every write made here while Stripe keeps its objects:
+    the re-run finds them by `tenant_id` metadata. `onboard_durably` commits as it goes.
+    """
+    request, plan = _checked(request, catalog)
+    tenant = _record_tenant(conn, request, plan)
     customer_id = _get_or_create_customer(client, tenant, request)
-    if tenant.stripe_customer_id != customer_id:
-        conn.execute(
-            "UPDATE tenants SET stripe_customer_id = %s, updated_at = now() WHERE tenant_id = %s",
-            (customer_id, request.tenant_id),
-        )
-        tenant_state.audit(
-            conn,
-            actor=actor,
-            action="tenant.link_customer",
-            entity_type="tenant",
-            entity_id=request.tenant_id,
-            reason="onboarding: Stripe customer created or found by tenant_id metadata",
-            before={"stripe_customer_id": tenant.stripe_customer_id},
-            after={"stripe_customer_id": customer_id},
-        )
+    _link_customer(conn, tenant, customer_id, actor)
     if request.payment_method:
         stripe_lifecycle.attach_default_card(client, customer_id, request.payment_method)
 
@@ -206,6 +260,18 @@ def onboard(
     if current and not stripe_lifecycle.retrieve_subscription(client, current).ended:
         tenant = _converge(ctx, request.tenant_id, "onboarding: subscription already exists")
         return _result(tenant, "already onboarded")
+
+    # A subscription Stripe made for this tenant that we never recorded (a crash after it was
+    # created): link it instead of creating a second one.
+    found = stripe_lifecycle.find_live_subscription(
+        client, customer_id=customer_id, tenant_id=request.tenant_id
+    )
+    if found is not None and found != current:
+        _link_subscription(conn, request.tenant_id, found, plan.key)
+        tenant = _converge(
+            ctx, request.tenant_id, "onboarding: linked the subscription found in Stripe"
+        )
+        return _result(tenant, f"linked existing subscription {found}")
 
     # A tenant that has had a trial does not get another one.
     trial = request.trial and not tenant.state.trial_end
@@ -219,13 +285,19 @@ def onboard(
         trial_days=catalog.trial_days if trial else None,
         trial_end_behavior=request.trial_end_behavior if trial else None,
     )
+    _link_subscription(conn, request.tenant_id, subscription_id, plan.key)
+    tenant = _converge(ctx, request.tenant_id, f"onboarded on {plan.key}")
+    return _result(tenant, f"subscribed to {plan.key}")
+
+
+def _link_subscription(
+    conn: psycopg.Connection[Any], tenant_id: str, subscription_id: str, plan_key: str
+) -> None:
     conn.execute(
         "UPDATE tenants SET stripe_subscription_id = %s, plan = %s, updated_at = now() "
         "WHERE tenant_id = %s",
-        (subscription_id, plan.key, request.tenant_id),
+        (subscription_id, plan_key, tenant_id),
     )
-    tenant = _converge(ctx, request.tenant_id, f"onboarded on {plan.key}")
-    return _result(tenant, f"subscribed to {plan.key}")
 
 
 # ---- plan changes ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import psycopg
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
+from billing_pipelines.lib.pg.requeue import DeadLetters
 
 TEMPLATES = (
     "payment_reminder",
@@ -167,6 +168,10 @@ OUTBOX_TABLE = QueueTable(
     done_at="sent_at",
 )
 OUTBOX: LeasedQueue[OutboxRow] = LeasedQueue(OUTBOX_TABLE, OUTBOX_POLICY, OutboxRow)
+# Dead emails as an operator names them: by row id, by template, or queued since.
+DEAD_EMAILS = DeadLetters(
+    OUTBOX_TABLE, item="dedup_key", kind="template", since="created_at", entity_type="email"
+)
 
 
 def mark_sent(conn: psycopg.Connection[Any], row_id: int) -> None:

@@ -2,9 +2,12 @@
 
 Life of a row: `pending` -> a sensor marks it dispatched (`dispatched_at`, `dispatch_count`; the
 count is part of the run_key, so a re-dispatch asks for a new run) -> the run claims it (the
-table's claimed status, `attempts + 1`, FOR UPDATE SKIP LOCKED) -> a done status, or `failed`
-with a backoff, or `dead` after `max_attempts`. A claim older than the lease belongs to a run
-that died and is taken over by the next run; a dispatched row nobody claimed within the
+table's claimed status, `attempts + 1`, FOR UPDATE SKIP LOCKED; only once its backoff is over,
+whoever asks: an op retry or a re-executed run cannot burn attempts early) -> a done status, or
+`failed` with a backoff, or `dead` after `max_attempts`. A claim older than the lease belongs to
+a run that died and is taken over by the next run; a row whose attempts are used up when it is
+claimed (its process kept crashing) is dead-lettered by that claim instead, so a crashing row
+ends `dead` like a failing one; a dispatched row nobody claimed within the
 redispatch time (the run never started) is dispatched again. Handlers must be idempotent: a
 taken-over row may run twice.
 
@@ -63,6 +66,14 @@ class Dispatched:
 
     id: int
     dispatch_count: int
+
+
+@dataclass(frozen=True)
+class Claim(Generic[Row]):
+    """What one claim took: the rows this run now holds, and the rows it dead-lettered."""
+
+    claimed: list[Row]
+    dead: list[Row]
 
 
 def batch_run_key(prefix: str, batch: Sequence[Dispatched]) -> str:
@@ -188,10 +199,19 @@ class LeasedQueue(Generic[Row]):
     def claim(
         self, conn: psycopg.Connection[Any], row_ids: Sequence[int], *, owner: str | None = None
     ) -> list[Row]:
-        """Take the given rows that are still due and not held by a live run (SKIP LOCKED).
+        """The rows `claim_due` takes; rows it dead-letters are left to `claim_due`'s callers."""
+        return self.claim_due(conn, row_ids, owner=owner).claimed
 
-        A claimed row counts one more attempt and starts its lease now; `owner` (the run id) is
-        recorded when the table keeps one, so a run can later check it was not taken over.
+    def claim_due(
+        self, conn: psycopg.Connection[Any], row_ids: Sequence[int], *, owner: str | None = None
+    ) -> Claim[Row]:
+        """Take the given rows that are due and not held by a live run (SKIP LOCKED).
+
+        Due means pending, or failed with its backoff over, or claimed by a run whose lease
+        expired. A claimed row counts one more attempt and starts its lease now; `owner` (the
+        run id) is recorded when the table keeps one, so a run can later check it was not taken
+        over. A due row whose attempts are already used up (its runs kept dying before they
+        could record a failure) is dead-lettered instead and returned in `dead`, for an alert.
         """
         if (owner is None) != (self.table.owner is None):
             raise ValueError(
@@ -202,17 +222,57 @@ class LeasedQueue(Generic[Row]):
             if self.table.owner
             else sql.SQL("")
         )
+        clear_owner = (
+            sql.SQL(", {} = NULL").format(sql.Identifier(self.table.owner))
+            if self.table.owner
+            else sql.SQL("")
+        )
         returning = sql.SQL(", ").join(
             sql.SQL("q.{}").format(sql.Identifier(c)) for c in self._columns
         )
-        statement = self._sql(
+        params = {
+            **self._statuses(),
+            "ids": list(row_ids),
+            "owner": owner,
+            "lease": self.policy.lease_seconds,
+            "max_attempts": self.policy.max_attempts,
+            "dead": self.table.dead_status,
+        }
+        due = self._sql(
             """
-            WITH mine AS (
                 SELECT {key} FROM {table}
                 WHERE {key} = ANY(%(ids)s)
-                  AND ({status} IN (%(pending)s, %(failed)s)
+                  AND (({status} IN (%(pending)s, %(failed)s) AND {next_attempt_at} <= now())
                        OR ({status} = %(claimed)s
                            AND {claimed_at} < now() - make_interval(secs => %(lease)s)))
+            """
+        )
+        bury = self._sql(
+            """
+            WITH spent AS ({due}
+                  AND {attempts} >= %(max_attempts)s
+                ORDER BY {key}
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {table} q
+            SET {status} = %(dead)s, {claimed_at} = NULL {clear_owner},
+                {last_error} = left(
+                    'attempts used up: ' || q.{attempts} || ' of ' || %(max_attempts)s
+                    || ' when claimed again (a run that held it died without recording why)'
+                    || coalesce('; last error: ' || q.{last_error}, ''), %(error_chars)s)
+            FROM spent WHERE q.{key} = spent.{key}
+            RETURNING {returning}
+            """,
+            due=due,
+            clear_owner=clear_owner,
+            returning=returning,
+        )
+        cursor = conn.execute(bury, {**params, "error_chars": ERROR_CHARS})
+        dead = [self.row_type(**_as_dict(cursor, r)) for r in cursor.fetchall()]
+        statement = self._sql(
+            """
+            WITH mine AS ({due}
+                  AND {attempts} < %(max_attempts)s
                 ORDER BY {key}
                 FOR UPDATE SKIP LOCKED
             )
@@ -222,20 +282,16 @@ class LeasedQueue(Generic[Row]):
             FROM mine WHERE q.{key} = mine.{key}
             RETURNING {returning}
             """,
+            due=due,
             set_owner=set_owner,
             returning=returning,
         )
-        cursor = conn.execute(
-            statement,
-            {
-                **self._statuses(),
-                "ids": list(row_ids),
-                "owner": owner,
-                "lease": self.policy.lease_seconds,
-            },
-        )
+        cursor = conn.execute(statement, params)
         claimed = [self.row_type(**_as_dict(cursor, r)) for r in cursor.fetchall()]
-        return sorted(claimed, key=lambda row: int(getattr(row, self.table.key)))
+        return Claim(claimed=self._sorted(claimed), dead=self._sorted(dead))
+
+    def _sorted(self, rows: list[Row]) -> list[Row]:
+        return sorted(rows, key=lambda row: int(getattr(row, self.table.key)))
 
     def still_owned(self, conn: psycopg.Connection[Any], row_id: int, owner: str) -> bool:
         """Lock the row and confirm this run still holds the claim (not taken over after a lease).
@@ -292,17 +348,40 @@ class LeasedQueue(Generic[Row]):
         )
 
     def record_failure(
-        self, conn: psycopg.Connection[Any], row_id: int, attempts: int, error: str
-    ) -> str:
+        self,
+        conn: psycopg.Connection[Any],
+        row_id: int,
+        attempts: int,
+        error: str,
+        *,
+        owner: str | None = None,
+        permanent: bool = False,
+    ) -> str | None:
         """Schedule a retry with backoff, or dead-letter after max_attempts; returns the status.
 
-        The claim is released, so the next dispatch after the backoff can take the row.
+        Only the claim that failed may record it: the row must still be claimed with this
+        attempt number (and by `owner`, where the table keeps one). After a takeover the row
+        belongs to another run, which may already have processed it: nothing is written and
+        None is returned, so the caller raises no alert. The claim is released, so the next
+        dispatch after the backoff can take the row. A `permanent` failure (one no retry can
+        fix, such as an invalid recipient) is dead-lettered at once.
         """
+        if (owner is None) != (self.table.owner is None):
+            raise ValueError(
+                f"{self.table.name}: an owner is required exactly when the table records one"
+            )
         status = (
-            self.table.dead_status if self.policy.exhausted(attempts) else self.table.failed_status
+            self.table.dead_status
+            if permanent or self.policy.exhausted(attempts)
+            else self.table.failed_status
         )
         clear_owner = (
             sql.SQL(", {} = NULL").format(sql.Identifier(self.table.owner))
+            if self.table.owner
+            else sql.SQL("")
+        )
+        same_owner = (
+            sql.SQL(" AND {} = %(owner)s").format(sql.Identifier(self.table.owner))
             if self.table.owner
             else sql.SQL("")
         )
@@ -311,20 +390,26 @@ class LeasedQueue(Generic[Row]):
             UPDATE {table}
             SET {status} = %(status)s, {last_error} = %(error)s, {claimed_at} = NULL {clear_owner},
                 {next_attempt_at} = now() + make_interval(secs => %(backoff)s)
-            WHERE {key} = %(id)s
+            WHERE {key} = %(id)s AND {status} = %(claimed)s AND {attempts} = %(attempts)s
+                {same_owner}
+            RETURNING {key}
             """,
             clear_owner=clear_owner,
+            same_owner=same_owner,
         )
-        conn.execute(
+        row = conn.execute(
             statement,
             {
                 "status": status,
                 "error": error[:ERROR_CHARS],
                 "backoff": self.policy.backoff_seconds(attempts),
                 "id": row_id,
+                "claimed": self.table.claimed_status,
+                "attempts": attempts,
+                "owner": owner,
             },
-        )
-        return status
+        ).fetchone()
+        return None if row is None else status
 
     def depth(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
         """Row counts by status, for metadata and health checks."""

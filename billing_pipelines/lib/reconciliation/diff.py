@@ -229,11 +229,15 @@ def diff(
                 f"Stripe bills plan {sub.plan}, the tenant database says {tenant.plan}",
                 **ids,
             )
+        # A trial that ended without a card is a finding only while the tenant is still
+        # served: paused in Stripe with access off is the intended outcome, not a problem
+        # (a status the tenant row does not share is still reported as a status mismatch).
         if (
             sub.trial_end is not None
             and sub.status != "trialing"
             and sub.status not in ENDED_STATUSES
             and not sub.has_payment_method
+            and tenant.api_access_enabled
         ):
             add(
                 TRIAL_ENDED_NO_PAYMENT_METHOD,

@@ -8,6 +8,7 @@ does not fail its check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -62,16 +63,76 @@ class Verdict:
     description: str
 
 
+# What an operator does when a health check fails (appended to the failing verdict only).
+NEXT_STEPS = {
+    "webhook_success_rate": (
+        "read the failed and dead-lettered rows of webhook_events (status failed/dead, "
+        "last_error) and the failed webhook_events_job runs; fix the cause, the queue retries"
+    ),
+    "first_attempt_payment_success_rate": (
+        "card declines: the dunning ladder is handling them; check dunning_sensor is running "
+        "and the decline reasons on the invoices in Stripe"
+    ),
+    "invoice_generation_failures": (
+        "subscription_state_diff's no_unpaid_service check names the invoices; fix each "
+        "finalization error in Stripe and finalize it"
+    ),
+    "state_mismatches": (
+        "subscription_state_diff's tenant_db_matches_stripe check names the tenants; launch "
+        "subscription_remediation_job (dry run first)"
+    ),
+}
+
+
 def _rate(metric: str, value: float | None, target: float, alert: float) -> Verdict:
     if value is None:
         return Verdict(metric, True, False, None, f"no data today for {metric}")
     text = f"{value:.2%} (target >= {target:.0%}, alert below {alert:.0%})"
+    if value < target:
+        text += f". Next: {NEXT_STEPS[metric]}."
     return Verdict(metric, value >= target, value < alert, value, text)
 
 
-def evaluate(m: HealthMetrics, t: Thresholds) -> list[Verdict]:
-    """Every threshold checked against one day's metrics."""
+def _lag_text(lag: float | None, limit: float, reported_through: date | None) -> str:
+    if lag is None:
+        return "no usage reported yet"
+    newest = f" ({reported_through})" if reported_through else ""
+    text = f"{lag:.1f} h since the newest reported day{newest} ended (limit {limit:g} h)"
+    if lag <= limit:
+        return text
+    first = f"{reported_through + timedelta(days=1)}" if reported_through else "the next day"
+    return (
+        f"{text}. Next: push the days from {first} on: launch usage_to_stripe_job for those "
+        "partitions (or `billing usage push --date YYYY-MM-DD` per day), and check the "
+        "usage_to_stripe_daily schedule is running"
+    )
+
+
+def evaluate(
+    m: HealthMetrics,
+    t: Thresholds,
+    *,
+    revenue_leaks: int | None = None,
+    mismatched_tenants: Sequence[str] = (),
+    reported_through: date | None = None,
+) -> list[Verdict]:
+    """Every threshold checked against one day's metrics.
+
+    `revenue_leaks` (mismatches where a tenant is served without a charge), when known, decides
+    whether mismatches are an alert: a difference that costs nothing yet is a warning.
+    """
     lag = m.usage_sync_lag_hours
+    mismatches = m.state_mismatches > t.state_mismatches
+    mismatch_text = f"{m.state_mismatches} tenant(s) disagree with Stripe"
+    if mismatched_tenants:
+        mismatch_text += f" ({', '.join(mismatched_tenants[:8])}"
+        mismatch_text += (
+            f" and {len(mismatched_tenants) - 8} more)" if len(mismatched_tenants) > 8 else ")"
+        )
+    if revenue_leaks:
+        mismatch_text += f", {revenue_leaks} served without a charge"
+    if mismatches:
+        mismatch_text += f". Next: {NEXT_STEPS['state_mismatches']}."
     return [
         _rate(
             "webhook_success_rate",
@@ -90,24 +151,26 @@ def evaluate(m: HealthMetrics, t: Thresholds) -> list[Verdict]:
             lag is None or lag <= t.usage_sync_lag_hours,
             lag is not None and lag > t.usage_sync_lag_hours,
             lag,
-            "no usage reported yet"
-            if lag is None
-            else f"{lag:.1f} h since the newest reported day ended (limit "
-            f"{t.usage_sync_lag_hours:g} h)",
+            _lag_text(lag, t.usage_sync_lag_hours, reported_through),
         ),
         Verdict(
             "invoice_generation_failures",
             m.invoice_failures <= t.invoice_failures,
             m.invoice_failures > t.invoice_failures,
             m.invoice_failures,
-            f"{m.invoice_failures} invoice(s) failed to finalize or are stuck in draft",
+            f"{m.invoice_failures} invoice(s) failed to finalize or are stuck in draft"
+            + (
+                f". Next: {NEXT_STEPS['invoice_generation_failures']}."
+                if m.invoice_failures > t.invoice_failures
+                else ""
+            ),
         ),
         Verdict(
             "state_mismatches",
-            m.state_mismatches <= t.state_mismatches,
-            m.state_mismatches > t.state_mismatches,
+            not mismatches,
+            mismatches if revenue_leaks is None else mismatches and revenue_leaks > 0,
             m.state_mismatches,
-            f"{m.state_mismatches} tenant(s) disagree with Stripe",
+            mismatch_text,
         ),
     ]
 
@@ -116,9 +179,19 @@ def evaluate(m: HealthMetrics, t: Thresholds) -> list[Verdict]:
 
 
 def compute(
-    conn: Conn, day: date, *, now: datetime, state_mismatches: int, lookback_days: int = 30
+    conn: Conn,
+    day: date,
+    *,
+    now: datetime,
+    state_mismatches: int,
+    lookback_days: int = 30,
+    synced_through: date | None = None,
 ) -> HealthMetrics:
-    """The metrics for `day` from the queue, the snapshots, the ledger and dunning cases."""
+    """The metrics for `day` from the queue, the snapshots, the ledger and dunning cases.
+
+    `synced_through` is the newest day whose push completed (a day without usage sends nothing,
+    so the ledger alone would call a quiet day late).
+    """
     start, end = day_bounds(day)
     webhooks = conn.execute(
         """
@@ -159,8 +232,9 @@ def compute(
         "SELECT max(usage_date) AS d FROM usage_report_ledger WHERE status = 'delivered'"
     ).fetchone()
     lag = None
-    if delivered is not None and delivered["d"] is not None:
-        _, newest_end = day_bounds(delivered["d"])
+    newest = [d for d in (delivered["d"] if delivered else None, synced_through) if d is not None]
+    if newest:
+        _, newest_end = day_bounds(max(newest))
         lag = max(0.0, (now - newest_end).total_seconds() / 3600)
     dunning = conn.execute(
         """

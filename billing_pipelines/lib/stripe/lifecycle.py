@@ -168,6 +168,27 @@ def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> 
     )
 
 
+def find_live_subscription(
+    client: stripe.StripeClient, *, customer_id: str, tenant_id: str
+) -> str | None:
+    """The customer's not-ended subscription made for this tenant (metadata), newest first.
+
+    A list by customer (docs.stripe.com/api/subscriptions/list: `status=all` includes canceled
+    ones, which are skipped here), not a search: search is eventually consistent and could miss
+    a subscription created seconds before a crash, while a list reads what Stripe holds now.
+    """
+    found = client.v1.subscriptions.list({"customer": customer_id, "status": "all", "limit": 100})
+    mine = [
+        raw
+        for raw in (sub.to_dict() for sub in found.auto_paging_iter())
+        if (raw.get("metadata") or {}).get("tenant_id") == tenant_id
+        and str(raw.get("status")) not in ENDED_STATUSES
+    ]
+    if not mine:
+        return None
+    return str(max(mine, key=lambda raw: (int(raw["created"]), str(raw["id"])))["id"])
+
+
 def create_subscription(
     client: stripe.StripeClient,
     *,

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
+from billing_pipelines.lib.pg.requeue import DeadLetters
 
 
 class MalformedEventError(ValueError):
@@ -139,3 +140,13 @@ def events_policy(max_attempts: int) -> RetryPolicy:
 def events_queue(policy: RetryPolicy = EVENTS_POLICY) -> LeasedQueue[ClaimedEvent]:
     """The webhook_events queue under a retry policy."""
     return LeasedQueue(EVENTS_TABLE, policy, ClaimedEvent)
+
+
+# Dead webhook rows as an operator names them: by row id, by event type, or received since.
+DEAD_EVENTS = DeadLetters(
+    EVENTS_TABLE,
+    item="event_id",
+    kind="event_type",
+    since="received_at",
+    entity_type="webhook_event",
+)

@@ -15,10 +15,7 @@ import pytest
 import stripe
 from billing_sandbox.stripe import SandboxHandle
 
-from billing_pipelines.defs.alerts.sensors import (
-    failed_check_alert_sensor,
-    failed_run_alert_sensor,
-)
+from billing_pipelines.definitions import defs
 from billing_pipelines.defs.reconciliation.assets import (
     stripe_invoice_snapshot,
     stripe_subscription_snapshot,
@@ -83,6 +80,22 @@ def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
         server.stop()
 
 
+def tick(
+    instance: dg.DagsterInstance,
+    name: str,
+    cursor: str | None,
+    resources: dict[str, Any],
+) -> str | None:
+    """One evaluation of a loaded alert sensor, as the daemon's tick; returns the new cursor."""
+    sensor = defs().resolve_sensor_def(name)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        return result.cursor
+    assert isinstance(result, dg.SkipReason), result
+    return cursor
+
+
 def test_failed_error_check_and_failed_run_alert_once_each(
     stripe_sandbox: SandboxHandle,
     stripe_client: stripe.StripeClient,
@@ -104,27 +117,30 @@ def test_failed_error_check_and_failed_run_alert_once_each(
     run = instance.get_run_by_id(diff.run_id)
     assert run is not None
     sensor_resources = {"billing_db": BillingDatabase(url=billing_db_url)}
-    for _ in range(2):  # the sensor may see the same run twice: still one alert
-        with dg.build_run_status_sensor_context(
-            sensor_name="failed_check_alert_sensor",
-            dagster_event=diff.get_run_success_event(),
-            dagster_instance=instance,
-            dagster_run=run,
-            resources=sensor_resources,
-        ) as context:
-            failed_check_alert_sensor(context)
+    # The run ended before any sensor tick (as if the daemon started later): the first tick,
+    # with no cursor, still finds it; later ticks resume from the cursor and raise nothing new.
+    cursor = tick(instance, "failed_check_alert_sensor", None, sensor_resources)
+    assert cursor is not None
+    assert tick(instance, "failed_check_alert_sensor", cursor, sensor_resources) == cursor
+    tick(instance, "failed_check_alert_sensor", None, sensor_resources)  # seen twice: still once
     alerts = query(billing_db_url, "SELECT * FROM alerts ORDER BY id")
-    assert [a["kind"] for a in alerts] == ["asset_check_failed"]
-    assert "no_canceled_subscription_served" in alerts[0]["summary"]
-    (message,) = chat.received
-    text = message["text"]
+    # The leak check and the consistency check (an ERROR too: money is at risk), once each.
+    assert [a["kind"] for a in alerts] == ["asset_check_failed"] * 2
+    summaries = " ".join(a["summary"] for a in alerts)
+    assert "no_canceled_subscription_served" in summaries
+    assert "tenant_db_matches_stripe" in summaries
+    assert len(chat.received) == 2
+    text = next(m["text"] for m in chat.received if "no_canceled" in m["text"])
     assert "ERROR check no_canceled_subscription_served failed on subscription_state_diff" in text
-    assert "revenue leak" in text
+    assert "revenue leak" in text and "t-leaking" in text
+    assert "subscription_remediation_job" in text  # the next step travels with the alert
     assert f"https://dagster.billing.example/runs/{diff.run_id}" in text
-    (mail,) = query(billing_db_url, "SELECT * FROM notification_outbox")
-    assert mail["recipient"] == "oncall@billing.example" and mail["template"] == "ops_alert"
-    delivery = query(billing_db_url, "SELECT * FROM alert_deliveries")[0]
-    assert delivery["status"] == "sent" and delivery["attempts"] == 1
+    mails = query(billing_db_url, "SELECT * FROM notification_outbox")
+    assert {(m["recipient"], m["template"]) for m in mails} == {
+        ("oncall@billing.example", "ops_alert")
+    }
+    deliveries = query(billing_db_url, "SELECT * FROM alert_deliveries")
+    assert {(d["status"], d["attempts"]) for d in deliveries} == {("sent", 1)}
 
     # A failed run: the audit before any invoice snapshot exists.
     query(billing_db_url, "DELETE FROM stripe_invoice_snapshots")
@@ -134,19 +150,13 @@ def test_failed_error_check_and_failed_run_alert_once_each(
     assert not failed.success
     failed_run = instance.get_run_by_id(failed.run_id)
     assert failed_run is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name="failed_run_alert_sensor",
-        dagster_event=failed.get_run_failure_event(),
-        dagster_instance=instance,
-        dagster_run=failed_run,
-        resources=sensor_resources,
-    ) as context:
-        failed_run_alert_sensor(context.for_run_failure())
+    run_cursor = tick(instance, "failed_run_alert_sensor", None, sensor_resources)
+    assert tick(instance, "failed_run_alert_sensor", run_cursor, sensor_resources) == run_cursor
     kinds = [a["kind"] for a in query(billing_db_url, "SELECT kind FROM alerts ORDER BY id")]
-    assert kinds == ["asset_check_failed", "run_failed"]
-    assert len(chat.received) == 2
-    assert "failed" in chat.received[1]["text"]
-    assert f"/runs/{failed.run_id}" in chat.received[1]["text"]
+    assert kinds == ["asset_check_failed", "asset_check_failed", "run_failed"]
+    assert len(chat.received) == 3
+    assert "failed" in chat.received[2]["text"]
+    assert f"/runs/{failed.run_id}" in chat.received[2]["text"]
     # The webhook URL is a secret: never stored with the alert.
     assert "secret-token" not in json.dumps(
         query(billing_db_url, "SELECT details FROM alerts"), default=str

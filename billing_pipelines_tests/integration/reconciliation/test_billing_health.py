@@ -3,7 +3,7 @@ and threshold checks that fail, against a fresh embedded PostgreSQL database."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -35,8 +35,12 @@ def delivered_day(db_url: str, days_ago: int) -> None:
     )
 
 
-def run(db_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    result = dg.materialize([billing_health], resources={"billing_db": BillingDatabase(url=db_url)})
+def run(
+    db_url: str, instance: dg.DagsterInstance | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    result = dg.materialize(
+        [billing_health], resources={"billing_db": BillingDatabase(url=db_url)}, instance=instance
+    )
     assert result.success
     (mat,) = result.asset_materializations_for_node("billing_health")
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -141,3 +145,68 @@ def test_usage_sync_lag_threshold_is_a_launchpad_knob_defaulting_to_the_environm
     assert lag_check(usage_sync_lag_hours=100).passed  # the launchpad value wins
     monkeypatch.setenv("USAGE_SYNC_LAG_HOURS", "100")
     assert lag_check().passed
+
+
+@pytest.mark.parametrize(
+    ("clock", "delivered", "lag_hours"),
+    [
+        ("2026-03-15T02:00:00+00:00", "2026-03-14", 2.0),
+        ("2025-11-30T21:30:00-05:00", "2025-11-30", 2.5),  # 02:30 UTC on Dec 1
+    ],
+)
+def test_health_is_judged_on_the_business_clock(
+    billing_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: str,
+    delivered: str,
+    lag_hours: float,
+) -> None:
+    """A month simulated on a Stripe test clock is judged on its own days, not today's date."""
+    query(
+        billing_db_url,
+        "INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value, value_version, "
+        "identifier, stripe_customer_id, meter_event_name, status, delivered_at) "
+        "VALUES ('t1', 'queries', %s, 5, 1, 'id-1', 'cus_1', 'rag_api_queries', 'delivered', "
+        "now())",
+        (delivered,),
+    )
+    monkeypatch.setenv("BUSINESS_CLOCK", clock)
+    metadata, checks = run(billing_db_url)
+    business_day = datetime.fromisoformat(clock).astimezone(UTC).date()
+    assert metadata["day"] == business_day.isoformat()
+    assert metadata["usage_sync_lag_hours"] == lag_hours
+    assert checks["usage_sync_lag"].passed
+    rows = query(billing_db_url, "SELECT day FROM billing_health_daily")
+    assert [r["day"] for r in rows] == [business_day]
+    # The same ledger judged on the wall clock is months late: the setting is what changed it.
+    monkeypatch.delenv("BUSINESS_CLOCK")
+    _, wall = run(billing_db_url)
+    assert not wall["usage_sync_lag"].passed
+    assert f"from {date.fromisoformat(delivered) + timedelta(days=1)} on" in str(
+        wall["usage_sync_lag"].description
+    )
+
+
+def test_a_quiet_day_that_was_pushed_is_not_late(
+    billing_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day without usage sends nothing to Stripe; its completed push still counts as synced."""
+    query(
+        billing_db_url,
+        "INSERT INTO usage_report_ledger (tenant_id, metric, usage_date, value, value_version, "
+        "identifier, stripe_customer_id, meter_event_name, status, delivered_at) "
+        "VALUES ('t1', 'queries', '2026-05-20', 5, 1, 'id-q', 'cus_1', 'rag_api_queries', "
+        "'delivered', now())",
+    )
+    monkeypatch.setenv("BUSINESS_CLOCK", "2026-05-26T03:00:00+00:00")
+    instance = dg.DagsterInstance.ephemeral()
+    _, late = run(billing_db_url, instance)
+    assert not late["usage_sync_lag"].passed  # only the ledger: 5 days and 3 hours behind
+    assert "from 2026-05-21 on" in str(late["usage_sync_lag"].description)
+    for day in ("2026-05-21", "2026-05-22", "2026-05-23", "2026-05-24", "2026-05-25"):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("stripe_meter_reports", partition=day)
+        )
+    metadata, synced = run(billing_db_url, instance)
+    assert synced["usage_sync_lag"].passed
+    assert metadata["usage_sync_lag_hours"] == 3.0

@@ -238,6 +238,10 @@ def get_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any
 
 @route("GET", "/v1/subscriptions", P.SubscriptionListParams)
 def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
+    # docs.stripe.com/api/subscriptions/list: "By default, returns a list of subscriptions that
+    # have not been canceled"; `status=all` returns every status, `status=canceled` only those.
+    # Unlike search (docs.stripe.com/search: data can take up to a minute to be searchable), a
+    # list reads current state, so onboarding uses it to find a subscription made just before.
     items = ctx.state.all(SUBS)
     status = params.get("status")
     if status and status != "all":

@@ -1,0 +1,1 @@
+"""Monitoring: billing state (queues, payments, dunning, meter pushes) as Prometheus metrics."""
