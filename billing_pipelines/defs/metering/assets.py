@@ -112,7 +112,7 @@ def stripe_meter_reports(
         ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
         run_id=context.run.run_id,
         log=context.log,
-        parts=_day_parts(client, warehouse, billing_db),
+        parts=day_parts_of(client, warehouse, billing_db),
     )
     pace = Pace(
         requests_per_second=config.requests_per_second or pacing.default_rate(stripe.api_key),
@@ -132,7 +132,7 @@ def stripe_meter_reports(
     )
 
 
-def _day_parts(
+def day_parts_of(
     client: StripeClient, warehouse: UsageWarehouse, billing_db: BillingDatabase
 ) -> PartsOf:
     """The parts of days split by a period boundary or a lifecycle instant: subscription

@@ -19,6 +19,7 @@ import stripe
 from billing_sandbox.stripe import SandboxHandle
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
+from billing_pipelines.defs.metering.checks import meter_totals_match_warehouse
 from billing_pipelines.defs.reconciliation.assets import (
     stripe_invoice_snapshot,
     stripe_subscription_snapshot,
@@ -110,13 +111,30 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     )
 
     def push(day: date) -> None:
-        # As the schedules do: after the day ends, on the clock's time.
+        # As the schedules do: after the day ends, on the clock's time; with the check the
+        # daily job runs, which must compare Stripe's day total with the part reported now
+        # (not the whole day) on a split day.
         result = dg.materialize(
-            [daily_tenant_usage, stripe_meter_reports],
+            [daily_tenant_usage, stripe_meter_reports, meter_totals_match_warehouse],
             partition_key=day.isoformat(),
             resources=resources,
+            run_config={
+                "ops": {
+                    "stripe_meter_reports_meter_totals_match_warehouse": {
+                        "config": {"settle_seconds": 2.0, "poll_seconds": 0.5}
+                    }
+                }
+            },
+            raise_on_error=False,
         )
         assert result.success
+        [check] = [
+            e.asset_check_evaluation_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            and e.asset_check_evaluation_data.check_name == "meter_totals_match_warehouse"
+        ]
+        assert check.passed, check.description
 
     for day in (d0, d1):
         advance(c, clock, int((midnight(day) + timedelta(days=1, minutes=10)).timestamp()))
