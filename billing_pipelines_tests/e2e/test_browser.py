@@ -39,7 +39,7 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make test` installs i
 SCREENSHOTS_ENV = "BILLING_UI_SCREENSHOTS"
 # The per-tenant audit table that usage_invoice_audit's materialization carries.
 AUDIT_TABLE = "audit_lines"
-USAGE_CHECK = "usage_matches_schema"
+USAGE_CHECK = "usage_tenants_known"
 WAIT_MS = 180_000  # one page or one UI action
 BACKFILL_WAIT_MS = 20 * 60_000  # three runs launched by the daemon, each a new process
 
@@ -271,15 +271,16 @@ def test_data_team_works_in_the_dagster_ui_in_chromium(
             assert counts == ["3", "0", "3", "0"], progress.inner_text()
             shots.take("backfill")
 
-            # 4. A failing check: usage from a tenant the billing database does not know.
+            # 4. A failing check: usage from a tenant the billing database does not know is held
+            # (stored, not billed), so the run succeeds and the WARN check fails, naming it.
             _insert_queries(f"t-stranger-{uuid.uuid4().hex[:4]}", bad_day, 7)
             ran = list(materialize_days("daily_usage_job", bad_day, bad_day, echo=None))
-            assert ran == [(bad_day, False)]
+            assert ran == [(bad_day, True)]
             page.goto(f"{dagster_ui}/assets/daily_tenant_usage?view=checks")
             page.get_by_text(USAGE_CHECK, exact=True).first.click()
             expect(page.get_by_text(check_description).first).to_be_visible()
             expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
-            expect(page.get_by_text("failure_cases", exact=True).first).to_be_visible()
+            expect(page.get_by_text("held_tenants", exact=True).first).to_be_visible()
             shots.take("failing-check")
         finally:
             browser.close()

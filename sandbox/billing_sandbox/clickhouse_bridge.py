@@ -11,7 +11,7 @@ import argparse
 import gzip
 import json
 import re
-import select
+import selectors
 import signal
 import subprocess
 import sys
@@ -363,11 +363,15 @@ def spawn_bridge(
     proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline().decode(errors="replace")
-            if line.startswith(READY_LINE):
-                return proc, int(line.split()[4].rsplit(":", 1)[1])
+    # A selector, not select.select(): a long test session can hold more than 1,024 file
+    # descriptors, which select() cannot watch.
+    with selectors.DefaultSelector() as ready:
+        ready.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready.select(0.2):
+                line = proc.stdout.readline().decode(errors="replace")
+                if line.startswith(READY_LINE):
+                    return proc, int(line.split()[4].rsplit(":", 1)[1])
     proc.kill()
     raise RuntimeError(f"ClickHouse bridge did not start (exit code {proc.wait()})")
 
