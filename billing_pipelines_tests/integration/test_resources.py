@@ -23,7 +23,8 @@ def _events(tenant: str, queries: int, duplicated: int, day: date = DAY) -> list
     rows: list[list[object]] = []
     for i in range(queries):
         ts = datetime(day.year, day.month, day.day, 12, 0, i % 60, tzinfo=UTC)
-        row = [uuid.uuid4(), f"{tenant}-q{i}", tenant, ts, "query", 100, 1, 20, ts]
+        # Query ids are per day: an id seen on an earlier day counts there, not again.
+        row = [uuid.uuid4(), f"{tenant}-{day:%m%d}-q{i}", tenant, ts, "query", 100, 1, 20, ts]
         rows.append(row)
         if i < duplicated:  # the cache double-logs: same query id, new event id
             rows.append([uuid.uuid4(), *row[1:]])

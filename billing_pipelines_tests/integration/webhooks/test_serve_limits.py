@@ -89,9 +89,15 @@ def test_request_heads_are_bounded_and_a_normal_event_still_lands(served: Served
     body = b'{"id": "evt_big_head", "object": "event", "type": "invoice.paid", "data": {}}'
     # A validly signed event carrying 1 MiB of extra headers: refused before the app runs.
     padding = {f"X-Pad-{i}": "p" * 1000 for i in range(1024)}
-    refused = httpx.post(url, content=body, headers={**_signed(body), **padding}, timeout=30)
-    # The parser stops buffering the incomplete head (400), or the app measures it (431).
-    assert refused.status_code in (400, 431)
+    # The parser stops buffering the incomplete head (400), or the app measures it (431); the
+    # server may close while the client is still sending the rest of the megabyte, which the
+    # client then sees as a reset instead of the answer. Either way it is refused.
+    try:
+        refused = httpx.post(url, content=body, headers={**_signed(body), **padding}, timeout=30)
+    except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+        pass
+    else:
+        assert refused.status_code in (400, 431)
     # Just over the configured bound (one header of MAX_HEADER_BYTES) is refused too ...
     over = httpx.post(
         url, content=body, headers={**_signed(body), "X-Pad": "p" * MAX_HEADER_BYTES}, timeout=30
