@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import stripe
 
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe.client import RateLimits, endpoint_of
 
 
@@ -72,3 +75,31 @@ def test_a_failed_step_names_the_stripe_error() -> None:
         "Stripe RateLimitError: Too many requests; request req_7"
     )
     assert stripe_api.describe_failure("ValueError", "Request req_7: nope") is None
+
+
+def test_limiters_share_one_background_thread_and_release_their_buckets() -> None:
+    """A long process makes limiters per push and per sandbox: they must not each keep a thread."""
+    before = threading.active_count()
+    buckets_before = len(pacing._BUCKETS)
+    for _ in range(200):
+        limiter = pacing.RateLimiter(50)
+        limiter.acquire()
+    del limiter
+    held = pacing.RateLimiter(50)
+    held.acquire()
+    # One shared trimming thread at most, whatever the number of limiters made so far.
+    assert threading.active_count() - before <= 1
+    assert len(pacing._BUCKETS) == buckets_before + 1  # only `held` is still alive
+    held.close()
+    assert len(pacing._BUCKETS) == buckets_before
+
+
+def test_limiters_in_one_process_do_not_share_permits() -> None:
+    """Each limiter has its own bucket: one limiter spent does not hold back another."""
+    spent = pacing.RateLimiter(0.01)  # one permit per 100 s
+    fresh = pacing.RateLimiter(0.01)
+    spent.acquire()
+    assert not spent._limiter.try_acquire(spent._name, blocking=False)
+    assert fresh._limiter.try_acquire(fresh._name, blocking=False)
+    spent.close()
+    fresh.close()

@@ -2,17 +2,24 @@
 
 Pacing is pyrate-limiter's sliding-window limiter shared by every worker thread; each attempt,
 retries included, takes a permit, so the request rate never exceeds the configured limit.
+
+Every limiter of the process keeps its bucket in one bucket factory, so one background thread trims
+them all: a factory per limiter starts a thread (with its own event loop and descriptors) for each,
+and those threads outlived their limiters, hundreds of them over a long process.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pyrate_limiter import Duration, Limiter, Rate
+from pyrate_limiter import BucketFactory, Duration, InMemoryBucket, Limiter, Rate, RateItem
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -37,6 +44,43 @@ def default_rate(api_key: str) -> float:
     return DEFAULT_LIVE_MODE_RATE if live else DEFAULT_TEST_MODE_RATE
 
 
+class _ProcessBuckets(BucketFactory):
+    """Every limiter's bucket in the process, by name, trimmed by one shared leak thread."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, InMemoryBucket] = {}
+        self._lock = threading.Lock()
+        self._names = itertools.count()
+
+    def add(self, rate: Rate) -> str:
+        """Register a new bucket for `rate` and return the name its permits are taken under."""
+        name = f"limiter-{next(self._names)}"
+        bucket = InMemoryBucket([rate])
+        with self._lock:
+            self._buckets[name] = bucket
+            self.schedule_leak(bucket)
+        return name
+
+    def remove(self, name: str) -> None:
+        """Forget a limiter's bucket; the leak thread ends when no bucket is left."""
+        with self._lock:
+            bucket = self._buckets.pop(name, None)
+            if bucket is not None:
+                self.dispose(bucket)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def wrap_item(self, name: str, weight: int = 1) -> RateItem:
+        return RateItem(name, self._buckets[name].now(), weight=weight)
+
+    def get(self, item: RateItem) -> InMemoryBucket:
+        return self._buckets[item.name]
+
+
+_BUCKETS = _ProcessBuckets()
+
+
 class RateLimiter:
     """A blocking limiter of `per_second` acquisitions per second, shared across threads."""
 
@@ -48,11 +92,18 @@ class RateLimiter:
             rate = Rate(int(per_second), Duration.SECOND)
         else:
             rate = Rate(1, int(1000 / per_second))
-        self._limiter = Limiter(rate, buffer_ms=5)
+        self._name = _BUCKETS.add(rate)
+        self._limiter = Limiter(_BUCKETS, buffer_ms=5)
+        # The bucket goes when the limiter does, whoever forgets to close it.
+        self._finalizer = weakref.finalize(self, _BUCKETS.remove, self._name)
 
     def acquire(self) -> None:
         """Block until one more request may start."""
-        self._limiter.try_acquire("stripe", blocking=True)
+        self._limiter.try_acquire(self._name, blocking=True)
+
+    def close(self) -> None:
+        """Release the limiter's bucket now rather than when it is garbage collected."""
+        self._finalizer()
 
 
 @dataclass(frozen=True)
