@@ -191,3 +191,29 @@ def test_auto_paging_over_a_long_list_sees_each_object_once(stripe_client: strip
     seen = [c.id for c in page.auto_paging_iter()]
     assert seen == _newest_first(made)
     assert len(set(seen)) == 130
+
+
+def test_events_page_newest_created_first_with_type_and_created_filters(
+    stripe_client: stripe.StripeClient,
+):
+    # docs.stripe.com/api/events/list: `type`, `types` and `created` filters, the same paging.
+    made = _customers_on_clocks(stripe_client, [i % 3 * 7200 for i in range(8)], seed=8)
+    ids_by_customer = {
+        e.data.object["id"]: e.id
+        for e in stripe_client.v1.events.list({"type": "customer.created", "limit": 100}).data
+    }
+    expected = [ids_by_customer[c] for c in _newest_first(made)]
+    walked: list[str] = []
+    params: dict[str, Any] = {"type": "customer.created", "limit": 3}
+    while True:
+        page = stripe_client.v1.events.list(params)  # type: ignore[arg-type]
+        walked += [e.id for e in page.data]
+        if not page.has_more:
+            break
+        params["starting_after"] = page.data[-1].id
+    assert walked == expected
+    later = stripe_client.v1.events.list(
+        {"types": ["customer.*"], "created": {"gte": T0 + 7200}, "limit": 100}
+    )
+    inside = [m for m in made if m[0] >= T0 + 7200]
+    assert [e.id for e in later.data] == [ids_by_customer[c] for c in _newest_first(inside)]
