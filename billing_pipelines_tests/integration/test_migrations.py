@@ -43,6 +43,8 @@ EXPECTED_TABLES = {
     "lifecycle_usage_cuts",
     # 0008: late usage corrections
     "late_usage_corrections",
+    # 0009: how each day's invoice and subscription snapshot was taken
+    "stripe_snapshot_passes",
 }
 
 

@@ -1,5 +1,6 @@
 """Reconciliation: Stripe snapshots, the tenant DB against them, usage against invoices, health."""
 
+import time
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -24,14 +25,13 @@ from billing_pipelines.lib.reconciliation import (
     health,
     health_view,
     late_usage,
+    snapshot_passes,
     usage_audit,
 )
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
-from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
 from billing_pipelines.lib.usage.periods import PeriodTruth, period_truth
 from billing_pipelines.settings import load_settings
 
@@ -51,6 +51,31 @@ LEAK_CHECKS = {
 }
 
 
+class SnapshotConfig(dg.Config):
+    """How a snapshot is taken: incremental from the previous pass, with a periodic full pass."""
+
+    full_pass: bool = Field(
+        default=False, description="List every object in Stripe now, whatever the schedule."
+    )
+    full_pass_every_days: int = Field(
+        default=snapshot_passes.FULL_PASS_EVERY_DAYS,
+        ge=1,
+        description="A full pass is due when the last one is this many days old.",
+    )
+
+
+def _pass_metadata(rec: snapshot_passes.PassRecord) -> dict[str, dg.MetadataValue]:
+    """How the snapshot was taken: full or incremental, why, and what it read and carried."""
+    return {
+        "pass": dg.MetadataValue.text(rec.mode),
+        "pass_reason": dg.MetadataValue.text(rec.reason),
+        "objects_read": dg.MetadataValue.int(rec.objects_read),
+        "read_by_id": dg.MetadataValue.int(rec.read_by_id),
+        "carried_forward": dg.MetadataValue.int(rec.carried),
+        "last_full_pass": dg.MetadataValue.text(rec.full_pass_date.isoformat()),
+    }
+
+
 @dg.asset(
     deps=[sources.stripe_customers, sources.stripe_subscriptions, sources.plan_catalog],
     group_name=GROUP,
@@ -59,29 +84,47 @@ LEAK_CHECKS = {
     pool=STRIPE_POOL,
 )
 def stripe_subscription_snapshot(
-    context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
+    context: dg.AssetExecutionContext,
+    config: SnapshotConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """Every Stripe customer and subscription (all statuses) as of today, stored by date."""
-    # On the business clock, so the snapshot's date is the day it describes.
+    # On the business clock, so the snapshot's date is the day it describes; the frontier of
+    # the pass is real time (Stripe stamps `created` with it).
     taken_at = load_settings().now()
-    state = stripe_snapshots.fetch_state(stripe.client(), set(load_catalog().plans))
+    result = snapshot_passes.subscription_pass(
+        billing_db.transaction,
+        stripe.client(),
+        set(load_catalog().plans),
+        taken_at,
+        int(time.time()),
+        test_mode=not stripe.livemode(),
+        every_days=config.full_pass_every_days,
+        force_full=config.full_pass,
+    )
     with billing_db.transaction() as conn:
-        snapshot_store.store_state(conn, taken_at.date(), state, taken_at)
-    statuses: dict[str, int] = {}
-    for sub in state.subscriptions:
-        statuses[sub.status] = statuses.get(sub.status, 0) + 1
+        statuses = snapshot_passes.status_counts(
+            conn, "stripe_subscription_snapshots", taken_at.date()
+        )
+    rec = result.record
     context.log.info(
-        "snapshot %s: %d customers, %d subscriptions",
+        "snapshot %s (%s pass: %s): %d customers, %d subscriptions, %d read, %d carried",
         taken_at.date(),
-        len(state.customers),
-        len(state.subscriptions),
+        rec.mode,
+        rec.reason,
+        result.customers,
+        result.subscriptions,
+        rec.objects_read,
+        rec.carried,
     )
     return dg.MaterializeResult(
         metadata={
             "snapshot_date": dg.MetadataValue.text(taken_at.date().isoformat()),
-            "customers": dg.MetadataValue.int(len(state.customers)),
-            "subscriptions": dg.MetadataValue.int(len(state.subscriptions)),
+            "customers": dg.MetadataValue.int(result.customers),
+            "subscriptions": dg.MetadataValue.int(result.subscriptions),
             "by_status": dg.MetadataValue.json(statuses),
+            **_pass_metadata(rec),
         }
     )
 
@@ -94,30 +137,51 @@ def stripe_subscription_snapshot(
     pool=STRIPE_POOL,
 )
 def stripe_invoice_snapshot(
-    context: dg.AssetExecutionContext, billing_db: BillingDatabase, stripe: StripeResource
+    context: dg.AssetExecutionContext,
+    config: SnapshotConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """Every Stripe invoice with its lines (quantities, amounts, periods) as of today."""
     # On the business clock, so the snapshot's date is the day it describes.
     taken_at = load_settings().now()
-    snapshot = stripe_snapshots.fetch_invoices(stripe.client())
+    result = snapshot_passes.invoice_pass(
+        billing_db.transaction,
+        stripe.client(),
+        taken_at,
+        int(time.time()),
+        test_mode=not stripe.livemode(),
+        every_days=config.full_pass_every_days,
+        force_full=config.full_pass,
+    )
+    day = taken_at.date()
     with billing_db.transaction() as conn:
-        snapshot_store.store_invoices(conn, taken_at.date(), snapshot, taken_at)
-    statuses: dict[str, int] = {}
-    for inv in snapshot.invoices:
-        statuses[inv.status] = statuses.get(inv.status, 0) + 1
+        statuses = snapshot_passes.status_counts(conn, "stripe_invoice_snapshots", day)
+        totals = conn.execute(
+            "SELECT count(*) AS lines, count(*) FILTER (WHERE metered) AS metered "
+            "FROM stripe_invoice_line_snapshots WHERE snapshot_date = %s",
+            (day,),
+        ).fetchone()
+    rec = result.record
+    invoices = sum(statuses.values())
     context.log.info(
-        "snapshot %s: %d invoices, %d lines",
-        taken_at.date(),
-        len(snapshot.invoices),
-        len(snapshot.lines),
+        "snapshot %s (%s pass: %s): %d invoices, %d lines, %d read, %d carried",
+        day,
+        rec.mode,
+        rec.reason,
+        invoices,
+        totals["lines"] if totals else 0,
+        rec.objects_read,
+        rec.carried,
     )
     return dg.MaterializeResult(
         metadata={
-            "snapshot_date": dg.MetadataValue.text(taken_at.date().isoformat()),
-            "invoices": dg.MetadataValue.int(len(snapshot.invoices)),
-            "lines": dg.MetadataValue.int(len(snapshot.lines)),
-            "metered_lines": dg.MetadataValue.int(sum(1 for ln in snapshot.lines if ln.metered)),
+            "snapshot_date": dg.MetadataValue.text(day.isoformat()),
+            "invoices": dg.MetadataValue.int(invoices),
+            "lines": dg.MetadataValue.int(int(totals["lines"]) if totals else 0),
+            "metered_lines": dg.MetadataValue.int(int(totals["metered"]) if totals else 0),
             "by_status": dg.MetadataValue.json(statuses),
+            **_pass_metadata(rec),
         }
     )
 

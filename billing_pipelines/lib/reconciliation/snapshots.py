@@ -43,6 +43,11 @@ def store_state(conn: Conn, snapshot_date: date, state: StripeSnapshot, taken_at
     _copy(conn, "stripe_subscription_snapshots", snapshot_date, state.subscriptions, (taken_at,))
 
 
+def store_customers(conn: Conn, snapshot_date: date, customers: Sequence[Any]) -> None:
+    """Replace the day's customer snapshot (listed in full by every pass)."""
+    _copy(conn, "stripe_customer_snapshots", snapshot_date, customers, ())
+
+
 def store_invoices(
     conn: Conn, snapshot_date: date, snapshot: InvoiceSnapshotSet, taken_at: datetime
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import stripe
+from sortedcontainers import SortedList
 
 from .shapes import build
 from .wire import not_found
@@ -107,6 +108,11 @@ class SandboxState:
         self.webhooks: WebhookDispatcher | None = None
         self.faults = FaultRates()
         self._by_id: dict[str, str] = {}
+        # Per kind, every object's list position (created, insertion number, id), kept sorted
+        # so a list page starts at its cursor in O(log n) instead of rebuilding the whole list.
+        self._order: dict[str, SortedList] = {}
+        self._position: dict[str, tuple[int, int, str]] = {}
+        self._inserted = 0
 
     # ---- time -------------------------------------------------------------------------------
     def real_now(self) -> int:
@@ -126,7 +132,25 @@ class SandboxState:
         kind = obj["object"]
         self.table(kind)[obj["id"]] = obj
         self._by_id[obj["id"]] = kind
+        self._index(kind, obj)
         return obj
+
+    def _index(self, kind: str, obj: dict[str, Any]) -> None:
+        """Give a new object its list position (`created` never changes after creation)."""
+        if obj["id"] in self._position:
+            return
+        self._inserted += 1
+        key = (int(obj.get("created") or 0), self._inserted, str(obj["id"]))
+        self._position[obj["id"]] = key
+        self._order.setdefault(kind, SortedList()).add(key)
+
+    def ordered(self, kind: str) -> SortedList:
+        """Positions of every object of `kind`, oldest first: (created, insertion number, id)."""
+        return self._order.setdefault(kind, SortedList())
+
+    def position(self, oid: str) -> tuple[int, int, str] | None:
+        """An object's list position, or None for an id never stored."""
+        return self._position.get(oid)
 
     def create(self, cls: type, prefix: str, **fields: Any) -> dict[str, Any]:
         oid = fields.pop("id", None) or self.new_id(prefix)
@@ -173,6 +197,10 @@ class SandboxState:
             self.data = data
             self.settings = settings
             self._by_id = {oid: kind for kind, t in data.objects.items() for oid in t}
+            self._order, self._position, self._inserted = {}, {}, 0
+            for kind, table in data.objects.items():
+                for obj in table.values():
+                    self._index(kind, obj)
 
     def copy_of(self, oid: str) -> dict[str, Any]:
         obj = self.find(oid)

@@ -118,7 +118,10 @@ def list_object(
     *,
     key: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Paginate `items` (already newest-first) with limit/starting_after/ending_before."""
+    """Paginate a small in-memory list (already newest-first): invoice lines, meters, clocks.
+
+    Stored kinds that grow with the account page through `paging.list_page` instead.
+    """
     limit = int(params.get("limit", 10) or 10)
     if limit < 1 or limit > 100:
         raise StripeError(400, "Invalid limit: must be between 1 and 100.", param="limit")

@@ -11,6 +11,7 @@ import stripe.params as P
 
 from .. import billing_engine as eng
 from ..clock import customer_now
+from ..paging import list_page
 from ..router import Ctx, route
 from ..wire import StripeError, list_object
 from .customers import resolve_pm
@@ -34,16 +35,20 @@ def get_invoice(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
 
 @route("GET", "/v1/invoices", P.InvoiceListParams)
 def list_invoices(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all(INV)
-    if params.get("customer"):
-        items = [i for i in items if i["customer"] == params["customer"]]
-    if params.get("subscription"):
-        items = [i for i in items if i.get("_subscription") == params["subscription"]]
-    if params.get("status"):
-        items = [i for i in items if i["status"] == params["status"]]
-    if params.get("collection_method"):
-        items = [i for i in items if i["collection_method"] == params["collection_method"]]
-    return list_object(items, "/v1/invoices", params)
+    # docs.stripe.com/api/invoices/list: filters customer, subscription, status,
+    # collection_method and `created`; applied lazily while the page is walked (paging.py).
+    wanted = {
+        "customer": params.get("customer"),
+        "_subscription": params.get("subscription"),
+        "status": params.get("status"),
+        "collection_method": params.get("collection_method"),
+    }
+    wanted = {k: v for k, v in wanted.items() if v}
+
+    def match(inv: dict[str, Any]) -> bool:
+        return all(inv.get(k) == v for k, v in wanted.items())
+
+    return list_page(ctx.state, INV, "/v1/invoices", params, match)
 
 
 @route("GET", "/v1/invoices/{id}/lines", P.InvoiceListLinesParams)
@@ -188,14 +193,14 @@ def _apply_shadow(st: Any, shadow: dict[str, Any], changes: list[dict[str, Any]]
 
 @route("GET", "/v1/invoiceitems", P.InvoiceItemListParams)
 def list_invoice_items(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all("invoiceitem")
-    if params.get("customer"):
-        items = [i for i in items if i["customer"] == params["customer"]]
-    if params.get("invoice"):
-        items = [i for i in items if i.get("invoice") == params["invoice"]]
-    if params.get("pending"):
-        items = [i for i in items if not i.get("invoice")]
-    return list_object(items, "/v1/invoiceitems", params)
+    def match(ii: dict[str, Any]) -> bool:
+        if params.get("customer") and ii["customer"] != params["customer"]:
+            return False
+        if params.get("invoice") and ii.get("invoice") != params["invoice"]:
+            return False
+        return not (params.get("pending") and ii.get("invoice"))
+
+    return list_page(ctx.state, "invoiceitem", "/v1/invoiceitems", params, match)
 
 
 @route("GET", "/v1/invoiceitems/{id}", P.InvoiceItemRetrieveParams)

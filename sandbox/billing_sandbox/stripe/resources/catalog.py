@@ -8,9 +8,10 @@ from typing import Any
 import stripe
 import stripe.params as P
 
+from ..paging import list_page
 from ..router import Ctx, route
 from ..store import SandboxState
-from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
+from ..wire import StripeError, matches_search, parse_search_query, search_object
 from .events import apply_metadata, emit
 
 
@@ -96,12 +97,14 @@ def delete_product(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
 
 @route("GET", "/v1/products", P.ProductListParams)
 def list_products(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all("product")
-    if "active" in params:
-        items = [p for p in items if p["active"] == params["active"]]
-    if params.get("ids"):
-        items = [p for p in items if p["id"] in params["ids"]]
-    return list_object(items, "/v1/products", params)
+    ids = set(params.get("ids") or [])
+
+    def match(p: dict[str, Any]) -> bool:
+        if "active" in params and p["active"] != params["active"]:
+            return False
+        return not ids or p["id"] in ids
+
+    return list_page(ctx.state, "product", "/v1/products", params, match)
 
 
 @route("GET", "/v1/products/search", P.ProductSearchParams)
@@ -285,23 +288,21 @@ def update_price(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
 
 @route("GET", "/v1/prices", P.PriceListParams)
 def list_prices(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all("price")
-    if "active" in params:
-        items = [p for p in items if p["active"] == params["active"]]
-    if params.get("lookup_keys"):
-        keys = set(params["lookup_keys"])
-        items = [p for p in items if p.get("lookup_key") in keys]
-    if params.get("product"):
-        items = [p for p in items if p["product"] == params["product"]]
-    if params.get("currency"):
-        items = [p for p in items if p["currency"] == params["currency"]]
-    if params.get("type"):
-        items = [p for p in items if p["type"] == params["type"]]
-    rec = params.get("recurring") or {}
-    for k in ("interval", "usage_type", "meter"):
-        if rec.get(k):
-            items = [p for p in items if (p.get("recurring") or {}).get(k) == rec[k]]
-    return list_object(items, "/v1/prices", params)
+    keys = set(params.get("lookup_keys") or [])
+    equal = {k: params[k] for k in ("product", "currency", "type") if params.get(k)}
+    rec = {k: v for k, v in (params.get("recurring") or {}).items() if v}
+
+    def match(p: dict[str, Any]) -> bool:
+        if "active" in params and p["active"] != params["active"]:
+            return False
+        if keys and p.get("lookup_key") not in keys:
+            return False
+        if any(p[k] != v for k, v in equal.items()):
+            return False
+        recurring = p.get("recurring") or {}
+        return all(recurring.get(k) == v for k, v in rec.items())
+
+    return list_page(ctx.state, "price", "/v1/prices", params, match)
 
 
 @route("GET", "/v1/prices/search", P.PriceSearchParams)

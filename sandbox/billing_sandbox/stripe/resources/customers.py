@@ -8,10 +8,11 @@ from typing import Any
 import stripe
 import stripe.params as P
 
+from ..paging import list_page
 from ..router import Ctx, route
 from ..shapes import skeleton
 from ..store import SandboxState
-from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
+from ..wire import StripeError, matches_search, parse_search_query, search_object
 from .events import apply_metadata, emit
 
 # number -> (brand, charge outcome); outcome None = succeeds, else decline_code
@@ -167,12 +168,13 @@ def delete_customer(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]
 
 @route("GET", "/v1/customers", P.CustomerListParams)
 def list_customers(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all("customer")
-    if params.get("email"):
-        items = [c for c in items if c.get("email") == params["email"]]
-    if params.get("test_clock"):
-        items = [c for c in items if c.get("test_clock") == params["test_clock"]]
-    return list_object(items, "/v1/customers", params)
+    # docs.stripe.com/api/customers/list: email, test_clock and `created` (paging.py).
+    def match(c: dict[str, Any]) -> bool:
+        if params.get("email") and c.get("email") != params["email"]:
+            return False
+        return not (params.get("test_clock") and c.get("test_clock") != params["test_clock"])
+
+    return list_page(ctx.state, "customer", "/v1/customers", params, match)
 
 
 @route("GET", "/v1/customers/search", P.CustomerSearchParams)
@@ -356,18 +358,22 @@ def detach_pm(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
 
 @route("GET", "/v1/payment_methods", P.PaymentMethodListParams)
 def list_pms(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
-    items = ctx.state.all("payment_method")
-    if params.get("customer"):
-        items = [p for p in items if p.get("customer") == params["customer"]]
-    if params.get("type"):
-        items = [p for p in items if p["type"] == params["type"]]
-    return list_object(items, "/v1/payment_methods", params)
+    def match(p: dict[str, Any]) -> bool:
+        if params.get("customer") and p.get("customer") != params["customer"]:
+            return False
+        return not (params.get("type") and p["type"] != params["type"])
+
+    return list_page(ctx.state, "payment_method", "/v1/payment_methods", params, match)
 
 
 @route("GET", "/v1/customers/{customer}/payment_methods", P.CustomerListPaymentMethodsParams)
 def list_customer_pms(ctx: Ctx, params: dict[str, Any], customer: str) -> dict[str, Any]:
     ctx.state.get("customer", customer)
-    items = [p for p in ctx.state.all("payment_method") if p.get("customer") == customer]
-    if params.get("type"):
-        items = [p for p in items if p["type"] == params["type"]]
-    return list_object(items, f"/v1/customers/{customer}/payment_methods", params)
+
+    def match(p: dict[str, Any]) -> bool:
+        if p.get("customer") != customer:
+            return False
+        return not (params.get("type") and p["type"] != params["type"])
+
+    url = f"/v1/customers/{customer}/payment_methods"
+    return list_page(ctx.state, "payment_method", url, params, match)

@@ -9,6 +9,7 @@ from typing import Any
 import stripe
 import stripe.params as P
 
+from ..paging import list_page
 from ..router import Ctx, route
 from ..store import API_VERSION, SandboxState
 from ..wire import StripeError, list_object
@@ -82,15 +83,6 @@ def retrieve_event(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
     return render_event(ctx.state.get("event", id))
 
 
-def _created_filter(ev: dict[str, Any], created: Any) -> bool:
-    if created is None or created == "":
-        return True
-    if isinstance(created, int | str) and not isinstance(created, dict):
-        return ev["created"] == int(created)
-    ops = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
-    return all(ops[k](ev["created"], int(v)) for k, v in created.items())
-
-
 @route("GET", "/v1/events", P.EventListParams)
 def list_events(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     types = set(params.get("types") or [])
@@ -105,12 +97,9 @@ def list_events(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
                 return True
         return False
 
-    evs = [
-        render_event(e)
-        for e in reversed(ctx.state.data.events)
-        if type_ok(e["type"]) and _created_filter(e, params.get("created"))
-    ]
-    return list_object(evs, "/v1/events", params)
+    # Events are stored like every object, so a page walks their sorted positions from its
+    # cursor (paging.py: `created` bounds the walk, `type`/`types` are checked lazily).
+    return list_page(ctx.state, "event", "/v1/events", params, lambda e: type_ok(e["type"]))
 
 
 # ---- webhook endpoints -------------------------------------------------------------------------

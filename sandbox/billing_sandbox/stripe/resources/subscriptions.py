@@ -13,10 +13,11 @@ import stripe.params as P
 
 from .. import billing_engine as eng
 from ..clock import DAY, customer_now
+from ..paging import list_page
 from ..router import Ctx, route
 from ..shapes import build
 from ..store import SandboxState
-from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
+from ..wire import StripeError, matches_search, parse_search_query, search_object
 from .catalog import amount_for
 from .customers import card_error, card_outcome, resolve_pm
 from .events import apply_metadata, emit
@@ -242,31 +243,33 @@ def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     # have not been canceled"; `status=all` returns every status, `status=canceled` only those.
     # Unlike search (docs.stripe.com/search: data can take up to a minute to be searchable), a
     # list reads current state, so onboarding uses it to find a subscription made just before.
-    items = ctx.state.all(SUBS)
+    # `created` "Only return subscriptions that were created during the given date interval"
+    # (same page): paging.py applies it with the cursor; the rest is checked lazily per object.
     status = params.get("status")
-    if status and status != "all":
-        items = [s for s in items if s["status"] == status]
-    elif not status:
-        items = [s for s in items if s["status"] not in ("canceled", "incomplete_expired")]
-    if params.get("customer"):
-        items = [s for s in items if s["customer"] == params["customer"]]
-    if params.get("price"):
-        items = [
-            s for s in items if any(i["price"]["id"] == params["price"] for i in s["items"]["data"])
-        ]
-    if params.get("test_clock"):
-        items = [s for s in items if s.get("test_clock") == params["test_clock"]]
-    # docs.stripe.com/api/subscriptions/list: `current_period_start` "Only return
-    # subscriptions whose maximum item current_period_start falls within the given date
-    # interval" (an integer is an exact match; gt/gte/lt/lte bound it).
-    if params.get("current_period_start") is not None:
-        bounds = params["current_period_start"]
-        items = [
-            s
-            for s in items
-            if _in_interval(max(i["current_period_start"] for i in s["items"]["data"]), bounds)
-        ]
-    return list_object(items, "/v1/subscriptions", params)
+    period_bounds = params.get("current_period_start")
+
+    def match(s: dict[str, Any]) -> bool:
+        if status and status != "all":
+            if s["status"] != status:
+                return False
+        elif not status and s["status"] in ("canceled", "incomplete_expired"):
+            return False
+        if params.get("customer") and s["customer"] != params["customer"]:
+            return False
+        if params.get("price") and not any(
+            i["price"]["id"] == params["price"] for i in s["items"]["data"]
+        ):
+            return False
+        if params.get("test_clock") and s.get("test_clock") != params["test_clock"]:
+            return False
+        # docs.stripe.com/api/subscriptions/list: `current_period_start` "Only return
+        # subscriptions whose maximum item current_period_start falls within the given date
+        # interval" (an integer is an exact match; gt/gte/lt/lte bound it).
+        return period_bounds is None or _in_interval(
+            max(i["current_period_start"] for i in s["items"]["data"]), period_bounds
+        )
+
+    return list_page(ctx.state, SUBS, "/v1/subscriptions", params, match)
 
 
 def _in_interval(value: int, bounds: Any) -> bool:
