@@ -6,12 +6,16 @@ migrations run on a table they have not seen before and no other test's rows are
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -244,3 +248,24 @@ def test_an_unknown_event_kind_fails_the_day(fresh_url: str) -> None:
     )
     with pytest.raises(DatabaseError, match="event type other than query and embedding"):
         warehouse.daily_usage(client, date(2026, 3, 1))
+
+
+def test_billing_db_migrate_warehouse_adds_the_projection_once(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    client = warehouse.connect(fresh_url)
+    client.command(USAGE_EVENTS_DDL)  # the SaaS's table, as production has it
+    _insert(client, _random_events(random.Random(1), 5))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "BILLING_"))
+    }
+    env.update({"BILLING_HOME": str(tmp_path), "CLICKHOUSE_URL": fresh_url})
+    command = [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.strip() == "applied " + ", ".join(m.id for m in MIGRATIONS)
+    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[0])
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "warehouse up to date", again.stdout + again.stderr
