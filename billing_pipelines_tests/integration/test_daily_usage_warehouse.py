@@ -269,3 +269,31 @@ def test_billing_db_migrate_warehouse_adds_the_projection_once(
     assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[0])
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.stdout.strip() == "warehouse up to date", again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("clickhouse_url", "named"),
+    [(None, "CLICKHOUSE_URL ("), ("mysql://u:hunter2@h/db", "CLICKHOUSE_URL is invalid")],
+)
+def test_migrate_warehouse_without_a_usable_url_is_one_line(
+    tmp_path: Path, clickhouse_url: str | None, named: str
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "BILLING_"))
+    }
+    env["BILLING_HOME"] = str(tmp_path)
+    if clickhouse_url:
+        env["CLICKHOUSE_URL"] = clickhouse_url
+    result = subprocess.run(
+        [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert named in lines[0] and "hunter2" not in lines[0]
