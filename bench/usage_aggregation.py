@@ -1,7 +1,8 @@
 """Benchmark: `daily_tenant_usage` on chDB at N events, against pandas, and Dagster's overhead.
 
 Reproduce: `python bench/usage_aggregation.py --events 1000000 --events 10000000
---events 50000000`
+--events 50000000`; the multi-day table: `python bench/usage_aggregation.py --table 1000000:30
+--table 10000000:3`
 
 Starts embedded PostgreSQL and the chDB warehouse bridge (its own process, as `billing sandbox
 up` runs it) under a temporary BILLING_HOME. Per size N, one UTC day holds N usage events (the
@@ -17,6 +18,14 @@ table is emptied between sizes, so each size is one day partition on its own):
 - pipeline: `daily_usage_job` for that day through `materialize_days` (what `billing usage
   materialize` runs) on the Postgres-backed Dagster instance: query, pandera validation,
   store in Postgres, events and metadata -> overhead over the bare query.
+- with `--table EVENTS_PER_DAY:DAYS` (repeatable), a multi-day table instead: DAYS days of
+  EVENTS_PER_DAY events each, one INSERT ... SELECT per day (not timed), then for the middle
+  day, in rounds so the machine's load falls on all of them alike: the project's path
+  (`warehouse.daily_usage`: clickhouse-connect to the bridge, served by the day-first
+  projection), the engine's floor (a bare `uniqExact(query_id)` per tenant on that day, free to
+  use the projection too), the floor with projections off, and the SQL the project used before
+  the projection (`OLD_DAILY_USAGE_SQL`, projections off: the tenant-first layout it ran on).
+  Every timing is a ratio to the floor measured in the same rounds.
 - baseline: the same aggregation as a pandas group-by (distinct (tenant, query id, kind), then
   per tenant) in a separate process over the same rows exported to Parquet; the load is timed
   apart from the group-by, and the result must equal the warehouse's, row for row.
@@ -116,6 +125,49 @@ FROM
 )
 """
 
+# The daily usage SQL before the day-first projection, kept to measure against: a set of the
+# look-back day's (tenant, query id) pairs, then the day grouped by tenant, query id and kind.
+OLD_DAILY_USAGE_SQL = """
+SELECT
+    tenant_id,
+    toInt64(countIf(event_type = 'query' AND NOT seen_before)) AS billable_queries,
+    toInt64(sumIf(tokens, NOT seen_before))                    AS tokens,
+    toInt64(sumIf(embeddings, NOT seen_before))                AS embeddings,
+    toInt64(sum(copies))                                       AS raw_events,
+    toInt64(sum(copies) - countIf(NOT seen_before))            AS duplicate_events
+FROM
+(
+    SELECT
+        tenant_id,
+        query_id,
+        event_type,
+        any(tokens_used)      AS tokens,
+        any(embeddings_count) AS embeddings,
+        count()               AS copies,
+        (tenant_id, query_id) IN (
+            SELECT tenant_id, query_id FROM usage_events
+            WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
+              AND timestamp < {start:DateTime64(3, 'UTC')}
+        )                     AS seen_before
+    FROM usage_events
+    WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
+    GROUP BY tenant_id, query_id, event_type
+)
+GROUP BY tenant_id
+ORDER BY tenant_id
+"""
+
+# The engine's floor for counting distinct ids: one hash set of query ids per tenant, one day.
+FLOOR_SQL = """
+SELECT tenant_id, uniqExact(query_id)
+FROM usage_events
+WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
+GROUP BY tenant_id
+ORDER BY tenant_id
+"""
+
+NO_PROJECTIONS = {"optimize_use_projections": 0}
+
 PANDAS_COLUMNS = ["tenant_id", "query_id", "event_type", "tokens_used", "embeddings_count"]
 # chDB writes the file itself (INTO OUTFILE takes a literal, not a bound parameter).
 EXPORT_SQL = (
@@ -170,6 +222,127 @@ def generate(client: Any, day: date, events: int, tenants: int, seed: int) -> di
         "embedding_rows": int(row[1]),
         "parts": int(parts.result_rows[0][0]),
     }
+
+
+def generate_table(
+    client: Any, first_day: date, days: int, per_day: int, tenants: int, seed: int
+) -> dict[str, int]:
+    """Empty the table and insert `days` days of about `per_day` events each; returns counts."""
+    warehouse.ensure_usage_schema(client)
+    client.command("TRUNCATE TABLE usage_events")
+    counts = tenant_counts(tenants, round(per_day / (1 + DUPLICATE_RATE)), seed)
+    for i in range(days):
+        day0 = int(
+            datetime.combine(
+                first_day + timedelta(days=i), datetime.min.time(), tzinfo=UTC
+            ).timestamp()
+            * 1000
+        )
+        client.command(
+            GENERATE_SQL,
+            parameters={
+                "day0": day0,
+                "seed": seed + i,
+                "ingest_share": INGEST_SHARE,
+                "duplicate_rate": DUPLICATE_RATE,
+                "hours": hour_table(),
+                "counts": counts,
+                "tenants": tenants,
+            },
+        )
+    rows = client.query("SELECT count() FROM usage_events").result_rows[0][0]
+    parts = client.query("SELECT count() FROM system.parts WHERE table = 'usage_events' AND active")
+    return {"rows": int(rows), "parts": int(parts.result_rows[0][0])}
+
+
+def table_comparison(
+    client: Any, per_day: int, days: int, tenants: int, seed: int, repeat: int
+) -> dict[str, Any]:
+    """The project's path, the floor and the old SQL on the middle day of a multi-day table."""
+    first_day = datetime.now(UTC).date() - timedelta(days=days + 2)
+    t = time.perf_counter()
+    shape = generate_table(client, first_day, days, per_day, tenants, seed)
+    day = first_day + timedelta(days=days // 2)
+    start, end = warehouse.day_bounds(day)
+    bounds = {"start": start, "end": end, "lookback": start - warehouse.DUPLICATE_HORIZON}
+    day_rows = client.query(
+        "SELECT count() FROM usage_events WHERE timestamp >= {start:DateTime64(3, 'UTC')} "
+        "AND timestamp < {end:DateTime64(3, 'UTC')}",
+        parameters=bounds,
+    ).result_rows[0][0]
+    print(
+        f"\n{per_day:,} events/day x {days} days: {shape['rows']:,} rows in {shape['parts']} "
+        f"part(s), generated in {time.perf_counter() - t:.0f}s (not timed); measured day {day} "
+        f"holds {day_rows:,}; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    def project() -> Any:
+        return warehouse.daily_usage(client, day)
+
+    def floor() -> Any:
+        return client.query(FLOOR_SQL, parameters=bounds).result_rows
+
+    def floor_no_projection() -> Any:
+        return client.query(FLOOR_SQL, parameters=bounds, settings=NO_PROJECTIONS).result_rows
+
+    def old() -> Any:
+        return client.query(
+            OLD_DAILY_USAGE_SQL, parameters=bounds, settings=NO_PROJECTIONS
+        ).result_rows
+
+    measures = {
+        "project": project,
+        "floor": floor,
+        "floor_no_projection": floor_no_projection,
+        "old": old,
+    }
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    answers: dict[str, Any] = {}
+    for name, run in measures.items():  # warm-up round, not timed
+        answers[name] = run()
+    for _ in range(repeat):
+        for name, run in measures.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    usage = answers["project"]
+    old_frame = pd.DataFrame(answers["old"], columns=warehouse.DAILY_USAGE_COLUMNS)
+    pd.testing.assert_frame_equal(usage, old_frame.astype(usage.dtypes.to_dict()))
+    floor_ids = {str(t): int(n) for t, n in answers["floor"]}
+    assert int(usage["raw_events"].sum()) == day_rows
+    assert sum(floor_ids.values()) >= int(usage["billable_queries"].sum())
+    result: dict[str, Any] = {
+        "per_day": per_day,
+        "days": days,
+        "rows": shape["rows"],
+        "day_rows": day_rows,
+        "load": os.getloadavg()[0],
+        **{name: _median(values) for name, values in times.items()},
+    }
+    for name, values in times.items():
+        print(
+            f"  {name}: {result[name] * 1000:.0f} ms (runs "
+            f"{', '.join(f'{x * 1000:.0f}' for x in values)}) = "
+            f"{result[name] / result['floor']:.2f}x the floor",
+            flush=True,
+        )
+    return result
+
+
+def _table_summary(results: list[dict[str, Any]]) -> None:
+    print(
+        "\n| events/day x days | rows | project's path | floor | x floor | old SQL | "
+        "x floor | floor, no projection | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['per_day']:,} x {r['days']} | {r['rows']:,} | {r['project'] * 1000:.0f} ms | "
+            f"{r['floor'] * 1000:.0f} ms | {r['project'] / r['floor']:.2f}x | "
+            f"{r['old'] * 1000:.0f} ms | {r['old'] / r['floor']:.1f}x | "
+            f"{r['floor_no_projection'] * 1000:.0f} ms | {r['load']:.1f} |"
+        )
 
 
 def pandas_daily_usage(frame: pd.DataFrame, day: date) -> pd.DataFrame:
@@ -254,8 +427,16 @@ def main() -> None:
         help="skip the pandas baseline above this size (memory)",
     )
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="EVENTS_PER_DAY:DAYS",
+        help="measure the middle day of a multi-day table (only these, unless --events)",
+    )
     args = parser.parse_args()
-    sizes = args.events or [1_000_000, 10_000_000, 50_000_000]
+    tables = [tuple(int(x) for x in spec.split(":")) for spec in args.table]
+    sizes = args.events or ([] if tables else [1_000_000, 10_000_000, 50_000_000])
     day = datetime.now(UTC).date() - timedelta(days=2)
     home = Path(tempfile.mkdtemp(prefix="bench-usage-aggregation-"))
     env = services.up(home, with_stripe=False)
@@ -267,6 +448,7 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f} at start, day {day}, {args.tenants} tenants"
     )
     rows_out: list[dict[str, Any]] = []
+    table_out: list[dict[str, Any]] = []
     try:
         from billing_pipelines.runs import code_location, materialize_days
 
@@ -285,6 +467,10 @@ def main() -> None:
         list(materialize_days("daily_usage_job", day, day, echo=None))
         print(f"warm-up (definitions + first run, empty day): {time.perf_counter() - t:.1f}s")
 
+        for per_day, days in tables:
+            table_out.append(
+                table_comparison(client, per_day, days, args.tenants, args.seed, args.repeat)
+            )
         for size in sizes:
             t = time.perf_counter()
             shape = generate(client, day, size, args.tenants, args.seed)
@@ -371,7 +557,10 @@ def main() -> None:
     finally:
         services.down(home)
         shutil.rmtree(home, ignore_errors=True)  # the warehouse data: GBs at 50M events
-    _table(rows_out)
+    if rows_out:
+        _table(rows_out)
+    if table_out:
+        _table_summary(table_out)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
     sys.stdout.flush()
 

@@ -246,6 +246,25 @@ def db_migrate() -> None:
     )
 
 
+@db_app.command("migrate-warehouse")
+@_with_services_needing("CLICKHOUSE_URL")
+def db_migrate_warehouse() -> None:
+    """Apply the usage warehouse's pending migrations (needs ALTER on usage_events)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from billing_pipelines.lib.usage import migrations, warehouse
+
+    client = warehouse.connect(load_settings().require_clickhouse_url())
+    try:
+        applied = migrations.migrate_warehouse(client)
+    except DatabaseError as exc:  # e.g. a read-only user: one line, not a trace
+        reason = str(exc).strip().splitlines()[0][:300]
+        raise BillingConfigError(
+            f"CLICKHOUSE_URL: cannot migrate the warehouse: {reason}"
+        ) from None
+    typer.echo(f"applied {', '.join(applied)}" if applied else "warehouse up to date")
+
+
 # --- usage -------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,20 @@ PARTITION BY toYYYYMM(timestamp)
 ORDER BY (tenant_id, timestamp, query_id)
 """
 
+# A day-first copy of the columns daily usage reads, kept by the engine inside usage_events
+# (a projection): a day's query reads that day's granules instead of the whole monthly partition.
+# Event ids, latency and ingestion times stay out of it (they are the widest columns and daily
+# usage never reads them), so it costs about a third of the table's disk.
+USAGE_BY_DAY_PROJECTION = "usage_by_day"
+
+USAGE_BY_DAY_PROJECTION_DDL = f"""
+ALTER TABLE usage_events ADD PROJECTION IF NOT EXISTS {USAGE_BY_DAY_PROJECTION}
+(
+    SELECT tenant_id, query_id, timestamp, event_type, tokens_used, embeddings_count
+    ORDER BY (toDate(timestamp), tenant_id, query_id)
+)
+"""
+
 USAGE_EVENTS_COLUMNS = (
     "event_id",
     "query_id",

@@ -17,7 +17,7 @@ from billing_pipelines.lib.errors import (
     describe_connection_error,
     redact_url,
 )
-from billing_pipelines.lib.usage.tables import USAGE_EVENTS_DDL
+from billing_pipelines.lib.usage.migrations import migrate_warehouse
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ def connect(url: str, *, connect_timeout: int = 10, send_receive_timeout: int = 
 
 
 def ensure_usage_schema(client: Client) -> None:
-    """Create usage_events if missing (a no-op on a production warehouse that already has it)."""
-    client.command(USAGE_EVENTS_DDL)
+    """Create usage_events if missing and apply the warehouse's pending migrations."""
+    migrate_warehouse(client)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -97,33 +97,50 @@ DUPLICATE_HORIZON = timedelta(days=1)
 # Tokens and embeddings are taken once per distinct (query, kind) for the same reason. A query id
 # already seen in the day before counts on the day of its first event only (its copies here are
 # duplicates), so a query logged on both sides of midnight is billed once.
+#
+# One pass over [look-back, end) served by the day-first projection (usage_by_day): each query id
+# is grouped once, and "seen before" is whether any of its events (of any kind) falls before the
+# day. Query ids are grouped by their 128-bit SipHash, the hash uniqExact itself counts distinct
+# strings with (a collision among billions of ids is below 1e-20), because grouping by the
+# string costs about half as much again. Kinds are the warehouse's two event types; an event of
+# any other kind fails the query rather than being billed or dropped without a word. Copies of
+# one event carry the same tokens; any() takes one of them.
 DAILY_USAGE_SQL = """
 SELECT
     tenant_id,
-    toInt64(countIf(event_type = 'query' AND NOT seen_before)) AS billable_queries,
-    toInt64(sumIf(tokens, NOT seen_before))                    AS tokens,
-    toInt64(sumIf(embeddings, NOT seen_before))                AS embeddings,
-    toInt64(sum(copies))                                       AS raw_events,
-    toInt64(sum(copies) - countIf(NOT seen_before))            AS duplicate_events
+    toInt64(countIf(is_query AND NOT seen_before))                         AS billable_queries,
+    toInt64(sumIf(tokens, NOT seen_before))                                AS tokens,
+    toInt64(sumIf(embeddings, NOT seen_before))                            AS embeddings,
+    toInt64(sum(copies))                                                   AS raw_events,
+    toInt64(sum(copies) - sumIf(toUInt8(is_query) + toUInt8(is_ingest), NOT seen_before))
+                                                                           AS duplicate_events
 FROM
 (
     SELECT
         tenant_id,
-        query_id,
-        event_type,
-        any(tokens_used)      AS tokens,
-        any(embeddings_count) AS embeddings,
-        count()               AS copies,
-        (tenant_id, query_id) IN (
-            SELECT tenant_id, query_id FROM usage_events
-            WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
-              AND timestamp < {start:DateTime64(3, 'UTC')}
-        )                     AS seen_before
-    FROM usage_events
-    WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
-    GROUP BY tenant_id, query_id, event_type
+        min(timestamp) < {start:DateTime64(3, 'UTC')}                   AS seen_before,
+        countIf(today)                                                  AS copies,
+        countIf(today AND event_type = 'query') > 0                     AS is_query,
+        countIf(today AND event_type = 'embedding') > 0                 AS is_ingest,
+        anyIf(tokens_used, today AND event_type = 'query')
+            + anyIf(tokens_used, today AND event_type = 'embedding')    AS tokens,
+        anyIf(embeddings_count, today AND event_type = 'query')
+            + anyIf(embeddings_count, today AND event_type = 'embedding') AS embeddings,
+        countIf(event_type NOT IN ('query', 'embedding'))               AS unknown_kinds
+    FROM
+    (
+        SELECT tenant_id, query_id, event_type, tokens_used, embeddings_count, timestamp,
+               timestamp >= {start:DateTime64(3, 'UTC')} AS today
+        FROM usage_events
+        WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
+          AND timestamp < {end:DateTime64(3, 'UTC')}
+    )
+    GROUP BY tenant_id, sipHash128(query_id)
+    HAVING copies > 0
 )
 GROUP BY tenant_id
+HAVING throwIf(sum(unknown_kinds) > 0,
+               'usage_events holds an event type other than query and embedding') = 0
 ORDER BY tenant_id
 """
 

@@ -1,0 +1,299 @@
+"""Daily usage through the day-first projection: exact against raw events counted in Python.
+
+Each test works in its own ClickHouse database on the real chDB bridge, so the warehouse
+migrations run on a table they have not seen before and no other test's rows are in the way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.usage.migrations import MIGRATIONS, migrate_warehouse
+from billing_pipelines.lib.usage.periods import interval_queries
+from billing_pipelines.lib.usage.tables import (
+    USAGE_BY_DAY_PROJECTION,
+    USAGE_EVENTS_COLUMNS,
+    USAGE_EVENTS_DDL,
+)
+
+# Four days across a month boundary: two monthly partitions, and a look-back that reaches into
+# the previous month.
+DAYS = [date(2026, 2, 27) + timedelta(days=i) for i in range(4)]
+TENANTS = ["t-north", "t-south", "t'; DROP TABLE usage_events; --"]
+
+
+@dataclass(frozen=True)
+class Event:
+    tenant: str
+    query_id: str
+    kind: str
+    at: datetime
+    tokens: int
+    embeddings: int
+
+    def row(self) -> list[object]:
+        return [
+            uuid.uuid4(),
+            self.query_id,
+            self.tenant,
+            self.at,
+            self.kind,
+            self.tokens,
+            self.embeddings,
+            7,
+            self.at,
+        ]
+
+
+def _database_url(base_url: str, name: str) -> str:
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def fresh_url(embedded_services: dict[str, str]) -> Iterator[str]:
+    """A new, empty ClickHouse database on the bridge, dropped afterwards."""
+    name = f"usage_{uuid.uuid4().hex[:12]}"
+    admin = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
+    admin.command(f"CREATE DATABASE {name}")
+    try:
+        yield _database_url(embedded_services["CLICKHOUSE_URL"], name)
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _random_events(rng: random.Random, per_tenant_day: int) -> list[Event]:
+    """Queries and ingests at any millisecond, with cache copies seconds to two days later."""
+    events: list[Event] = []
+    for tenant in TENANTS:
+        for day in DAYS:
+            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            for i in range(per_tenant_day):
+                kind = "query" if rng.random() < 0.85 else "embedding"
+                at = midnight + timedelta(milliseconds=rng.randrange(86_400_000))
+                tokens = rng.randrange(40, 4000)
+                embeddings = 1 if kind == "query" else max(1, tokens // 350)
+                first = Event(tenant, f"{kind[0]}-{day:%m%d}-{i}", kind, at, tokens, embeddings)
+                events.append(first)
+                if rng.random() < 0.25:  # the cache logs it again: same id, same tokens
+                    lag = rng.choice([1, 900, 3_600_000, 20 * 3_600_000, 30 * 3_600_000])
+                    later = first.at + timedelta(milliseconds=lag * rng.uniform(0.5, 2))
+                    events.append(Event(tenant, first.query_id, kind, later, tokens, embeddings))
+    # A query id that an ingest also used the day before: "seen before" is per query id,
+    # whatever the kind of its earlier event.
+    shared_at = datetime(2026, 3, 1, 23, 59, 59, 999_000, tzinfo=UTC)
+    events.append(Event(TENANTS[0], "shared-id", "embedding", shared_at, 3500, 10))
+    events.append(
+        Event(TENANTS[0], "shared-id", "query", shared_at + timedelta(milliseconds=1), 90, 1)
+    )
+    return events
+
+
+def _python_daily_usage(events: list[Event], day: date) -> pd.DataFrame:
+    """The billing policy counted from raw events, one event at a time."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    end, lookback = start + timedelta(days=1), start - timedelta(days=1)
+    seen = {(e.tenant, e.query_id) for e in events if lookback <= e.at < start}
+    first_copy: dict[tuple[str, str, str], Event] = {}
+    raw: dict[str, int] = defaultdict(int)
+    for event in sorted((e for e in events if start <= e.at < end), key=lambda e: e.at):
+        raw[event.tenant] += 1
+        first_copy.setdefault((event.tenant, event.query_id, event.kind), event)
+    rows = []
+    for tenant in sorted(raw):
+        counted = [
+            e
+            for (t, query_id, _), e in first_copy.items()
+            if t == tenant and (t, query_id) not in seen
+        ]
+        rows.append(
+            {
+                "tenant_id": tenant,
+                "billable_queries": sum(1 for e in counted if e.kind == "query"),
+                "tokens": sum(e.tokens for e in counted),
+                "embeddings": sum(e.embeddings for e in counted),
+                "raw_events": raw[tenant],
+                "duplicate_events": raw[tenant] - len(counted),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=warehouse.DAILY_USAGE_COLUMNS)
+    for column in warehouse.DAILY_USAGE_COLUMNS[1:]:
+        frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def _python_interval_queries(
+    events: list[Event], tenant: str, start: datetime, end: datetime
+) -> int:
+    """Query ids whose first event within a day of look-back falls in [start, end)."""
+    first: dict[str, datetime] = {}
+    for e in events:
+        if e.tenant == tenant and e.kind == "query" and start - timedelta(days=1) <= e.at < end:
+            first[e.query_id] = min(first.get(e.query_id, e.at), e.at)
+    return sum(1 for at in first.values() if at >= start)
+
+
+def _insert(client: Client, events: list[Event]) -> None:
+    client.insert(
+        "usage_events", [e.row() for e in events], column_names=list(USAGE_EVENTS_COLUMNS)
+    )
+
+
+def _plan(client: Client, day: date) -> str:
+    start, end = warehouse.day_bounds(day)
+    result = client.query(
+        "EXPLAIN projections = 1 " + warehouse.DAILY_USAGE_SQL,
+        parameters={"start": start, "end": end, "lookback": start - warehouse.DUPLICATE_HORIZON},
+    )
+    return "\n".join(str(row[0]) for row in result.result_rows)
+
+
+def test_migrations_give_an_existing_table_its_day_first_projection(fresh_url: str) -> None:
+    client = warehouse.connect(fresh_url)
+    client.command(USAGE_EVENTS_DDL)  # a warehouse from before the migrations
+    events = _random_events(random.Random(11), 40)
+    _insert(client, events)
+    assert USAGE_BY_DAY_PROJECTION not in _plan(client, DAYS[2])
+
+    assert migrate_warehouse(client) == [m.id for m in MIGRATIONS]
+    assert migrate_warehouse(client) == []  # recorded: a second run changes nothing
+    warehouse.ensure_usage_schema(client)
+    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[2])
+    for day in DAYS:
+        pd.testing.assert_frame_equal(
+            warehouse.daily_usage(client, day), _python_daily_usage(events, day)
+        )
+
+
+@pytest.mark.parametrize("seed", [3, 29])
+def test_daily_usage_is_exact_with_duplicates_and_late_events(fresh_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    client = warehouse.connect(fresh_url)
+    warehouse.ensure_usage_schema(client)
+    events = _random_events(rng, 60)
+    rng.shuffle(events)
+    # Most events arrive on time; a fifth arrive after their days were first aggregated
+    # (hours or days late), in small batches, as new parts of the table.
+    on_time, late = events[: len(events) * 4 // 5], events[len(events) * 4 // 5 :]
+    _insert(client, on_time)
+    for day in DAYS:
+        pd.testing.assert_frame_equal(
+            warehouse.daily_usage(client, day), _python_daily_usage(on_time, day)
+        )
+    for i in range(0, len(late), 37):
+        _insert(client, late[i : i + 37])
+    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[3])
+    totals = 0
+    for day in DAYS:
+        usage = warehouse.daily_usage(client, day)
+        pd.testing.assert_frame_equal(usage, _python_daily_usage(events, day))
+        totals += int(usage["raw_events"].sum())
+    last_end = warehouse.day_bounds(DAYS[-1])[1]
+    assert totals == sum(1 for e in events if e.at < last_end)  # every event on exactly one day
+    # The test data holds the cross-kind case: an id first logged by an ingest just before
+    # midnight and again as a query just after counts on the earlier day only.
+    march_2 = _python_daily_usage(events, date(2026, 3, 2))
+    assert march_2.loc[march_2["tenant_id"] == "t-north", "duplicate_events"].sum() >= 1
+
+
+def test_split_days_are_exact_at_any_instant(fresh_url: str) -> None:
+    rng = random.Random(5)
+    client = warehouse.connect(fresh_url)
+    warehouse.ensure_usage_schema(client)
+    events = _random_events(rng, 50)
+    _insert(client, events)
+    for _ in range(12):
+        tenant = rng.choice(TENANTS)
+        day = rng.choice(DAYS[1:])
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        boundary = midnight + timedelta(milliseconds=rng.randrange(1, 86_400_000))
+        next_midnight = midnight + timedelta(days=1)
+        before = interval_queries(client, tenant, midnight, boundary)
+        after = interval_queries(client, tenant, boundary, next_midnight)
+        assert before == _python_interval_queries(events, tenant, midnight, boundary)
+        assert after == _python_interval_queries(events, tenant, boundary, next_midnight)
+        # A period from the boundary to an instant two days on spans midnights and a month end.
+        end = boundary + timedelta(days=2, milliseconds=rng.randrange(86_400_000))
+        assert interval_queries(client, tenant, boundary, end) == _python_interval_queries(
+            events, tenant, boundary, end
+        )
+
+
+def test_an_unknown_event_kind_fails_the_day(fresh_url: str) -> None:
+    client = warehouse.connect(fresh_url)
+    warehouse.ensure_usage_schema(client)
+    at = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    _insert(
+        client,
+        [
+            Event("t-north", "q-1", "query", at, 100, 1),
+            Event("t-north", "r-1", "rerank", at, 300, 0),
+        ],
+    )
+    with pytest.raises(DatabaseError, match="event type other than query and embedding"):
+        warehouse.daily_usage(client, date(2026, 3, 1))
+
+
+def test_billing_db_migrate_warehouse_adds_the_projection_once(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    client = warehouse.connect(fresh_url)
+    client.command(USAGE_EVENTS_DDL)  # the SaaS's table, as production has it
+    _insert(client, _random_events(random.Random(1), 5))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "BILLING_"))
+    }
+    env.update({"BILLING_HOME": str(tmp_path), "CLICKHOUSE_URL": fresh_url})
+    command = [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.strip() == "applied " + ", ".join(m.id for m in MIGRATIONS)
+    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[0])
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "warehouse up to date", again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("clickhouse_url", "named"),
+    [(None, "CLICKHOUSE_URL ("), ("mysql://u:hunter2@h/db", "CLICKHOUSE_URL is invalid")],
+)
+def test_migrate_warehouse_without_a_usable_url_is_one_line(
+    tmp_path: Path, clickhouse_url: str | None, named: str
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "BILLING_"))
+    }
+    env["BILLING_HOME"] = str(tmp_path)
+    if clickhouse_url:
+        env["CLICKHOUSE_URL"] = clickhouse_url
+    result = subprocess.run(
+        [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert named in lines[0] and "hunter2" not in lines[0]
