@@ -5,9 +5,10 @@ hand below (calendar dates written out, tiers applied by hand), never computed b
 Pages: docs.stripe.com/billing/subscriptions/mixed-interval (flexible mode only, item-level
 periods, combined invoices when item periods align and separate ones when they diverge, cancel
 cancels every item), docs.stripe.com/changelog/basil/2025-07-30/support-mixed-intervals,
-docs.stripe.com/changelog/basil/2025-07-30/cancel-at-enums, docs.stripe.com/billing/
-subscriptions/prorations (a price on another interval prorates), docs.stripe.com/billing/
-customer/balance (a credit applies to the next invoice).
+docs.stripe.com/changelog/basil/2025-07-30/cancel-at-enums, stripe.com/docs/subscriptions/
+changing (a price on another interval prorates), support.stripe.com/questions/
+handling-subscription-changes (a new frequency's first period begins and is charged at once),
+docs.stripe.com/billing/customer/balance (a credit applies to the next invoice).
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def test_monthly_renewals_bill_usage_alone_and_the_year_end_one_invoice_for_both
 def test_switching_the_base_item_monthly_to_yearly_and_back_prorates_and_diverges(
     stripe_client: stripe.StripeClient,
 ) -> None:
-    """prorations ("changing to a price with a different billing interval" prorates) and
+    """subscriptions/changing ("changing to a price with a different billing interval"
+    prorates), handling-subscription-changes and
     mixed-interval (item-level periods; separate invoices when periods diverge). The page is
     silent on the switched item's period: the sandbox restarts it at the change and invoices
     the credit and the new full period at once (the stricter choice); customer/balance: a

@@ -327,6 +327,9 @@ class _Change:
     old_usage: list[str]
     from_cycle: str
     to_cycle: str
+    # The metered price changes (another plan): a usage boundary at the change. A billing
+    # cycle switch on the same plan moves only the base fee: usage is not cut there.
+    usage_moves: bool = True
 
 
 def _plan_change(
@@ -378,7 +381,12 @@ def _plan_change(
         else "create_prorations"
     )
     old_usage = [item.price_id for item in ordered if item.usage_type == "metered"]
-    return _Change(current, target, changes, behavior, old_usage, from_cycle, to_cycle)
+    usage_moves = any(
+        item.price_id != change.price_id
+        for item, change in zip(ordered, changes, strict=True)
+        if item.usage_type == "metered"
+    )
+    return _Change(current, target, changes, behavior, old_usage, from_cycle, to_cycle, usage_moves)
 
 
 def preview_plan_change(
@@ -475,16 +483,20 @@ def change_plan(
     change with the previewed amounts and the included-queries rule, worded as in the preview.
     """
     tenant = _tenant(conn, tenant_id)
-    _plan_change(client, catalog, tenant, to_plan, billing_cycle)  # refuse before any push
+    first = _plan_change(client, catalog, tenant, to_plan, billing_cycle)  # refuse before a push
     assert tenant.stripe_customer_id is not None
     assert tenant.state.stripe_subscription_id is not None
-    pushed = _usage_before(
-        conn,
-        client,
-        usage,
-        tenant_id,
-        tenant.stripe_customer_id,
-        tenant.state.stripe_subscription_id,
+    pushed = (
+        _usage_before(
+            conn,
+            client,
+            usage,
+            tenant_id,
+            tenant.stripe_customer_id,
+            tenant.state.stripe_subscription_id,
+        )
+        if first.usage_moves
+        else None
     )
     stale = pushed is not None and pushed.sent > 0  # the old part's usage changed: re-preview
     if preview is None or preview.proration_date != proration_date or stale:
@@ -511,14 +523,15 @@ def change_plan(
         proration_behavior=behavior,
         billing_cycle=decided.to_cycle,
     )
-    usage_cut.after(
-        conn,
-        client,
-        tenant_id=tenant_id,
-        customer_id=tenant.stripe_customer_id,
-        subscription_id=tenant.state.stripe_subscription_id,
-        action=cuts.PLAN_CHANGE,
-    )
+    if decided.usage_moves:
+        usage_cut.after(
+            conn,
+            client,
+            tenant_id=tenant_id,
+            customer_id=tenant.stripe_customer_id,
+            subscription_id=tenant.state.stripe_subscription_id,
+            action=cuts.PLAN_CHANGE,
+        )
     notifications.enqueue(
         conn,
         dedup_key=f"plan_change:{tenant_id}:{target.key}:{decided.to_cycle}:{proration_date}",

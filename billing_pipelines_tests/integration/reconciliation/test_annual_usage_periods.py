@@ -33,8 +33,10 @@ from billing_pipelines_tests.webhook_harness import query
 TENANT = "t-annual-0905"
 
 
-def annual_tenant(client: stripe.StripeClient, db_url: str) -> tuple[str, str]:
-    """A Pro tenant on the annual cycle, on its own clock at SIGN_UP: (subscription, clock)."""
+def annual_tenant(
+    client: stripe.StripeClient, db_url: str, tenant: str = TENANT, cycle: str = "annual"
+) -> tuple[str, str]:
+    """A Pro tenant on the billing cycle, on its own clock at SIGN_UP: (subscription, clock)."""
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(SIGN_UP.timestamp())})
     customer = client.v1.customers.create(
         {
@@ -45,14 +47,15 @@ def annual_tenant(client: stripe.StripeClient, db_url: str) -> tuple[str, str]:
     )
     pm = client.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
     client.v1.customers.update(customer.id, {"invoice_settings": {"default_payment_method": pm.id}})
-    keys = ["pro_base_yearly", "pro_queries_overage_monthly"]
+    base = "pro_base_yearly" if cycle == "annual" else "pro_base_monthly"
+    keys = [base, "pro_queries_overage_monthly"]
     prices = {p.lookup_key: p.id for p in client.v1.prices.list({"lookup_keys": keys}).data}
     sub = client.v1.subscriptions.create(
         {
             "customer": customer.id,
             "items": [{"price": prices[k]} for k in keys],
             "billing_mode": {"type": "flexible"},
-            "metadata": {"tenant_id": TENANT, "plan": "pro", "billing_cycle": "annual"},
+            "metadata": {"tenant_id": tenant, "plan": "pro", "billing_cycle": cycle},
         }
     )
     with psycopg.connect(db_url) as conn:
@@ -62,7 +65,7 @@ def annual_tenant(client: stripe.StripeClient, db_url: str) -> tuple[str, str]:
                 stripe_subscription_id, billing_status, subscription_status, api_access_enabled)
             VALUES (%s, 'Annual', 'annual@tenant.example', 'pro', %s, %s, %s, %s, true)
             """,
-            (TENANT, customer.id, sub.id, sub.status, sub.status),
+            (tenant, customer.id, sub.id, sub.status, sub.status),
         )
     return str(sub.id), str(clock.id)
 
@@ -107,6 +110,86 @@ def insert(tenant_id: str, prefix: str, count: int, first: datetime, last: datet
             "count": count,
         },
     )
+
+
+def push_day(resources: dict[str, Any], day: date) -> None:
+    """One day through the daily job's assets, as the schedules run it."""
+    result = dg.materialize(
+        [daily_tenant_usage, stripe_meter_reports],
+        partition_key=day.isoformat(),
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert result.success
+
+
+def test_a_switch_to_annual_mid_day_does_not_split_that_days_usage(
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+    billing_db_url: str,
+    embedded_services: dict[str, str],
+    long_grace: None,
+) -> None:
+    """The yearly base item starts its period at the switch (16:40), but usage keeps its
+    monthly period: the switch day is one usage day, billed whole on the usage line."""
+    c = stripe_client
+    support.catalog(c)
+    resources = support.resources(stripe_sandbox.url, billing_db_url)
+    ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
+    wh.ensure_usage_schema(ch)
+    ch.command("TRUNCATE TABLE usage_events")
+    tenant = "t-switch-1640"
+    sub, clock = annual_tenant(c, billing_db_url, tenant, cycle="monthly")
+    usage_item = next(
+        i
+        for i in c.v1.subscriptions.retrieve(sub)["items"].data
+        if i.price.lookup_key.endswith("_monthly") and i.price.recurring.usage_type == "metered"
+    )
+    base_item = next(
+        i
+        for i in c.v1.subscriptions.retrieve(sub)["items"].data
+        if i.price.recurring.usage_type == "licensed"
+    )
+    renewal_ts = usage_item.current_period_end
+
+    def midnight(day: date) -> datetime:
+        return wh.day_bounds(day)[0]
+
+    d0, d1, d2 = (SIGN_UP.date() + timedelta(days=n) for n in range(3))
+    switch = midnight(d2) + timedelta(hours=16, minutes=40)
+    insert(tenant, "sign-up-day-", 30_000, SIGN_UP, midnight(d1))
+    insert(tenant, "day-two-", 40_000, midnight(d1), midnight(d2))
+    insert(tenant, "switch-before-", 20_000, midnight(d2), switch)
+    insert(tenant, "switch-after-", 25_000, switch, midnight(d2 + timedelta(days=1)))
+    for day in (d0, d1):
+        advance(c, clock, int((midnight(day) + timedelta(days=1, minutes=10)).timestamp()))
+        push_day(resources, day)
+    advance(c, clock, int(switch.timestamp()))
+    yearly = c.v1.prices.list({"lookup_keys": ["pro_base_yearly"]}).data[0].id
+    c.v1.subscriptions.update(
+        sub,
+        {
+            "items": [{"id": base_item.id, "price": yearly}],
+            "proration_date": int(switch.timestamp()),
+            "proration_behavior": "always_invoice",
+        },
+    )
+    advance(c, clock, int((midnight(d2) + timedelta(days=1, minutes=10)).timestamp()))
+    push_day(resources, d2)
+    advance(c, clock, renewal_ts + GRACE + 3600)
+
+    usage_lines = [
+        (line.period.start, line.quantity, line.amount)
+        for inv in c.v1.invoices.list({"subscription": sub, "limit": 10}).data
+        if inv.billing_reason == "subscription_cycle"
+        for line in inv.lines.data
+        if line.quantity is not None
+        and line.period.start != line.period.end
+        and line.amount not in (9_900, 99_000)
+    ]
+    # 30,000 + 40,000 + 20,000 + 25,000 = 115,000 queries in [sign-up, renewal): 15,000 over
+    # Pro's 100,000 at $0.0008 = $12.00; the 20,000 before 16:40 are not lost.
+    assert usage_lines == [(int(SIGN_UP.timestamp()), 115_000, 1200)]
 
 
 def test_annual_tenant_usage_is_billed_and_audited_per_monthly_period(

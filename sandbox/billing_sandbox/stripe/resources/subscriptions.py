@@ -371,7 +371,7 @@ def interval_switches(
     """The items a change moves to a price on another interval (monthly <-> yearly).
 
     Stripe documents that "changing to a price with a different billing interval" prorates
-    (docs.stripe.com/billing/subscriptions/prorations) and that on a different billing
+    (stripe.com/docs/subscriptions/changing) and that on a different billing
     frequency "the first full period of the new plan begins immediately" and is charged then
     (support.stripe.com/questions/handling-subscription-changes). The mixed interval page
     (docs.stripe.com/billing/subscriptions/mixed-interval) is silent on switching one item's
