@@ -486,6 +486,17 @@ def _valid_email(value: str) -> str:
     return check_recipient(value)
 
 
+def _billing_cycle(value: str | None) -> str | None:
+    # Runs while the options are parsed: an unknown cycle starts no service and touches nothing.
+    from billing_pipelines.lib.catalog.plans import BILLING_CYCLES
+
+    if value is not None and value not in BILLING_CYCLES:
+        raise BillingConfigError(
+            f"--billing-cycle must be one of {', '.join(BILLING_CYCLES)}, got {value!r}"
+        )
+    return value
+
+
 @tenant_app.command("create")
 @_with_services_needing(*_RUNS)
 def tenant_create(
@@ -503,6 +514,14 @@ def tenant_create(
     name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
     payment_method: Annotated[str | None, typer.Option(help="e.g. pm_card_visa.")] = None,
     trial: Annotated[bool, typer.Option(help="Start with the catalog's trial.")] = True,
+    billing_cycle: Annotated[
+        str,
+        typer.Option(
+            help="monthly, or annual: the plan's yearly base fee (base_yearly_cents); usage "
+            "is billed monthly either way.",
+            callback=_billing_cycle,
+        ),
+    ] = "monthly",
 ) -> None:
     """Onboard a tenant: Stripe customer, optional card, subscription (idempotent)."""
     from billing_pipelines.runs import run_job
@@ -517,6 +536,7 @@ def tenant_create(
                 "plan": plan,
                 "payment_method": payment_method,
                 "trial": trial,
+                "billing_cycle": billing_cycle,
             },
         )
     )
@@ -526,13 +546,23 @@ def tenant_create(
 @_with_services_needing(*_RUNS, "CLICKHOUSE_URL")  # usage up to the change
 def tenant_change_plan(
     tenant: Annotated[str, typer.Option()],
-    plan: Annotated[str, typer.Option(help="The new plan.")],
+    plan: Annotated[str, typer.Option(help="The new plan (the current one to change cycle).")],
     apply: Annotated[bool, typer.Option(help="Apply it (default: preview only).")] = False,
+    billing_cycle: Annotated[
+        str | None,
+        typer.Option(
+            help="monthly or annual (default: keep the tenant's current cycle).",
+            callback=_billing_cycle,
+        ),
+    ] = None,
 ) -> None:
-    """Preview a plan change's prorated invoice; with --apply, make the change."""
+    """Preview a plan (or billing cycle) change's prorated invoice; with --apply, make it."""
     from billing_pipelines.runs import run_job
 
-    _show(run_job("change_plan", {"tenant_id": tenant, "to_plan": plan, "apply": apply}))
+    config: dict[str, object] = {"tenant_id": tenant, "to_plan": plan, "apply": apply}
+    if billing_cycle is not None:
+        config["billing_cycle"] = billing_cycle
+    _show(run_job("change_plan", config))
 
 
 @invoice_app.command("preview")

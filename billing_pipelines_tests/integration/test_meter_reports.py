@@ -184,7 +184,8 @@ def test_catalog_sync_is_idempotent_and_a_changed_price_moves_its_lookup_key(env
     c = env.client
     again = dg.materialize([stripe_catalog], resources=env.resources)
     assert metadata(again, "stripe_catalog")["changes"] == 0
-    assert len(c.v1.prices.list({"limit": 100}).data) == 6
+    # Three plans x (monthly base + usage), plus the yearly base of pro and enterprise.
+    assert len(c.v1.prices.list({"limit": 100}).data) == 8
     assert len(stripe_meters.active_meter_ids(c)) == 1
     (meter,) = c.v1.billing.meters.list().data
     assert meter.event_time_window == "day" and meter.default_aggregation.formula == "sum"

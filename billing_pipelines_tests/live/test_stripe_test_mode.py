@@ -105,3 +105,63 @@ def lifecycle_month(
         assert renewal, "no renewal invoice after the period ended"
         metered = [line for line in renewal[0].lines.data if line.amount == 2000]
         assert metered, "125,000 queries on pro should bill 25,000 x $0.0008 = $20.00"
+
+
+def test_annual_tenant_in_stripe_test_mode(
+    live_client: stripe.StripeClient, clock: str, fresh_database_url: str
+) -> None:
+    annual_month(live_client, clock, fresh_database_url, _advance)
+
+
+def annual_month(client: stripe.StripeClient, clock: str, database_url: str, advance: Any) -> None:
+    """An annual Pro tenant: the yearly fee on the first invoice; the first monthly renewal
+    bills 125,000 queries ($20.00 overage) on its own, without the yearly fee (a mixed interval
+    subscription renews each item on its own period: docs.stripe.com/billing/subscriptions/
+    mixed-interval)."""
+    catalog = load_catalog()
+    stripe_catalog.sync_catalog(client, catalog)
+    tenant = f"live-annual-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        with conn.transaction():
+            onboarded = lifecycle.onboard(
+                conn,
+                client,
+                catalog,
+                lifecycle.OnboardRequest(
+                    tenant_id=tenant,
+                    name="Live annual test",
+                    email="live@example.com",
+                    plan="pro",
+                    payment_method="pm_card_visa",
+                    trial=False,
+                    test_clock=clock,
+                    billing_cycle="annual",
+                ),
+            )
+    assert onboarded.subscription_status == "active"
+    sub: Any = client.v1.subscriptions.retrieve(str(onboarded.subscription_id))
+    assert sub.billing_mode.type == "flexible"
+    items = {i.price.recurring.interval: i for i in sub["items"].data}
+    assert set(items) == {"year", "month"}
+    year, month = items["year"], items["month"]
+    assert year.price.lookup_key == "pro_base_yearly"
+    assert year.current_period_end - year.current_period_start >= 365 * DAY
+    assert month.price.recurring.usage_type == "metered"
+    first = client.v1.invoices.retrieve(str(sub.latest_invoice))
+    assert first.amount_paid == 99_000, "the first invoice bills Pro's $990.00 year"
+    start, end = int(month.current_period_start), int(month.current_period_end)
+    advance(client, clock, start + 2 * DAY)
+    client.v1.billing.meter_events.create(
+        {
+            "event_name": catalog.meters["queries"].event_name,
+            "payload": {"stripe_customer_id": str(onboarded.customer_id), "value": "125000"},
+            "identifier": f"{tenant}-queries-1",
+            "timestamp": start + DAY,
+        }
+    )
+    advance(client, clock, end + 2 * 3600)
+    invoices = client.v1.invoices.list({"customer": str(onboarded.customer_id), "limit": 10})
+    renewal = [i for i in invoices.data if i.billing_reason == "subscription_cycle"]
+    assert len(renewal) == 1, "one monthly renewal invoice"
+    amounts = sorted(line.amount for line in renewal[0].lines.data)
+    assert amounts == [2000], "usage alone: 25,000 x $0.0008 = $20.00, no yearly fee"

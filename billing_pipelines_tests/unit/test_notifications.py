@@ -114,6 +114,23 @@ def test_other_templates_render() -> None:
     assert alert.subject == "[billing alert] S" and "event: evt_1" in alert.body
 
 
+def test_trial_email_states_the_yearly_price_of_an_annual_tenant() -> None:
+    context = {
+        "tenant_name": "Acme",
+        "plan_name": "Pro",
+        "trial_end": "January 15, 2026",
+        "plan_price": "$990.00",
+        "price_period": "year",
+        "included_queries": "100,000",
+        "overage_price": "0.08¢",
+        "invoice_url": None,
+    }
+    annual = notifications.render("trial_ending", context)
+    assert "the plan costs $990.00 per year including 100,000" in " ".join(annual.body.split())
+    monthly = notifications.render("trial_ending", {**context, "price_period": "month"})
+    assert "per month including" in " ".join(monthly.body.split())
+
+
 def test_missing_context_is_an_error_not_a_blank() -> None:
     with pytest.raises(Exception, match="undefined"):
         notifications.render("suspended", {"tenant_name": "A"})

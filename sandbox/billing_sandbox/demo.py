@@ -194,6 +194,9 @@ def _print_summary(database_url: str, client: object, first: date, last: date, e
         total_cents += cents
         echo(f"    {key:<11}{len(mine):>8}{queries:>14,}{over:>15}{cents / 100:>14,.2f}")
     echo(f"    {'total':<11}{len(rows):>8}{stored:>14,}{'':>15}{total_cents / 100:>14,.2f}")
-    echo("    (bill = base fee + overage above the included queries, for the days shown)")
+    echo(
+        "    (bill = monthly base fee + overage above the included queries, for the days shown;"
+        " annual tenants pay their yearly base fee instead, once a year)"
+    )
     if stored != truth:
         raise RuntimeError("daily_tenant_usage does not match the warehouse truth")

@@ -145,6 +145,9 @@ class Cast:
     plan: str
     monthly_queries: int
     card: str  # good | fails_later | recovers | declined_at_signup | none_trial | good_trial
+    # monthly, or annual: the plan's yearly base fee beside monthly usage (a mixed interval
+    # subscription); annual tenants are on a plan that declares one.
+    billing_cycle: str = "monthly"
 
 
 CARD_MIX = (
@@ -158,16 +161,37 @@ CARD_MIX = (
 
 
 def cast(tenant_count: int, seed: int) -> list[Cast]:
-    """Deterministic tenants with a card story each (every story appears at least once)."""
+    """Deterministic tenants with a card story each (every story appears at least once).
+
+    Some pay yearly: the tenant with a card on a trial, and every other later tenant with a
+    good card (from the second on), so a month of ten holds a trial that converts to annual
+    and annual tenants whose monthly usage period closes inside the month. An annual tenant
+    whose drawn plan has no yearly fee is put on one that has (the first such plan).
+    """
     rng = random.Random(seed + 1)
     stories = [story for story, _ in CARD_MIX]
+    yearly = [key for key, plan in load_catalog().plans.items() if plan.base_yearly_cents]
     people = []
     for index, tenant in enumerate(demo_tenants(tenant_count, seed)):
         if index < len(stories):
             story = stories[index]
         else:
             story = rng.choices(stories, weights=[w for _, w in CARD_MIX])[0]
-        people.append(Cast(tenant.tenant_id, tenant.plan, tenant.monthly_queries, story))
+        annual = bool(yearly) and (
+            story == "good_trial"
+            and index == 1
+            or (story == "good" and index >= len(stories) and index % 2 == 0)
+        )
+        plan = tenant.plan if not annual or tenant.plan in yearly else yearly[0]
+        people.append(
+            Cast(
+                tenant.tenant_id,
+                plan,
+                tenant.monthly_queries,
+                story,
+                "annual" if annual else "monthly",
+            )
+        )
     return people
 
 
@@ -540,6 +564,7 @@ def _onboard(
         payment_method=card,
         trial=trial,
         test_clock=clock,
+        billing_cycle=person.billing_cycle,
     )
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         try:
@@ -643,6 +668,12 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
         f"{statuses.get('paused', 0)} paused at trial end without one"
     )
     echo("    tenants by status: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    annual = [p for p in result.people if p.billing_cycle == "annual"]
+    numbers["annual"] = len(annual)
+    echo(
+        f"    billing cycles: {len(result.people) - len(annual)} monthly, {len(annual)} annual "
+        "(yearly base fee, usage billed monthly)"
+    )
     echo("    emails: " + ", ".join(f"{r['template']} {r['n']}" for r in emails))
     echo(
         f"    runs launched by sensors: {sum(result.runs.values())} "

@@ -59,6 +59,8 @@ class OnboardTenantConfig(dg.Config):
     payment_method: str | None = None
     trial: bool = True
     trial_end_behavior: str = lifecycle.DEFAULT_TRIAL_END_BEHAVIOR
+    # monthly, or annual (a yearly base fee; usage still billed monthly).
+    billing_cycle: str = "monthly"
 
 
 @dg.op(pool=STRIPE_POOL)
@@ -89,6 +91,8 @@ class ChangePlanConfig(dg.Config):
     to_plan: str
     apply: bool = False
     proration_date: int | None = None
+    # monthly or annual; None keeps the tenant's current billing cycle.
+    billing_cycle: str | None = None
 
 
 @dg.op(pool=STRIPE_POOL)
@@ -104,7 +108,13 @@ def change_plan_op(
     client, catalog = stripe.client(), load_catalog()
     with billing_db.transaction() as conn:
         preview = lifecycle.preview_plan_change(
-            conn, client, catalog, config.tenant_id, config.to_plan, config.proration_date
+            conn,
+            client,
+            catalog,
+            config.tenant_id,
+            config.to_plan,
+            config.proration_date,
+            config.billing_cycle,
         )
     context.log.info("preview: %s", preview.describe())
     out: dict[str, Any] = {"preview": preview.describe(), "amount_due": preview.amount_due}
@@ -122,6 +132,7 @@ def change_plan_op(
                 preview.proration_date,
                 preview=preview,
                 usage=_usage_reporter(context, billing_db, warehouse, client, catalog),
+                billing_cycle=config.billing_cycle,
             )
         out.update(_report(context, result))
     return out

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from billing_pipelines.lib.errors import BillingConfigError
 
+# How often a tenant pays the base fee; usage is measured and billed monthly in both cycles.
+MONTHLY, ANNUAL = "monthly", "annual"
+BILLING_CYCLES = (MONTHLY, ANNUAL)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -20,6 +24,16 @@ class Plan:
     base_monthly_cents: int
     included_queries: int
     overage_cents_per_query: Decimal
+    # A yearly base fee (annual billing cycle), offered only when the catalog declares one.
+    base_yearly_cents: int | None = None
+
+    def base_cents(self, cycle: str = MONTHLY) -> int:
+        """The base fee one period of this billing cycle costs (a month, or a year)."""
+        if cycle == ANNUAL:
+            if self.base_yearly_cents is None:
+                raise BillingConfigError(no_annual_price(self))
+            return self.base_yearly_cents
+        return self.base_monthly_cents
 
     def overage_cents(self, queries: int) -> Decimal:
         """Exact (unrounded) usage charge for a period's billable queries."""
@@ -68,6 +82,40 @@ class Catalog:
             raise BillingConfigError(f"unknown plan {key!r} (known plans: {known})") from None
 
 
+def no_annual_price(plan: Plan) -> str:
+    """The one-line refusal for an annual cycle on a plan without a yearly fee."""
+    return (
+        f"plan {plan.key} has no yearly base fee: annual billing needs base_yearly_cents "
+        f"in [plans.{plan.key}] of plans.toml"
+    )
+
+
+def check_billing_cycle(plan: Plan, cycle: str) -> str:
+    """The cycle, if the plan offers it; otherwise one clear error naming what is missing."""
+    if cycle not in BILLING_CYCLES:
+        raise BillingConfigError(
+            f"billing cycle must be one of {', '.join(BILLING_CYCLES)}, got {cycle!r}"
+        )
+    if cycle == ANNUAL and plan.base_yearly_cents is None:
+        raise BillingConfigError(no_annual_price(plan))
+    return cycle
+
+
+def _yearly_cents(source: str, key: str, body: dict[str, object]) -> int | None:
+    """The optional yearly base fee: a positive whole number of cents when declared."""
+    if "base_yearly_cents" not in body:
+        return None
+    value = body["base_yearly_cents"]
+    # TOML gives int, float, str or bool; only a positive integer is a price in cents (a float
+    # or a string would round or parse differently from what the operator meant).
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BillingConfigError(
+            f"{source}: plan {key} base_yearly_cents must be a positive whole number of cents "
+            f"(e.g. 99000 for $990.00 a year), got {value!r}"
+        )
+    return value
+
+
 # Metrics a plan has a price for (overage_cents_per_query); a meter for anything else is unpriced.
 PRICED_METRICS = frozenset({"queries"})
 # The amounts every plan must state: a plan without them has no price.
@@ -85,8 +133,10 @@ def _plan(source: str, key: str, body: object) -> Plan:
             f"{source}: invalid plan catalog: plan {key} "
             f"{'has no price: ' if unpriced else ''}missing {', '.join(missing)}"
         )
+    yearly = _yearly_cents(source, key, body)
     try:
         return Plan(
+            base_yearly_cents=yearly,
             key=key,
             name=str(body["name"]),
             base_monthly_cents=int(body["base_monthly_cents"]),

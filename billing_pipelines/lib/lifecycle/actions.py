@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from billing_pipelines.lib.catalog.plans import Catalog, Plan
+from billing_pipelines.lib.catalog.plans import ANNUAL, MONTHLY, Catalog, Plan, check_billing_cycle
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.lifecycle import plan_change, usage_cut
 from billing_pipelines.lib.metering import cuts
@@ -54,6 +54,9 @@ class OnboardRequest:
     trial: bool = True
     trial_end_behavior: str = DEFAULT_TRIAL_END_BEHAVIOR
     test_clock: str | None = None
+    # monthly, or annual: the base fee billed yearly (the plan must declare base_yearly_cents);
+    # usage is measured and billed monthly in both.
+    billing_cycle: str = MONTHLY
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class PlanChangePreview:
     lines: list[tuple[str, int]]
     # How included queries behave across the change, in the words the email and docs use.
     included_queries: str = ""
+    from_cycle: str = MONTHLY
+    to_cycle: str = MONTHLY
 
     @property
     def due_when(self) -> str:
@@ -93,7 +98,10 @@ class PlanChangePreview:
         """Plain-words summary for the operator."""
         due = f"{self.amount_due / 100:,.2f} {self.currency.upper()}"
         lines = "; ".join(f"{text}: {amount / 100:,.2f}" for text, amount in self.lines)
-        summary = f"{self.from_plan} -> {self.to_plan}: {due} due {self.due_when} ({lines})"
+        before, after = self.from_plan, self.to_plan
+        if (self.from_cycle, self.to_cycle) != (MONTHLY, MONTHLY):
+            before, after = f"{before} ({self.from_cycle})", f"{after} ({self.to_cycle})"
+        summary = f"{before} -> {after}: {due} due {self.due_when} ({lines})"
         return f"{summary}. {self.included_queries}" if self.included_queries else summary
 
 
@@ -110,9 +118,11 @@ def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> tenant_state.Tenan
     return tenant
 
 
-def plan_price_ids(client: StripeClient, catalog: Catalog, plan: Plan) -> list[str]:
-    """The live base and metered price ids of a plan, found by lookup key."""
-    keys = [stripe_catalog.base_lookup_key(plan)] + [
+def plan_price_ids(
+    client: StripeClient, catalog: Catalog, plan: Plan, cycle: str = MONTHLY
+) -> list[str]:
+    """The live base (monthly or yearly, by billing cycle) and metered price ids of a plan."""
+    keys = [stripe_catalog.base_lookup_key_for(plan, cycle)] + [
         stripe_catalog.usage_lookup_key(plan, meter) for meter in catalog.meters.values()
     ]
     by_key = stripe_lifecycle.active_price_ids(client, keys)
@@ -166,6 +176,7 @@ def _checked(request: OnboardRequest, catalog: Catalog) -> tuple[OnboardRequest,
     # One valid address, or one clear error before anything is stored or created in Stripe.
     request = replace(request, email=check_recipient(request.email))
     plan = catalog.plan(request.plan)
+    check_billing_cycle(plan, request.billing_cycle)
     if request.trial_end_behavior not in TRIAL_END_BEHAVIORS:
         raise BillingConfigError(
             f"trial_end_behavior must be one of {', '.join(TRIAL_END_BEHAVIORS)}, "
@@ -280,14 +291,16 @@ def onboard(
         tenant_id=request.tenant_id,
         customer_id=customer_id,
         plan_key=plan.key,
-        price_ids=plan_price_ids(client, catalog, plan),
+        price_ids=plan_price_ids(client, catalog, plan, request.billing_cycle),
         predecessor=current,
         trial_days=catalog.trial_days if trial else None,
         trial_end_behavior=request.trial_end_behavior if trial else None,
+        billing_cycle=request.billing_cycle,
     )
     _link_subscription(conn, request.tenant_id, subscription_id, plan.key)
-    tenant = _converge(ctx, request.tenant_id, f"onboarded on {plan.key}")
-    return _result(tenant, f"subscribed to {plan.key}")
+    on = plan.key if request.billing_cycle == MONTHLY else f"{plan.key} ({request.billing_cycle})"
+    tenant = _converge(ctx, request.tenant_id, f"onboarded on {on}")
+    return _result(tenant, f"subscribed to {on}", billing_cycle=request.billing_cycle)
 
 
 def _link_subscription(
@@ -303,17 +316,41 @@ def _link_subscription(
 # ---- plan changes ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Change:
+    """A plan change as decided: plans, billing cycles, item moves, proration behaviour."""
+
+    current: Plan
+    target: Plan
+    changes: list[ItemPrice]
+    behavior: str
+    old_usage: list[str]
+    from_cycle: str
+    to_cycle: str
+    # The metered price changes (another plan): a usage boundary at the change. A billing
+    # cycle switch on the same plan moves only the base fee: usage is not cut there.
+    usage_moves: bool = True
+
+
 def _plan_change(
-    client: StripeClient, catalog: Catalog, tenant: tenant_state.Tenant, to_plan: str
-) -> tuple[Plan, Plan, list[ItemPrice], str, list[str]]:
+    client: StripeClient,
+    catalog: Catalog,
+    tenant: tenant_state.Tenant,
+    to_plan: str,
+    billing_cycle: str | None = None,
+) -> _Change:
     if not tenant.state.stripe_subscription_id or not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant.tenant_id} has no subscription to change")
     current, target = catalog.plan(tenant.state.plan), catalog.plan(to_plan)
-    if current.key == target.key:
-        raise LifecycleError(f"tenant {tenant.tenant_id} is already on {target.key}")
     subscription = stripe_lifecycle.retrieve_subscription(
         client, tenant.state.stripe_subscription_id
     )
+    # The tenant's cycle is what Stripe bills: a yearly base price is the annual cycle.
+    from_cycle = subscription.billing_cycle
+    to_cycle = check_billing_cycle(target, billing_cycle or from_cycle)
+    if current.key == target.key and from_cycle == to_cycle:
+        on = target.key if to_cycle == MONTHLY else f"{target.key} ({to_cycle})"
+        raise LifecycleError(f"tenant {tenant.tenant_id} is already on {on}")
     if subscription.ended:
         raise LifecycleError(f"subscription {subscription.id} is {subscription.status}")
     if subscription.billing_mode != stripe_lifecycle.BILLING_MODE:
@@ -323,7 +360,7 @@ def _plan_change(
             f"which does not bill the usage before a price change: migrate it to "
             f"{stripe_lifecycle.BILLING_MODE} in Stripe before changing plans"
         )
-    new_prices = plan_price_ids(client, catalog, target)
+    new_prices = plan_price_ids(client, catalog, target, to_cycle)
     items = subscription.items
     if len(items) != len(new_prices):
         raise LifecycleError(
@@ -335,13 +372,21 @@ def _plan_change(
     changes = [ItemPrice(item.id, price) for item, price in zip(ordered, new_prices, strict=True)]
     # Upgrades are charged now (the customer gets more immediately); downgrades credit the
     # unused part of the higher fee on the next invoice. Both take effect at the proration date.
+    # A change of billing cycle moves the base fee to a price on another interval: its item
+    # starts a new full period at the change, billed then with the credit for the unused old
+    # period (Stripe invoices a new interval's first period at once), so it is charged now.
     behavior = (
         "always_invoice"
-        if target.base_monthly_cents > current.base_monthly_cents
+        if from_cycle != to_cycle or target.base_monthly_cents > current.base_monthly_cents
         else "create_prorations"
     )
     old_usage = [item.price_id for item in ordered if item.usage_type == "metered"]
-    return current, target, changes, behavior, old_usage
+    usage_moves = any(
+        item.price_id != change.price_id
+        for item, change in zip(ordered, changes, strict=True)
+        if item.usage_type == "metered"
+    )
+    return _Change(current, target, changes, behavior, old_usage, from_cycle, to_cycle, usage_moves)
 
 
 def preview_plan_change(
@@ -351,10 +396,14 @@ def preview_plan_change(
     tenant_id: str,
     to_plan: str,
     proration_date: int | None = None,
+    billing_cycle: str | None = None,
 ) -> PlanChangePreview:
-    """What changing plans would cost, from Stripe's own invoice preview (nothing changes)."""
+    """What changing plans (or billing cycle) would cost, from Stripe's own invoice preview
+    (nothing changes). `billing_cycle` None keeps the tenant's current cycle."""
     tenant = _tenant(conn, tenant_id)
-    current, target, changes, behavior, old_usage = _plan_change(client, catalog, tenant, to_plan)
+    decided = _plan_change(client, catalog, tenant, to_plan, billing_cycle)
+    current, target, changes = decided.current, decided.target, decided.changes
+    behavior, old_usage = decided.behavior, decided.old_usage
     assert tenant.stripe_customer_id is not None
     assert tenant.state.stripe_subscription_id is not None
     when = proration_date or stripe_lifecycle.customer_now(client, tenant.stripe_customer_id)
@@ -384,9 +433,11 @@ def preview_plan_change(
         amount_due=preview.amount_due,
         currency=preview.currency,
         lines=preview.lines,
-        included_queries=plan_change.included_queries_note(
-            current, target, before, preview.currency
-        ),
+        included_queries=plan_change.cycle_change_note(target, decided.to_cycle)
+        if current.key == target.key
+        else plan_change.included_queries_note(current, target, before, preview.currency),
+        from_cycle=decided.from_cycle,
+        to_cycle=decided.to_cycle,
     )
 
 
@@ -423,6 +474,7 @@ def change_plan(
     preview: PlanChangePreview | None = None,
     usage: CutPush | None = None,
     actor: str = "lifecycle.change_plan",
+    billing_cycle: str | None = None,
 ) -> LifecycleResult:
     """Apply a previewed plan change with the same proration date, so the bill matches it.
 
@@ -431,22 +483,34 @@ def change_plan(
     change with the previewed amounts and the included-queries rule, worded as in the preview.
     """
     tenant = _tenant(conn, tenant_id)
-    _plan_change(client, catalog, tenant, to_plan)  # refuse before anything is pushed
+    first = _plan_change(client, catalog, tenant, to_plan, billing_cycle)  # refuse before a push
     assert tenant.stripe_customer_id is not None
     assert tenant.state.stripe_subscription_id is not None
-    pushed = _usage_before(
-        conn,
-        client,
-        usage,
-        tenant_id,
-        tenant.stripe_customer_id,
-        tenant.state.stripe_subscription_id,
+    pushed = (
+        _usage_before(
+            conn,
+            client,
+            usage,
+            tenant_id,
+            tenant.stripe_customer_id,
+            tenant.state.stripe_subscription_id,
+        )
+        if first.usage_moves
+        else None
     )
     stale = pushed is not None and pushed.sent > 0  # the old part's usage changed: re-preview
     if preview is None or preview.proration_date != proration_date or stale:
-        preview = preview_plan_change(conn, client, catalog, tenant_id, to_plan, proration_date)
+        preview = preview_plan_change(
+            conn, client, catalog, tenant_id, to_plan, proration_date, billing_cycle
+        )
     tenant = _tenant(conn, tenant_id)
-    current, target, changes, behavior, _ = _plan_change(client, catalog, tenant, to_plan)
+    decided = _plan_change(client, catalog, tenant, to_plan, billing_cycle)
+    current, target, changes, behavior = (
+        decided.current,
+        decided.target,
+        decided.changes,
+        decided.behavior,
+    )
     assert tenant.state.stripe_subscription_id is not None
     assert tenant.stripe_customer_id is not None
     stripe_lifecycle.change_prices(
@@ -457,25 +521,27 @@ def change_plan(
         changes=changes,
         proration_date=proration_date,
         proration_behavior=behavior,
+        billing_cycle=decided.to_cycle,
     )
-    usage_cut.after(
-        conn,
-        client,
-        tenant_id=tenant_id,
-        customer_id=tenant.stripe_customer_id,
-        subscription_id=tenant.state.stripe_subscription_id,
-        action=cuts.PLAN_CHANGE,
-    )
+    if decided.usage_moves:
+        usage_cut.after(
+            conn,
+            client,
+            tenant_id=tenant_id,
+            customer_id=tenant.stripe_customer_id,
+            subscription_id=tenant.state.stripe_subscription_id,
+            action=cuts.PLAN_CHANGE,
+        )
     notifications.enqueue(
         conn,
-        dedup_key=f"plan_change:{tenant_id}:{target.key}:{proration_date}",
+        dedup_key=f"plan_change:{tenant_id}:{target.key}:{decided.to_cycle}:{proration_date}",
         tenant_id=tenant_id,
         template="plan_changed",
         recipient=tenant.email,
         context={
             "tenant_name": tenant.name,
-            "from_plan": current.name,
-            "to_plan": target.name,
+            "from_plan": _named(current, decided.from_cycle),
+            "to_plan": _named(target, decided.to_cycle),
             "amount_due": notifications.format_money(preview.amount_due, preview.currency),
             "due_when": preview.due_when,
             "lines": [
@@ -487,8 +553,14 @@ def change_plan(
         },
     )
     ctx = _context(conn, client, catalog, actor)
-    tenant = _converge(ctx, tenant_id, f"plan changed to {target.key}")
-    return _result(tenant, f"now on {target.key} ({behavior}). {preview.included_queries}")
+    on = target.key if decided.to_cycle == MONTHLY else f"{target.key} ({decided.to_cycle})"
+    tenant = _converge(ctx, tenant_id, f"plan changed to {on}")
+    return _result(tenant, f"now on {on} ({behavior}). {preview.included_queries}")
+
+
+def _named(plan: Plan, cycle: str) -> str:
+    """A plan's name as the tenant reads it, with the billing cycle when annual."""
+    return f"{plan.name} (annual)" if cycle == ANNUAL else plan.name
 
 
 # ---- cancellation, cards, reactivation, portal -------------------------------------------------
@@ -531,9 +603,12 @@ def cancel(
             "minus the unused part of the base fee"
         )
     else:
-        stripe_lifecycle.set_cancel_at_period_end(client, sub_id, True)
+        annual = stripe_lifecycle.retrieve_subscription(client, sub_id).billing_cycle == ANNUAL
+        stripe_lifecycle.set_cancel_at_period_end(client, sub_id, True, annual=annual)
         detail = (
             "cancels at the end of the current period; the final invoice bills that period's usage"
+            if not annual
+            else "cancels at the end of the paid year; usage is billed monthly until then"
         )
     tenant = _converge(_context(conn, client, catalog, actor), tenant_id, detail)
     return _result(tenant, detail)
@@ -595,8 +670,10 @@ def reactivate(
                     if after.status != "paused"
                     else "resume waits for payment: the first invoice failed and Stripe retries it"
                 )
-            elif subscription.cancel_at_period_end:
-                stripe_lifecycle.set_cancel_at_period_end(client, sub_id, False)
+            elif subscription.cancel_at_period_end or subscription.cancel_at is not None:
+                stripe_lifecycle.set_cancel_at_period_end(
+                    client, sub_id, False, annual=subscription.billing_cycle == ANNUAL
+                )
                 detail = "pending cancellation withdrawn"
             else:
                 detail = f"nothing to reactivate: subscription is {subscription.status}"

@@ -61,6 +61,14 @@ def included_queries_note(
     )
 
 
+def cycle_change_note(plan: Plan, to_cycle: str) -> str:
+    """A billing-cycle change on the same plan: only the base fee moves; usage is untouched."""
+    return (
+        f"Only the base fee moves to {to_cycle} billing; queries are still measured and billed "
+        f"every month on {plan.name} with its {plan.included_queries:,} included queries."
+    )
+
+
 def explain_invoice_usage(
     catalog: Catalog, fallback: Plan | None, lines: Sequence[InvoiceLine], currency: str
 ) -> str | None:

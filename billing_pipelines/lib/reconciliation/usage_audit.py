@@ -388,18 +388,53 @@ def fee_explanations(
     out = []
     for r in rows:
         plan = plans.get(r["plan"]) if r["plan"] else None
-        money = format_money(int(r["amount"]), r["currency"])
-        period = ""
-        if r["period_start"] and r["period_end"]:
-            end = r["period_end"] - timedelta(seconds=1)
-            period = f"For {r['period_start']:%Y-%m-%d} to {end:%Y-%m-%d} (UTC): "
-        if plan is not None and int(r["amount"]) == plan.base_monthly_cents:
-            text = f"{period}the {plan.name} plan's monthly base fee, {money}."
-        else:
-            what = r["description"] or "an adjustment (proration or credit)"
-            text = f"{period}{what}, {money}."
+        text = fee_sentence(
+            plan,
+            int(r["amount"]),
+            r["currency"],
+            r["period_start"],
+            r["period_end"],
+            r["description"],
+        )
         out.append((r["invoice_id"], r["line_id"], text))
     return out
+
+
+# A base fee line spans one period of its cycle: about a month (28-31 days) or a year.
+MONTH_DAYS, YEAR_DAYS = range(28, 32), range(365, 367)
+
+
+def fee_sentence(
+    plan: Plan | None,
+    amount: int,
+    currency: str,
+    start: datetime | None,
+    end: datetime | None,
+    description: str | None,
+) -> str:
+    """One non-usage line in words: the plan's monthly or yearly base fee when its amount and
+    its period match the catalog (a yearly fee covers a year, a monthly one a month), otherwise
+    the line's own description (a proration or credit)."""
+    money = format_money(amount, currency)
+    period = ""
+    days = None
+    if start and end:
+        period = f"For {start:%Y-%m-%d} to {end - timedelta(seconds=1):%Y-%m-%d} (UTC): "
+        days = (end - start).days
+    if plan is not None and amount == plan.base_monthly_cents and days in (None, *MONTH_DAYS):
+        return f"{period}the {plan.name} plan's monthly base fee, {money}."
+    if (
+        plan is not None
+        and plan.base_yearly_cents is not None
+        and amount == plan.base_yearly_cents
+        and days in (None, *YEAR_DAYS)
+    ):
+        return (
+            f"{period}the {plan.name} plan's yearly base fee, {money} "
+            "(usage is billed every month on its own lines)."
+        )
+    what = description or "an adjustment (proration or credit)"
+    return f"{period}{what}, {money}."
 
 
 def store(conn: Conn, audit_date: date, rows: Iterable[AuditRow]) -> int:

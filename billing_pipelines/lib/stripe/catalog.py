@@ -14,7 +14,7 @@ from typing import Any
 
 import stripe
 
-from billing_pipelines.lib.catalog.plans import Catalog, Meter, Plan
+from billing_pipelines.lib.catalog.plans import ANNUAL, Catalog, Meter, Plan
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.stripe.objects import object_id
 
@@ -35,6 +35,16 @@ def base_lookup_key(plan: Plan) -> str:
     return f"{plan.key}_base_monthly"
 
 
+def base_yearly_lookup_key(plan: Plan) -> str:
+    """Lookup key of a plan's licensed yearly base price (the annual billing cycle)."""
+    return f"{plan.key}_base_yearly"
+
+
+def base_lookup_key_for(plan: Plan, cycle: str) -> str:
+    """Lookup key of the base price a tenant on this billing cycle pays."""
+    return base_yearly_lookup_key(plan) if cycle == ANNUAL else base_lookup_key(plan)
+
+
 def usage_lookup_key(plan: Plan, meter: Meter) -> str:
     """Lookup key of a plan's graduated metered price for one meter."""
     return f"{plan.key}_{meter.metric}_overage_monthly"
@@ -53,6 +63,8 @@ class PriceSpec:
     # Graduated tiers: (up_to or None for infinity, unit amount in decimal cents).
     tiers: tuple[tuple[int | None, Decimal], ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Recurring interval: usage is always monthly; a base fee may be yearly (annual cycle).
+    interval: str = "month"
 
     def create_params(self, meter_ids: Mapping[str, str]) -> dict[str, Any]:
         """Params for prices.create (the lookup key moves to the new price if one holds it)."""
@@ -66,7 +78,7 @@ class PriceSpec:
         }
         if self.meter_event_name is None:
             params["unit_amount"] = self.unit_amount
-            params["recurring"] = {"interval": "month", "usage_type": "licensed"}
+            params["recurring"] = {"interval": self.interval, "usage_type": "licensed"}
         else:
             params["billing_scheme"] = "tiered"
             params["tiers_mode"] = "graduated"
@@ -88,7 +100,7 @@ class PriceSpec:
             price.currency != self.currency
             or object_id(price.product) != self.product
             or recurring is None
-            or recurring.interval != "month"
+            or recurring.interval != self.interval
             or (recurring.interval_count or 1) != 1
         ):
             return False
@@ -122,7 +134,8 @@ def _decimal(decimal_text: str | Decimal | None, integer: int | None) -> Decimal
 
 
 def price_specs(catalog: Catalog) -> list[PriceSpec]:
-    """Every price the catalog needs: a base fee and one graduated overage price per plan."""
+    """Every price the catalog needs: a base fee (monthly, and yearly where declared) and one
+    graduated monthly overage price per plan."""
     queries = catalog.meters["queries"]
     specs = []
     for plan in catalog.plans.values():
@@ -137,6 +150,18 @@ def price_specs(catalog: Catalog) -> list[PriceSpec]:
                 metadata={**meta, "component": "base"},
             )
         )
+        if plan.base_yearly_cents is not None:
+            specs.append(
+                PriceSpec(
+                    lookup_key=base_yearly_lookup_key(plan),
+                    product=product_id(plan),
+                    currency=catalog.currency,
+                    nickname=f"{plan.name} yearly base",
+                    unit_amount=plan.base_yearly_cents,
+                    metadata={**meta, "component": "base", "billing_cycle": ANNUAL},
+                    interval="year",
+                )
+            )
         specs.append(
             PriceSpec(
                 lookup_key=usage_lookup_key(plan, queries),

@@ -29,6 +29,7 @@ class SubscriptionItem:
     id: str
     price_id: str
     usage_type: str | None  # licensed (the base fee) or metered (usage)
+    interval: str | None = None  # month or year (a yearly base fee: the annual cycle)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class LiveSubscription:
     cancel_at_period_end: bool
     items: tuple[SubscriptionItem, ...]
     billing_mode: str = BILLING_MODE
+    # A scheduled end by timestamp (an annual tenant cancels at the end of its paid year).
+    cancel_at: int | None = None
+
+    @property
+    def billing_cycle(self) -> str:
+        """ "annual" when the base fee item bills yearly; usage bills monthly either way."""
+        yearly = any(i.usage_type == "licensed" and i.interval == "year" for i in self.items)
+        return "annual" if yearly else "monthly"
 
     @property
     def ended(self) -> bool:
@@ -155,6 +164,7 @@ def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> 
             id=str(item["id"]),
             price_id=str(item["price"]["id"]),
             usage_type=(item["price"].get("recurring") or {}).get("usage_type"),
+            interval=(item["price"].get("recurring") or {}).get("interval"),
         )
         for item in (raw.get("items") or {}).get("data") or []
     )
@@ -165,6 +175,7 @@ def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> 
         items=items,
         # Absent on API versions before billing modes existed: those subscriptions are classic.
         billing_mode=str((raw.get("billing_mode") or {}).get("type") or "classic"),
+        cancel_at=int(raw["cancel_at"]) if raw.get("cancel_at") else None,
     )
 
 
@@ -199,12 +210,18 @@ def create_subscription(
     predecessor: str | None,
     trial_days: int | None = None,
     trial_end_behavior: str | None = None,
+    billing_cycle: str = "monthly",
 ) -> str:
-    """Subscribe the customer to the plan's prices (with a trial when `trial_days` is given)."""
+    """Subscribe the customer to the plan's prices (with a trial when `trial_days` is given).
+
+    An annual tenant's subscription holds a yearly base price beside the monthly metered one:
+    a mixed interval subscription, which needs flexible billing mode (set below); Stripe bills
+    each item on its own period (docs.stripe.com/billing/subscriptions/mixed-interval).
+    """
     params: dict[str, Any] = {
         "customer": customer_id,
         "items": [{"price": price} for price in price_ids],
-        "metadata": {"tenant_id": tenant_id, "plan": plan_key},
+        "metadata": {"tenant_id": tenant_id, "plan": plan_key, "billing_cycle": billing_cycle},
         # A failed first charge leaves an `incomplete` subscription (no access) instead of an
         # API error, so the tenant row always records what Stripe holds.
         "payment_behavior": "allow_incomplete",
@@ -281,6 +298,7 @@ def change_prices(
     changes: Sequence[ItemPrice],
     proration_date: int,
     proration_behavior: str,
+    billing_cycle: str = "monthly",
 ) -> None:
     """Move the subscription to the plan's prices at the proration date a preview used."""
     client.v1.subscriptions.update(
@@ -289,9 +307,13 @@ def change_prices(
             "items": _item_changes(changes),
             "proration_date": proration_date,
             "proration_behavior": proration_behavior,
-            "metadata": {"plan": plan_key},
+            "metadata": {"plan": plan_key, "billing_cycle": billing_cycle},
         },  # type: ignore[arg-type]
-        {"idempotency_key": f"change_plan:{tenant_id}:{plan_key}:{proration_date}"},
+        {
+            "idempotency_key": (
+                f"change_plan:{tenant_id}:{plan_key}:{billing_cycle}:{proration_date}"
+            )
+        },
     )
 
 
@@ -306,10 +328,26 @@ def cancel_now(client: stripe.StripeClient, subscription_id: str) -> None:
 
 
 def set_cancel_at_period_end(
-    client: stripe.StripeClient, subscription_id: str, cancel: bool
+    client: stripe.StripeClient, subscription_id: str, cancel: bool, *, annual: bool = False
 ) -> None:
-    """Schedule (True) or withdraw (False) the cancellation at the end of the current period."""
-    client.v1.subscriptions.update(subscription_id, {"cancel_at_period_end": cancel})
+    """Schedule (True) or withdraw (False) the cancellation at the end of the current period.
+
+    For an annual tenant "the end of the period" is the end of the year already paid for:
+    `cancel_at_period_end` on a mixed interval subscription "always resolves to the earliest
+    item period end" (the monthly usage item's), so it is scheduled with
+    `cancel_at=max_period_end`, the latest item period end
+    (docs.stripe.com/changelog/basil/2025-07-30/cancel-at-enums).
+    """
+    if annual and cancel:
+        client.v1.subscriptions.update(
+            subscription_id, {"cancel_at_period_end": False, "cancel_at": "max_period_end"}
+        )
+    elif annual:
+        client.v1.subscriptions.update(
+            subscription_id, {"cancel_at_period_end": False, "cancel_at": ""}
+        )
+    else:
+        client.v1.subscriptions.update(subscription_id, {"cancel_at_period_end": cancel})
 
 
 def resume(client: stripe.StripeClient, subscription_id: str) -> None:

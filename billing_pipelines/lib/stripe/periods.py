@@ -15,15 +15,32 @@ from billing_pipelines.lib.stripe.snapshots import pages
 from billing_pipelines.lib.usage.warehouse import day_bounds
 
 
+def usage_items(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items whose periods bound billed usage: the metered ones (all items if none is).
+
+    Periods live on the items since API 2025-03-31.basil, and in a mixed interval
+    subscription they differ (docs.stripe.com/billing/subscriptions/mixed-interval): an annual
+    tenant's yearly base item starts and ends where no usage period does (after a cycle
+    switch), so only the metered items' periods split usage.
+    """
+    items = (raw.get("items") or {}).get("data") or []
+    metered = [
+        item
+        for item in items
+        if ((item.get("price") or {}).get("recurring") or {}).get("usage_type") == "metered"
+    ]
+    return metered or list(items)
+
+
 def times_of(raw: dict[str, Any]) -> SubscriptionTimes:
-    """A subscription's start, end and every period boundary Stripe reports on it and its
-    items (periods live on the items since API 2025-03-31.basil)."""
+    """A subscription's start, end and every usage period boundary Stripe reports on it and
+    its metered items (see usage_items)."""
     instants = [
         timestamp(raw.get("trial_start")),
         timestamp(raw.get("trial_end")),
         timestamp(raw.get("billing_cycle_anchor")),
     ]
-    for item in (raw.get("items") or {}).get("data") or []:
+    for item in usage_items(raw):
         instants += [
             timestamp(item.get("current_period_start")),
             timestamp(item.get("current_period_end")),
@@ -69,11 +86,9 @@ def period_invoice_final(client: stripe.StripeClient, subscription_id: str, end:
 
 @retry_reads
 def current_period_start(client: stripe.StripeClient, subscription_id: str) -> datetime | None:
-    """When the subscription's current period started (the latest of its items' starts)."""
+    """When the subscription's current usage period started (the latest of its metered
+    items' starts; an annual tenant's yearly base item may have started later, at a switch)."""
     raw = client.v1.subscriptions.retrieve(subscription_id).to_dict()
-    starts = [
-        timestamp(item.get("current_period_start"))
-        for item in (raw.get("items") or {}).get("data") or []
-    ]
+    starts = [timestamp(item.get("current_period_start")) for item in usage_items(raw)]
     known = [s for s in starts if s is not None]
     return max(known) if known else None

@@ -136,6 +136,17 @@ class SubscriptionView:
     has_payment_method: bool
     plan: str | None
     missing_payment_method_behavior: str | None
+    # "annual" when the base fee is a yearly price (usage stays monthly either way).
+    billing_cycle: str = "monthly"
+
+
+def billing_cycle_of(raw: dict[str, Any]) -> str:
+    """ "annual" when a licensed (base fee) item bills yearly, else "monthly"."""
+    for item in (raw.get("items") or {}).get("data") or []:
+        recurring = (item.get("price") or {}).get("recurring") or {}
+        if recurring.get("usage_type") == "licensed" and recurring.get("interval") == "year":
+            return "annual"
+    return "monthly"
 
 
 def _plan_of(raw: dict[str, Any], known_plans: set[str]) -> str | None:
@@ -173,6 +184,7 @@ def fetch_subscription(
         trial_end=timestamp(raw.get("trial_end")),
         has_payment_method=has_pm,
         plan=_plan_of(raw, known_plans),
+        billing_cycle=billing_cycle_of(raw),
         missing_payment_method_behavior=trial,
     )
 

@@ -342,7 +342,10 @@ def remind_trial_ending(
             "tenant_name": tenant.name,
             "plan_name": plan.name,
             "trial_end": notifications.format_day(subscription.trial_end),
-            "plan_price": notifications.format_money(plan.base_monthly_cents, currency),
+            "plan_price": notifications.format_money(
+                plan.base_cents(subscription.billing_cycle), currency
+            ),
+            "price_period": "year" if subscription.billing_cycle == "annual" else "month",
             "included_queries": f"{plan.included_queries:,}",
             "overage_price": notifications.format_money(plan.overage_cents_per_query, currency)
             if plan.overage_cents_per_query >= 1

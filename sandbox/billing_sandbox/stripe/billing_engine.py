@@ -39,8 +39,43 @@ def product_name(st: SandboxState, price: dict[str, Any]) -> str:
 
 
 def period_of(sub: dict[str, Any]) -> tuple[int, int]:
-    item = sub["items"]["data"][0]
+    """The subscription's shortest current item period (the one that renews first).
+
+    Periods live on the items, and in a mixed interval subscription they differ; read with
+    older API versions "the top-level current_period_[start|end] will reflect the smallest
+    item level period" (docs.stripe.com/changelog/basil/2025-07-30/support-mixed-intervals).
+    """
+    item = min(sub["items"]["data"], key=lambda i: int(i["current_period_end"]))
     return int(item["current_period_start"]), int(item["current_period_end"])
+
+
+def item_interval(item: dict[str, Any]) -> tuple[str, int]:
+    """An item's recurring interval and count (its price's)."""
+    rec = item["price"]["recurring"]
+    return str(rec["interval"]), int(rec.get("interval_count") or 1)
+
+
+def mixed_intervals(items: list[dict[str, Any]]) -> bool:
+    """True when the items renew on different intervals (a mixed interval subscription)."""
+    return len({item_interval(i) for i in items}) > 1
+
+
+def item_period_end(sub: dict[str, Any], item: dict[str, Any], start: int) -> int:
+    """Where an item's period that starts at `start` ends: its own interval from the anchor
+    (an item whose price changed interval has its own anchor, set at the change)."""
+    interval, count = item_interval(item)
+    anchor = item.get("_anchor_day") or sub.get("_anchor_day")
+    return add_interval(start, interval, count, anchor)
+
+
+def start_item_periods(sub: dict[str, Any], start: int) -> None:
+    """Every item starts a period at `start` that lasts its own interval: a monthly item ends
+    a month later, a yearly one a year later (docs.stripe.com/billing/subscriptions/
+    mixed-interval: "item-level billing periods")."""
+    for item in sub["items"]["data"]:
+        item.pop("_anchor_day", None)
+        item["current_period_start"] = start
+        item["current_period_end"] = item_period_end(sub, item, start)
 
 
 def set_period(sub: dict[str, Any], start: int, end: int) -> None:
@@ -173,6 +208,18 @@ def licensed_lines(
     return out
 
 
+def licensed_lines_own_periods(
+    st: SandboxState, sub: dict[str, Any], items: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Licensed lines billed in advance, each for its own item's current period (a yearly
+    item's line spans its year, a monthly one's its month)."""
+    out = []
+    for item in sub["items"]["data"] if items is None else items:
+        start, end = int(item["current_period_start"]), int(item["current_period_end"])
+        out += licensed_lines(st, sub, start, end, [item])
+    return out
+
+
 def metered_quantity(
     st: SandboxState, price: dict[str, Any], customer: str, start: int, end: int
 ) -> int:
@@ -184,10 +231,14 @@ def metered_quantity(
 
 
 def metered_lines(
-    st: SandboxState, sub: dict[str, Any], start: int, end: int
+    st: SandboxState,
+    sub: dict[str, Any],
+    start: int,
+    end: int,
+    items: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
-    for item in sub["items"]["data"]:
+    for item in sub["items"]["data"] if items is None else items:
         price = st.table("price")[item["price"]["id"]]
         if (price.get("recurring") or {}).get("usage_type") != "metered":
             continue
@@ -431,6 +482,30 @@ def refresh_metered_lines(st: SandboxState, inv: dict[str, Any]) -> None:
     _totals(inv)
 
 
+def _apply_customer_balance(cus: dict[str, Any], inv: dict[str, Any]) -> None:
+    """A credit balance pays finalized invoices first; a negative invoice adds to it.
+
+    "The invoice balance automatically applies toward the next invoice finalized to a
+    customer", and "prorations from downgrading a subscription can indirectly create credits
+    to reduce the amount due on the next invoice" (docs.stripe.com/billing/customer/balance);
+    the customer's balance "is automatically applied to their next invoice upon finalization"
+    (docs.stripe.com/api/customer_balance_transactions). The docs do not spell out the invoice
+    fields of a negative total: the sandbox keeps `total` negative, `amount_due` 0, and moves
+    the credit to `ending_balance` and the customer's `balance`. Only a non-zero balance or a
+    negative total changes anything here.
+    """
+    balance = int(cus.get("balance") or 0)
+    total = int(inv["total"])
+    if balance == 0 and total >= 0:
+        return
+    applied = total + balance
+    inv["starting_balance"] = balance
+    inv["amount_due"] = max(0, applied)
+    inv["amount_remaining"] = inv["amount_due"] - inv["amount_paid"]
+    inv["ending_balance"] = min(0, applied)
+    cus["balance"] = inv["ending_balance"]
+
+
 def finalize(st: SandboxState, inv: dict[str, Any], now: int, *, attempt: bool = True) -> None:
     if inv["status"] != "draft":
         raise StripeError(
@@ -438,6 +513,7 @@ def finalize(st: SandboxState, inv: dict[str, Any], now: int, *, attempt: bool =
         )
     refresh_metered_lines(st, inv)
     cus = st.table("customer")[inv["customer"]]
+    _apply_customer_balance(cus, inv)
     seq = cus.get("next_invoice_sequence", 1)
     cus["next_invoice_sequence"] = seq + 1
     inv["number"] = f"{cus['invoice_prefix']}-{seq:04d}"
@@ -445,7 +521,7 @@ def finalize(st: SandboxState, inv: dict[str, Any], now: int, *, attempt: bool =
     inv["status_transitions"]["finalized_at"] = now
     inv["effective_at"] = now
     inv["automatically_finalizes_at"] = None
-    inv["ending_balance"] = 0
+    inv["ending_balance"] = inv.get("ending_balance") or 0
     token = inv["id"][3:]
     inv["hosted_invoice_url"] = f"https://invoice.stripe.com/i/acct_sandbox/test_{token}"
     inv["invoice_pdf"] = f"https://pay.stripe.com/invoice/acct_sandbox/test_{token}/pdf"

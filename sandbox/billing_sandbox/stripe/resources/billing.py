@@ -16,7 +16,12 @@ from ..router import Ctx, route
 from ..wire import StripeError, list_object
 from .customers import resolve_pm
 from .events import emit
-from .subscriptions import metered_change_items, proration_items
+from .subscriptions import (
+    interval_switches,
+    metered_change_items,
+    proration_items,
+    restart_switched_items,
+)
 
 INV = "invoice"
 
@@ -126,10 +131,10 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     )
     # The preview shows a replaced metered price's usage so far as its own line, like the update.
     usage = metered_change_items(st, shadow, changes, now, behavior) if changes else []
+    switched = {i["id"] for i in interval_switches(st, shadow, changes)} if changes else set()
     if changes:
         _apply_shadow(st, shadow, changes, now)
     start, end = eng.period_of(shadow)
-    next_end = eng.next_period_end(shadow, end)
     lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     for p in usage + prorations:
         line = eng._line(
@@ -145,15 +150,27 @@ def create_preview(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
             proration=p.get("proration", True),
         )
         lines.append(line)
-    if behavior != "always_invoice" or not changes:
-        lines += eng.licensed_lines(st, shadow, end, next_end)
+    period = (start, end)
+    if switched and not trial:
+        # The invoice the switch issues at once: the switched items' new full periods beside
+        # the credits and usage so far, as the update does (interval_switches).
+        restart_switched_items(st, shadow, switched, now)
+        items = [i for i in shadow["items"]["data"] if i["id"] in switched]
+        lines += eng.licensed_lines_own_periods(st, shadow, items)
+        period = (now, now)
+    elif behavior != "always_invoice" or not changes:
+        # The next renewal bills the items due then: in a mixed interval subscription the
+        # monthly items alone until the yearly ones align (docs.stripe.com/billing/
+        # subscriptions/mixed-interval).
+        due = [i for i in shadow["items"]["data"] if int(i["current_period_end"]) <= end]
+        for item in due:
+            next_end = eng.item_period_end(shadow, item, end)
+            lines += eng.licensed_lines(st, shadow, end, next_end, [item])
         if not trial:
-            lines += eng.metered_lines(st, shadow, start, end)
+            lines += eng.metered_lines(st, shadow, start, end, due)
     cus = st.table("customer")[sub["customer"]]
     seq_before = st.data.seq
-    inv = eng.build_preview(
-        st, customer=cus["id"], sub=shadow, lines=lines, period=(start, end), now=now
-    )
+    inv = eng.build_preview(st, customer=cus["id"], sub=shadow, lines=lines, period=period, now=now)
     inv["parent"]["subscription_details"]["subscription_proration_date"] = (
         pdate if prorations else None
     )

@@ -95,6 +95,23 @@ def _billing_mode(params: dict[str, Any]) -> str:
     return str(mode)
 
 
+def _check_mixed_intervals(items: list[dict[str, Any]], mode: str) -> None:
+    """Items on different intervals need flexible billing mode.
+
+    "Mixed interval subscriptions must use flexible billing mode"
+    (docs.stripe.com/billing/subscriptions/mixed-interval); a classic subscription "must first
+    set its billing_mode to flexible" (docs.stripe.com/changelog/basil/2025-07-30/
+    support-mixed-intervals). Classic keeps the older rule: one interval for every item.
+    """
+    if mode != "flexible" and eng.mixed_intervals(items):
+        raise StripeError(
+            400,
+            "Mixed interval subscriptions must use flexible billing mode: all prices on a "
+            "classic subscription must have the same recurring interval.",
+            param="items",
+        )
+
+
 def _strip_deleted(obj: dict[str, Any]) -> dict[str, Any]:
     obj.pop("deleted", None)
     return obj
@@ -135,18 +152,13 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     sub_id = st.new_id("sub")
     items = [_new_item(st, sub_id, s, now, i) for i, s in enumerate(specs)]
     currencies = {it["price"]["currency"] for it in items}
-    intervals = {
-        (it["price"]["recurring"]["interval"], it["price"]["recurring"]["interval_count"])
-        for it in items
-    }
-    if len(currencies) > 1 or len(intervals) > 1:
-        raise StripeError(
-            400,
-            "All prices on a subscription must have the same currency and recurring interval.",
-            param="items",
-        )
-    anchor_day = datetime.fromtimestamp(now, UTC).day
     mode = _billing_mode(params)
+    if len(currencies) > 1:
+        raise StripeError(
+            400, "All prices on a subscription must have the same currency.", param="items"
+        )
+    _check_mixed_intervals(items, mode)
+    anchor_day = datetime.fromtimestamp(now, UTC).day
     sub = st.create(
         stripe.Subscription,
         "sub",
@@ -203,9 +215,14 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         datetime.fromtimestamp(trial_end or now, UTC).day if trial_end else anchor_day
     )
     start = now
-    end = trial_end if trial_end else eng.next_period_end(sub, start)
-    eng.set_period(sub, start, end)
-    lines = [] if trial_end else eng.licensed_lines(st, sub, start, end)
+    if trial_end:
+        eng.set_period(sub, start, trial_end)
+    else:
+        # Each item's first period lasts its own interval; the first invoice bills every
+        # licensed item for it (docs.stripe.com/billing/subscriptions/mixed-interval: the
+        # subscription "bills for them on the first invoice").
+        eng.start_item_periods(sub, start)
+    lines = [] if trial_end else eng.licensed_lines_own_periods(st, sub)
     total = sum(line["amount"] for line in lines)
     if behavior == "error_if_incomplete" and total > 0:
         outcome = card_outcome(eng.default_pm(st, sub, cus["id"]))
@@ -297,17 +314,28 @@ def search_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
 def proration_items(
     st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]], proration_date: int
 ) -> list[dict[str, Any]]:
-    """Unsaved invoice items crediting unused time and charging remaining time."""
-    start, end = eng.period_of(sub)
-    if not (start <= proration_date <= end):
+    """Unsaved invoice items crediting unused time and charging remaining time.
+
+    Each item prorates over its own current period (a yearly item over its year). An item
+    whose price moves to another interval gets the credit for its unused time only: its new
+    price starts a full period of its own at the change (see `interval_switches`).
+    """
+    sub_start, sub_end = eng.period_of(sub)
+    if not (sub_start <= proration_date <= sub_end):
         raise StripeError(
             400, "proration_date must be within the current billing period.", param="proration_date"
         )
-    frac = Decimal(end - proration_date) / Decimal(end - start)
     out: list[dict[str, Any]] = []
     by_id = {i["id"]: i for i in sub["items"]["data"]}
+    switched = {i["id"] for i in interval_switches(st, sub, changes)}
     for ch in changes:
         item = by_id.get(ch.get("id", ""))
+        start, end = (
+            (int(item["current_period_start"]), int(item["current_period_end"]))
+            if item
+            else (sub_start, sub_end)
+        )
+        frac = Decimal(end - proration_date) / Decimal(end - start)
         old_price = st.table("price")[item["price"]["id"]] if item else None
         new_price = st.table("price").get(ch.get("price") or "") or old_price
         if ch.get("deleted"):
@@ -324,6 +352,8 @@ def proration_items(
                 continue
             if sign == -1 and new_price is old_price and old_qty == new_qty:
                 continue
+            if sign == 1 and item is not None and item["id"] in switched:
+                continue  # the new interval's full first period is billed at the change
             amt = (Decimal(amount_for(price, qty)) * frac).quantize(Decimal(1), ROUND_HALF_UP)
             out.append(
                 {
@@ -336,6 +366,51 @@ def proration_items(
                 }
             )
     return out
+
+
+def interval_switches(
+    st: SandboxState, sub: dict[str, Any], changes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The items a change moves to a price on another interval (monthly <-> yearly).
+
+    Stripe documents that "changing to a price with a different billing interval" prorates
+    (stripe.com/docs/subscriptions/changing) and that on a different billing
+    frequency "the first full period of the new plan begins immediately" and is charged then
+    (support.stripe.com/questions/handling-subscription-changes). The mixed interval page
+    (docs.stripe.com/billing/subscriptions/mixed-interval) is silent on switching one item's
+    interval while the others keep theirs; the sandbox takes the stricter reading: only the
+    switched item restarts its period at the change, the credit for its unused time and its
+    new full period are invoiced at once, and the other items keep their periods.
+    """
+    by_id = {i["id"]: i for i in sub["items"]["data"]}
+    out = []
+    for ch in changes:
+        item = by_id.get(ch.get("id") or "")
+        if item is None or ch.get("deleted") or not ch.get("price"):
+            continue
+        new = st.table("price").get(ch["price"])
+        if new is None or new["id"] == item["price"]["id"]:
+            continue
+        if eng.item_interval({"price": new}) == eng.item_interval(item):
+            continue
+        if "metered" in (new["recurring"]["usage_type"], item["price"]["recurring"]["usage_type"]):
+            raise StripeError(
+                400,
+                "The sandbox switches the interval of licensed prices only (the Stripe docs "
+                "do not describe moving metered usage between intervals).",
+                param="items",
+            )
+        out.append(item)
+    return out
+
+
+def restart_switched_items(st: SandboxState, sub: dict[str, Any], ids: set[str], now: int) -> None:
+    """Switched items start a full period of their new interval at the change, anchored there."""
+    for item in sub["items"]["data"]:
+        if item["id"] in ids:
+            item["_anchor_day"] = datetime.fromtimestamp(now, UTC).day
+            item["current_period_start"] = now
+            item["current_period_end"] = eng.item_period_end(sub, item, now)
 
 
 def metered_change_items(
@@ -441,6 +516,9 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
         apply_metadata(sub, params["metadata"])
     if "cancel_at_period_end" in params:
         sub["cancel_at_period_end"] = bool(params["cancel_at_period_end"])
+        # "For mixed interval subscriptions the existing cancel_at_period_end feature always
+        # resolves to the earliest item period end" (docs.stripe.com/changelog/basil/
+        # 2025-07-30/cancel-at-enums): period_of is the earliest-ending item's period.
         sub["cancel_at"] = eng.period_of(sub)[1] if sub["cancel_at_period_end"] else None
         sub["canceled_at"] = now if sub["cancel_at_period_end"] else None
     if "default_payment_method" in params:
@@ -462,10 +540,13 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
         else:
             sub["trial_end"] = int(params["trial_end"])
             eng.set_period(sub, eng.period_of(sub)[0], sub["trial_end"])
+    if "cancel_at" in params:
+        _set_cancel_at(sub, params["cancel_at"], now)
     changes = params.get("items") or []
     if changes:
         behavior = params.get("proration_behavior", "create_prorations")
         pdate = params.get("proration_date", now)
+        switched = {i["id"] for i in interval_switches(st, sub, changes)}
         prorations = (
             proration_items(st, sub, changes, pdate)
             if behavior != "none" and sub["status"] != "trialing"
@@ -473,8 +554,26 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
         )
         usage = metered_change_items(st, sub, changes, now, behavior)
         _apply_item_changes(st, sub, changes, now)
+        _check_mixed_intervals(sub["items"]["data"], sub["billing_mode"]["type"])
         saved = save_invoice_items(st, sub, usage + prorations, now)
-        if behavior == "always_invoice" and saved:
+        if switched and sub["status"] != "trialing":
+            restart_switched_items(st, sub, switched, now)
+            items = [i for i in sub["items"]["data"] if i["id"] in switched]
+            lines = eng.licensed_lines_own_periods(st, sub, items)
+            lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
+            inv = eng.new_invoice(
+                st,
+                customer=sub["customer"],
+                sub=sub,
+                lines=lines,
+                billing_reason="subscription_update",
+                period=(now, now),
+                now=now,
+            )
+            inv["parent"]["subscription_details"]["subscription_proration_date"] = pdate
+            sub["latest_invoice"] = inv["id"]
+            eng.finalize(st, inv, now)
+        elif behavior == "always_invoice" and saved:
             start, end = eng.period_of(sub)
             lines = eng.pending_item_lines(st, sub["customer"], sub["id"], None)
             inv = eng.new_invoice(
@@ -498,6 +597,30 @@ def update_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
         request_id=ctx.request_id,
     )
     return sub
+
+
+def _set_cancel_at(sub: dict[str, Any], value: Any, now: int) -> None:
+    """`cancel_at`: a timestamp, or the mixed interval helpers.
+
+    "min_period_end: Schedules cancelation of the subscription at the earliest
+    items.data.current_period_end across all subscription items"; "max_period_end: ... at the
+    latest"; they "resolve to timestamps immediately" (docs.stripe.com/changelog/basil/
+    2025-07-30/cancel-at-enums). An empty value clears it.
+    """
+    ends = [int(i["current_period_end"]) for i in sub["items"]["data"]]
+    if value in ("", None):
+        sub["cancel_at"], sub["canceled_at"] = None, None
+        return
+    if value == "min_period_end":
+        sub["cancel_at"] = min(ends)
+    elif value == "max_period_end":
+        sub["cancel_at"] = max(ends)
+    elif isinstance(value, int) or str(value).isdigit():
+        sub["cancel_at"] = int(value)
+    else:
+        raise StripeError(400, f"Invalid cancel_at: {value!r}", param="cancel_at")
+    sub["cancel_at_period_end"] = False
+    sub["canceled_at"] = now
 
 
 def _apply_item_changes(
@@ -537,13 +660,28 @@ def _apply_item_changes(
 
 
 def renew(st: SandboxState, sub: dict[str, Any], t: int) -> None:
+    """Renew the items whose period ends now, on one invoice.
+
+    Each item renews on its own period: a monthly item every month, a yearly one every year.
+    "Stripe generates a single, combined invoice when item-level billing periods align and
+    separate invoices when billing periods diverge"; in the page's example a monthly and a
+    quarterly item renew together on the quarter and "the subscription renews and generates a
+    new invoice for the monthly price" alone in between (docs.stripe.com/billing/subscriptions/
+    mixed-interval). Due items bill as any renewal does: licensed ones in advance for their
+    new period, metered ones in arrears for the period that ended.
+    """
     before = copy.deepcopy(sub)
-    old_start, old_end = eng.period_of(sub)
-    new_end = eng.next_period_end(sub, old_end)
-    lines = eng.metered_lines(st, sub, old_start, old_end)
-    eng.clear_usage_starts(sub)
-    eng.set_period(sub, old_end, new_end)
-    lines = eng.licensed_lines(st, sub, old_end, new_end) + lines
+    due = [i for i in sub["items"]["data"] if int(i["current_period_end"]) <= t]
+    old = {i["id"]: (int(i["current_period_start"]), int(i["current_period_end"])) for i in due}
+    old_start, old_end = max(p[0] for p in old.values()), max(p[1] for p in old.values())
+    lines = []
+    for item in due:
+        start, end = old[item["id"]]
+        lines += eng.metered_lines(st, sub, start, end, [item])
+        item.pop("_usage_start", None)
+        item["current_period_start"] = end
+        item["current_period_end"] = eng.item_period_end(sub, item, end)
+    lines = eng.licensed_lines_own_periods(st, sub, due) + lines
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     emit(st, "customer.subscription.updated", sub, before=before, created=t)
     inv = eng.new_invoice(
@@ -573,11 +711,10 @@ def end_trial(st: SandboxState, sub: dict[str, Any], t: int) -> None:
         emit(st, "customer.subscription.updated", sub, before=before, created=t)
         return
     start = t
-    end = eng.next_period_end(sub, start)
     sub["status"] = "active"
     eng.clear_usage_starts(sub)
-    eng.set_period(sub, start, end)
-    lines = eng.licensed_lines(st, sub, start, end)
+    eng.start_item_periods(sub, start)
+    lines = eng.licensed_lines_own_periods(st, sub)
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     emit(st, "customer.subscription.updated", sub, before=before, created=t)
     inv = eng.new_invoice(
@@ -691,13 +828,17 @@ def _settle_on_cancel(
     if sub["status"] not in ("active", "past_due", "unpaid"):
         return  # a trial, a pause or an incomplete start has nothing billed in arrears
     start, end = eng.period_of(sub)
-    if prorate and end > now:
-        frac = Decimal(end - now) / Decimal(end - start)
+    if prorate:
         credits = []
         for item in sub["items"]["data"]:
             price = st.table("price")[item["price"]["id"]]
             if price["recurring"]["usage_type"] == "metered":
                 continue
+            # Each item credits the unused part of its own period (a yearly fee, its year).
+            i_start, i_end = int(item["current_period_start"]), int(item["current_period_end"])
+            if i_end <= now:
+                continue
+            frac = Decimal(i_end - now) / Decimal(i_end - i_start)
             qty = int(item.get("quantity") or 1)
             amt = (Decimal(amount_for(price, qty)) * frac).quantize(Decimal(1), ROUND_HALF_UP)
             credits.append(
@@ -707,7 +848,7 @@ def _settle_on_cancel(
                     "amount": -int(amt),
                     "description": f"Unused time on {qty} × {eng.product_name(st, price)} "
                     f"after {eng._day(now)}",
-                    "period": {"start": now, "end": end},
+                    "period": {"start": now, "end": i_end},
                 }
             )
         save_invoice_items(st, sub, credits, now)
@@ -761,10 +902,10 @@ def resume_subscription(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, 
     # billing_cycle_anchor defaults to `now` on resume: the cycle restarts at this instant.
     sub["billing_cycle_anchor"] = now
     sub["_anchor_day"] = datetime.fromtimestamp(now, UTC).day
-    start, end = now, eng.next_period_end(sub, now)
+    start = now
     eng.clear_usage_starts(sub)
-    eng.set_period(sub, start, end)
-    lines = eng.licensed_lines(st, sub, start, end)
+    eng.start_item_periods(sub, start)
+    lines = eng.licensed_lines_own_periods(st, sub)
     lines += eng.pending_item_lines(st, sub["customer"], sub["id"], None)
     on_success = behavior == "resume_on_payment_success"
     if not on_success:
