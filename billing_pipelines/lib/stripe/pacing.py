@@ -12,7 +12,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pyrate_limiter import Duration, Limiter, Rate
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -44,6 +43,9 @@ class RateLimiter:
         if per_second <= 0:
             raise ValueError(f"rate must be > 0, got {per_second}")
         self.per_second = per_second
+        # Imported here: the Dagster definitions import this module, and only a client needs it.
+        from pyrate_limiter import Duration, Limiter, Rate
+
         if per_second >= 1:
             rate = Rate(int(per_second), Duration.SECOND)
         else:
