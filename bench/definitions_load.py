@@ -13,6 +13,9 @@ alike. A sample is the wall time of the child's own work, measured inside it wit
   every asset, check, job, sensor, schedule and resource, as `load_from_defs_folder` does).
 
 It also lists the heavy modules the definitions load (they should load where they are used).
+The children may write and reuse bytecode (`__pycache__`) as a normal installation does, since
+Dagster's own modules come precompiled from their wheel; `--no-bytecode-cache` compiles the
+project's modules from source on every load instead (PYTHONDONTWRITEBYTECODE=1).
 """
 
 from __future__ import annotations
@@ -50,14 +53,18 @@ print(json.dumps({{"seconds": took, "heavy": heavy}}))
 """
 
 
-def sample(code: str) -> dict[str, object]:
+def sample(code: str, *, bytecode_cache: bool = True) -> dict[str, object]:
     """One fresh interpreter running `code`; its own timing and the heavy modules it loaded."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if not bytecode_cache:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     out = subprocess.run(
         [sys.executable, "-c", CHILD.format(code=code, heavy=HEAVY)],
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env=env,
     )
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -66,22 +73,33 @@ def sample(code: str) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="samples of each kind (alternating)")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="compile the project's modules from source on every load (PYTHONDONTWRITEBYTECODE)",
+    )
     args = parser.parse_args()
+    cache = not args.no_bytecode_cache
 
-    sample(BASELINE)  # warm the OS file cache once, for both kinds alike
+    # Warm the OS file cache (and the bytecode cache, when allowed) once, for both kinds alike.
+    sample(BASELINE, bytecode_cache=cache)
+    sample(DEFINITIONS, bytecode_cache=cache)
     baseline: list[float] = []
     definitions: list[float] = []
     heavy: list[str] = []
     for _ in range(args.runs):
-        base = sample(BASELINE)
-        defs = sample(DEFINITIONS)
+        base = sample(BASELINE, bytecode_cache=cache)
+        defs = sample(DEFINITIONS, bytecode_cache=cache)
         baseline.append(float(base["seconds"]))  # type: ignore[arg-type]
         definitions.append(float(defs["seconds"]))  # type: ignore[arg-type]
         heavy = list(defs["heavy"])  # type: ignore[call-overload]
     base_median = statistics.median(baseline)
     defs_median = statistics.median(definitions)
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, load {os.getloadavg()}")
-    print(f"runs: {args.runs} of each, alternating, fresh interpreter each")
+    print(
+        f"runs: {args.runs} of each, alternating, fresh interpreter each;"
+        f" bytecode cache {'on' if cache else 'off'}"
+    )
     print(
         f"import dagster:      median {base_median:.2f} s"
         f" (min {min(baseline):.2f}, max {max(baseline):.2f})"
