@@ -36,8 +36,16 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium
 
+# The suite runs on TEST_WORKERS parallel pytest-xdist workers (most tests wait on services,
+# daemons and clocks rather than compute, so more workers than cores pays). Each worker starts its
+# own embedded PostgreSQL, chDB bridge and Stripe sandbox on free ports under its own temporary
+# directory; a test module stays on one worker (`--dist loadfile`), so a module's shared set-up
+# (a simulated month) runs once, and the longest modules start first (`--no-loadscope-reorder`
+# keeps the order the suite's conftest gives them). `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed lint $(CHROMIUM)
-	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider
+	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
 # Refresh the README's screenshots: the browser test, writing its screenshots into docs/.
 screenshots: $(VENV)/.installed $(CHROMIUM)

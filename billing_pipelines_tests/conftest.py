@@ -32,8 +32,35 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[sandbox_mode.SWITCH] = "1"
 
 
+def _longest_timeout(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker and marker.args else 0.0
+
+
+def _long_modules_first(items: list[pytest.Item]) -> None:
+    """Modules whose tests declare a long timeout run first, longest first, each kept whole.
+
+    With parallel workers (`make test`: pytest-xdist, a module per worker at a time) the
+    simulated months and the browser test then start at once on different workers instead of
+    being the tail of the run; the order of tests inside a module does not change.
+    """
+    longest: dict[str, float] = {}
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        module = item.nodeid.split("::", 1)[0]
+        longest[module] = max(longest.get(module, 0.0), _longest_timeout(item))
+        first_seen.setdefault(module, index)
+    items.sort(
+        key=lambda item: (
+            -longest[item.nodeid.split("::", 1)[0]],
+            first_seen[item.nodeid.split("::", 1)[0]],
+        )
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """stripe_live tests run only when asked for, and only with a test-mode key."""
+    """Long modules first; stripe_live tests run only when asked for, with a test-mode key."""
+    _long_modules_first(items)
     key = os.environ.get("STRIPE_API_KEY", "")
     if config.getoption("--stripe-live") and key.startswith(("sk_test_", "rk_test_")):
         return

@@ -5,20 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
-import psycopg
-from clickhouse_connect.driver.client import Client
-from psycopg_pool import ConnectionPool
 from pydantic import PrivateAttr, SecretStr
 
 from billing_pipelines.lib.errors import BillingConfigError
-from billing_pipelines.lib.pg import database, migrations
-from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+    from clickhouse_connect.driver.client import Client
+    from psycopg_pool import ConnectionPool
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 # Every op or asset that calls Stripe joins this Dagster concurrency pool, so more workers never
 # mean more concurrent Stripe work than the pool's limit.
@@ -48,6 +50,8 @@ class BillingDatabase(dg.ConfigurableResource):
         return validated.get_secret_value()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from billing_pipelines.lib.pg import database, migrations
+
         url = self._validated_url()
         database.check_reachable(url)
         if self.apply_migrations and url not in _MIGRATED:
@@ -63,6 +67,8 @@ class BillingDatabase(dg.ConfigurableResource):
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
         """One pooled connection inside one transaction."""
+        from billing_pipelines.lib.pg import database
+
         if self._pool is None:
             raise RuntimeError("BillingDatabase used outside a Dagster run: call setup first")
         with database.transaction(self._pool) as conn:
@@ -127,10 +133,14 @@ class StripeResource(dg.ConfigurableResource):
 
     def livemode(self) -> bool:
         """True for a live-mode key: only live-mode events may change tenants then."""
+        from billing_pipelines.lib.stripe import client as stripe_api
+
         return stripe_api.is_live_key(self.api_key)
 
-    def client(self) -> stripe_api.StripeClient:
+    def client(self) -> StripeClient:
         """A StripeClient with retries and timeouts; the key never appears in logs or metadata."""
+        from billing_pipelines.lib.stripe import client as stripe_api
+
         if not self.api_key:
             raise BillingConfigError("STRIPE_API_KEY is not set")
         settings = load_settings()

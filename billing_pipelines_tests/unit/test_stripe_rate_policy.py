@@ -6,8 +6,8 @@ import threading
 
 import stripe
 
+from billing_pipelines.lib.stripe import buckets, pacing
 from billing_pipelines.lib.stripe import client as stripe_api
-from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe.client import RateLimits, endpoint_of
 
 
@@ -80,7 +80,7 @@ def test_a_failed_step_names_the_stripe_error() -> None:
 def test_limiters_share_one_background_thread_and_release_their_buckets() -> None:
     """A long process makes limiters per push and per sandbox: they must not each keep a thread."""
     before = threading.active_count()
-    buckets_before = len(pacing._BUCKETS)
+    buckets_before = len(buckets.BUCKETS)
     for _ in range(200):
         limiter = pacing.RateLimiter(50)
         limiter.acquire()
@@ -89,9 +89,9 @@ def test_limiters_share_one_background_thread_and_release_their_buckets() -> Non
     held.acquire()
     # One shared trimming thread at most, whatever the number of limiters made so far.
     assert threading.active_count() - before <= 1
-    assert len(pacing._BUCKETS) == buckets_before + 1  # only `held` is still alive
+    assert len(buckets.BUCKETS) == buckets_before + 1  # only `held` is still alive
     held.close()
-    assert len(pacing._BUCKETS) == buckets_before
+    assert len(buckets.BUCKETS) == buckets_before
 
 
 def test_limiters_in_one_process_do_not_share_permits() -> None:

@@ -1,6 +1,6 @@
 """Admin actions on a tenant's subscription, launchable from the UI's launchpad and the CLI."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -13,8 +13,10 @@ from billing_pipelines.defs.resources import (
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
 from billing_pipelines.lib.metering.cut_push import CutPush
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.usage.periods import interval_queries
+
+if TYPE_CHECKING:
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 
 def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def _usage_reporter(
     context: dg.OpExecutionContext,
     billing_db: BillingDatabase,
     warehouse: UsageWarehouse,
-    client: StripeClient,
+    client: "StripeClient",
     catalog: Catalog,
 ) -> CutPush:
     """Pushes a tenant's usage up to a plan change or cancellation, before it is made."""

@@ -4,10 +4,9 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import psycopg
-from clickhouse_connect.driver.client import Client
 from pydantic import Field
 
 from billing_pipelines.defs.catalog.assets import stripe_catalog
@@ -31,9 +30,13 @@ from billing_pipelines.lib.reconciliation.advice import names
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe import periods as stripe_periods
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.usage.periods import interval_queries
 from billing_pipelines.settings import load_settings
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 WINDOW_CHECK = "usage_within_stripe_window"
 
@@ -133,7 +136,7 @@ def stripe_meter_reports(
 
 
 def day_parts_of(
-    client: StripeClient, warehouse: UsageWarehouse, billing_db: BillingDatabase
+    client: "StripeClient", warehouse: UsageWarehouse, billing_db: BillingDatabase
 ) -> PartsOf:
     """The parts of days split by a period boundary or a lifecycle instant: subscription
     times from one paged listing, the instants plan changes and cancellations recorded (their
@@ -245,6 +248,8 @@ def _check_results(result: PushResult) -> list[dg.AssetCheckResult]:
 @contextmanager
 def _database_outage_fails_the_push(day: date) -> Iterator[None]:
     """A billing database lost mid-push (e.g. restarted) ends the run with a plain failure."""
+    import psycopg
+
     try:
         yield
     except psycopg.OperationalError as exc:  # PoolTimeout included

@@ -1,9 +1,8 @@
 """Outbox delivery runs: send a batch of pending emails over SMTP, with retries."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import psycopg
 
 from billing_pipelines.defs.notifications.resources import EmailResource
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
@@ -12,6 +11,9 @@ from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.emails import OutboxRow
 from billing_pipelines.lib.notifications.recipients import InvalidRecipientError, check_recipient
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class OutboxBatchConfig(dg.Config):
@@ -93,7 +95,7 @@ def send_notifications(
     return dg.Output(counts, metadata=metadata)
 
 
-def _alert_dead(conn: psycopg.Connection[Any], row: OutboxRow, reason: str) -> None:
+def _alert_dead(conn: "psycopg.Connection[Any]", row: OutboxRow, reason: str) -> None:
     """Record a dead email as an alert (shown with the others, requeued from the CLI).
 
     No email is sent about it: the outbox is what failed. The run fails too, so the

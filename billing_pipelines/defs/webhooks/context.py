@@ -1,27 +1,29 @@
 """Builds the handler context (transaction, Stripe client, catalog, alert address) for an op."""
 
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
-from billing_pipelines.lib.stripe.client import StripeClient, StripeError
 from billing_pipelines.lib.stripe.client import describe_error as describe_stripe_error
 from billing_pipelines.lib.webhooks.handlers import HandlerContext
 from billing_pipelines.settings import load_settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 
 @dataclass(frozen=True)
 class HandlerSetup:
     """What every event a run handles shares, read once per run (not once per event)."""
 
-    client: StripeClient
+    client: "StripeClient"
     catalog: Catalog
     alert_email: str | None
     livemode: bool | None = None
 
-    def context(self, conn: psycopg.Connection[Any], actor: str) -> HandlerContext:
+    def context(self, conn: "psycopg.Connection[Any]", actor: str) -> HandlerContext:
         """A HandlerContext for one transaction; `actor` names the run and the trigger."""
         return HandlerContext(
             conn=conn,
@@ -34,7 +36,7 @@ class HandlerSetup:
 
 
 def handler_setup(
-    client: StripeClient, *, alert_email: str | None = None, livemode: bool | None = None
+    client: "StripeClient", *, alert_email: str | None = None, livemode: bool | None = None
 ) -> HandlerSetup:
     """Read the catalog and the alert address (unset: ALERT_EMAIL) for one run's handlers."""
     if alert_email is None:
@@ -43,7 +45,7 @@ def handler_setup(
 
 
 def handler_context(
-    conn: psycopg.Connection[Any], client: StripeClient, actor: str
+    conn: "psycopg.Connection[Any]", client: "StripeClient", actor: str
 ) -> HandlerContext:
     """A HandlerContext for a run that handles a single transaction."""
     return handler_setup(client).context(conn, actor)
@@ -51,6 +53,8 @@ def handler_context(
 
 def describe_error(exc: BaseException) -> str:
     """A one-line, secret-free reason for the queue's last_error column."""
+    from billing_pipelines.lib.stripe.client import StripeError
+
     if isinstance(exc, StripeError):
         # The same line the CLI prints: type, code, message, HTTP status, request id.
         return describe_stripe_error(exc)[:500]

@@ -15,16 +15,16 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlsplit
-
-import httpx
-import psycopg
 
 from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 # Opens one transaction on the billing database (committed on success), e.g. BillingDatabase's.
 Transaction = Callable[[], AbstractContextManager[Conn]]
 CHAT = "chat"
@@ -194,6 +194,8 @@ logging.getLogger("httpx").addFilter(_HIDDEN_URLS)
 
 def post_json(url: str, body: dict[str, Any]) -> None:
     """POST the message to a chat webhook; raises on a non-2xx answer."""
+    import httpx
+
     _HIDDEN_URLS.urls.add(url)
     response = httpx.post(url, json=body, timeout=10.0)
     response.raise_for_status()
@@ -208,6 +210,8 @@ def deliver_chat(
     a tick that dies mid-way leaves them to be taken over once the lease expires. Each outcome is
     recorded in its own transaction right after its post.
     """
+    import httpx
+
     owner = f"chat:{uuid.uuid4()}"
     with transaction() as conn:
         due = CHAT_QUEUE.select_for_dispatch(conn, limit=limit)

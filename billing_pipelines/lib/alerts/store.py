@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.notifications import emails as notifications
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def raise_alert(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.dunning.ladder import DunningLadder
 from billing_pipelines.lib.notifications import emails as notifications
@@ -19,6 +17,9 @@ from billing_pipelines.lib.webhooks.handlers import (
     converge_tenant,
     explain_usage,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 # A step still due after its run was asked for is asked for again (a new run_key) after 15 min,
 # then 30 min, 1 h, ... at most every 6 h: a run that failed with all its retries (a Stripe

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.catalog.plans import ANNUAL, MONTHLY, Catalog, Plan, check_billing_cycle
 from billing_pipelines.lib.errors import BillingConfigError
@@ -24,18 +22,22 @@ from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.recipients import check_recipient
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
-from billing_pipelines.lib.stripe.client import CardError, StripeClient
 from billing_pipelines.lib.stripe.lifecycle import ItemPrice
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.ids import check_tenant_id
 from billing_pipelines.lib.webhooks.handlers import HandlerContext, converge_tenant
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 # What Stripe does when a trial ends without a payment method. Pausing keeps the subscription
 # (the tenant adds a card and resumes) while access stops: nobody uses the service for free.
 DEFAULT_TRIAL_END_BEHAVIOR = "pause"
 TRIAL_END_BEHAVIORS = ("pause", "cancel", "create_invoice")
 # Opens one transaction on the billing database (committed on success), e.g. BillingDatabase's.
-Transaction = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+Transaction: TypeAlias = "Callable[[], AbstractContextManager[psycopg.Connection[Any]]]"
 
 
 class LifecycleError(Exception):
@@ -625,6 +627,8 @@ def update_payment_method(
     actor: str = "lifecycle.update_payment_method",
 ) -> LifecycleResult:
     """Make a new card the default and, by default, retry the tenant's unpaid invoices now."""
+    from billing_pipelines.lib.stripe.client import CardError
+
     tenant = _tenant(conn, tenant_id)
     if not tenant.stripe_customer_id:
         raise LifecycleError(f"tenant {tenant_id} has no Stripe customer")

@@ -9,15 +9,17 @@ reports only the part after it; see metering.cuts).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.metering import cuts
 from billing_pipelines.lib.metering.cut_push import CutPush, CutPushError, CutPushResult
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
 from billing_pipelines.lib.stripe import periods as stripe_periods
-from billing_pipelines.lib.stripe.client import StripeClient
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 
 class UsageCutError(Exception):

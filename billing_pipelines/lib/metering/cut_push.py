@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.boundaries import MAX_VERSION
@@ -31,9 +32,11 @@ from billing_pipelines.lib.metering.push import Meter, Transaction
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe import periods as stripe_periods
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
 from billing_pipelines.lib.usage.warehouse import day_bounds
+
+if TYPE_CHECKING:
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 # Stripe accepts meter events up to 35 days old: earlier days are the nightly push's business.
 WINDOW_DAYS = 35

@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.metering.planning import (
     DELIVERED,
@@ -22,7 +20,10 @@ from billing_pipelines.lib.metering.planning import (
     MeterReport,
 )
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 
 
 def lock_day(conn: Conn, day: date) -> None:

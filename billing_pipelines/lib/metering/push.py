@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.metering import ledger
 from billing_pipelines.lib.metering.boundaries import DayPart
@@ -32,8 +32,10 @@ from billing_pipelines.lib.metering.planning import (
 )
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
+
+if TYPE_CHECKING:
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 # Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
 CONFIRM_BATCH = 25

@@ -20,16 +20,17 @@ from decimal import ROUND_HALF_UP, Decimal
 from email.message import EmailMessage
 from email.utils import formatdate
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
-
-import jinja2
-import psycopg
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 from billing_pipelines.lib.pg.requeue import DeadLetters
+
+if TYPE_CHECKING:
+    import jinja2
+    import psycopg
 
 TEMPLATES = (
     "payment_reminder",
@@ -79,6 +80,8 @@ def format_day(moment: datetime | None) -> str:
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.PackageLoader("billing_pipelines.lib.notifications", "templates"),
         undefined=jinja2.StrictUndefined,

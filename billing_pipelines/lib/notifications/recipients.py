@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from email.utils import getaddresses
 
-from email_validator import EmailNotValidError, validate_email
-
 from billing_pipelines.lib.errors import BillingConfigError
 
 
@@ -23,6 +21,9 @@ def check_recipient(address: str) -> str:
     if not isinstance(address, str) or not address.strip():
         raise InvalidRecipientError("email address is empty")
     shown = address.encode("unicode_escape").decode("ascii")[:80]
+    # Imported here: the Dagster definitions import this module, and only a check needs it.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # test_environment allows the reserved `.test` names (never delivered anywhere) and turns
         # off DNS lookups; every other special-use domain (localhost, .invalid, ...) is refused.

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import psycopg
-from psycopg import sql
-
 if TYPE_CHECKING:
+    import psycopg
     from _typeshed import DataclassInstance
+    from psycopg import sql
 
 Row = TypeVar("Row", bound="DataclassInstance")
 Item = TypeVar("Item")
@@ -120,6 +119,8 @@ class QueueTable:
 
     def identifiers(self) -> dict[str, sql.Composable]:
         """Every table and column name, quoted, for composing the queue's statements."""
+        from psycopg import sql
+
         return {
             "table": sql.Identifier(self.name),
             "key": sql.Identifier(self.key),
@@ -151,6 +152,8 @@ class LeasedQueue(Generic[Row]):
             raise ValueError(f"{row_type.__name__} lacks the queue columns {sorted(missing)}")
 
     def _sql(self, template: str, **extra: sql.Composable) -> sql.Composed:
+        from psycopg import sql
+
         return sql.SQL(template).format(**self.table.identifiers(), **extra)
 
     def select_for_dispatch(self, conn: psycopg.Connection[Any], *, limit: int) -> list[Dispatched]:
@@ -213,6 +216,8 @@ class LeasedQueue(Generic[Row]):
         over. A due row whose attempts are already used up (its runs kept dying before they
         could record a failure) is dead-lettered instead and returned in `dead`, for an alert.
         """
+        from psycopg import sql
+
         if (owner is None) != (self.table.owner is None):
             raise ValueError(
                 f"{self.table.name}: an owner is required exactly when the table records one"
@@ -299,6 +304,8 @@ class LeasedQueue(Generic[Row]):
         Call it in the transaction that records the row's outcome: the lock keeps a takeover
         from slipping in between the check and the write.
         """
+        from psycopg import sql
+
         if self.table.owner is None:
             raise ValueError(f"{self.table.name} records no owner: a claim cannot be checked")
         statement = self._sql(
@@ -321,6 +328,8 @@ class LeasedQueue(Generic[Row]):
         outcome: str | None = None,
     ) -> None:
         """Record a final status (and the handler's decision, where kept) in the caller's tx."""
+        from psycopg import sql
+
         if status not in self.table.done_statuses:
             raise ValueError(f"not a final status of {self.table.name}: {status}")
         if outcome is not None and self.table.outcome is None:
@@ -366,6 +375,8 @@ class LeasedQueue(Generic[Row]):
         dispatch after the backoff can take the row. A `permanent` failure (one no retry can
         fix, such as an invalid recipient) is dead-lettered at once.
         """
+        from psycopg import sql
+
         if (owner is None) != (self.table.owner is None):
             raise ValueError(
                 f"{self.table.name}: an owner is required exactly when the table records one"

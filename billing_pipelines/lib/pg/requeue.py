@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.pg.queue import QueueTable
 from billing_pipelines.lib.tenants.access import audit
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Enough for any real outage; a larger selection is refused rather than half-done.
 MAX_ROWS = 10_000
@@ -104,6 +104,8 @@ def requeue_dead(
     reason: str,
 ) -> list[Requeued]:
     """Make the selected dead rows pending with fresh attempts, auditing each; returns them."""
+    from psycopg import sql
+
     selection.check()
     if not actor.strip() or not reason.strip():
         raise BillingConfigError("a requeue needs who asks for it and why (requested_by, reason)")

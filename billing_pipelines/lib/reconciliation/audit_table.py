@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.reconciliation.usage_audit import AuditRow
 from billing_pipelines.lib.tables import Column, Table, count, money
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 
 COLUMNS = [
     Column("tenant_id", "The tenant billed (empty: the Stripe customer has no tenant)."),

@@ -10,10 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib import markdown
 from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
@@ -22,6 +19,9 @@ from billing_pipelines.lib.stripe.snapshots import (
     InvoiceSnapshot,
     SubscriptionSnapshot,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 CANCELED_ACTIVE = "canceled_in_stripe_active_locally"
 PLAN_MISMATCH = "plan_mismatch"
@@ -389,6 +389,8 @@ def store_findings(
     conn: psycopg.Connection[Any], snapshot_date: date, findings: list[Finding]
 ) -> None:
     """Replace the snapshot date's findings."""
+    from psycopg.types.json import Jsonb
+
     conn.execute(
         "DELETE FROM subscription_state_findings WHERE snapshot_date = %s", (snapshot_date,)
     )

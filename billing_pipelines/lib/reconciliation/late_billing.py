@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.reconciliation import late_usage
 from billing_pipelines.lib.reconciliation.late_usage import Conn, Correction
 from billing_pipelines.lib.stripe import corrections as stripe_corrections
-from billing_pipelines.lib.stripe.client import StripeClient
+
+if TYPE_CHECKING:
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 Transaction = Callable[[], AbstractContextManager[Conn]]
 

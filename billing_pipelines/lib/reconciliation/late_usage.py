@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.reconciliation.usage_audit import BilledLine, line_cents
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 LineKey = tuple[str, str]  # (invoice id, line id)
 
 PENDING, CREATED = "pending", "created"

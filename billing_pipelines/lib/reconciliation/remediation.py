@@ -11,19 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.alerts import channels as alerting
 from billing_pipelines.lib.catalog.plans import Catalog
 from billing_pipelines.lib.reconciliation import diff as reconciliation
-from billing_pipelines.lib.stripe.client import StripeClient, StripeError
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.access import TenantState
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 Transaction = Callable[[], AbstractContextManager[Conn]]
 
 
@@ -103,6 +105,8 @@ def remediate(
     alert_email: str | None = None,
 ) -> list[Outcome]:
     """Converge each target in its own transaction; a dry run rolls every one back."""
+    from billing_pipelines.lib.stripe.client import StripeError
+
     outcomes = []
     for target in targets:
         result: list[tuple[TenantState, TenantState] | None] = [None]

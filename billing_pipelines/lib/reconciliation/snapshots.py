@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import astuple, fields
 from datetime import date, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.stripe.snapshots import InvoiceSnapshotSet, StripeSnapshot
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:
+    import psycopg
+
+Conn: TypeAlias = "psycopg.Connection[Any]"
 
 
 def _copy(

@@ -13,16 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
-
-import psycopg
-from clickhouse_connect.driver.client import Client
-from psycopg.types.json import Jsonb
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.notifications.emails import format_money, usage_explanation
 from billing_pipelines.lib.usage.periods import PeriodTruth
 from billing_pipelines.lib.usage.warehouse import day_bounds
+
+if TYPE_CHECKING:
+    import psycopg
+    from clickhouse_connect.driver.client import Client
 
 QUERIES = "queries"
 
@@ -223,7 +223,7 @@ def audit_line(
 
 # ---- reading the sources -----------------------------------------------------------------------
 
-Conn = psycopg.Connection[Any]
+Conn: TypeAlias = "psycopg.Connection[Any]"
 Key = tuple[str, date]  # (tenant_id, day)
 
 WAREHOUSE_SQL = """
@@ -439,6 +439,8 @@ def fee_sentence(
 
 def store(conn: Conn, audit_date: date, rows: Iterable[AuditRow]) -> int:
     """Replace the day's audit rows."""
+    from psycopg.types.json import Jsonb
+
     conn.execute("DELETE FROM usage_invoice_audit WHERE audit_date = %s", (audit_date,))
     params = [
         (

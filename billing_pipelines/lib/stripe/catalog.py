@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.catalog.plans import ANNUAL, Catalog, Meter, Plan
 from billing_pipelines.lib.errors import BillingConfigError
 from billing_pipelines.lib.stripe.objects import object_id
+
+if TYPE_CHECKING:
+    import stripe
 
 PRODUCT_PREFIX = "bp_plan_"
 # Stripe filters prices by at most 10 lookup keys per list request.
@@ -232,6 +233,8 @@ def _sync_meter(
 
 
 def _sync_product(client: stripe.StripeClient, plan: Plan) -> str | None:
+    import stripe
+
     pid = product_id(plan)
     try:
         live = client.v1.products.retrieve(pid)

@@ -16,26 +16,30 @@ Every request of every client in the process goes through one policy (docs.strip
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-import stripe
 from tenacity import (
     RetryCallState,
-    Retrying,
     retry,
     retry_if_exception,
-    retry_if_result,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
 from billing_pipelines.lib.stripe.pacing import RateLimiter
+
+if TYPE_CHECKING:
+    # The SDK is imported where a client is built or an error is examined, not when this module
+    # loads: the Dagster definitions import this module, and every run and sensor pays for it.
+    import stripe
+
 
 F = TypeVar("F", bound=Callable[..., object])
 log = logging.getLogger(__name__)
@@ -171,36 +175,6 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-class PacedRequestsClient(stripe.RequestsClient):
-    """The SDK's requests transport, paced by the shared budget, retrying 429s with backoff."""
-
-    def __init__(self, budget: RequestBudget, *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.budget = budget
-        limits = budget.limits
-        self._retrying = Retrying(
-            retry=retry_if_result(_throttled),
-            wait=wait_exponential_jitter(
-                multiplier=limits.backoff_initial_seconds, max=limits.backoff_max_seconds
-            ),
-            stop=stop_after_attempt(limits.retries_on_429 + 1),
-            before_sleep=_log_retry,
-            # Out of retries: hand the last 429 to the SDK, which raises RateLimitError.
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-        )
-
-    def _once(self, method: str, url: str, headers: Any, post_data: Any) -> Response:
-        self.budget.acquire(method, urlsplit(url).path)
-        return cast(Response, super().request(method, url, headers, post_data))
-
-    def request(  # type: ignore[override]
-        self, method: str, url: str, headers: Any, post_data: Any = None
-    ) -> Response:
-        # Each attempt (the SDK's own retries included) takes a permit; the same headers, and so
-        # the same Idempotency-Key, go out on every attempt.
-        return cast(Response, self._retrying(self._once, method, url, headers, post_data))
-
-
 def make_client(
     api_key: str,
     *,
@@ -210,6 +184,10 @@ def make_client(
     limits: RateLimits | None = None,
 ) -> stripe.StripeClient:
     """A StripeClient under the process's rate budget: paced, 429s retried, idempotent writes."""
+    import stripe
+
+    from billing_pipelines.lib.stripe.transport import PacedRequestsClient
+
     limits = limits or RateLimits.for_key(api_key)
     return stripe.StripeClient(
         api_key=api_key,
@@ -222,12 +200,31 @@ def make_client(
 
 
 # The client type and the errors that code outside this package names: it annotates and catches
-# them through this module and never imports the SDK itself.
-StripeClient = stripe.StripeClient
-# What a Stripe call raises when Stripe (or the way to it) refuses.
-StripeError = stripe.StripeError
-# A card was declined (paying an invoice with a new card can fail like this).
-CardError = stripe.CardError
+# them through this module and never imports the SDK itself. They are looked up on first use
+# (module __getattr__), so importing this module does not load the SDK.
+if TYPE_CHECKING:
+    StripeClient = stripe.StripeClient
+    # What a Stripe call raises when Stripe (or the way to it) refuses.
+    StripeError = stripe.StripeError
+    # A card was declined (paying an invoice with a new card can fail like this).
+    CardError = stripe.CardError
+
+_SDK_NAMES = frozenset({"StripeClient", "StripeError", "CardError"})
+
+
+def __getattr__(name: str) -> Any:
+    """The SDK's client and error classes, and the paced transport, loaded on first use."""
+    if name in _SDK_NAMES:
+        import stripe
+
+        return getattr(stripe, name)
+    if name == "PacedRequestsClient":
+        from billing_pipelines.lib.stripe.transport import PacedRequestsClient
+
+        return PacedRequestsClient
+    if name == "ERROR_CLASS_NAMES":
+        return error_class_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The SDK's error classes by name (CardError, RateLimitError, ...): a failed Dagster step keeps
@@ -240,13 +237,20 @@ def _error_classes(base: type) -> set[str]:
     return names
 
 
-ERROR_CLASS_NAMES = frozenset(_error_classes(stripe.StripeError))
+@functools.cache
+def error_class_names() -> frozenset[str]:
+    """Every SDK error class name (computed once, when first needed)."""
+    import stripe
+
+    return frozenset(_error_classes(stripe.StripeError))
+
+
 _REQUEST_PREFIX = re.compile(r"^Request (req_\w+): (.*)$", re.DOTALL)
 
 
 def describe_failure(class_name: str, message: str) -> str | None:
     """The one line for a Stripe error known only by class name and message, else None."""
-    if class_name not in ERROR_CLASS_NAMES:
+    if class_name not in error_class_names():
         return None
     text = message.strip()
     found = _REQUEST_PREFIX.match(text)
@@ -271,6 +275,8 @@ def describe_error(exc: stripe.StripeError) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """A 429, a 5xx, a lock timeout or a network failure: asking again may succeed."""
+    import stripe
+
     if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
         return True
     if isinstance(exc, stripe.StripeError):

@@ -7,10 +7,12 @@ invoice created for the customer (its subscription's renewal included).
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import stripe
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.stripe.client import retry_reads
+
+if TYPE_CHECKING:
+    import stripe
 
 METADATA_KEY = "billing_correction"  # our key for the correction, on the item's metadata
 

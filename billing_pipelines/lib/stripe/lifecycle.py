@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
+
+if TYPE_CHECKING:
+    import stripe
 
 # How every subscription bills changes, and how a paused one resumes (see the functions below).
 BILLING_MODE = "flexible"

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-
-import stripe
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.metering.planning import (
     DELIVERED,
@@ -20,6 +19,9 @@ from billing_pipelines.lib.metering.planning import (
 )
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.usage.warehouse import day_bounds
+
+if TYPE_CHECKING:
+    import stripe
 
 
 class RetryableStripeError(Exception):
@@ -50,6 +52,8 @@ is_retryable = stripe_api.is_transient
 
 def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOutcome:
     """Send one day total; raises RetryableStripeError when the same call should be retried."""
+    import stripe
+
     try:
         created = client.v1.billing.meter_events.create(
             {

@@ -10,8 +10,6 @@ and those threads outlived their limiters, hundreds of them over a long process.
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -19,7 +17,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pyrate_limiter import BucketFactory, Duration, InMemoryBucket, Limiter, Rate, RateItem
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -44,43 +41,6 @@ def default_rate(api_key: str) -> float:
     return DEFAULT_LIVE_MODE_RATE if live else DEFAULT_TEST_MODE_RATE
 
 
-class _ProcessBuckets(BucketFactory):
-    """Every limiter's bucket in the process, by name, trimmed by one shared leak thread."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, InMemoryBucket] = {}
-        self._lock = threading.Lock()
-        self._names = itertools.count()
-
-    def add(self, rate: Rate) -> str:
-        """Register a new bucket for `rate` and return the name its permits are taken under."""
-        name = f"limiter-{next(self._names)}"
-        bucket = InMemoryBucket([rate])
-        with self._lock:
-            self._buckets[name] = bucket
-            self.schedule_leak(bucket)
-        return name
-
-    def remove(self, name: str) -> None:
-        """Forget a limiter's bucket; the leak thread ends when no bucket is left."""
-        with self._lock:
-            bucket = self._buckets.pop(name, None)
-            if bucket is not None:
-                self.dispose(bucket)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def wrap_item(self, name: str, weight: int = 1) -> RateItem:
-        return RateItem(name, self._buckets[name].now(), weight=weight)
-
-    def get(self, item: RateItem) -> InMemoryBucket:
-        return self._buckets[item.name]
-
-
-_BUCKETS = _ProcessBuckets()
-
-
 class RateLimiter:
     """A blocking limiter of `per_second` acquisitions per second, shared across threads."""
 
@@ -88,14 +48,19 @@ class RateLimiter:
         if per_second <= 0:
             raise ValueError(f"rate must be > 0, got {per_second}")
         self.per_second = per_second
+        # Imported here: the Dagster definitions import this module, and only a client needs it.
+        from pyrate_limiter import Duration, Limiter, Rate
+
+        from billing_pipelines.lib.stripe.buckets import BUCKETS
+
         if per_second >= 1:
             rate = Rate(int(per_second), Duration.SECOND)
         else:
             rate = Rate(1, int(1000 / per_second))
-        self._name = _BUCKETS.add(rate)
-        self._limiter = Limiter(_BUCKETS, buffer_ms=5)
+        self._name = BUCKETS.add(rate)
+        self._limiter = Limiter(BUCKETS, buffer_ms=5)
         # The bucket goes when the limiter does, whoever forgets to close it.
-        self._finalizer = weakref.finalize(self, _BUCKETS.remove, self._name)
+        self._finalizer = weakref.finalize(self, BUCKETS.remove, self._name)
 
     def acquire(self) -> None:
         """Block until one more request may start."""

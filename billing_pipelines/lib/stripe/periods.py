@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import date, datetime
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.metering.boundaries import SubscriptionTimes
 from billing_pipelines.lib.stripe.client import retry_reads
 from billing_pipelines.lib.stripe.objects import timestamp
 from billing_pipelines.lib.stripe.snapshots import pages
 from billing_pipelines.lib.usage.warehouse import day_bounds
+
+if TYPE_CHECKING:
+    import stripe
 
 
 def usage_items(raw: dict[str, Any]) -> list[dict[str, Any]]:

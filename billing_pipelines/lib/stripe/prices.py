@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import stripe
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.stripe.client import retry_reads
+
+if TYPE_CHECKING:
+    import stripe
 
 
 @retry_reads

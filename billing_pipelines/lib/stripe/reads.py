@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.stripe.client import retry_reads
 from billing_pipelines.lib.stripe.objects import object_id, timestamp
+
+if TYPE_CHECKING:
+    import stripe
 
 
 @dataclass(frozen=True)

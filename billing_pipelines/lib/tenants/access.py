@@ -12,11 +12,12 @@ import json
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Stripe subscription status -> billing_status (before our own dunning decisions).
 _STATUS = {

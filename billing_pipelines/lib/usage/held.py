@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import date, timedelta
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.alerts.channels import Failure
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Stripe accepts meter events up to 35 days old; a day is re-pushed only well inside that.
 RELEASE_WINDOW_DAYS = 34

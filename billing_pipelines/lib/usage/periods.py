@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from clickhouse_connect.driver.client import Client
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.usage.warehouse import DUPLICATE_HORIZON, day_bounds
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 INTERVAL_QUERIES_SQL = """
 SELECT toInt64(countIf(first_seen >= {start:DateTime64(6, 'UTC')}))

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaErrors
+if TYPE_CHECKING:
+    import pandas as pd
+    import pandera.pandas as pa
 
 COUNT_COLUMNS = ("billable_queries", "tokens", "embeddings", "raw_events", "duplicate_events")
 
 
 def daily_usage_schema(known_tenants: Collection[str]) -> pa.DataFrameSchema:
     """Types, non-negative counts, one row per tenant, and only tenants the billing DB knows."""
+    import pandera.pandas as pa
+
     known = sorted(known_tenants)
     counts = {
         name: pa.Column("int64", pa.Check.ge(0), nullable=False, title=name)
@@ -70,6 +73,9 @@ class UsageValidation:
 
 def validate_daily_usage(frame: pd.DataFrame, known_tenants: Collection[str]) -> UsageValidation:
     """Validate every check lazily, so one run reports all problems at once."""
+    import pandas as pd
+    from pandera.errors import SchemaErrors
+
     try:
         daily_usage_schema(known_tenants).validate(frame, lazy=True)
     except SchemaErrors as exc:

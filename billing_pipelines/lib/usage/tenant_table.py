@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.tables import Column, Table, count, percent
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = [
     Column("tenant_id", "The tenant."),

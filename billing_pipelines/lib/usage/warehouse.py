@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import clickhouse_connect
-import pandas as pd
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
 
 from billing_pipelines.lib.errors import (
     BillingConfigError,
@@ -18,6 +14,10 @@ from billing_pipelines.lib.errors import (
     redact_url,
 )
 from billing_pipelines.lib.usage.migrations import migrate_warehouse
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from clickhouse_connect.driver.client import Client
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ def parse_clickhouse_url(url: str) -> WarehouseAddress:
 
 def connect(url: str, *, connect_timeout: int = 10, send_receive_timeout: int = 300) -> Client:
     """A clickhouse-connect client built exactly as production builds it."""
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import OperationalError
+
     address = parse_clickhouse_url(url)
     try:
         return clickhouse_connect.get_client(
@@ -156,6 +159,8 @@ DAILY_USAGE_COLUMNS = [
 
 def daily_usage(client: Client, day: date) -> pd.DataFrame:
     """Per-tenant usage for one UTC day, computed in the warehouse with bound parameters."""
+    import pandas as pd
+
     start, end = day_bounds(day)
     result = client.query(
         DAILY_USAGE_SQL,

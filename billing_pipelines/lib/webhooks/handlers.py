@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.alerts import store as alerts
 from billing_pipelines.lib.catalog.plans import Catalog
@@ -22,9 +20,13 @@ from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder
 from billing_pipelines.lib.lifecycle import plan_change
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.stripe import reads as stripe_state
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.access import Tenant, TenantState
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.pg.queue import LeasedQueue, QueueTable, RetryPolicy
 from billing_pipelines.lib.pg.requeue import DeadLetters
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class MalformedEventError(ValueError):
