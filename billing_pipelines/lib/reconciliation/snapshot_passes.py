@@ -20,19 +20,20 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime, timedelta
-from typing import Any
-
-import psycopg
-from psycopg.types.json import Jsonb
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
 from billing_pipelines.lib.stripe import incremental
 from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.stripe.incremental import Frontier
 
+if TYPE_CHECKING:  # the definitions import this module; only a pass needs the drivers
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
+
 # Connections return rows as dicts (psycopg's dict_row), as the billing database's pool does.
-Conn = psycopg.Connection[Any]
+Conn: TypeAlias = "psycopg.Connection[Any]"
 Transaction = Callable[[], AbstractContextManager[Conn]]
 
 FULL_PASS_EVERY_DAYS = 7
@@ -101,7 +102,7 @@ def record_pass(conn: Conn, rec: PassRecord) -> None:
             rec.reason,
             rec.taken_at,
             rec.frontier.wall_started,
-            Jsonb(rec.frontier.clocks),
+            _jsonb(rec.frontier.clocks),
             rec.full_pass_date,
             rec.objects_read,
             rec.read_by_id,
@@ -442,3 +443,10 @@ def subscription_pass(
         )
         record_pass(conn, rec)
     return PassResult(rec, None, 0, carried + len(changes.subscriptions), len(changes.customers))
+
+
+def _jsonb(value: Any) -> Any:
+    """A JSON parameter for psycopg, imported where a pass writes rather than at load time."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)

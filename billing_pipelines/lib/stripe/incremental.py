@@ -27,9 +27,7 @@ clock the previous pass did not see has no frontier: the caller runs a full pass
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.stripe.client import retry_reads
 from billing_pipelines.lib.stripe.objects import ENDED_STATUSES, object_id
@@ -45,6 +43,9 @@ from billing_pipelines.lib.stripe.snapshots import (
     pages,
     subscription_snapshot,
 )
+
+if TYPE_CHECKING:  # the definitions import this module; the SDK loads when a pass runs
+    import stripe
 
 # Invoice statuses that can still change (draft -> open -> paid | void | uncollectible, and
 # uncollectible -> paid | void); paid and void are final.
@@ -90,7 +91,7 @@ def retrieve_or_none(
     """One object by id, or None when Stripe no longer has it (a deleted draft invoice)."""
     try:
         return _retrieve(client, path, params or {})
-    except stripe.InvalidRequestError as exc:
+    except _sdk().InvalidRequestError as exc:
         if exc.http_status == 404:
             return None
         raise
@@ -190,3 +191,10 @@ def subscription_needs_recheck(status: str, latest_invoice_status: str | None) -
     if status not in ENDED_STATUSES:
         return True
     return latest_invoice_status in MOVABLE_INVOICE_STATUSES
+
+
+def _sdk() -> Any:
+    """The Stripe SDK, imported when a pass first needs its error types."""
+    import stripe
+
+    return stripe

@@ -8,14 +8,16 @@ already has a step (or a second process racing this one) is left as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from clickhouse_connect.driver.client import Client
+from typing import TYPE_CHECKING
 
 from billing_pipelines.lib.usage.tables import (
     USAGE_BY_DAY_PROJECTION,
     USAGE_BY_DAY_PROJECTION_DDL,
     USAGE_EVENTS_DDL,
 )
+
+if TYPE_CHECKING:  # the definitions import this module; only a warehouse client needs the driver
+    from clickhouse_connect.driver.client import Client
 
 MIGRATIONS_TABLE = "billing_warehouse_migrations"
 
