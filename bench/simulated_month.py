@@ -7,6 +7,12 @@ the demo's own report (`done in`, `time by phase`, events generated, runs launch
 baseline is the smallest size of the same run: the table shows each cost as a multiple of it.
 
     python bench/simulated_month.py --tenants 50 150 500
+
+`--generation-only --days D` measures the usage generation phase alone, at sizes the whole month
+cannot reach here: the demo's tenants (same plans and volumes, same seed) generated for the
+month's first D days by a child process into a fresh chDB bridge, both sampled the same way.
+
+    python bench/simulated_month.py --generation-only --days 1 --tenants 500 5000
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 
 import psutil
 
@@ -120,12 +128,94 @@ def run_size(tenants: int, seed: int) -> Sample:
     return sample
 
 
+def _peak_rss(procs: list[psutil.Process], done: threading.Event, peaks: dict[str, int]) -> None:
+    """Sample the processes' resident memory twice a second: each one's peak and the sum's."""
+    while not done.is_set():
+        total = 0
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.Error:
+                continue
+            total += rss
+            peaks[str(p.pid)] = max(peaks.get(str(p.pid), 0), rss)
+        peaks["all"] = max(peaks.get("all", 0), total)
+        done.wait(0.5)
+
+
+def generation_child(tenants: int, days: int, seed: int, port: int) -> None:
+    """In its own process: the demo tenants' usage for the month's first days, then one line."""
+    import clickhouse_connect
+    from billing_sandbox.demo import demo_tenants
+    from billing_sandbox.month import month_start
+    from billing_sandbox.usage_generator import generate_usage
+
+    people = demo_tenants(tenants, seed)
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=port)
+    started = time.monotonic()
+    summary = generate_usage(
+        client,
+        [p.tenant_id for p in people],
+        start=month_start(date.today()),
+        days=days,
+        seed=seed,
+        monthly_queries={p.tenant_id: p.monthly_queries for p in people},
+    )
+    print(f"rows {summary.rows_inserted} seconds {time.monotonic() - started:.3f}", flush=True)
+
+
+def run_generation(tenants: int, days: int, seed: int) -> str:
+    """The generation phase alone for N tenants and D days; returns a table row."""
+    from billing_sandbox.clickhouse_bridge import spawn_bridge
+
+    folder = tempfile.mkdtemp(prefix=f"bench-generate-{tenants}-")
+    bridge, port = spawn_bridge(Path(folder) / "data")
+    cmd = [sys.executable, __file__, "--generation-child", str(tenants), str(days), str(seed)]
+    child = subprocess.Popen([*cmd, str(port)], stdout=subprocess.PIPE, text=True)
+    peaks: dict[str, int] = {}
+    done = threading.Event()
+    procs = [psutil.Process(child.pid), psutil.Process(bridge.pid)]
+    thread = threading.Thread(target=_peak_rss, args=(procs, done, peaks), daemon=True)
+    thread.start()
+    out, _ = child.communicate()
+    done.set()
+    thread.join()
+    bridge.terminate()
+    bridge.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+    if child.returncode != 0 or not (m := re.search(r"rows (\d+) seconds ([\d.]+)", out)):
+        raise SystemExit(f"generation for {tenants} tenants failed: {out[-2000:]}")
+    rows, seconds = int(m.group(1)), float(m.group(2))
+    return (
+        f"| {tenants} | {days} | {rows:,} | {seconds:.1f} | {rows / seconds / 1e6:.3f} | "
+        f"{seconds * 31 / days:,.0f} | {peaks.get(str(child.pid), 0) / MIB:,.0f} MiB | "
+        f"{peaks.get(str(bridge.pid), 0) / MIB:,.0f} MiB | {peaks.get('all', 0) / MIB:,.0f} MiB |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, nargs="+", default=[50, 150, 500])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--generation-only", action="store_true")
+    parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--generation-child", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generation_child:
+        tenants, days, seed, port = args.generation_child
+        generation_child(tenants, days, seed, port)
+        return
     print(f"cpus {os.cpu_count()}, load before {os.getloadavg()}", file=sys.stderr)
+    if args.generation_only:
+        print(
+            "| tenants | days | usage events | generation (s) | M events/s | 31 days at this rate "
+            "(s) | generator peak RSS | bridge peak RSS | both peak RSS |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n in sorted(args.tenants):
+            print(run_generation(n, args.days, args.seed), flush=True)
+        print(f"load after {os.getloadavg()}", file=sys.stderr)
+        return
     samples = [run_size(n, args.seed) for n in sorted(args.tenants)]
     print(f"load after {os.getloadavg()}", file=sys.stderr)
     base = samples[0]

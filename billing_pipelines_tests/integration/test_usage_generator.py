@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -14,8 +16,10 @@ from billing_sandbox.usage_generator import (
     GenerationSummary,
     generate_usage,
     planned_daily_queries,
+    usage_chunks,
 )
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.insert import InsertContext
 
 from billing_pipelines.lib.usage.warehouse import daily_usage
 
@@ -183,3 +187,83 @@ def test_a_million_events_take_seconds(port: int) -> None:
     assert summary.rows_inserted > 1_000_000
     assert client.command("SELECT count() FROM usage_events") == summary.rows_inserted
     assert elapsed < 60, f"{summary.rows_inserted} rows took {elapsed:.1f}s"
+
+
+def test_rows_come_one_tenant_day_at_a_time() -> None:
+    tenants = ["north", "south"]
+    start = date(2026, 2, 25)  # crosses the end of February
+    chunks = list(usage_chunks(tenants, start, 6, seed=11, events_per_tenant_day=80.0))
+    seen = []
+    for chunk in chunks:
+        (tenant,) = set(chunk["tenant_id"])
+        days = {datetime.fromtimestamp(int(ms) // 1000, UTC).date() for ms in chunk["timestamp"]}
+        assert len(days) == 1
+        seen.append((tenant, days.pop()))
+    # Tenants in order, each tenant's days in order, every tenant-day once (at ~80 queries a
+    # day no day is empty).
+    assert seen == [(t, start + timedelta(days=d)) for t in tenants for d in range(6)]
+    # Each chunk holds that tenant-day's planned distinct queries.
+    planned = planned_daily_queries(tenants, start, 6, 11, 80.0)
+    for chunk, key in zip(chunks, seen, strict=True):
+        queries = chunk["query_id"][chunk["event_type"] == "query"]
+        assert len(set(queries.tolist())) == planned[key]
+
+
+class _InsertSizes:
+    """The real client, recording how many rows each insert carried."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def insert(self, *args: Any, context: InsertContext | None = None, **kwargs: Any) -> Any:
+        assert context is not None and not args and not kwargs
+        self.sizes.append(len(context.data[0]))
+        return self.client.insert(context=context)
+
+
+def test_inserts_are_batches_of_days_not_months(port: int) -> None:
+    client = fresh_client(port)
+    spy = _InsertSizes(client)
+    # About 1,500 rows a day for 40 days: a tenant's month is ~60,000 rows.
+    summary = generate_usage(
+        spy,  # type: ignore[arg-type]
+        ["solo"],
+        date(2026, 3, 10),
+        40,
+        seed=5,
+        events_per_tenant_day={"solo": 1_500.0},
+        batch_rows=4_000,
+    )
+    assert client.command("SELECT count() FROM usage_events") == summary.rows_inserted
+    assert sum(spy.sizes) == summary.rows_inserted > 40_000
+    # A batch closes at the first day that takes it to 4,000 rows: never more than 4,000 plus
+    # one day (a weekday here is ~1,500 x 7/5.9 queries plus 5 % ingests and 2 % duplicates).
+    assert len(spy.sizes) >= summary.rows_inserted // 6_500
+    assert max(spy.sizes) < 4_000 + 2_500
+
+
+def test_generation_memory_does_not_grow_with_the_days(port: int) -> None:
+    def peak(days: int) -> int:
+        client = fresh_client(port)
+        tracemalloc.start()
+        try:
+            generate_usage(
+                client,
+                ["long"],
+                date(2026, 1, 1),
+                days,
+                seed=9,
+                events_per_tenant_day={"long": 2_000.0},
+                batch_rows=10_000,
+            )
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    short, long = peak(10), peak(90)  # ~21,000 rows against ~190,000
+    # Holding the 90 days at once would need far more than 2x the 10 days' peak.
+    assert long < 2 * short, (short, long)
