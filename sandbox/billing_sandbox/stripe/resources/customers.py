@@ -8,9 +8,9 @@ from typing import Any
 import stripe
 import stripe.params as P
 
+from .. import tax
 from ..router import Ctx, route
 from ..shapes import skeleton
-from .. import tax
 from ..store import SandboxState
 from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
 from .events import apply_metadata, emit
