@@ -30,7 +30,9 @@ from psycopg.rows import dict_row
 
 from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe.snapshots import tax_cents
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
@@ -633,6 +635,16 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
         f"{len(recovered)}), still failing {len(failed)}"
     )
     echo(f"    revenue collected ${revenue / 100:,.2f}")
+    # Finance's three numbers over the finalized invoices: before tax, Stripe Tax's, after tax.
+    billed = billed_totals(
+        (str(i.status), str(i.currency), i.subtotal, tax_cents(i.total_taxes), i.total)
+        for i in ours
+    )
+    for totals in billed.values():
+        echo(f"    invoiced ({totals.invoices} finalized): {totals.describe()}")
+    numbers["billed_subtotal_cents"] = sum(t.subtotal for t in billed.values())
+    numbers["billed_tax_cents"] = sum(t.tax for t in billed.values())
+    numbers["billed_total_cents"] = sum(t.total for t in billed.values())
     funnel = ", ".join(f"step {k}: {v}" for k, v in sorted(steps.items())) or "no failures"
     echo(
         f"    dunning funnel: {funnel}; suspended now {numbers['suspended']}, "

@@ -29,6 +29,7 @@ from billing_pipelines.lib.reconciliation import (
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation import snapshots as snapshot_store
+from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
 from billing_pipelines.lib.stripe import snapshots as stripe_snapshots
@@ -105,6 +106,10 @@ def stripe_invoice_snapshot(
     statuses: dict[str, int] = {}
     for inv in snapshot.invoices:
         statuses[inv.status] = statuses.get(inv.status, 0) + 1
+    # What the finalized invoices bill: before tax, the tax Stripe added, and in total.
+    billed = billed_totals(
+        (i.status, i.currency, i.subtotal, i.tax, i.total) for i in snapshot.invoices
+    )
     context.log.info(
         "snapshot %s: %d invoices, %d lines",
         taken_at.date(),
@@ -118,6 +123,11 @@ def stripe_invoice_snapshot(
             "lines": dg.MetadataValue.int(len(snapshot.lines)),
             "metered_lines": dg.MetadataValue.int(sum(1 for ln in snapshot.lines if ln.metered)),
             "by_status": dg.MetadataValue.json(statuses),
+            "billed": dg.MetadataValue.text(
+                "; ".join(f"{t.invoices} invoices: {t.describe()}" for t in billed.values())
+                or "no finalized invoice"
+            ),
+            "billed_tax_cents": dg.MetadataValue.int(sum(t.tax for t in billed.values())),
         }
     )
 
