@@ -66,6 +66,7 @@ def _taxed_customer(
         {"country": "US", "postal_code": "941"},
         {"country": "CA"},
         {"country": "CA", "city": "Ottawa"},
+        {"country": "ZZ"},  # two letters, but no ISO 3166-1 country
     ],
 )
 def test_validate_location_immediately_refuses_what_stripe_tax_cannot_locate(

@@ -41,7 +41,8 @@ def taxed_catalog(stripe_client: stripe.StripeClient) -> Catalog:
 def _footprint(sandbox: SandboxHandle) -> tuple[int, dict[str, int]]:
     state = sandbox.state
     with state.lock:
-        return state.data.seq, {kind: len(rows) for kind, rows in state.data.objects.items()}
+        # Kinds with no object are left out: a lookup makes an empty table, not an object.
+        return state.data.seq, {k: len(rows) for k, rows in state.data.objects.items() if rows}
 
 
 def _transaction(url: str) -> Any:
@@ -113,6 +114,42 @@ def test_onboarding_without_a_tax_location_is_refused_before_anything_is_created
     assert query(url, "SELECT tenant_id FROM tenants") == []
     assert query(url, "SELECT count(*) AS n FROM audit_log") == [{"n": 0}]
     assert _footprint(stripe_sandbox) == before
+
+
+def test_a_location_only_stripe_refuses_leaves_no_tenant_row_and_no_customer(
+    fresh_database_url: str,
+    stripe_sandbox: SandboxHandle,
+    stripe_client: stripe.StripeClient,
+    taxed_catalog: Catalog,
+) -> None:
+    # "ZZ" has the form of a country code, so the local check lets it through; Stripe knows no
+    # such country and refuses the customer (customer_tax_location_invalid).
+    url = fresh_database_url
+    before = _footprint(stripe_sandbox)
+    request = lifecycle.OnboardRequest(
+        tenant_id="acme-zz",
+        name="Acme",
+        email="ops@acme.example",
+        plan="pro",
+        tax_location=tax_location(country="ZZ"),
+    )
+    with pytest.raises(TaxLocationError) as refused:
+        lifecycle.onboard_durably(_transaction(url), stripe_client, taxed_catalog, request)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("tenant acme-zz: Stripe Tax cannot locate")
+    assert "'ZZ'" in message and "nothing was created" in message
+    assert query(url, "SELECT tenant_id FROM tenants") == []
+    assert query(url, "SELECT count(*) AS n FROM audit_log") == [{"n": 0}]
+    assert _footprint(stripe_sandbox) == before
+    # A tenant row that existed before the refused attempt is kept (it was not this call's).
+    query(
+        url,
+        "INSERT INTO tenants (tenant_id, name, email, plan) VALUES "
+        "('acme-zz', 'Acme', 'ops@acme.example', 'pro') RETURNING tenant_id",
+    )
+    with pytest.raises(TaxLocationError):
+        lifecycle.onboard_durably(_transaction(url), stripe_client, taxed_catalog, request)
+    assert query(url, "SELECT tenant_id FROM tenants") == [{"tenant_id": "acme-zz"}]
 
 
 def test_a_located_tenant_is_subscribed_with_automatic_tax_and_taxed(

@@ -60,6 +60,19 @@ EU_COUNTRIES = frozenset(
     "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
 )
 CA_PROVINCES = frozenset("AB BC MB NB NL NS NT NU ON PE QC SK YT".split())
+# "The country field must always be a valid ISO country code" (docs.stripe.com/tax/customer-
+# locations): the assigned ISO 3166-1 alpha-2 codes (and XK, which Stripe accepts for Kosovo).
+ISO_COUNTRIES = frozenset(
+    """AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO
+    DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU
+    GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW
+    KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU
+    MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW
+    PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF
+    TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT
+    ZA ZM ZW""".split()
+)
 LOCATION_INVALID = "customer_tax_location_invalid"
 
 
@@ -79,7 +92,7 @@ def location_problem(cus: dict[str, Any]) -> str | None:
     country = str(address["country"])
     postal = str(address.get("postal_code") or "").strip().upper()
     state = str(address.get("state") or "").strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}", country):
+    if country not in ISO_COUNTRIES:
         return f"a valid two-letter ISO country code (got {country!r})"
     if country == "US" and not re.fullmatch(r"\d{5}(-\d{4})?", postal):
         return "a 5-digit US postal code"
