@@ -683,7 +683,13 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
     echo(f"    revenue collected ${revenue / 100:,.2f}")
     # Finance's three numbers over the finalized invoices: before tax, Stripe Tax's, after tax.
     billed = billed_totals(
-        (str(i.status), str(i.currency), i.subtotal, tax_cents(i.total_taxes), i.total)
+        (
+            str(i.status),
+            str(i.currency),
+            i.subtotal,
+            tax_cents(i.to_dict().get("total_taxes")),
+            i.total,
+        )
         for i in ours
     )
     for totals in billed.values():
