@@ -291,3 +291,31 @@ def test_billing_tenant_create_and_update_address_refuse_in_one_line_before_star
     assert not (tmp_path / "home").exists()  # no embedded service was started for it
     assert query(fresh_database_url, "SELECT tenant_id FROM tenants") == []
     assert _footprint(stripe_sandbox) == before
+
+
+def test_subscribing_again_uses_the_address_the_customer_has(
+    fresh_database_url: str,
+    stripe_client: stripe.StripeClient,
+    taxed_catalog: Catalog,
+) -> None:
+    url = fresh_database_url
+    request = lifecycle.OnboardRequest(
+        tenant_id="acme-ca",
+        name="Acme",
+        email="ops@acme.example",
+        plan="starter",
+        payment_method="pm_card_visa",
+        trial=False,
+        tax_location=tax_location(country="CA", state="ON"),
+    )
+    first = lifecycle.onboard_durably(_transaction(url), stripe_client, taxed_catalog, request)
+    stripe_client.v1.subscriptions.cancel(str(first.subscription_id))  # e.g. in the Dashboard
+    with _transaction(url)() as conn:
+        again = lifecycle.reactivate(conn, stripe_client, taxed_catalog, "acme-ca")
+    assert again.subscription_id not in (None, first.subscription_id)
+    assert again.customer_id == first.customer_id
+    sub = stripe_client.v1.subscriptions.retrieve(str(again.subscription_id))
+    assert sub.automatic_tax.enabled is True
+    invoice = stripe_client.v1.invoices.retrieve(str(sub.latest_invoice))
+    # Starter's $29.00 and the sandbox's TEST DATA rate for Canada, 12 %: 348 cents.
+    assert (invoice.total_excluding_tax, invoice.total) == (2900, 2900 + 348)

@@ -60,8 +60,10 @@ class OnboardRequest:
     trial: bool = True
     trial_end_behavior: str = DEFAULT_TRIAL_END_BEHAVIOR
     test_clock: str | None = None
-    # Where Stripe Tax locates the customer; required when the catalog turns automatic tax on.
+    # Where Stripe Tax locates the customer; required when the catalog turns automatic tax on,
+    # unless the tenant's existing Stripe customer already carries it (subscribing again).
     tax_location: TaxLocation | None = None
+    location_on_customer: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def _checked(request: OnboardRequest, catalog: Catalog) -> tuple[OnboardRequest,
     # One valid address, or one clear error before anything is stored or created in Stripe.
     request = replace(request, email=check_recipient(request.email))
     plan = catalog.plan(request.plan)
-    if catalog.automatic_tax:
+    if catalog.automatic_tax and not request.location_on_customer:
         # Stripe Tax must be able to locate the customer: one line naming what is missing,
         # before anything is stored or created (Stripe validates it again at creation).
         check_tax_location(request.tenant_id, request.tax_location or TaxLocation())
@@ -675,6 +677,8 @@ def reactivate(
         email=tenant.email,
         plan=tenant.state.plan,
         trial=False,
+        # The customer keeps its address: Stripe validates it when the subscription is made.
+        location_on_customer=bool(tenant.stripe_customer_id),
     )
     result = onboard(conn, client, catalog, request, actor=actor)
     return LifecycleResult(**{**result.__dict__, "detail": f"subscribed again: {result.detail}"})
