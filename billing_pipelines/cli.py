@@ -497,7 +497,76 @@ def _billing_cycle(value: str | None) -> str | None:
     return value
 
 
+Country = Annotated[
+    str | None, typer.Option(help="Billing address country, two-letter ISO code (e.g. US, DE).")
+]
+PostalCode = Annotated[
+    str | None, typer.Option(help="Postal code (required in the US: 5 digits or ZIP+4).")
+]
+State = Annotated[
+    str | None, typer.Option(help="State or province (Canada: this or a postal code).")
+]
+City = Annotated[str | None, typer.Option(help="City.")]
+Line1 = Annotated[str | None, typer.Option(help="Street address.")]
+TaxIds = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tax-id", help="Customer tax id as TYPE:VALUE (e.g. eu_vat:DE123456789); repeat."
+    ),
+]
+LOCATION_OPTIONS = ("country", "postal_code", "state", "city", "line1", "tax_id")
+
+
+def _location_from(options: dict[str, Any]) -> Any:
+    from billing_pipelines.lib.tax.location import tax_location
+
+    return tax_location(
+        country=options.get("country"),
+        postal_code=options.get("postal_code"),
+        state=options.get("state"),
+        city=options.get("city"),
+        line1=options.get("line1"),
+        tax_ids=list(options.get("tax_id") or []),
+    )
+
+
+def _location_checked_first(*, always: bool) -> Callable[[F], F]:
+    """Refuse a tax location Stripe Tax cannot use in one line, before any service starts.
+
+    `always`: check it whatever the catalog says (update-address); otherwise only when the
+    catalog turns automatic tax on (onboarding), where a tenant without one is refused.
+    """
+
+    def decorate(func: F) -> F:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from billing_pipelines.lib.catalog.plans import load_catalog
+            from billing_pipelines.lib.tax.location import check_tax_location
+
+            location = _location_from(kwargs)
+            if always or load_catalog().automatic_tax:
+                check_tax_location(str(kwargs.get("tenant")), location)
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _location_config(options: dict[str, Any]) -> dict[str, Any]:
+    location = _location_from(options)
+    return {
+        "country": location.country,
+        "postal_code": location.postal_code,
+        "state": location.state,
+        "city": location.city,
+        "line1": location.line1,
+        "tax_ids": [f"{t.type}:{t.value}" for t in location.tax_ids],
+    }
+
+
 @tenant_app.command("create")
+@_location_checked_first(always=False)
 @_with_services_needing(*_RUNS)
 def tenant_create(
     tenant: Annotated[
@@ -522,10 +591,30 @@ def tenant_create(
             callback=_billing_cycle,
         ),
     ] = "monthly",
+    country: Country = None,
+    postal_code: PostalCode = None,
+    state: State = None,
+    city: City = None,
+    line1: Line1 = None,
+    tax_id: TaxIds = None,
 ) -> None:
-    """Onboard a tenant: Stripe customer, optional card, subscription (idempotent)."""
+    """Onboard a tenant: Stripe customer, optional card, subscription (idempotent).
+
+    With automatic tax on in plans.toml, the billing address is required: a country; in the
+    US a 5-digit postal code; in Canada a province or postal code.
+    """
     from billing_pipelines.runs import run_job
 
+    location = _location_config(
+        {
+            "country": country,
+            "postal_code": postal_code,
+            "state": state,
+            "city": city,
+            "line1": line1,
+            "tax_id": tax_id,
+        }
+    )
     _show(
         run_job(
             "onboard_tenant",
@@ -537,9 +626,40 @@ def tenant_create(
                 "payment_method": payment_method,
                 "trial": trial,
                 "billing_cycle": billing_cycle,
+                **location,
             },
         )
     )
+
+
+@tenant_app.command("update-address")
+@_location_checked_first(always=True)
+@_with_services_needing(*_RUNS)
+def tenant_update_address(
+    tenant: Annotated[str, typer.Option()],
+    country: Annotated[
+        str, typer.Option(help="Billing address country, two-letter ISO code (e.g. US, DE).")
+    ],
+    postal_code: PostalCode = None,
+    state: State = None,
+    city: City = None,
+    line1: Line1 = None,
+    tax_id: TaxIds = None,
+) -> None:
+    """Set a tenant's billing address (and add tax ids): what Stripe Tax locates it by."""
+    from billing_pipelines.runs import run_job
+
+    location = _location_config(
+        {
+            "country": country,
+            "postal_code": postal_code,
+            "state": state,
+            "city": city,
+            "line1": line1,
+            "tax_id": tax_id,
+        }
+    )
+    _show(run_job("update_tenant_address", {"tenant_id": tenant, **location}))
 
 
 @tenant_app.command("change-plan")

@@ -8,6 +8,7 @@ cancelled behind our back; each test then checks one failure's guarantee on what
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import dagster as dg
@@ -87,6 +88,12 @@ def simulated(embedded_services: dict[str, str]) -> dict[str, Any]:
         recovery = code_location().resolve_job_def("stripe_event_recovery_job")
         seen["recovery_ok"] = recovery.execute_in_process(instance=dg.DagsterInstance.get()).success
         month.SensorPump(code_location(), dg.DagsterInstance.get()).pump()
+        ours = set(result.customers.values())
+        seen["invoices"] = [
+            inv.to_dict()
+            for inv in result.client.v1.invoices.list({"limit": 100}).auto_paging_iter()
+            if inv.customer in ours
+        ]
         seen["sandbox_events"] = {
             e.id: e.type for e in result.client.v1.events.list({"limit": 100}).auto_paging_iter()
         }
@@ -233,3 +240,46 @@ def test_failure_5_drift_is_detected_and_remediated(
         tenant,
     )
     assert audit and audit[-1]["before"]["api_access_enabled"] is True
+
+
+# The Stripe sandbox's TEST DATA rates (made up, not real tax rates), restated here so the
+# expected tax does not come from the code under test: percent by country; a German customer
+# with an eu_vat id is reverse charged, a country without a rate is not collected.
+TEST_PERCENT = {"US": Decimal(5), "CA": Decimal(12), "DE": Decimal(20)}
+
+
+def _expected_tax(amount: int, country: str, reverse_charge: bool) -> int:
+    percent = Decimal(0) if reverse_charge else TEST_PERCENT.get(country, Decimal(0))
+    # Each line's tax rounded to the cent, half away from zero (the sandbox's stated choice).
+    return int((Decimal(amount) * percent / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def test_taxed_tenants_pay_tax_on_top_and_the_audit_compares_before_tax(
+    simulated: dict[str, Any],
+) -> None:
+    result = simulated["result"]
+    where = {result.customers[p.tenant_id]: p.location for p in result.people}
+    billed = [i for i in simulated["invoices"] if i["status"] in ("open", "paid", "uncollectible")]
+    assert billed
+    taxed_cents = 0
+    for inv in billed:
+        location = where[inv["customer"]]
+        assert location is not None and inv["automatic_tax"]["enabled"] is True
+        reverse = any(t.type == "eu_vat" for t in location.tax_ids)
+        assert location.country is not None
+        expected = 0
+        for line in inv["lines"]["data"]:
+            want = _expected_tax(int(line["amount"]), location.country, reverse)
+            assert sum(int(t["amount"]) for t in line["taxes"]) == want, (inv["id"], line)
+            expected += want
+        assert sum(int(t["amount"]) for t in inv["total_taxes"]) == expected
+        subtotal = sum(int(line["amount"]) for line in inv["lines"]["data"])
+        assert inv["subtotal"] == inv["total_excluding_tax"] == subtotal
+        assert inv["total"] == subtotal + expected
+        taxed_cents += expected
+    countries = {where[i["customer"]].country for i in billed}
+    assert {"US", "CA", "DE"} <= countries  # taxed at three TEST rates
+    assert taxed_cents > 0 and simulated["numbers"]["billed_tax_cents"] == taxed_cents
+    # The usage audit compared the lines' pre-tax amounts with the warehouse truth: zero
+    # difference while every invoice carried tax on top.
+    assert result.checks.get("usage_matches_invoices") is True

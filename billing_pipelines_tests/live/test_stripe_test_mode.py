@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.tax.location import TaxLocationError, tax_location
 
 pytestmark = pytest.mark.stripe_live
 
@@ -165,3 +167,78 @@ def annual_month(client: stripe.StripeClient, clock: str, database_url: str, adv
     assert len(renewal) == 1, "one monthly renewal invoice"
     amounts = sorted(line.amount for line in renewal[0].lines.data)
     assert amounts == [2000], "usage alone: 25,000 x $0.0008 = $20.00, no yearly fee"
+
+
+def test_taxed_tenant_in_stripe_test_mode(
+    live_client: stripe.StripeClient, clock: str, fresh_database_url: str
+) -> None:
+    """Needs Stripe Tax set up on the test-mode account (an origin address in its tax settings):
+    without it Stripe refuses automatic tax, and this test says so."""
+    taxed_month(live_client, clock, fresh_database_url, _advance)
+
+
+def _invoice_adds_up(invoice: Any) -> int:
+    """Stripe's own fields agree: total = total before tax + every line's tax; returns the tax."""
+    tax = sum(int(t.amount) for t in invoice.total_taxes or [])
+    line_tax = sum(int(t.amount) for line in invoice.lines.data for t in line.taxes or [])
+    assert tax == line_tax, (tax, line_tax)
+    assert invoice.total == invoice.total_excluding_tax + tax
+    return tax
+
+
+def taxed_month(client: stripe.StripeClient, clock: str, database_url: str, advance: Any) -> None:
+    """With automatic tax on: a tenant without a usable location is refused before anything is
+    created; a US tenant is subscribed with automatic tax, and its invoices (the first one and
+    the renewal with $20.00 overage) carry Stripe's tax on top of the pre-tax lines.
+
+    Real Stripe's rate depends on the account's registrations, so the amounts are checked for
+    consistency (Stripe's own fields add up, the pre-tax lines are the catalog's), not a rate.
+    """
+    catalog = replace(load_catalog(), automatic_tax=True)
+    stripe_catalog.sync_catalog(client, catalog)
+    tenant = f"live-tax-{uuid.uuid4().hex[:8]}"
+
+    def request(**location: Any) -> lifecycle.OnboardRequest:
+        return lifecycle.OnboardRequest(
+            tenant_id=tenant,
+            name="Live tax test",
+            email="live-tax@example.com",
+            plan="pro",
+            payment_method="pm_card_visa",
+            trial=False,
+            test_clock=clock,
+            tax_location=tax_location(**location),
+        )
+
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        with pytest.raises(TaxLocationError, match="5-digit US postal code"):
+            with conn.transaction():
+                lifecycle.onboard(conn, client, catalog, request(country="US", state="CA"))
+        assert conn.execute("SELECT count(*) AS n FROM tenants").fetchone() == {"n": 0}
+        with conn.transaction():
+            onboarded = lifecycle.onboard(
+                conn, client, catalog, request(country="US", postal_code="94103", state="CA")
+            )
+    assert onboarded.subscription_status == "active"
+    sub: Any = client.v1.subscriptions.retrieve(str(onboarded.subscription_id))
+    assert sub.automatic_tax.enabled is True
+    first = client.v1.invoices.retrieve(str(sub.latest_invoice))
+    assert first.total_excluding_tax == catalog.plan("pro").base_monthly_cents
+    _invoice_adds_up(first)
+    period_start = int(sub["items"].data[0].current_period_start)
+    period_end = int(sub["items"].data[0].current_period_end)
+    advance(client, clock, period_start + 2 * DAY)
+    client.v1.billing.meter_events.create(
+        {
+            "event_name": catalog.meters["queries"].event_name,
+            "payload": {"stripe_customer_id": str(onboarded.customer_id), "value": "125000"},
+            "identifier": f"{tenant}-queries-1",
+            "timestamp": period_start + DAY,
+        }
+    )
+    advance(client, clock, period_end + 2 * 3600)
+    invoices = client.v1.invoices.list({"customer": str(onboarded.customer_id), "limit": 10})
+    renewal = [i for i in invoices.data if i.billing_reason == "subscription_cycle"]
+    assert renewal, "no renewal invoice after the period ended"
+    assert sorted(line.amount for line in renewal[0].lines.data) == [2000, 9900]
+    _invoice_adds_up(renewal[0])

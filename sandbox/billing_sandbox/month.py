@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -18,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -28,9 +32,12 @@ from dateutil.relativedelta import relativedelta
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from billing_pipelines.lib.catalog.plans import load_catalog
+from billing_pipelines.lib.catalog.plans import CATALOG_PATH_ENV, load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines.lib.stripe.snapshots import tax_cents
+from billing_pipelines.lib.tax.location import TaxLocation, tax_location
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
@@ -148,6 +155,21 @@ class Cast:
     # monthly, or annual: the plan's yearly base fee beside monthly usage (a mixed interval
     # subscription); annual tenants are on a plan that declares one.
     billing_cycle: str = "monthly"
+    # The billing address Stripe Tax locates the tenant by (see DEMO_LOCATIONS).
+    location: TaxLocation | None = None
+
+
+# Where the simulated tenants are, in turn: taxed at the Stripe sandbox's TEST DATA rates (US,
+# Canada, Germany), reverse charged (a German business with a VAT id) and not collected (the
+# United Kingdom: no registration there). The rates are made-up test data, not real ones.
+DEMO_LOCATIONS = (
+    tax_location(country="US", postal_code="94103", state="CA"),
+    tax_location(country="CA", state="ON"),
+    tax_location(country="DE", city="Berlin"),
+    tax_location(country="DE", city="Munich", tax_ids=["eu_vat:DE123456789"]),
+    tax_location(country="GB", city="London"),
+    tax_location(country="US", postal_code="10001"),
+)
 
 
 CARD_MIX = (
@@ -183,6 +205,7 @@ def cast(tenant_count: int, seed: int) -> list[Cast]:
             or (story == "good" and index >= len(stories) and index % 2 == 0)
         )
         plan = tenant.plan if not annual or tenant.plan in yearly else yearly[0]
+        location = DEMO_LOCATIONS[index % len(DEMO_LOCATIONS)]
         people.append(
             Cast(
                 tenant.tenant_id,
@@ -190,9 +213,27 @@ def cast(tenant_count: int, seed: int) -> list[Cast]:
                 tenant.monthly_queries,
                 story,
                 "annual" if annual else "monthly",
+                location,
             )
         )
     return people
+
+
+def taxed_catalog_file(folder: Path) -> Path:
+    """The catalog in use with `[tax] automatic = true`, written into `folder`."""
+    configured = os.environ.get(CATALOG_PATH_ENV)
+    text = (
+        Path(configured).read_text()
+        if configured
+        else resources.files("billing_pipelines").joinpath("plans.toml").read_text()
+    )
+    if re.search(r"(?m)^\[tax\]", text):
+        text = re.sub(r"(?m)^automatic\s*=\s*false", "automatic = true", text)
+    else:
+        text += "\n[tax]\nautomatic = true\n"
+    path = folder / "plans.toml"
+    path.write_text(text)
+    return path
 
 
 def month_start(today: date) -> date:
@@ -326,10 +367,13 @@ def simulate(
     on_done: Callable[[MonthResult], object] | None = None,
     webhook_chaos: Chaos | None = None,
     hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
+    automatic_tax: bool = True,
 ) -> MonthResult:
     """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
 
     `on_done` runs while the sandbox still serves (the report reads invoices from it).
+    `automatic_tax`: the month's catalog turns Stripe's automatic tax on (every run of the
+    month reads it), and each tenant has a billing address (DEMO_LOCATIONS).
     """
     started = time.monotonic()
     timings: dict[str, float] = {}  # seconds per phase
@@ -356,6 +400,10 @@ def simulate(
     days = (first + relativedelta(months=1) - first).days
     t0 = int(instant.timestamp())
     midnight0 = int(datetime.combine(first, datetime.min.time(), tzinfo=UTC).timestamp())
+    saved_catalog = os.environ.get(CATALOG_PATH_ENV)
+    if automatic_tax:
+        # Every run of the month loads the catalog itself: point them all at the taxed one.
+        os.environ[CATALOG_PATH_ENV] = str(taxed_catalog_file(Path(tempfile.mkdtemp())))
     catalog = load_catalog()
     clickhouse = warehouse.connect(clickhouse_url)
     _reset(database_url, clickhouse)
@@ -537,7 +585,7 @@ def simulate(
         cleanup.close()
         receiver.stop()
         sandbox.stop()
-        for key, value in saved_env.items():
+        for key, value in {**saved_env, CATALOG_PATH_ENV: saved_catalog}.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
@@ -565,6 +613,7 @@ def _onboard(
         trial=trial,
         test_clock=clock,
         billing_cycle=person.billing_cycle,
+        tax_location=person.location,
     )
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         try:
@@ -658,6 +707,22 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
         f"{len(recovered)}), still failing {len(failed)}"
     )
     echo(f"    revenue collected ${revenue / 100:,.2f}")
+    # Finance's three numbers over the finalized invoices: before tax, Stripe Tax's, after tax.
+    billed = billed_totals(
+        (
+            str(i.status),
+            str(i.currency),
+            i.subtotal,
+            tax_cents(i.to_dict().get("total_taxes")),
+            i.total,
+        )
+        for i in ours
+    )
+    for totals in billed.values():
+        echo(f"    invoiced ({totals.invoices} finalized): {totals.describe()}")
+    numbers["billed_subtotal_cents"] = sum(t.subtotal for t in billed.values())
+    numbers["billed_tax_cents"] = sum(t.tax for t in billed.values())
+    numbers["billed_total_cents"] = sum(t.total for t in billed.values())
     funnel = ", ".join(f"step {k}: {v}" for k, v in sorted(steps.items())) or "no failures"
     echo(
         f"    dunning funnel: {funnel}; suspended now {numbers['suspended']}, "

@@ -12,11 +12,15 @@ from billing_pipelines.defs.resources import (
 )
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.lifecycle import actions as lifecycle
+from billing_pipelines.lib.lifecycle.tax_location import update_address
 from billing_pipelines.lib.metering.cut_push import CutPush
+from billing_pipelines.lib.tax.location import tax_location
 from billing_pipelines.lib.usage.periods import interval_queries
 
 if TYPE_CHECKING:
     from billing_pipelines.lib.stripe.client import StripeClient
+
+LOCATION_FIELDS = ("country", "postal_code", "state", "city", "line1", "tax_ids")
 
 
 def _report(context: dg.OpExecutionContext, result: lifecycle.LifecycleResult) -> dict[str, Any]:
@@ -63,6 +67,14 @@ class OnboardTenantConfig(dg.Config):
     trial_end_behavior: str = lifecycle.DEFAULT_TRIAL_END_BEHAVIOR
     # monthly, or annual (a yearly base fee; usage still billed monthly).
     billing_cycle: str = "monthly"
+    # Billing address and tax ids (TYPE:VALUE), what Stripe Tax locates the customer by:
+    # required when plans.toml turns automatic tax on.
+    country: str | None = None
+    postal_code: str | None = None
+    state: str | None = None
+    city: str | None = None
+    line1: str | None = None
+    tax_ids: list[str] = []
 
 
 @dg.op(pool=STRIPE_POOL)
@@ -73,7 +85,9 @@ def onboard_tenant_op(
     stripe: StripeResource,
 ) -> dict[str, Any]:
     """Create the tenant's Stripe customer and subscription (idempotent)."""
-    request = lifecycle.OnboardRequest(**config.model_dump())
+    fields = config.model_dump()
+    location = tax_location(**{key: fields.pop(key) for key in LOCATION_FIELDS})
+    request = lifecycle.OnboardRequest(**fields, tax_location=location)
     # Each step commits as soon as Stripe holds it: a crash leaves nothing unlinked.
     result = lifecycle.onboard_durably(
         billing_db.transaction, stripe.client(), load_catalog(), request
@@ -235,3 +249,35 @@ def reactivate_op(
 @dg.job(description="Reactivate a tenant: undo a cancellation, resume, or subscribe again.")
 def reactivate_tenant() -> None:
     reactivate_op()
+
+
+class UpdateAddressConfig(dg.Config):
+    """A tenant's new billing address (what Stripe Tax locates it by) and tax ids to add."""
+
+    tenant_id: str
+    country: str
+    postal_code: str | None = None
+    state: str | None = None
+    city: str | None = None
+    line1: str | None = None
+    tax_ids: list[str] = []
+
+
+@dg.op(pool=STRIPE_POOL)
+def update_address_op(
+    context: dg.OpExecutionContext,
+    config: UpdateAddressConfig,
+    billing_db: BillingDatabase,
+    stripe: StripeResource,
+) -> dict[str, Any]:
+    """Validate the address for Stripe Tax, then set it on the tenant's Stripe customer."""
+    fields = config.model_dump()
+    location = tax_location(**{key: fields[key] for key in LOCATION_FIELDS})
+    with billing_db.transaction() as conn:
+        result = update_address(conn, stripe.client(), config.tenant_id, location)
+    return _report(context, result)
+
+
+@dg.job(description="Update a tenant's billing address and tax ids (for automatic tax).")
+def update_tenant_address() -> None:
+    update_address_op()

@@ -30,6 +30,7 @@ from billing_pipelines.lib.reconciliation import (
 )
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
+from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
 from billing_pipelines.lib.usage.periods import PeriodTruth, period_truth
@@ -162,8 +163,17 @@ def stripe_invoice_snapshot(
             "FROM stripe_invoice_line_snapshots WHERE snapshot_date = %s",
             (day,),
         ).fetchone()
+        amounts = conn.execute(
+            "SELECT status, currency, subtotal, tax, total FROM stripe_invoice_snapshots "
+            "WHERE snapshot_date = %s",
+            (day,),
+        ).fetchall()
     rec = result.record
     invoices = sum(statuses.values())
+    # What the finalized invoices bill: before tax, the tax Stripe added, and in total.
+    billed = billed_totals(
+        (a["status"], a["currency"], a["subtotal"], a["tax"], a["total"]) for a in amounts
+    )
     context.log.info(
         "snapshot %s (%s pass: %s): %d invoices, %d lines, %d read, %d carried",
         day,
@@ -182,6 +192,11 @@ def stripe_invoice_snapshot(
             "metered_lines": dg.MetadataValue.int(int(totals["metered"]) if totals else 0),
             "by_status": dg.MetadataValue.json(statuses),
             **_pass_metadata(rec),
+            "billed": dg.MetadataValue.text(
+                "; ".join(f"{t.invoices} invoices: {t.describe()}" for t in billed.values())
+                or "no finalized invoice"
+            ),
+            "billed_tax_cents": dg.MetadataValue.int(sum(t.tax for t in billed.values())),
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -72,6 +73,9 @@ class Catalog:
     trial_days: int
     plans: dict[str, Plan]
     meters: dict[str, Meter] = field(default_factory=lambda: dict(DEFAULT_METERS))
+    # [tax] automatic = true: subscriptions are created with Stripe's automatic tax, and a tenant
+    # Stripe Tax cannot locate is refused at onboarding (lib/tax/location.py).
+    automatic_tax: bool = False
 
     def plan(self, key: str) -> Plan:
         """The plan by key, or a clear error listing the plans that exist."""
@@ -147,13 +151,38 @@ def _plan(source: str, key: str, body: object) -> Plan:
         raise BillingConfigError(f"{source}: plan {key} has an invalid amount ({exc})") from None
 
 
+def _automatic_tax(source: str, table: object) -> bool:
+    """The `[tax]` table's `automatic` switch (absent: off), or an error naming it."""
+    if not isinstance(table, dict):
+        raise BillingConfigError(f"{source}: [tax] is not a table")
+    unknown = sorted(set(table) - {"automatic"})
+    if unknown:
+        raise BillingConfigError(f"{source}: [tax] has unknown setting {', '.join(unknown)}")
+    value = table.get("automatic", False)
+    if not isinstance(value, bool):
+        raise BillingConfigError(f"{source}: [tax] automatic must be true or false, got {value!r}")
+    return value
+
+
+# The catalog file to use instead of the packaged plans.toml (read when a catalog is loaded).
+CATALOG_PATH_ENV = "BILLING_PLAN_CATALOG"
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Read and validate the catalog file (the packaged plans.toml by default)."""
+    """Read and validate the catalog file (BILLING_PLAN_CATALOG, else the packaged plans.toml)."""
+    if path is None and os.environ.get(CATALOG_PATH_ENV):
+        path = Path(os.environ[CATALOG_PATH_ENV])
     if path is None:
         text = resources.files("billing_pipelines").joinpath("plans.toml").read_text()
         source = "plans.toml"
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise BillingConfigError(
+                f"plan catalog {path} cannot be read ({exc.strerror or exc}); "
+                f"check {CATALOG_PATH_ENV} or the path given"
+            ) from None
         source = str(path)
     try:
         raw = tomllib.loads(text)
@@ -167,7 +196,13 @@ def load_catalog(path: Path | None = None) -> Catalog:
             )
             for key, body in raw.get("meters", {}).items()
         } or dict(DEFAULT_METERS)
-        catalog = Catalog(str(raw["currency"]), int(raw["trial_days"]), plans, meters)
+        catalog = Catalog(
+            str(raw["currency"]),
+            int(raw["trial_days"]),
+            plans,
+            meters,
+            automatic_tax=_automatic_tax(source, raw.get("tax", {})),
+        )
     except (KeyError, ValueError, ArithmeticError, tomllib.TOMLDecodeError) as exc:
         raise BillingConfigError(f"{source}: invalid plan catalog ({exc})") from None
     for plan in plans.values():

@@ -202,6 +202,13 @@ def execute_step(ctx: HandlerContext, invoice_id: str, step: int) -> Outcome:
             "rate_limit_percent": int(multiplier * 100),
             "api_access_enabled": access,
             "usage_explanation": explain_usage(ctx, tenant, invoice),
+            "tax_note": notifications.tax_sentence(
+                invoice.subtotal,
+                invoice.tax,
+                invoice.total,
+                invoice.currency,
+                taxed=invoice.automatic_tax,
+            ),
         },
     )
     return Outcome("processed", f"dunning step {step} ({rung.action}) for {invoice_id}")

@@ -22,7 +22,13 @@ from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.notifications.recipients import check_recipient
 from billing_pipelines.lib.stripe import catalog as stripe_catalog
 from billing_pipelines.lib.stripe import lifecycle as stripe_lifecycle
+from billing_pipelines.lib.stripe import tax as stripe_tax
 from billing_pipelines.lib.stripe.lifecycle import ItemPrice
+from billing_pipelines.lib.tax.location import (
+    TaxLocation,
+    TaxLocationError,
+    check_tax_location,
+)
 from billing_pipelines.lib.tenants import access as tenant_state
 from billing_pipelines.lib.tenants.ids import check_tenant_id
 from billing_pipelines.lib.webhooks.handlers import HandlerContext, converge_tenant
@@ -59,6 +65,10 @@ class OnboardRequest:
     # monthly, or annual: the base fee billed yearly (the plan must declare base_yearly_cents);
     # usage is measured and billed monthly in both.
     billing_cycle: str = MONTHLY
+    # Where Stripe Tax locates the customer; required when the catalog turns automatic tax on,
+    # unless the tenant's existing Stripe customer already carries it (subscribing again).
+    tax_location: TaxLocation | None = None
+    location_on_customer: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,11 @@ def _converge(ctx: HandlerContext, tenant_id: str, reason: str) -> tenant_state.
 
 
 def _get_or_create_customer(
-    client: StripeClient, tenant: tenant_state.Tenant, request: OnboardRequest
+    client: StripeClient,
+    tenant: tenant_state.Tenant,
+    request: OnboardRequest,
+    *,
+    tax_on: bool = False,
 ) -> str:
     if tenant.stripe_customer_id:
         return tenant.stripe_customer_id
@@ -169,6 +183,18 @@ def _get_or_create_customer(
         name=request.name,
         email=request.email,
         test_clock=request.test_clock,
+        tax=_customer_tax(request.tax_location, validate=tax_on),
+    )
+
+
+def _customer_tax(location: TaxLocation | None, *, validate: bool) -> stripe_tax.CustomerTax | None:
+    """The customer's address and tax ids for Stripe, validated by Stripe when tax is on."""
+    if location is None or not location.given:
+        return None
+    return stripe_tax.CustomerTax(
+        address=location.address_params(),
+        tax_id_data=tuple(location.tax_id_data()),
+        validate=validate,
     )
 
 
@@ -179,6 +205,10 @@ def _checked(request: OnboardRequest, catalog: Catalog) -> tuple[OnboardRequest,
     request = replace(request, email=check_recipient(request.email))
     plan = catalog.plan(request.plan)
     check_billing_cycle(plan, request.billing_cycle)
+    if catalog.automatic_tax and not request.location_on_customer:
+        # Stripe Tax must be able to locate the customer: one line naming what is missing,
+        # before anything is stored or created (Stripe validates it again at creation).
+        check_tax_location(request.tenant_id, request.tax_location or TaxLocation())
     if request.trial_end_behavior not in TRIAL_END_BEHAVIORS:
         raise BillingConfigError(
             f"trial_end_behavior must be one of {', '.join(TRIAL_END_BEHAVIORS)}, "
@@ -190,15 +220,38 @@ def _checked(request: OnboardRequest, catalog: Catalog) -> tuple[OnboardRequest,
 def _record_tenant(
     conn: psycopg.Connection[Any], request: OnboardRequest, plan: Plan
 ) -> tenant_state.Tenant:
-    conn.execute(
+    _insert_tenant(conn, request, plan)
+    return _tenant(conn, request.tenant_id)
+
+
+def _insert_tenant(conn: psycopg.Connection[Any], request: OnboardRequest, plan: Plan) -> bool:
+    """Insert the tenant row; True when this call created it (False: it existed)."""
+    row = conn.execute(
         """
         INSERT INTO tenants (tenant_id, name, email, plan)
         VALUES (%s, %s, %s, %s)
         ON CONFLICT (tenant_id) DO NOTHING
+        RETURNING tenant_id
         """,
         (request.tenant_id, request.name, request.email, plan.key),
+    ).fetchone()
+    return row is not None
+
+
+def _forget_new_tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
+    """Remove a tenant row this onboarding inserted and Stripe refused: nothing is left behind."""
+    conn.execute(
+        "DELETE FROM tenants WHERE tenant_id = %s AND stripe_customer_id IS NULL "
+        "AND stripe_subscription_id IS NULL",
+        (tenant_id,),
     )
-    return _tenant(conn, request.tenant_id)
+
+
+def _refused(tenant_id: str, exc: stripe_tax.TaxLocationRefused) -> TaxLocationError:
+    return TaxLocationError(
+        f"tenant {tenant_id}: Stripe Tax cannot locate this customer ({exc}); nothing was "
+        "created: give a usable address (billing tenant update-address for an existing tenant)"
+    )
 
 
 def _link_customer(
@@ -239,9 +292,19 @@ def onboard_durably(
     """
     request, plan = _checked(request, catalog)
     with transaction() as conn:
-        tenant = _record_tenant(conn, request, plan)
+        created = _insert_tenant(conn, request, plan)
+        tenant = _tenant(conn, request.tenant_id)
     if not tenant.stripe_customer_id:
-        customer_id = _get_or_create_customer(client, tenant, request)
+        try:
+            customer_id = _get_or_create_customer(
+                client, tenant, request, tax_on=catalog.automatic_tax
+            )
+        except stripe_tax.TaxLocationRefused as exc:
+            # Stripe created nothing; neither does this onboarding (the row is new and bare).
+            if created:
+                with transaction() as conn:
+                    _forget_new_tenant(conn, request.tenant_id)
+            raise _refused(request.tenant_id, exc) from None
         with transaction() as conn:
             _link_customer(conn, _tenant(conn, request.tenant_id), customer_id, actor)
     with transaction() as conn:
@@ -263,7 +326,10 @@ def onboard(
     """
     request, plan = _checked(request, catalog)
     tenant = _record_tenant(conn, request, plan)
-    customer_id = _get_or_create_customer(client, tenant, request)
+    try:
+        customer_id = _get_or_create_customer(client, tenant, request, tax_on=catalog.automatic_tax)
+    except stripe_tax.TaxLocationRefused as exc:
+        raise _refused(request.tenant_id, exc) from None
     _link_customer(conn, tenant, customer_id, actor)
     if request.payment_method:
         stripe_lifecycle.attach_default_card(client, customer_id, request.payment_method)
@@ -288,17 +354,21 @@ def onboard(
 
     # A tenant that has had a trial does not get another one.
     trial = request.trial and not tenant.state.trial_end
-    subscription_id = stripe_lifecycle.create_subscription(
-        client,
-        tenant_id=request.tenant_id,
-        customer_id=customer_id,
-        plan_key=plan.key,
-        price_ids=plan_price_ids(client, catalog, plan, request.billing_cycle),
-        predecessor=current,
-        trial_days=catalog.trial_days if trial else None,
-        trial_end_behavior=request.trial_end_behavior if trial else None,
-        billing_cycle=request.billing_cycle,
-    )
+    try:
+        subscription_id = stripe_lifecycle.create_subscription(
+            client,
+            tenant_id=request.tenant_id,
+            customer_id=customer_id,
+            plan_key=plan.key,
+            price_ids=plan_price_ids(client, catalog, plan, request.billing_cycle),
+            predecessor=current,
+            trial_days=catalog.trial_days if trial else None,
+            trial_end_behavior=request.trial_end_behavior if trial else None,
+            billing_cycle=request.billing_cycle,
+            automatic_tax=catalog.automatic_tax,
+        )
+    except stripe_tax.TaxLocationRefused as exc:
+        raise _refused(request.tenant_id, exc) from None
     _link_subscription(conn, request.tenant_id, subscription_id, plan.key)
     on = plan.key if request.billing_cycle == MONTHLY else f"{plan.key} ({request.billing_cycle})"
     tenant = _converge(ctx, request.tenant_id, f"onboarded on {on}")
@@ -688,6 +758,8 @@ def reactivate(
         email=tenant.email,
         plan=tenant.state.plan,
         trial=False,
+        # The customer keeps its address: Stripe validates it when the subscription is made.
+        location_on_customer=bool(tenant.stripe_customer_id),
     )
     result = onboard(conn, client, catalog, request, actor=actor)
     return LifecycleResult(**{**result.__dict__, "detail": f"subscribed again: {result.detail}"})

@@ -70,6 +70,24 @@ def usage_explanation(plan: Plan, queries: int, currency: str = "usd") -> str:
     return f"You used {queries:,} queries: {over:,} over the {included:,} included = {charge}"
 
 
+def tax_sentence(
+    subtotal: int | None, tax: int, total: int | None, currency: str = "usd", *, taxed: bool
+) -> str:
+    """The invoice's tax in words, for every email that states an amount due ("" untaxed).
+
+    An invoice with automatic tax says its tax even when it is zero (no tax where the account
+    does not collect it), so the customer never wonders whether tax is still to come.
+    """
+    if not taxed and not tax:
+        return ""
+    before = format_money(subtotal if subtotal is not None else 0, currency)
+    after = format_money(total if total is not None else (subtotal or 0) + tax, currency)
+    return (
+        f"The invoice total of {after} includes {format_money(tax, currency)} tax on "
+        f"{before} before tax."
+    )
+
+
 def format_day(moment: datetime | None) -> str:
     """A date as "March 14, 2026" (UTC), or "" when unknown."""
     return "" if moment is None else f"{moment:%B} {moment.day}, {moment.year}"

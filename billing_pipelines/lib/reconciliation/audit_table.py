@@ -38,7 +38,9 @@ COLUMNS = [
     Column("difference", "Invoiced minus recomputed: positive is over-charged."),
     Column("status", "ok, over-charged, under-charged, or sources differ."),
     Column("invoice_number", "The invoice's number as the customer sees it."),
-    Column("invoice_total", "The invoice's total: every line, base fee included."),
+    Column("invoice_total", "The invoice's total: every line, base fee and tax included."),
+    Column("line_tax", "Tax on the usage line (Stripe Tax); invoiced is before it."),
+    Column("invoice_tax", "Tax on the whole invoice (Stripe's total_taxes)."),
     Column("invoice_status", "The invoice's Stripe status (open, paid, uncollectible)."),
     Column("invoice_id", "Stripe's invoice id (billing explain --invoice takes it)."),
     Column("causes", "Every difference between the sources, in plain words."),
@@ -54,6 +56,7 @@ class InvoiceSummary:
     status: str
     total_cents: int
     currency: str
+    tax_cents: int = 0
 
 
 def status(row: AuditRow) -> str:
@@ -99,6 +102,8 @@ def audit_lines_table(rows: Iterable[AuditRow], invoices: Mapping[str, InvoiceSu
             status=status(row),
             invoice_number=(invoice.number or "") if invoice else "",
             invoice_total=money(invoice.total_cents, invoice.currency) if invoice else "",
+            line_tax=money(row.line.tax, currency),
+            invoice_tax=money(invoice.tax_cents, invoice.currency) if invoice else "",
             invoice_status=invoice.status if invoice else "",
             invoice_id=line.invoice_id,
             causes="; ".join(row.causes),
@@ -110,16 +115,18 @@ def audit_lines_table(rows: Iterable[AuditRow], invoices: Mapping[str, InvoiceSu
 def invoice_summaries(
     conn: Conn, snapshot_date: date, invoice_ids: Iterable[str]
 ) -> dict[str, InvoiceSummary]:
-    """Number, status and total (the sum of its lines) of each invoice in the snapshot."""
+    """Number, status, total and tax of each invoice in the snapshot (the total is the sum of
+    its lines plus its tax)."""
     rows = conn.execute(
         """
         SELECT i.invoice_id, i.number, i.status, i.currency,
-               coalesce(sum(l.amount), 0) AS total
+               coalesce(sum(l.amount), 0) + coalesce(i.tax, 0) AS total,
+               coalesce(i.tax, 0) AS tax
         FROM stripe_invoice_snapshots i
         LEFT JOIN stripe_invoice_line_snapshots l
           ON l.snapshot_date = i.snapshot_date AND l.invoice_id = i.invoice_id
         WHERE i.snapshot_date = %s AND i.invoice_id = ANY(%s)
-        GROUP BY i.invoice_id, i.number, i.status, i.currency
+        GROUP BY i.invoice_id, i.number, i.status, i.currency, i.tax
         """,
         (snapshot_date, sorted(set(invoice_ids))),
     ).fetchall()
@@ -129,6 +136,7 @@ def invoice_summaries(
             status=r["status"],
             total_cents=int(r["total"]),
             currency=r["currency"],
+            tax_cents=int(r["tax"]),
         )
         for r in rows
     }

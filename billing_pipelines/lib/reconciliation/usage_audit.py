@@ -62,6 +62,9 @@ class BilledLine:
     amount: int
     meter_id: str | None
     price_id: str | None = None  # the line's own price: a plan change bills two prices
+    # Stripe Tax's tax on this line, reported beside it: `amount` (what the audit compares
+    # with the warehouse truth) is always before tax.
+    tax: int = 0
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,7 @@ def billed_lines(
         """
         SELECT l.invoice_id, l.line_id, i.customer_id, t.tenant_id,
                coalesce(s.plan, t.plan) AS plan, i.currency, l.period_start, l.period_end,
-               coalesce(l.quantity, 0) AS quantity, l.amount, l.meter_id, l.price_id
+               coalesce(l.quantity, 0) AS quantity, l.amount, l.meter_id, l.price_id, l.tax
         FROM stripe_invoice_line_snapshots l
         JOIN stripe_invoice_snapshots i
           ON i.snapshot_date = l.snapshot_date AND i.invoice_id = l.invoice_id
@@ -347,6 +350,7 @@ def billed_lines(
             amount=int(r["amount"]),
             meter_id=r["meter_id"],
             price_id=r["price_id"],
+            tax=int(r["tax"]),
         )
         for r in rows
     ]

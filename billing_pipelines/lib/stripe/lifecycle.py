@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.stripe.objects import ENDED_STATUSES
+from billing_pipelines.lib.stripe.tax import CustomerTax, invalid_request_error, refused_location
 
 if TYPE_CHECKING:
     import stripe
@@ -102,8 +103,13 @@ def find_or_create_customer(
     name: str,
     email: str,
     test_clock: str | None = None,
+    tax: CustomerTax | None = None,
 ) -> str:
-    """The tenant's Stripe customer, found by its `tenant_id` metadata or created; its id."""
+    """The tenant's Stripe customer, found by its `tenant_id` metadata or created; its id.
+
+    With `tax`, the customer is created with its billing address and tax ids, and Stripe
+    validates the location first: a refusal raises `TaxLocationRefused` and creates nothing.
+    """
     found = client.v1.customers.search(
         {"query": f"metadata['tenant_id']:'{_search_literal(tenant_id)}'"}
     )
@@ -112,10 +118,20 @@ def find_or_create_customer(
     params: dict[str, Any] = {"email": email, "name": name, "metadata": {"tenant_id": tenant_id}}
     if test_clock:
         params["test_clock"] = test_clock
-    customer = client.v1.customers.create(
-        params,  # type: ignore[arg-type]
-        {"idempotency_key": f"onboard:{tenant_id}:customer"},
-    )
+    if tax is not None:
+        params.update(tax.params())
+        if tax.tax_id_data:
+            params["tax_id_data"] = [dict(t) for t in tax.tax_id_data]
+    try:
+        customer = client.v1.customers.create(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": f"onboard:{tenant_id}:customer"},
+        )
+    except invalid_request_error() as exc:
+        refused = refused_location(exc)
+        if refused is None:
+            raise
+        raise refused from None
     return str(customer.id)
 
 
@@ -212,12 +228,15 @@ def create_subscription(
     trial_days: int | None = None,
     trial_end_behavior: str | None = None,
     billing_cycle: str = "monthly",
+    automatic_tax: bool = False,
 ) -> str:
     """Subscribe the customer to the plan's prices (with a trial when `trial_days` is given).
 
     An annual tenant's subscription holds a yearly base price beside the monthly metered one:
     a mixed interval subscription, which needs flexible billing mode (set below); Stripe bills
     each item on its own period (docs.stripe.com/billing/subscriptions/mixed-interval).
+    `automatic_tax`: Stripe Tax computes the tax of every invoice of the subscription from the
+    customer's location (docs.stripe.com/billing/taxes/collect-taxes).
     """
     params: dict[str, Any] = {
         "customer": customer_id,
@@ -231,15 +250,23 @@ def create_subscription(
         # drop that usage (docs.stripe.com/billing/subscriptions/billing-mode/compare).
         "billing_mode": {"type": BILLING_MODE},
     }
+    if automatic_tax:
+        params["automatic_tax"] = {"enabled": True}
     if trial_days is not None:
         params["trial_period_days"] = trial_days
         params["trial_settings"] = {"end_behavior": {"missing_payment_method": trial_end_behavior}}
-    subscription = client.v1.subscriptions.create(
-        params,  # type: ignore[arg-type]
-        # One subscription per tenant and predecessor: a retry replays, a re-subscription after
-        # a cancellation gets a new key.
-        {"idempotency_key": f"onboard:{tenant_id}:subscription:{predecessor or 'first'}"},
-    )
+    try:
+        subscription = client.v1.subscriptions.create(
+            params,  # type: ignore[arg-type]
+            # One subscription per tenant and predecessor: a retry replays, a re-subscription
+            # after a cancellation gets a new key.
+            {"idempotency_key": f"onboard:{tenant_id}:subscription:{predecessor or 'first'}"},
+        )
+    except invalid_request_error() as exc:
+        refused = refused_location(exc)
+        if refused is None:
+            raise
+        raise refused from None
     return str(subscription.id)
 
 

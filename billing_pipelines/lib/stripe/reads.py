@@ -52,6 +52,11 @@ class InvoiceView:
     period_end: datetime | None
     lines: tuple[InvoiceLine, ...]
     last_finalization_error: str | None
+    # Before tax, Stripe Tax's tax and after tax; whether automatic tax was on for it.
+    subtotal: int | None = None
+    tax: int = 0
+    total: int | None = None
+    automatic_tax: bool = False
 
     @property
     def settled(self) -> bool:
@@ -123,6 +128,10 @@ def fetch_invoice(
         period_end=timestamp(raw.get("period_end")),
         lines=tuple(lines),
         last_finalization_error=(error or {}).get("message") if isinstance(error, dict) else None,
+        subtotal=None if raw.get("subtotal") is None else int(raw["subtotal"]),
+        tax=sum(int(t.get("amount") or 0) for t in raw.get("total_taxes") or []),
+        total=None if raw.get("total") is None else int(raw["total"]),
+        automatic_tax=bool((raw.get("automatic_tax") or {}).get("enabled")),
     )
 
 

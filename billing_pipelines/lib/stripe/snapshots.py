@@ -79,6 +79,10 @@ class InvoiceSnapshot:
     paid_at: datetime | None
     automatically_finalizes_at: datetime | None
     finalization_error: str | None
+    # Before tax, the tax (the sum of `total_taxes`) and after tax: what the invoice shows.
+    subtotal: int | None = None
+    tax: int | None = None
+    total: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class InvoiceLineSnapshot:
     period_start: datetime | None
     period_end: datetime | None
     description: str | None
+    # The line's tax (the sum of its `taxes`); `amount` is always before tax.
+    tax: int = 0
 
 
 @dataclass
@@ -257,7 +263,16 @@ def invoice_snapshot(raw: dict[str, Any]) -> InvoiceSnapshot:
         paid_at=timestamp(transitions.get("paid_at")),
         automatically_finalizes_at=timestamp(raw.get("automatically_finalizes_at")),
         finalization_error=(error or {}).get("message") if isinstance(error, dict) else None,
+        subtotal=int(raw.get("subtotal") or 0),
+        tax=tax_cents(raw.get("total_taxes")),
+        total=int(raw.get("total") or 0),
     )
+
+
+def tax_cents(taxes: Any) -> int:
+    """The tax of an invoice or line: the sum of its taxes' amounts (docs.stripe.com/api/invoices
+    /object: `total_taxes` on the invoice, `taxes` on each line; exclusive and inclusive alike)."""
+    return sum(int(t.get("amount") or 0) for t in taxes or [])
 
 
 def line_snapshot(
@@ -278,6 +293,7 @@ def line_snapshot(
         period_start=timestamp(period.get("start")),
         period_end=timestamp(period.get("end")),
         description=line.get("description"),
+        tax=tax_cents(line.get("taxes")),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import stripe
 
+from . import tax
 from .clock import DAY, add_interval, customer_now
 from .resources.catalog import amount_for
 from .resources.customers import card_error, card_outcome
@@ -314,9 +315,11 @@ def pending_item_lines(
 def _totals(inv: dict[str, Any]) -> None:
     total = sum(int(line["amount"]) for line in inv["lines"]["data"])
     inv["subtotal"] = inv["subtotal_excluding_tax"] = total
-    inv["total"] = inv["total_excluding_tax"] = total
-    inv["amount_due"] = max(0, total)
-    inv["amount_remaining"] = max(0, total) - inv["amount_paid"]
+    inv["total_excluding_tax"] = total
+    # Exclusive tax goes on top of the lines (tax.py: the lines' taxes, aggregated).
+    inv["total"] = total + tax.totals(inv)
+    inv["amount_due"] = max(0, inv["total"])
+    inv["amount_remaining"] = max(0, inv["total"]) - inv["amount_paid"]
 
 
 def new_invoice(
@@ -433,6 +436,7 @@ def new_invoice(
     )
     inv.pop("deleted", None)
     inv["_subscription"] = sub["id"] if sub else None
+    tax.apply(st, inv, sub)
     _totals(inv)
     if preview:
         inv["automatically_finalizes_at"] = None
@@ -479,6 +483,8 @@ def refresh_metered_lines(st: SandboxState, inv: dict[str, Any]) -> None:
         )
         line["quantity"] = qty
         line["amount"] = line["subtotal"] = amount_for(price, qty)
+    # Tax at the rate of finalization time, on the lines as they now are (tax.py).
+    tax.apply(st, inv, st.table("subscription").get(inv.get("_subscription") or ""))
     _totals(inv)
 
 

@@ -8,11 +8,12 @@ from typing import Any
 import stripe
 import stripe.params as P
 
+from .. import tax
 from ..paging import list_page
 from ..router import Ctx, route
 from ..shapes import skeleton
 from ..store import SandboxState
-from ..wire import StripeError, matches_search, parse_search_query, search_object
+from ..wire import StripeError, list_object, matches_search, parse_search_query, search_object
 from .events import apply_metadata, emit
 
 # number -> (brand, charge outcome); outcome None = succeeds, else decline_code
@@ -67,6 +68,13 @@ def card_error(decline_code: str, *, payment_method: str | None = None) -> Strip
 @route("POST", "/v1/customers", P.CustomerCreateParams)
 def create_customer(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     st = ctx.state
+    # tax[validate_location]=immediately: a location Stripe Tax cannot use is refused and no
+    # customer is created (tax.py cites the page).
+    problem = tax.location_problem(
+        {"address": params.get("address") or None, "shipping": params.get("shipping") or None}
+    )
+    if tax.validate_requested(params) and problem is not None:
+        raise tax.location_error(problem)
     clock = params.get("test_clock") or None
     now = st.real_now()
     if clock:
@@ -97,6 +105,11 @@ def create_customer(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         tax_exempt=params.get("tax_exempt", "none"),
         next_invoice_sequence=1,
     )
+    cus["address"] = _address(params.get("address"))
+    cus["shipping"] = params.get("shipping") or None
+    # Tax ids given at creation (docs.stripe.com/api/customers/create, `tax_id_data`); listed by
+    # GET /v1/customers/{id}/tax_ids and used for reverse charge (tax.py).
+    cus["_tax_ids"] = [_tax_id(st, cus["id"], d, now) for d in params.get("tax_id_data") or []]
     cus.pop("subscriptions", None)
     cus.pop("sources", None)
     cus.pop("tax_ids", None)
@@ -128,6 +141,45 @@ def _set_default_pm(st: SandboxState, cus: dict[str, Any], pm_id: str) -> None:
     cus["invoice_settings"]["default_payment_method"] = pm_id
 
 
+def _address(given: Any) -> dict[str, Any] | None:
+    """A customer address with every field Stripe returns (absent ones null)."""
+    if not given:
+        return None
+    keys = ("city", "country", "line1", "line2", "postal_code", "state")
+    return {k: (given.get(k) or None) for k in keys}
+
+
+def _tax_id(st: SandboxState, customer: str, data: dict[str, Any], now: int) -> dict[str, Any]:
+    return {
+        "id": st.new_id("txi"),
+        "object": "tax_id",
+        "country": str(data["value"])[:2].upper() if data["type"] == "eu_vat" else None,
+        "created": now,
+        "customer": customer,
+        "livemode": False,
+        "type": data["type"],
+        "value": data["value"],
+        "verification": {"status": "pending", "verified_address": None, "verified_name": None},
+    }
+
+
+@route("GET", "/v1/customers/{id}/tax_ids", P.CustomerListTaxIdsParams)
+def list_tax_ids(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    cus = ctx.state.get("customer", id)
+    return list_object(list(cus.get("_tax_ids") or []), f"/v1/customers/{id}/tax_ids", params)
+
+
+@route("POST", "/v1/customers/{id}/tax_ids", P.CustomerCreateTaxIdParams)
+def create_tax_id(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
+    from ..clock import customer_now
+
+    st = ctx.state
+    cus = st.get("customer", id)
+    made = _tax_id(st, id, params, customer_now(st, id))
+    cus.setdefault("_tax_ids", []).append(made)
+    return made
+
+
 @route("GET", "/v1/customers/{id}", P.CustomerRetrieveParams)
 def get_customer(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]:
     return ctx.state.get("customer", id)
@@ -140,6 +192,13 @@ def update_customer(ctx: Ctx, params: dict[str, Any], id: str) -> dict[str, Any]
     st = ctx.state
     cus = st.get("customer", id)
     before = copy.deepcopy(cus)
+    if "address" in params:
+        # Validated before anything changes when asked to (tax.py).
+        proposed = {**cus, "address": _address(params["address"])}
+        problem = tax.location_problem(proposed)
+        if tax.validate_requested(params) and problem is not None:
+            raise tax.location_error(problem)
+        cus["address"] = proposed["address"]
     for k in ("email", "name", "description", "phone"):
         if k in params:
             cus[k] = params[k] or None

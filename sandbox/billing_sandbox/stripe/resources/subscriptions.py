@@ -12,6 +12,7 @@ import stripe
 import stripe.params as P
 
 from .. import billing_engine as eng
+from .. import tax
 from ..clock import DAY, customer_now
 from ..paging import list_page
 from ..router import Ctx, route
@@ -149,6 +150,8 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
             "Invalid timestamp: must be an integer Unix timestamp in the future.",
             param="trial_end",
         )
+    # Refused before anything exists when Stripe Tax cannot locate the customer (tax.py).
+    automatic_tax = tax.subscription_automatic_tax(st, cus, params)
     sub_id = st.new_id("sub")
     items = [_new_item(st, sub_id, s, now, i) for i, s in enumerate(specs)]
     currencies = {it["price"]["currency"] for it in items}
@@ -164,7 +167,7 @@ def create_subscription(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         "sub",
         id=sub_id,
         object=SUBS,
-        automatic_tax={"disabled_reason": None, "enabled": False, "liability": None},
+        automatic_tax=automatic_tax,
         billing_cycle_anchor=trial_end or now,
         billing_cycle_anchor_config=None,
         billing_mode={
