@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.lifecycle.actions import LifecycleError, LifecycleResult, _result
 from billing_pipelines.lib.stripe import tax as stripe_tax
-from billing_pipelines.lib.stripe.client import StripeClient
 from billing_pipelines.lib.tax.location import TaxLocation, TaxLocationError, check_tax_location
 from billing_pipelines.lib.tenants import access as tenant_state
+
+if TYPE_CHECKING:  # the definitions import this module; the drivers load when it runs
+    import psycopg
+
+    from billing_pipelines.lib.stripe.client import StripeClient
 
 
 def update_address(
