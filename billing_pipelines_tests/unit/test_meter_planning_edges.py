@@ -72,6 +72,10 @@ def test_each_refusal_has_its_exact_reason(value: object, reason: str) -> None:
 def test_a_key_missing_on_either_side_counts_as_zero() -> None:
     found = compare_totals({("a", "q"): 3, ("b", "q"): 0}, {("b", "q"): 2, ("c", "q"): 0})
     assert [(m.tenant_id, m.warehouse, m.stripe) for m in found] == [("a", 3, 0), ("b", 0, 2)]
+    # A key Stripe alone holds is a mismatch from 0; a 0 Stripe lacks is none.
+    assert [(m.warehouse, m.stripe) for m in compare_totals({("a", "q"): 0}, {("c", "q"): 4})] == [
+        (0, 4)
+    ]
     # 1 and 1 by default would hide a 1 on one side.
     assert compare_totals({("a", "q"): 1}, {}) != []
     assert compare_totals({}, {("a", "q"): 1}) != []

@@ -255,3 +255,4 @@ def test_nothing_settled_is_sent_and_every_settled_key_is_counted(
             midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
             assert again.event_time == midnight + timedelta(seconds=c.entry.value_version)
     assert (plan.unchanged, plan.stranded) == (unchanged, stranded)
+    assert all(r.usage_date == day for r in plan.to_send)
