@@ -195,3 +195,44 @@ def test_the_default_ladder_is_used_when_none_is_given() -> None:
     assert decide(START, subscription_status="past_due", dunning_level=3, payment_failures=3) == (
         explicit
     )
+
+
+def test_a_tenant_row_becomes_its_contact_details_and_typed_state() -> None:
+    from billing_pipelines.lib.tenants.access import Tenant, _tenant
+
+    trial_end = datetime(2026, 5, 1, 0, 30, tzinfo=UTC)
+    row = {
+        "tenant_id": "t_7",
+        "name": "Seven",
+        "email": "ops@seven.example",
+        "plan": "enterprise",
+        "stripe_customer_id": "cus_7",
+        "stripe_subscription_id": None,
+        "billing_status": "past_due",
+        # As a driver may hand them over: numeric as text, booleans and counts as integers.
+        "api_access_enabled": 0,
+        "rate_limit_multiplier": "0.50",
+        "trial_end": trial_end,
+        "subscription_status": "past_due",
+        "payment_failures": "3",
+    }
+    tenant = _tenant(row)
+    assert tenant == Tenant(
+        tenant_id="t_7",
+        name="Seven",
+        email="ops@seven.example",
+        stripe_customer_id="cus_7",
+        state=TenantState(
+            billing_status="past_due",
+            api_access_enabled=False,
+            rate_limit_multiplier=Decimal("0.50"),
+            subscription_status="past_due",
+            payment_failures=3,
+            plan="enterprise",
+            stripe_subscription_id=None,
+            trial_end=trial_end,
+        ),
+    )
+    assert tenant.state.api_access_enabled is False and type(tenant.state.payment_failures) is int
+    assert str(tenant.state.rate_limit_multiplier) == "0.50"
+    assert _tenant({**row, "api_access_enabled": 1}).state.api_access_enabled is True
