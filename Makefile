@@ -7,7 +7,7 @@ export BILLING_HOME ?= $(CURDIR)/.billing
 # ones (development only; refused next to a live Stripe key). Only these targets set it.
 SANDBOX := BILLING_SANDBOX=1
 
-.PHONY: demo test lint ui up down status clean screenshots
+.PHONY: demo test lint mutate ui up down status clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox billing_pipelines_tests bench
+	$(BIN)/mypy billing_pipelines sandbox/billing_sandbox billing_pipelines_tests bench mutation
 	$(BIN)/lint-imports
 
 # The browser end-to-end test drives Debian's Chromium through Playwright; no browser is ever
@@ -38,6 +38,11 @@ $(CHROMIUM):
 
 test: $(VENV)/.installed lint $(CHROMIUM)
 	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider
+
+# Mutation testing of the money logic, driven by the unit tests: a score per module, failing
+# below a module's recorded score (mutation/scores.toml) or below 90 % (mutation/ratchet.py).
+mutate: $(VENV)/.installed
+	$(BIN)/python mutation/ratchet.py
 
 # Refresh the README's screenshots: the browser test, writing its screenshots into docs/.
 screenshots: $(VENV)/.installed $(CHROMIUM)

@@ -285,25 +285,55 @@ def audit_lines(
     truth_of: Callable[[BilledLine], PeriodTruth | None] = lambda line: None,
 ) -> list[AuditRow]:
     """Audit every line; `stripe_day_total` reads Stripe's meter summary for one day and
-    `truth_of` counts the line's queries by event timestamps over its own period."""
+    `truth_of` counts the line's queries by event timestamps over its own period.
+
+    A line whose sources cannot be read (a lookup of its tenant, customer or meter fails) is
+    reported on its own row, not clean, and the other lines are still audited."""
     rows = []
     for line in lines:
         tenant = line.tenant_id or ""
         # A day cut by the period's end instant carries one part at a time in the ledger and
         # the meter; its sources are compared through the truth by timestamps instead.
         split_day = line.period_end.astimezone(UTC).date() if not _at_midnight(line) else None
-        days = {
-            day: DaySources(
-                warehouse=warehouse.get((tenant, day), 0),
-                daily_usage=stored.get((tenant, day), 0),
-                ledger=ledger.get((tenant, day), 0),
-                stripe=stripe_day_total(line, day),
-            )
-            for day in period_days(line.period_start, line.period_end)
-            if day != split_day
-        }
-        rows.append(audit_line(line, days, truth_of(line)))
+        try:
+            days = {
+                day: DaySources(
+                    warehouse=warehouse.get((tenant, day), 0),
+                    daily_usage=stored.get((tenant, day), 0),
+                    ledger=ledger.get((tenant, day), 0),
+                    stripe=stripe_day_total(line, day),
+                )
+                for day in period_days(line.period_start, line.period_end)
+                if day != split_day
+            }
+            truth = truth_of(line)
+        except (LookupError, ValueError) as error:
+            # Lookups that fail for this line's tenant, customer or meter (an outage or a bug
+            # elsewhere still fails the whole audit, so that it is retried).
+            rows.append(unreadable_line(line, error))
+            continue
+        rows.append(audit_line(line, days, truth))
     return rows
+
+
+def unreadable_line(line: BilledLine, error: LookupError | ValueError) -> AuditRow:
+    """The row of a line whose sources could not be read: nothing compared, never clean."""
+    return AuditRow(
+        line=line,
+        warehouse=0,
+        daily_usage=0,
+        ledger=0,
+        stripe=0,
+        recomputed_amount=line.amount,
+        difference_cents=0,
+        causes=[
+            f"the line's usage sources could not be read ({type(error).__name__}: {error}); "
+            f"tenant {line.tenant_id or 'unknown'}, customer {line.customer_id}, "
+            f"meter {line.meter_id or 'none'}"
+        ],
+        explanation=explain_line(line),
+        truth_method="not computed: the sources could not be read",
+    )
 
 
 def _at_midnight(line: BilledLine) -> bool:
