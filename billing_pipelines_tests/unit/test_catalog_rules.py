@@ -6,7 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_pipelines.lib.catalog import plans as catalog_module
@@ -53,6 +53,8 @@ def refusal(tmp_path: Path, text: str) -> str:
 # ---- the tier math ------------------------------------------------------------------------------
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(
     base=st.integers(min_value=0, max_value=10**7),
     included=st.integers(min_value=0, max_value=10**6),
@@ -82,6 +84,8 @@ def test_tenths_of_a_cent_round_half_up(queries: int, total: int) -> None:
 # ---- amounts ------------------------------------------------------------------------------------
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(base=st.integers(min_value=-3, max_value=3), included=st.integers(min_value=-3, max_value=3))
 def test_only_a_negative_base_fee_or_included_quantity_is_refused(
     base: int, included: int, tmp_path_factory: pytest.TempPathFactory

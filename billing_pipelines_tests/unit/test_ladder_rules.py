@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER, DunningLadder, LadderStep
@@ -30,6 +30,8 @@ def ladder_of(effects: list[tuple[bool, int]]) -> DunningLadder:
     )
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(effects=st.lists(EFFECTS, min_size=1, max_size=7))
 def test_a_ladder_numbered_one_to_n_builds_and_each_rung_is_found_by_number(
     effects: list[tuple[bool, int]],
@@ -60,6 +62,8 @@ def test_a_ladder_without_rungs_is_refused() -> None:
     assert str(refused.value) == "a dunning ladder needs at least one step"
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(
     effects=st.lists(EFFECTS, min_size=1, max_size=6),
     level=st.integers(min_value=-3, max_value=10),
@@ -80,6 +84,8 @@ def test_no_rung_reached_means_no_effect_even_when_the_first_rung_restricts() ->
     assert ladder.effects(1) == (False, Decimal("0.50"))
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(size=st.integers(min_value=1, max_value=7), attempts=st.integers(-2, 12))
 def test_while_stripe_retries_each_failed_attempt_climbs_one_rung(size: int, attempts: int) -> None:
     ladder = ladder_of([(True, 100)] * size)
@@ -89,6 +95,8 @@ def test_while_stripe_retries_each_failed_attempt_climbs_one_rung(size: int, att
     assert ladder.step_for_attempts(attempts) == on
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(size=st.integers(min_value=1, max_value=7), attempts=st.integers(-2, 12))
 def test_when_stripe_stops_retrying_a_failed_invoice_is_on_the_last_rung(
     size: int, attempts: int
@@ -97,6 +105,8 @@ def test_when_stripe_stops_retrying_a_failed_invoice_is_on_the_last_rung(
     assert ladder.step_reached(attempts, False) == (size if attempts >= 1 else 0)
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(
     size=st.integers(min_value=1, max_value=6),
     attempts=st.integers(0, 9),
@@ -120,6 +130,8 @@ def test_the_due_rung_is_the_current_one_only_above_every_rung_done(
     assert ladder.due_step(attempts, iter(done), retries) == expected
 
 
+# No deadline: a loaded machine must not fail a property that is right.
+@settings(deadline=None)
 @given(
     size=st.integers(min_value=1, max_value=6),
     attempts=st.integers(0, 9),
