@@ -139,13 +139,16 @@ def _plan(source: str, key: str, body: object) -> Plan:
         )
     yearly = _yearly_cents(source, key, body)
     try:
+        overage = Decimal(str(body["overage_cents_per_query"]))
+        if not overage.is_finite():
+            raise ValueError(f"overage_cents_per_query must be a finite number, got {overage}")
         return Plan(
             base_yearly_cents=yearly,
             key=key,
             name=str(body["name"]),
-            base_monthly_cents=int(body["base_monthly_cents"]),
-            included_queries=int(body["included_queries"]),
-            overage_cents_per_query=Decimal(str(body["overage_cents_per_query"])),
+            base_monthly_cents=_whole("base_monthly_cents", body["base_monthly_cents"]),
+            included_queries=_whole("included_queries", body["included_queries"]),
+            overage_cents_per_query=overage,
         )
     except (ValueError, TypeError, ArithmeticError) as exc:
         raise BillingConfigError(f"{source}: plan {key} has an invalid amount ({exc})") from None
@@ -166,6 +169,17 @@ def _automatic_tax(source: str, table: object) -> bool:
 
 # The catalog file to use instead of the packaged plans.toml (read when a catalog is loaded).
 CATALOG_PATH_ENV = "BILLING_PLAN_CATALOG"
+
+
+def _whole(name: str, value: object) -> int:
+    """A count or an amount of cents, refused unless it is a whole number.
+
+    int() would truncate 2900.5 to 2900 and read `true` as 1: a catalog typo would then bill
+    other amounts than the ones written, silently.
+    """
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
@@ -198,13 +212,15 @@ def load_catalog(path: Path | None = None) -> Catalog:
         } or dict(DEFAULT_METERS)
         catalog = Catalog(
             str(raw["currency"]),
-            int(raw["trial_days"]),
+            _whole("trial_days", raw["trial_days"]),
             plans,
             meters,
             automatic_tax=_automatic_tax(source, raw.get("tax", {})),
         )
-    except (KeyError, ValueError, ArithmeticError, tomllib.TOMLDecodeError) as exc:
+    except (KeyError, ValueError, TypeError, ArithmeticError, tomllib.TOMLDecodeError) as exc:
         raise BillingConfigError(f"{source}: invalid plan catalog ({exc})") from None
+    if catalog.trial_days < 0:
+        raise BillingConfigError(f"{source}: trial_days must be >= 0, got {catalog.trial_days}")
     for plan in plans.values():
         if plan.base_monthly_cents < 0 or plan.included_queries < 0:
             raise BillingConfigError(f"{source}: plan {plan.key} has a negative amount")

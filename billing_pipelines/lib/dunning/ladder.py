@@ -35,6 +35,9 @@ class DunningLadder:
 
     def __post_init__(self) -> None:
         numbers = [s.step for s in self.steps]
+        if not numbers:
+            # With no last rung, suspension (and "Stripe stopped retrying") has nowhere to go.
+            raise ValueError("a dunning ladder needs at least one step")
         if numbers != list(range(1, len(numbers) + 1)):
             raise ValueError(f"ladder steps must be 1..n in order, got {numbers}")
 
