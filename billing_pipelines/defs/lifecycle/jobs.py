@@ -135,7 +135,11 @@ def change_plan_op(
     context.log.info("preview: %s", preview.describe())
     out: dict[str, Any] = {"preview": preview.describe(), "amount_due": preview.amount_due}
     context.add_output_metadata(
-        {"preview": preview.describe(), "amount_due_cents": preview.amount_due}
+        {
+            "preview": preview.describe(),
+            "amount_due_cents": preview.amount_due,
+            "tax_cents": preview.tax,
+        }
     )
     if config.apply:
         with billing_db.transaction() as conn:

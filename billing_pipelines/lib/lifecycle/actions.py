@@ -100,6 +100,18 @@ class PlanChangePreview:
     included_queries: str = ""
     from_cycle: str = MONTHLY
     to_cycle: str = MONTHLY
+    # The previewed invoice before tax, its tax and its total (automatic tax on or off).
+    subtotal: int | None = None
+    tax: int = 0
+    total: int | None = None
+    automatic_tax: bool = False
+
+    @property
+    def tax_note(self) -> str:
+        """The previewed invoice's tax in the words every amount-due email uses ("" untaxed)."""
+        return notifications.tax_sentence(
+            self.subtotal, self.tax, self.total, self.currency, taxed=self.automatic_tax
+        )
 
     @property
     def due_when(self) -> str:
@@ -114,7 +126,8 @@ class PlanChangePreview:
         if (self.from_cycle, self.to_cycle) != (MONTHLY, MONTHLY):
             before, after = f"{before} ({self.from_cycle})", f"{after} ({self.to_cycle})"
         summary = f"{before} -> {after}: {due} due {self.due_when} ({lines})"
-        return f"{summary}. {self.included_queries}" if self.included_queries else summary
+        notes = [note for note in (self.tax_note, self.included_queries) if note]
+        return " ".join([f"{summary}.", *notes]) if notes else summary
 
 
 def _context(
@@ -510,6 +523,10 @@ def preview_plan_change(
         else plan_change.included_queries_note(current, target, before, preview.currency),
         from_cycle=decided.from_cycle,
         to_cycle=decided.to_cycle,
+        subtotal=preview.subtotal,
+        tax=preview.tax,
+        total=preview.total,
+        automatic_tax=preview.automatic_tax,
     )
 
 
@@ -621,6 +638,7 @@ def change_plan(
                 for text, amount in preview.lines
             ],
             "included_queries": preview.included_queries,
+            "tax_note": preview.tax_note,
             "invoice_url": None,
         },
     )

@@ -86,6 +86,11 @@ class InvoicePreview:
     currency: str
     lines: list[tuple[str, int]]
     detail: tuple[PreviewLine, ...] = ()
+    # Before tax, the tax (Stripe Tax's `total_taxes`, summed) and after tax.
+    subtotal: int | None = None
+    tax: int = 0
+    total: int | None = None
+    automatic_tax: bool = False
 
 
 # ---- customers and cards -----------------------------------------------------------------------
@@ -309,11 +314,17 @@ def preview_price_change(
                 period_end=int(line.period.end),
             )
         )
+    raw = preview.to_dict()
+    taxes = raw.get("total_taxes") or []
     return InvoicePreview(
         amount_due=int(preview.amount_due),
         currency=str(preview.currency),
         lines=[(d.description, d.amount) for d in detail],
         detail=tuple(detail),
+        subtotal=None if raw.get("subtotal") is None else int(raw["subtotal"]),
+        tax=sum(int(t.get("amount") or 0) for t in taxes),
+        total=None if raw.get("total") is None else int(raw["total"]),
+        automatic_tax=bool((raw.get("automatic_tax") or {}).get("enabled")),
     )
 
 
