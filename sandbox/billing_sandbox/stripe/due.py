@@ -80,9 +80,10 @@ class DueIndex:
             for kind in RANK:
                 for oid in st.table(kind):
                     self._dirty[oid] = None
-        while self._dirty:
-            oid = next(iter(self._dirty))
-            del self._dirty[oid]
+        # Taken whole: popping a dict's first key one at a time costs O(n) each (the deleted
+        # slots at its front are walked again), O(n²) for a large batch of touches.
+        dirty, self._dirty = self._dirty, {}
+        for oid in dirty:
             obj = _stored(st, oid)
             self._set(oid, self._entry(st, oid, obj, actions) if obj is not None else None)
 
