@@ -195,6 +195,7 @@ def _serve(port: int, n: int, months: int, ready: Path) -> None:
                 invoices += 1
             now = int(sub["created"]) + months * MONTH + 5 * DAY
             set_period(sub, now - 5 * DAY, now - 5 * DAY + MONTH)
+            st.due.touch(sub["id"])  # changed directly, not through a request
         st.time_offset = 0.0
     ready.write_text(
         json.dumps(

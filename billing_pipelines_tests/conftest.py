@@ -30,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Subprocesses (the `billing` command, the daemon, the webserver) inherit it; tests of
     # behaviour outside the sandbox remove it from their own environment.
     os.environ[sandbox_mode.SWITCH] = "1"
+    # Every sandbox in the suite (in-process or a subprocess) checks each answer of its
+    # due-work index against a scan of every object, so the index is proven on every test.
+    os.environ["BILLING_SANDBOX_VERIFY_DUE"] = "1"
 
 
 def _longest_timeout(item: pytest.Item) -> float:

@@ -216,3 +216,20 @@ def test_advice_names_who_and_the_next_step_per_category() -> None:
     assert "cus_orphan" in (advice.describe(orphan) or "")
     many = [rec.Finding(rec.PLAN_MISMATCH, False, "", tenant_id=f"t{i}") for i in range(10)]
     assert "t7 and 2 more" in (advice.describe(many) or "")
+
+
+def test_a_cancellation_scheduled_by_cancel_at_is_on_the_stripe_side_of_a_finding():
+    # An annual tenant's cancellation is scheduled with `cancel_at` (max_period_end), which
+    # leaves `cancel_at_period_end` false: the instant itself must show.
+    when = NOW + timedelta(days=200, seconds=17)
+    result = rec.diff(
+        [tenant(subscription_status="past_due"), tenant("t2", "cus_2", subscription_status="x")],
+        [sub(cancel_at=when), sub("sub_2", "cus_2")],
+        [customer(), customer("cus_2")],
+        [],
+        as_of=NOW,
+    )
+    by_tenant = {f.tenant_id: f.stripe_state for f in result.findings}
+    assert (by_tenant["t1"] or {})["cancel_at"] == when.isoformat()
+    assert (by_tenant["t1"] or {})["cancel_at_period_end"] is False
+    assert (by_tenant["t2"] or {})["cancel_at"] is None

@@ -107,6 +107,8 @@ def _stripe_json(sub: SubscriptionSnapshot) -> dict[str, Any]:
         "has_payment_method": sub.has_payment_method,
         "trial_end": sub.trial_end.isoformat() if sub.trial_end else None,
         "cancel_at_period_end": sub.cancel_at_period_end,
+        # A cancellation scheduled by `cancel_at` leaves `cancel_at_period_end` false.
+        "cancel_at": sub.cancel_at.isoformat() if sub.cancel_at else None,
         "latest_invoice_status": sub.latest_invoice_status,
     }
 

@@ -54,6 +54,10 @@ class SubscriptionSnapshot:
     latest_invoice_status: str | None
     latest_invoice_attempt_count: int | None
     created: datetime | None
+    # When a scheduled cancellation takes effect: set by `cancel_at_period_end` (the period's
+    # end) and by `cancel_at` (an instant, or `max_period_end` for an annual tenant's mixed
+    # interval subscription, where `cancel_at_period_end` stays false).
+    cancel_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def subscription_snapshot(
             int(latest_raw.get("attempt_count") or 0) if latest_raw else None
         ),
         created=timestamp(raw.get("created")),
+        cancel_at=timestamp(raw.get("cancel_at")),
     )
 
 

@@ -712,7 +712,29 @@ def _on_clock(st: SandboxState, customer: str, clock_id: str | None) -> bool:
     return cus.get("test_clock") == clock_id
 
 
+def _actions(st: SandboxState, obj: dict[str, Any]) -> list[tuple[int, str]]:
+    """An object's lifecycle actions ahead: (instant, action)."""
+    return _sub_actions(st, obj) if obj["object"] == "subscription" else _inv_actions(obj)
+
+
 def next_action(st: SandboxState, clock_id: str | None) -> tuple[int, str, dict[str, Any]] | None:
+    """The earliest due action on a clock's objects, from the due-work index (cost: what is due)."""
+    found = st.due.next(st, clock_id, _actions)
+    if st.verify_due:
+        scanned = scan_next_action(st, clock_id)
+        if _named(found) != _named(scanned):
+            raise AssertionError(f"due-work index {found} differs from the full scan {scanned}")
+    return found
+
+
+def _named(found: tuple[int, str, dict[str, Any]] | None) -> tuple[int, str, str] | None:
+    return None if found is None else (found[0], found[1], found[2]["id"])
+
+
+def scan_next_action(
+    st: SandboxState, clock_id: str | None
+) -> tuple[int, str, dict[str, Any]] | None:
+    """The earliest due action found by scanning every object (the index's reference)."""
     best: tuple[int, str, dict[str, Any]] | None = None
     for sub in st.table("subscription").values():
         if not _on_clock(st, sub["customer"], clock_id):
@@ -758,4 +780,5 @@ def run_until(st: SandboxState, clock: dict[str, Any] | None, target: int) -> in
             subs.end_as_scheduled(st, obj, t)
         elif action == "expire":
             subs.expire_incomplete(st, obj, t)
+        st.due.touch(obj["id"])  # acted on: its next due work follows from what it is now
     return steps

@@ -43,6 +43,10 @@ def emit(
     """Record an event about `obj` (a rendered snapshot) and queue webhook deliveries."""
     from ..render import render
 
+    # Every change of a subscription or invoice is announced here: its due work is re-read.
+    state.due.touch(str(obj.get("id")))
+    if obj.get("object") == "subscription_item" and obj.get("subscription"):
+        state.due.touch(str(obj["subscription"]))
     snap = render(state, obj)
     data: dict[str, Any] = {"object": snap}
     if before is not None:

@@ -715,6 +715,11 @@ def end_trial(st: SandboxState, sub: dict[str, Any], t: int) -> None:
         return
     start = t
     sub["status"] = "active"
+    # "When the trial ends, a new billing cycle starts for the customer", also when an update
+    # ended it early at a new `trial_end` or `now` (docs.stripe.com/billing/subscriptions/trials):
+    # later periods are anchored at this instant, not at the trial end first agreed.
+    sub["billing_cycle_anchor"] = t
+    sub["_anchor_day"] = datetime.fromtimestamp(t, UTC).day
     eng.clear_usage_starts(sub)
     eng.start_item_periods(sub, start)
     lines = eng.licensed_lines_own_periods(st, sub)
