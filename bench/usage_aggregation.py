@@ -196,7 +196,7 @@ def hour_table() -> list[int]:
 def generate(client: Any, day: date, events: int, tenants: int, seed: int) -> dict[str, int]:
     """Empty the table and insert about `events` rows for one UTC day; returns its counts."""
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     day0 = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp() * 1000)
     client.command(
         GENERATE_SQL,
@@ -229,7 +229,7 @@ def generate_table(
 ) -> dict[str, int]:
     """Empty the table and insert `days` days of about `per_day` events each; returns counts."""
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     counts = tenant_counts(tenants, round(per_day / (1 + DUPLICATE_RATE)), seed)
     for i in range(days):
         day0 = int(
@@ -463,7 +463,7 @@ def main() -> None:
         t = time.perf_counter()
         code_location()
         warehouse.ensure_usage_schema(client)
-        client.command("TRUNCATE TABLE usage_events")
+        warehouse.clear_usage_events(client)
         list(materialize_days("daily_usage_job", day, day, echo=None))
         print(f"warm-up (definitions + first run, empty day): {time.perf_counter() - t:.1f}s")
 
