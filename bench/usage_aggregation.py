@@ -21,11 +21,14 @@ table is emptied between sizes, so each size is one day partition on its own):
 - with `--table EVENTS_PER_DAY:DAYS` (repeatable), a multi-day table instead: DAYS days of
   EVENTS_PER_DAY events each, one INSERT ... SELECT per day (not timed), then for the middle
   day, in rounds so the machine's load falls on all of them alike: the project's path
-  (`warehouse.daily_usage`: clickhouse-connect to the bridge, served by the day-first
-  projection), the engine's floor (a bare `uniqExact(query_id)` per tenant on that day, free to
-  use the projection too), the floor with projections off, and the SQL the project used before
-  the projection (`OLD_DAILY_USAGE_SQL`, projections off: the tenant-first layout it ran on).
-  Every timing is a ratio to the floor measured in the same rounds.
+  (`warehouse.daily_usage`: clickhouse-connect to the bridge, served by the daily id table the
+  materialized view fills at insert and the count projection), the engine's floor (a bare
+  `uniqExact(query_id)` per tenant on that day, free to use the day-first projection), the path
+  before the daily id table (`PROJECTION_DAILY_USAGE_SQL`: raw events of the day and its
+  look-back from the day-first projection), and with `--with-old` the floor with projections off
+  and the SQL from before the projection (`OLD_DAILY_USAGE_SQL`, the tenant-first layout).
+  Every timing is a ratio to the floor measured in the same rounds; every path's answer must
+  equal the project's, row for row.
 - baseline: the same aggregation as a pandas group-by (distinct (tenant, query id, kind), then
   per tenant) in a separate process over the same rows exported to Parquet; the load is timed
   apart from the group-by, and the result must equal the warehouse's, row for row.
@@ -157,6 +160,47 @@ GROUP BY tenant_id
 ORDER BY tenant_id
 """
 
+# The daily usage SQL before the daily id table: one pass over the day and its day of look-back
+# from raw events, served by the day-first projection `usage_by_day`, grouped by query-id hash.
+PROJECTION_DAILY_USAGE_SQL = """
+SELECT
+    tenant_id,
+    toInt64(countIf(is_query AND NOT seen_before))                         AS billable_queries,
+    toInt64(sumIf(tokens, NOT seen_before))                                AS tokens,
+    toInt64(sumIf(embeddings, NOT seen_before))                            AS embeddings,
+    toInt64(sum(copies))                                                   AS raw_events,
+    toInt64(sum(copies) - sumIf(toUInt8(is_query) + toUInt8(is_ingest), NOT seen_before))
+                                                                           AS duplicate_events
+FROM
+(
+    SELECT
+        tenant_id,
+        min(timestamp) < {start:DateTime64(3, 'UTC')}                   AS seen_before,
+        countIf(today)                                                  AS copies,
+        countIf(today AND event_type = 'query') > 0                     AS is_query,
+        countIf(today AND event_type = 'embedding') > 0                 AS is_ingest,
+        anyIf(tokens_used, today AND event_type = 'query')
+            + anyIf(tokens_used, today AND event_type = 'embedding')    AS tokens,
+        anyIf(embeddings_count, today AND event_type = 'query')
+            + anyIf(embeddings_count, today AND event_type = 'embedding') AS embeddings,
+        countIf(event_type NOT IN ('query', 'embedding'))               AS unknown_kinds
+    FROM
+    (
+        SELECT tenant_id, query_id, event_type, tokens_used, embeddings_count, timestamp,
+               timestamp >= {start:DateTime64(3, 'UTC')} AS today
+        FROM usage_events
+        WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
+          AND timestamp < {end:DateTime64(3, 'UTC')}
+    )
+    GROUP BY tenant_id, sipHash128(query_id)
+    HAVING copies > 0
+)
+GROUP BY tenant_id
+HAVING throwIf(sum(unknown_kinds) > 0,
+               'usage_events holds an event type other than query and embedding') = 0
+ORDER BY tenant_id
+"""
+
 # The engine's floor for counting distinct ids: one hash set of query ids per tenant, one day.
 FLOOR_SQL = """
 SELECT tenant_id, uniqExact(query_id)
@@ -196,7 +240,7 @@ def hour_table() -> list[int]:
 def generate(client: Any, day: date, events: int, tenants: int, seed: int) -> dict[str, int]:
     """Empty the table and insert about `events` rows for one UTC day; returns its counts."""
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     day0 = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp() * 1000)
     client.command(
         GENERATE_SQL,
@@ -229,7 +273,7 @@ def generate_table(
 ) -> dict[str, int]:
     """Empty the table and insert `days` days of about `per_day` events each; returns counts."""
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     counts = tenant_counts(tenants, round(per_day / (1 + DUPLICATE_RATE)), seed)
     for i in range(days):
         day0 = int(
@@ -256,7 +300,7 @@ def generate_table(
 
 
 def table_comparison(
-    client: Any, per_day: int, days: int, tenants: int, seed: int, repeat: int
+    client: Any, per_day: int, days: int, tenants: int, seed: int, repeat: int, with_old: bool
 ) -> dict[str, Any]:
     """The project's path, the floor and the old SQL on the middle day of a multi-day table."""
     first_day = datetime.now(UTC).date() - timedelta(days=days + 2)
@@ -283,6 +327,9 @@ def table_comparison(
     def floor() -> Any:
         return client.query(FLOOR_SQL, parameters=bounds).result_rows
 
+    def projection_path() -> Any:
+        return client.query(PROJECTION_DAILY_USAGE_SQL, parameters=bounds).result_rows
+
     def floor_no_projection() -> Any:
         return client.query(FLOOR_SQL, parameters=bounds, settings=NO_PROJECTIONS).result_rows
 
@@ -291,12 +338,14 @@ def table_comparison(
             OLD_DAILY_USAGE_SQL, parameters=bounds, settings=NO_PROJECTIONS
         ).result_rows
 
-    measures = {
-        "project": project,
-        "floor": floor,
-        "floor_no_projection": floor_no_projection,
-        "old": old,
-    }
+    measures = {"project": project, "floor": floor, "projection_path": projection_path}
+    if with_old:
+        measures.update(floor_no_projection=floor_no_projection, old=old)
+    parts = client.query(
+        "SELECT table, count() FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table IN ('usage_events', 'usage_ids_by_day') GROUP BY table ORDER BY table"
+    ).result_rows
+    print(f"  active parts: {dict(parts)}", flush=True)
     times: dict[str, list[float]] = {name: [] for name in measures}
     answers: dict[str, Any] = {}
     for name, run in measures.items():  # warm-up round, not timed
@@ -307,8 +356,10 @@ def table_comparison(
             run()
             times[name].append(time.perf_counter() - t)
     usage = answers["project"]
-    old_frame = pd.DataFrame(answers["old"], columns=warehouse.DAILY_USAGE_COLUMNS)
-    pd.testing.assert_frame_equal(usage, old_frame.astype(usage.dtypes.to_dict()))
+    for name in ("projection_path", "old"):
+        if name in answers:  # every exact path gives the same answer, row for row
+            frame = pd.DataFrame(answers[name], columns=warehouse.DAILY_USAGE_COLUMNS)
+            pd.testing.assert_frame_equal(usage, frame.astype(usage.dtypes.to_dict()))
     floor_ids = {str(t): int(n) for t, n in answers["floor"]}
     assert int(usage["raw_events"].sum()) == day_rows
     assert sum(floor_ids.values()) >= int(usage["billable_queries"].sum())
@@ -318,6 +369,7 @@ def table_comparison(
         "rows": shape["rows"],
         "day_rows": day_rows,
         "load": os.getloadavg()[0],
+        "parts": dict(parts),
         **{name: _median(values) for name, values in times.items()},
     }
     for name, values in times.items():
@@ -332,16 +384,17 @@ def table_comparison(
 
 def _table_summary(results: list[dict[str, Any]]) -> None:
     print(
-        "\n| events/day x days | rows | project's path | floor | x floor | old SQL | "
-        "x floor | floor, no projection | load |"
+        "\n| events/day x days | rows | project's path | floor | x floor | projection path | "
+        "x floor | old SQL | x floor | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        old = f"{r['old'] * 1000:.0f} ms | {r['old'] / r['floor']:.1f}x" if "old" in r else "— | —"
         print(
             f"| {r['per_day']:,} x {r['days']} | {r['rows']:,} | {r['project'] * 1000:.0f} ms | "
             f"{r['floor'] * 1000:.0f} ms | {r['project'] / r['floor']:.2f}x | "
-            f"{r['old'] * 1000:.0f} ms | {r['old'] / r['floor']:.1f}x | "
-            f"{r['floor_no_projection'] * 1000:.0f} ms | {r['load']:.1f} |"
+            f"{r['projection_path'] * 1000:.0f} ms | "
+            f"{r['projection_path'] / r['floor']:.2f}x | {old} | {r['load']:.1f} |"
         )
 
 
@@ -428,6 +481,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument(
+        "--with-old",
+        action="store_true",
+        help="also time the SQL from before the projection and the floor without projections",
+    )
+    parser.add_argument(
         "--table",
         action="append",
         default=[],
@@ -463,13 +521,15 @@ def main() -> None:
         t = time.perf_counter()
         code_location()
         warehouse.ensure_usage_schema(client)
-        client.command("TRUNCATE TABLE usage_events")
+        warehouse.clear_usage_events(client)
         list(materialize_days("daily_usage_job", day, day, echo=None))
         print(f"warm-up (definitions + first run, empty day): {time.perf_counter() - t:.1f}s")
 
         for per_day, days in tables:
             table_out.append(
-                table_comparison(client, per_day, days, args.tenants, args.seed, args.repeat)
+                table_comparison(
+                    client, per_day, days, args.tenants, args.seed, args.repeat, args.with_old
+                )
             )
         for size in sizes:
             t = time.perf_counter()

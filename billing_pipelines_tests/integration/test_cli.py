@@ -146,7 +146,7 @@ def test_catalog_sync_then_usage_push_from_the_shell(
 
     client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")  # no other test's tenants on this day
+    warehouse.clear_usage_events(client)  # no other test's tenants on this day
     day = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
     synced = _run(["catalog", "sync"], embedded_services, tmp_path)
     assert synced.returncode == 0, synced.stdout + synced.stderr

@@ -44,7 +44,7 @@ def _register_tenants(database_url: str, *tenant_ids: str) -> None:
 def resources(embedded_services: dict[str, str]) -> dict[str, object]:
     client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     _register_tenants(embedded_services["DATABASE_URL"], "t-a", "t-b")
     return {
         "warehouse": UsageWarehouse(url=embedded_services["CLICKHOUSE_URL"]),

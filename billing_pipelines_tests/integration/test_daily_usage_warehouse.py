@@ -1,4 +1,5 @@
-"""Daily usage through the day-first projection: exact against raw events counted in Python.
+"""Daily usage through the daily id table and the count projection: exact against raw events
+counted in Python, whatever the order, batching, duplication and lateness of the events.
 
 Each test works in its own ClickHouse database on the real chDB bridge, so the warehouse
 migrations run on a table they have not seen before and no other test's rows are in the way.
@@ -28,8 +29,10 @@ from billing_pipelines.lib.usage.migrations import MIGRATIONS, migrate_warehouse
 from billing_pipelines.lib.usage.periods import interval_queries
 from billing_pipelines.lib.usage.tables import (
     USAGE_BY_DAY_PROJECTION,
+    USAGE_COUNTS_BY_DAY_PROJECTION,
     USAGE_EVENTS_COLUMNS,
     USAGE_EVENTS_DDL,
+    USAGE_IDS_BY_DAY_TABLE,
 )
 
 # Four days across a month boundary: two monthly partitions, and a look-back that reaches into
@@ -78,7 +81,7 @@ def fresh_url(embedded_services: dict[str, str]) -> Iterator[str]:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
-def _random_events(rng: random.Random, per_tenant_day: int) -> list[Event]:
+def _random_events(rng: random.Random, per_tenant_day: int, prefix: str = "") -> list[Event]:
     """Queries and ingests at any millisecond, with cache copies seconds to two days later."""
     events: list[Event] = []
     for tenant in TENANTS:
@@ -89,7 +92,9 @@ def _random_events(rng: random.Random, per_tenant_day: int) -> list[Event]:
                 at = midnight + timedelta(milliseconds=rng.randrange(86_400_000))
                 tokens = rng.randrange(40, 4000)
                 embeddings = 1 if kind == "query" else max(1, tokens // 350)
-                first = Event(tenant, f"{kind[0]}-{day:%m%d}-{i}", kind, at, tokens, embeddings)
+                first = Event(
+                    tenant, f"{prefix}{kind[0]}-{day:%m%d}-{i}", kind, at, tokens, embeddings
+                )
                 events.append(first)
                 if rng.random() < 0.25:  # the cache logs it again: same id, same tokens
                     lag = rng.choice([1, 900, 3_600_000, 20 * 3_600_000, 30 * 3_600_000])
@@ -98,10 +103,9 @@ def _random_events(rng: random.Random, per_tenant_day: int) -> list[Event]:
     # A query id that an ingest also used the day before: "seen before" is per query id,
     # whatever the kind of its earlier event.
     shared_at = datetime(2026, 3, 1, 23, 59, 59, 999_000, tzinfo=UTC)
-    events.append(Event(TENANTS[0], "shared-id", "embedding", shared_at, 3500, 10))
-    events.append(
-        Event(TENANTS[0], "shared-id", "query", shared_at + timedelta(milliseconds=1), 90, 1)
-    )
+    shared = f"{prefix}shared-id"
+    events.append(Event(TENANTS[0], shared, "embedding", shared_at, 3500, 10))
+    events.append(Event(TENANTS[0], shared, "query", shared_at + timedelta(milliseconds=1), 90, 1))
     return events
 
 
@@ -156,28 +160,57 @@ def _insert(client: Client, events: list[Event]) -> None:
 
 
 def _plan(client: Client, day: date) -> str:
-    start, end = warehouse.day_bounds(day)
     result = client.query(
         "EXPLAIN projections = 1 " + warehouse.DAILY_USAGE_SQL,
-        parameters={"start": start, "end": end, "lookback": start - warehouse.DUPLICATE_HORIZON},
+        parameters={"day": day, "lookback": day - warehouse.DUPLICATE_HORIZON},
     )
     return "\n".join(str(row[0]) for row in result.result_rows)
 
 
-def test_migrations_give_an_existing_table_its_day_first_projection(fresh_url: str) -> None:
+def _projections_used(client: Client, sql: str, parameters: dict[str, object]) -> str:
+    result = client.query("EXPLAIN projections = 1 " + sql, parameters=parameters)
+    return "\n".join(str(row[0]) for row in result.result_rows)
+
+
+def test_migrations_on_a_table_that_already_holds_data_backfill_the_daily_ids(
+    fresh_url: str,
+) -> None:
     client = warehouse.connect(fresh_url)
     client.command(USAGE_EVENTS_DDL)  # a warehouse from before the migrations
-    events = _random_events(random.Random(11), 40)
-    _insert(client, events)
-    assert USAGE_BY_DAY_PROJECTION not in _plan(client, DAYS[2])
+    rng = random.Random(11)
+    events = _random_events(rng, 40)
+    rng.shuffle(events)
+    for i in range(0, len(events), 97):  # many parts, copies of one id in different ones
+        _insert(client, events[i : i + 97])
 
     assert migrate_warehouse(client) == [m.id for m in MIGRATIONS]
     assert migrate_warehouse(client) == []  # recorded: a second run changes nothing
     warehouse.ensure_usage_schema(client)
-    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[2])
+    assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[2])
+    floor_sql = (
+        "SELECT tenant_id, count() FROM usage_events "
+        "WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
+        " GROUP BY tenant_id"
+    )
+    start, end = warehouse.day_bounds(DAYS[2])
+    assert USAGE_BY_DAY_PROJECTION in _projections_used(
+        client, floor_sql, {"start": start, "end": end}
+    )
     for day in DAYS:
         pd.testing.assert_frame_equal(
             warehouse.daily_usage(client, day), _python_daily_usage(events, day)
+        )
+    # The migration's statements run again (an interrupted migration is re-run whole): the
+    # backfill copies every row a second time and nothing changes.
+    for migration in MIGRATIONS:
+        for statement in migration.statements:
+            client.command(statement)
+    # New events (some copies of old ones, some late for old days) reach the table by the view.
+    more = _random_events(random.Random(12), 15, prefix="new-") + rng.sample(events, 50)
+    _insert(client, more)
+    for day in DAYS:
+        pd.testing.assert_frame_equal(
+            warehouse.daily_usage(client, day), _python_daily_usage(events + more, day)
         )
 
 
@@ -198,7 +231,7 @@ def test_daily_usage_is_exact_with_duplicates_and_late_events(fresh_url: str, se
         )
     for i in range(0, len(late), 37):
         _insert(client, late[i : i + 37])
-    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[3])
+    assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[3])
     totals = 0
     for day in DAYS:
         usage = warehouse.daily_usage(client, day)
@@ -235,6 +268,94 @@ def test_split_days_are_exact_at_any_instant(fresh_url: str) -> None:
         )
 
 
+def _scattered_events(rng: random.Random, first_day: date, days: int) -> list[Event]:
+    """Ids at any millisecond of any of the days, each logged one to four times: milliseconds,
+    hours or a day later (a duplicate), or two and more days later (beyond the look-back, so
+    billed again), some used by both kinds, some tenants silent on some days."""
+    tenants = rng.sample(["acme", "t\u00e9nant \u2603", "b'; --", "zeta", "x" * 300], 3)
+    events: list[Event] = []
+    for d in range(days):
+        midnight = datetime.combine(first_day + timedelta(days=d), datetime.min.time(), UTC)
+        for tenant in tenants:
+            for i in range(rng.choice([0, 3, 17, 40])):
+                query_id = f"{rng.getrandbits(40):x}-{d}-{i}"
+                kinds = rng.choice([["query"], ["query"], ["embedding"], ["embedding", "query"]])
+                at = midnight + timedelta(milliseconds=rng.randrange(86_400_000))
+                for kind in kinds:
+                    tokens, embeddings = rng.randrange(1, 5000), rng.randrange(1, 30)
+                    first = Event(tenant, query_id, kind, at, tokens, embeddings)
+                    events.append(first)
+                    for _ in range(rng.choice([0, 0, 0, 1, 3])):
+                        lag = rng.choice([0, 1, 60_000, 5 * 3_600_000, 26 * 3_600_000])
+                        lag += rng.choice([0, 0, 2 * 86_400_000, 3 * 86_400_000])
+                        later = first.at + timedelta(milliseconds=lag + rng.randrange(1_000))
+                        events.append(Event(tenant, query_id, kind, later, tokens, embeddings))
+                    at += timedelta(milliseconds=rng.randrange(0, 3))  # same instant or just after
+    return events
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303])
+def test_daily_usage_is_exact_at_random_days_orderings_and_batches(
+    fresh_url: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    client = warehouse.connect(fresh_url)
+    warehouse.ensure_usage_schema(client)
+    first_day = date(2024, 12, 20) + timedelta(days=rng.randrange(400))  # year and month ends
+    days = rng.randint(3, 5)
+    events = _scattered_events(rng, first_day, days)
+    rng.shuffle(events)  # arrival order is not event order: late and early copies
+    checked_day = first_day + timedelta(days=rng.randrange(days))
+    inserted: list[Event] = []
+    while len(inserted) < len(events):
+        batch = events[len(inserted) : len(inserted) + rng.choice([1, 7, 60, 250])]
+        _insert(client, batch)
+        inserted += batch
+        if rng.random() < 0.2:  # a day aggregated before all its events arrived
+            pd.testing.assert_frame_equal(
+                warehouse.daily_usage(client, checked_day),
+                _python_daily_usage(inserted, checked_day),
+            )
+    resent = rng.sample(events, len(events) // 10)  # the same events delivered again
+    _insert(client, resent)
+    everything = events + resent
+    for d in range(-1, days + 4):
+        day = first_day + timedelta(days=d)
+        pd.testing.assert_frame_equal(
+            warehouse.daily_usage(client, day), _python_daily_usage(everything, day)
+        )
+    tenants = sorted({e.tenant for e in events})
+    for _ in range(6):  # split days at odd instants read the same events
+        tenant = rng.choice(tenants)
+        midnight = datetime.combine(
+            first_day + timedelta(days=rng.randrange(days)), datetime.min.time(), UTC
+        )
+        boundary = midnight + timedelta(milliseconds=rng.randrange(1, 86_400_000))
+        for start, end in ((midnight, boundary), (boundary, midnight + timedelta(days=1))):
+            assert interval_queries(client, tenant, start, end) == _python_interval_queries(
+                everything, tenant, start, end
+            )
+
+
+def test_usage_events_emptied_without_its_daily_ids_fails_the_day(fresh_url: str) -> None:
+    client = warehouse.connect(fresh_url)
+    warehouse.ensure_usage_schema(client)
+    events = _random_events(random.Random(7), 10)
+    _insert(client, events)
+    client.command("TRUNCATE TABLE usage_events")  # the ids stay: out of step
+    kept = [e for e in events if e.tenant == TENANTS[0]]
+    _insert(client, kept)
+    with pytest.raises(DatabaseError, match="usage_ids_by_day is out of step"):
+        warehouse.daily_usage(client, DAYS[1])
+    warehouse.clear_usage_events(client)
+    assert client.query(f"SELECT count() FROM {USAGE_IDS_BY_DAY_TABLE}").result_rows[0][0] == 0
+    _insert(client, kept)
+    for day in DAYS:
+        pd.testing.assert_frame_equal(
+            warehouse.daily_usage(client, day), _python_daily_usage(kept, day)
+        )
+
+
 def test_an_unknown_event_kind_fails_the_day(fresh_url: str) -> None:
     client = warehouse.connect(fresh_url)
     warehouse.ensure_usage_schema(client)
@@ -266,7 +387,7 @@ def test_billing_db_migrate_warehouse_adds_the_projection_once(
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.strip() == "applied " + ", ".join(m.id for m in MIGRATIONS)
-    assert USAGE_BY_DAY_PROJECTION in _plan(client, DAYS[0])
+    assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[0])
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.stdout.strip() == "warehouse up to date", again.stdout + again.stderr
 

@@ -150,7 +150,7 @@ def env(embedded_services: dict[str, str]) -> Iterator[Env]:
     )
     ch = wh.connect(clickhouse_url)
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     resources = {
         "billing_db": BillingDatabase(url=database_url),
         "warehouse": UsageWarehouse(url=clickhouse_url),

@@ -39,7 +39,7 @@ def usage_day(embedded_services: dict[str, str]) -> str:
     """A warehouse holding known usage for DAY, including duplicates and a tricky tenant id."""
     client = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
     warehouse.ensure_usage_schema(client)
-    client.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(client)
     rows = _events("t-alpha", 120, 7) + _events("t'; DROP TABLE usage_events; --", 5, 2)
     rows += _events("t-alpha", 3, 0, day=date(2026, 3, 15))  # next day: not in DAY's partition
     client.insert("usage_events", rows, column_names=COLUMNS)

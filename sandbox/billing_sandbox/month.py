@@ -259,7 +259,7 @@ def _reset(database_url: str, clickhouse: Any) -> None:
                 )
             )
     warehouse.ensure_usage_schema(clickhouse)
-    clickhouse.command("TRUNCATE TABLE usage_events")
+    warehouse.clear_usage_events(clickhouse)
 
 
 def failed_checks_since(instance: dg.DagsterInstance, since: datetime) -> dict[str, str]:

@@ -14,6 +14,7 @@ from billing_pipelines.lib.errors import (
     redact_url,
 )
 from billing_pipelines.lib.usage.migrations import migrate_warehouse
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_TABLE, USAGE_IDS_BY_DAY_TABLE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,6 +85,13 @@ def ensure_usage_schema(client: Client) -> None:
     migrate_warehouse(client)
 
 
+def clear_usage_events(client: Client) -> None:
+    """Empty usage_events and the daily id table its view fills (a demo, test or benchmark
+    starting over): the view follows inserts only, so a truncation must be applied to both."""
+    client.command(f"TRUNCATE TABLE {USAGE_EVENTS_TABLE}")
+    client.command(f"TRUNCATE TABLE {USAGE_IDS_BY_DAY_TABLE}")
+
+
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """The UTC half-open interval [00:00, next 00:00) that a daily partition covers."""
     start = datetime.combine(day, time.min, tzinfo=UTC)
@@ -101,49 +109,56 @@ DUPLICATE_HORIZON = timedelta(days=1)
 # already seen in the day before counts on the day of its first event only (its copies here are
 # duplicates), so a query logged on both sides of midnight is billed once.
 #
-# One pass over [look-back, end) served by the day-first projection (usage_by_day): each query id
-# is grouped once, and "seen before" is whether any of its events (of any kind) falls before the
-# day. Query ids are grouped by their 128-bit SipHash, the hash uniqExact itself counts distinct
-# strings with (a collision among billions of ids is below 1e-20), because grouping by the
-# string costs about half as much again. Kinds are the warehouse's two event types; an event of
-# any other kind fails the query rather than being billed or dropped without a word. Copies of
-# one event carry the same tokens; any() takes one of them.
+# Served by what the warehouse migrations keep at insert: `usage_ids_by_day` (one row per day,
+# tenant and query-id hash; FINAL merges the rows that copies of one id left in several parts)
+# and the `usage_counts_by_day` projection (raw events per day and tenant). "Seen before" is
+# whether the id has a row (an event of any kind) on the day before: a set of that day's hashes.
+# Both sides must name the same tenants: a tenant with events but no id rows (or the reverse)
+# means the id table is out of step with usage_events (rows deleted from one only), and the day
+# fails rather than billing from it; so does an event of a kind other than the two the
+# warehouse knows.
 DAILY_USAGE_SQL = """
 SELECT
     tenant_id,
-    toInt64(countIf(is_query AND NOT seen_before))                         AS billable_queries,
-    toInt64(sumIf(tokens, NOT seen_before))                                AS tokens,
-    toInt64(sumIf(embeddings, NOT seen_before))                            AS embeddings,
-    toInt64(sum(copies))                                                   AS raw_events,
-    toInt64(sum(copies) - sumIf(toUInt8(is_query) + toUInt8(is_ingest), NOT seen_before))
-                                                                           AS duplicate_events
+    toInt64(ids.billable_queries)                        AS billable_queries,
+    toInt64(ids.tokens)                                  AS tokens,
+    toInt64(ids.embeddings)                              AS embeddings,
+    toInt64(events.raw_events)                           AS raw_events,
+    toInt64(events.raw_events) - toInt64(ids.counted)    AS duplicate_events
 FROM
+(
+    SELECT tenant_id, count() AS raw_events, 1 AS present
+    FROM usage_events
+    WHERE toDate(timestamp) = {day:Date}
+    GROUP BY tenant_id
+) AS events
+FULL OUTER JOIN
 (
     SELECT
         tenant_id,
-        min(timestamp) < {start:DateTime64(3, 'UTC')}                   AS seen_before,
-        countIf(today)                                                  AS copies,
-        countIf(today AND event_type = 'query') > 0                     AS is_query,
-        countIf(today AND event_type = 'embedding') > 0                 AS is_ingest,
-        anyIf(tokens_used, today AND event_type = 'query')
-            + anyIf(tokens_used, today AND event_type = 'embedding')    AS tokens,
-        anyIf(embeddings_count, today AND event_type = 'query')
-            + anyIf(embeddings_count, today AND event_type = 'embedding') AS embeddings,
-        countIf(event_type NOT IN ('query', 'embedding'))               AS unknown_kinds
+        countIf(queries AND NOT seen_before)                                AS billable_queries,
+        sumIf(query_tokens + ingest_tokens, NOT seen_before)                AS tokens,
+        sumIf(query_embeddings + ingest_embeddings, NOT seen_before)        AS embeddings,
+        sumIf(toUInt64(queries) + toUInt64(ingests), NOT seen_before)       AS counted,
+        max(other_kinds)                                                    AS other_kinds,
+        1                                                                   AS present
     FROM
     (
-        SELECT tenant_id, query_id, event_type, tokens_used, embeddings_count, timestamp,
-               timestamp >= {start:DateTime64(3, 'UTC')} AS today
-        FROM usage_events
-        WHERE timestamp >= {lookback:DateTime64(3, 'UTC')}
-          AND timestamp < {end:DateTime64(3, 'UTC')}
+        SELECT
+            tenant_id, queries, ingests, other_kinds,
+            query_tokens, query_embeddings, ingest_tokens, ingest_embeddings,
+            id_hash IN (
+                SELECT id_hash FROM usage_ids_by_day WHERE day = {lookback:Date}
+            ) AS seen_before
+        FROM usage_ids_by_day FINAL
+        WHERE day = {day:Date}
     )
-    GROUP BY tenant_id, sipHash128(query_id)
-    HAVING copies > 0
-)
-GROUP BY tenant_id
-HAVING throwIf(sum(unknown_kinds) > 0,
-               'usage_events holds an event type other than query and embedding') = 0
+    GROUP BY tenant_id
+) AS ids USING (tenant_id)
+WHERE throwIf(ids.other_kinds > 0,
+              'usage_events holds an event type other than query and embedding') = 0
+  AND throwIf(events.present = 0 OR ids.present = 0,
+              'usage_ids_by_day is out of step with usage_events for this day') = 0
 ORDER BY tenant_id
 """
 
@@ -161,10 +176,8 @@ def daily_usage(client: Client, day: date) -> pd.DataFrame:
     """Per-tenant usage for one UTC day, computed in the warehouse with bound parameters."""
     import pandas as pd
 
-    start, end = day_bounds(day)
     result = client.query(
-        DAILY_USAGE_SQL,
-        parameters={"start": start, "end": end, "lookback": start - DUPLICATE_HORIZON},
+        DAILY_USAGE_SQL, parameters={"day": day, "lookback": day - DUPLICATE_HORIZON}
     )
     frame = pd.DataFrame(result.result_rows, columns=DAILY_USAGE_COLUMNS)
     for column in DAILY_USAGE_COLUMNS[1:]:

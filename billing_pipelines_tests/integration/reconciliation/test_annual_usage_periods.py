@@ -137,7 +137,7 @@ def test_a_switch_to_annual_mid_day_does_not_split_that_days_usage(
     resources = support.resources(stripe_sandbox.url, billing_db_url)
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     tenant = "t-switch-1640"
     sub, clock = annual_tenant(c, billing_db_url, tenant, cycle="monthly")
     usage_item = next(
@@ -204,7 +204,7 @@ def test_annual_tenant_usage_is_billed_and_audited_per_monthly_period(
     resources = support.resources(stripe_sandbox.url, billing_db_url)
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     sub, clock = annual_tenant(c, billing_db_url)
     items = {i.price.lookup_key: i for i in c.v1.subscriptions.retrieve(sub)["items"].data}
     year = items["pro_base_yearly"]

@@ -93,7 +93,7 @@ def test_a_period_starting_at_14_30_is_audited_by_timestamps_and_its_boundary_da
     resources = support.resources(stripe_sandbox.url, billing_db_url)
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     customer, sub, clock = support.tenant(
         c, billing_db_url, "t-afternoon", frozen_time=int(SIGN_UP.timestamp())
     )

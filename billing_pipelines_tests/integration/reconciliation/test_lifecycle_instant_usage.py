@@ -58,7 +58,7 @@ def env(
     monkeypatch.setenv("CLICKHOUSE_URL", embedded_services["CLICKHOUSE_URL"])
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     yield support.resources(stripe_sandbox.url, billing_db_url)
 
 

@@ -85,7 +85,7 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     resources = support.resources(stripe_sandbox.url, billing_db_url)
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     _, sub, clock = support.tenant(
         c, billing_db_url, "t-1430", plan="starter", frozen_time=int(SIGN_UP.timestamp())
     )

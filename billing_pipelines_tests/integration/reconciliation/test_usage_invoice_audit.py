@@ -105,7 +105,7 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
     resources = support.resources(stripe_sandbox.url, billing_db_url)
     ch = wh.connect(embedded_services["CLICKHOUSE_URL"])
     wh.ensure_usage_schema(ch)
-    ch.command("TRUNCATE TABLE usage_events")
+    wh.clear_usage_events(ch)
     _, _, clean_clock = support.tenant(c, billing_db_url, "t-clean", frozen_time=START)
     doubled_customer, doubled_sub, doubled_clock = support.tenant(
         c, billing_db_url, "t-doubled", frozen_time=START
