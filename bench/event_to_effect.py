@@ -1,6 +1,9 @@
 """Benchmark: event-to-effect latency through the webhook queue sensor, p50/p95.
 
-Reproduce: `python bench/event_to_effect.py --inprocess-samples 12 --daemon-samples 10`
+Reproduce: `python bench/event_to_effect.py --inprocess-samples 12 --daemon-samples 10`;
+the daemon's shipped settings against the old ones, alternating in one run:
+`python bench/event_to_effect.py --inprocess-samples 0 --daemon-samples 10 --settings both \
+--rounds 2`
 
 Embedded PostgreSQL under a temporary BILLING_HOME (billing database and Dagster's storage,
 `dagster.yaml`), the Stripe sandbox and the webhook receiver in this process (threads,
@@ -11,9 +14,14 @@ the tenant row says `canceled`:
 Stripe -> webhook delivery -> receiver INSERT (`webhook_events`) -> `webhook_events_sensor`
 names the row -> a `webhook_events_job` run claims it -> handler updates the tenant.
 
-(a) daemon: the real `dagster-daemon` (sensor ticks every `minimum_interval_seconds` = 2 s, run
+(a) daemon: the real `dagster-daemon` (the sensor daemon's loop wakes every 5 s, the run is
     queued, dequeued and launched as a new process by the default run launcher). Split using
-    the row's `received_at`/`claimed_at`/`processed_at` and the run's record.
+    the row's `received_at`/`claimed_at`/`processed_at`, the run's record and its events
+    (dequeued, launched, process started). `--settings` picks the daemon's settings:
+    `shipped` (the repository's dagster.yaml and code location), `today` (the settings before
+    they were tuned: the old dagster.yaml below and `bench/today_location.py`, which loads the
+    same code with the old executor, sensor intervals and schema check), or `both`, alternating
+    `--rounds` times (each round starts a fresh daemon per setting, one warm-up sample each).
 (b) in-process: the demo's path (`billing_sandbox.month.SensorPump`: evaluate the
     sensors, `execute_in_process` the requested run on the same Postgres-backed instance), called
     as soon as the row is stored. Separates Dagster's run-launch cost from the handler.
@@ -47,6 +55,7 @@ import uvicorn
 from billing_sandbox import services
 from billing_sandbox.month import SensorPump
 from billing_sandbox.stripe import Settings, run_in_thread
+from dagster import DagsterEventType
 from psycopg.rows import dict_row
 
 from billing_pipelines.webhooks import ReceiverConfig, create_app
@@ -57,9 +66,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from webhook_receiver import _stop
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 API_KEY = "sk_test_bench_event_to_effect"
 SETTLE_TIMEOUT = 240.0
+
+# The instance settings before the run queue was tuned (Dagster's defaults for the run
+# coordinator and the sensor daemon: dequeue every 5 s, no threads, no tag limits).
+TODAY_DAGSTER_YAML = """\
+storage:
+  postgres:
+    postgres_url:
+      env: DAGSTER_POSTGRES_URL
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  max_runtime_seconds: 14400
+  poll_interval_seconds: 60
+run_retries:
+  enabled: true
+  max_retries: 2
+"""
+TODAY_WORKSPACE = f"""\
+load_from:
+  - python_module:
+      module_name: today_location
+      working_directory: {BENCH}
+      location_name: billing_pipelines.definitions
+"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -275,15 +316,47 @@ def inprocess_bursts(bench: Bench, sizes: list[int]) -> list[dict[str, float]]:
     return results
 
 
-def daemon_samples(bench: Bench, env: dict[str, str], home: Path, samples: int) -> list[dict]:
+def daemon_setting(home: Path, setting: str) -> tuple[Path, Path]:
+    """(DAGSTER_HOME, workspace file) for the shipped or today's settings; one storage for both."""
+    dagster_home = home / f"dagster_{setting}"
+    dagster_home.mkdir(exist_ok=True)
+    if setting == "shipped":
+        (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+        return dagster_home, ROOT / "workspace.yaml"
+    (dagster_home / "dagster.yaml").write_text(TODAY_DAGSTER_YAML)
+    workspace = dagster_home / "workspace.yaml"
+    workspace.write_text(TODAY_WORKSPACE)
+    return dagster_home, workspace
+
+
+RUN_EVENTS = {
+    DagsterEventType.RUN_DEQUEUED: "dequeued",
+    DagsterEventType.RUN_STARTING: "launched",
+    DagsterEventType.RUN_START: "started",
+}
+
+
+def run_event_times(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """When the run left the queue, was handed to the launcher, and its process began the run."""
+    times: dict[str, float] = {}
+    for entry in instance.all_logs(run_id, of_type=set(RUN_EVENTS)):
+        name = RUN_EVENTS[DagsterEventType(entry.dagster_event_type)]
+        times.setdefault(name, entry.timestamp)
+    return times
+
+
+def daemon_samples(
+    bench: Bench, env: dict[str, str], home: Path, samples: int, setting: str = "shipped"
+) -> list[dict[str, float]]:
     """The real dagster-daemon: sensor tick, queued run, new process, handler."""
     instance = dg.DagsterInstance.get()
-    log = home / "daemon.log"
+    dagster_home, workspace = daemon_setting(home, setting)
+    log = home / f"daemon_{setting}.log"
     daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
         cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=log.open("wb"),
+        env={**os.environ, **env, "DAGSTER_HOME": str(dagster_home)},
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -303,22 +376,33 @@ def daemon_samples(bench: Bench, env: dict[str, str], home: Path, samples: int) 
             record = instance.get_run_record_by_id(row["claimed_by"])
             assert record is not None
             created = record.create_timestamp.timestamp()
+            events = run_event_times(instance, row["claimed_by"])
+            launched = events.get("launched", created)
+            started = events.get("started", launched)
+            claimed = _ts(row["claimed_at"])
             sample = {
                 "total": seen - t0,
                 "delivery": _ts(row["received_at"]) - t0,
                 # Sensor tick: row stored -> run created by the daemon's sensor evaluation.
                 "sensor": created - _ts(row["received_at"]),
                 # Queue + launch: run created -> the op claims the row (new process, imports,
-                # code location, resources).
-                "launch": _ts(row["claimed_at"]) - created,
-                "handler": _ts(row["processed_at"]) - _ts(row["claimed_at"]),
+                # code location, resources), split below.
+                "launch": claimed - created,
+                # Run created -> dequeued and handed to the launcher (the dequeue loop).
+                "queue": launched - created,
+                # Launcher -> the run's process has started (interpreter, Dagster, definitions).
+                "process": started - launched,
+                # Run started -> the op claims the row (step process if any, resources).
+                "in_run": claimed - started,
+                "handler": _ts(row["processed_at"]) - claimed,
                 "run": (record.end_time or seen) - (record.start_time or created),
             }
             label = "warm-up" if i == 0 else f"sample {i}"
             print(
-                f"  daemon {label}: {sample['total']:.1f} s (delivery {sample['delivery']:.2f}, "
-                f"until the sensor created the run {sample['sensor']:.1f}, queue + launch "
-                f"until the claim {sample['launch']:.1f}, handler {sample['handler']:.3f})",
+                f"  daemon [{setting}] {label}: {sample['total']:.1f} s (delivery "
+                f"{sample['delivery']:.2f}, sensor {sample['sensor']:.1f}, queue "
+                f"{sample['queue']:.1f}, process start {sample['process']:.1f}, in the run "
+                f"until the claim {sample['in_run']:.1f}, handler {sample['handler']:.3f})",
                 flush=True,
             )
             if i:
@@ -348,6 +432,18 @@ def main() -> None:
     parser.add_argument(
         "--burst", type=int, nargs="*", default=[], help="in-process burst sizes, e.g. 1 25 100"
     )
+    parser.add_argument(
+        "--settings",
+        choices=["shipped", "today", "both"],
+        default="shipped",
+        help="the daemon's settings: as shipped, as before tuning, or both alternating",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --settings both: alternate this many times (samples split between rounds)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench_event_to_effect_"))
     print(
@@ -371,9 +467,14 @@ def main() -> None:
         os.environ.update(env)
         inproc = inprocess_samples(bench, args.inprocess_samples) if args.inprocess_samples else []
         bursts = inprocess_bursts(bench, args.burst)
-        daemon = (
-            daemon_samples(bench, env, home, args.daemon_samples) if args.daemon_samples else []
-        )
+        settings = ["today", "shipped"] if args.settings == "both" else [args.settings]
+        rounds = max(1, args.rounds) if args.settings == "both" else 1
+        daemon: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+        for r in range(rounds if args.daemon_samples else 0):
+            # Split the samples between rounds; the first rounds take any remainder.
+            count = args.daemon_samples // rounds + (1 if r < args.daemon_samples % rounds else 0)
+            for name in settings if r % 2 == 0 else reversed(settings):
+                daemon[name] += daemon_samples(bench, env, home, count, name)
     finally:
         if bench is not None:
             bench.stop()
@@ -382,8 +483,19 @@ def main() -> None:
     keys = ["total", "delivery", "sensor", "launch", "handler", "run"]
     if inproc:
         _summary("in-process SensorPump", inproc, keys)
-    if daemon:
-        _summary("dagster-daemon", daemon, keys)
+    daemon_keys = ["total", "delivery", "sensor", "queue", "process", "in_run", "handler", "run"]
+    for name, results in daemon.items():
+        if results:
+            _summary(f"dagster-daemon, {name} settings", results, daemon_keys)
+    if all(daemon.get(name) for name in ("today", "shipped")):
+        print("\n| shipped / today | p50 | p95 |\n|---|---|---|")
+        for key in ("total", "sensor", "queue", "process", "in_run"):
+            new = [r[key] for r in daemon["shipped"]]
+            old = [r[key] for r in daemon["today"]]
+            print(
+                f"| {key} | {percentile(new, 50) / percentile(old, 50):.2f} | "
+                f"{percentile(new, 95) / percentile(old, 95):.2f} |"
+            )
     if bursts:
         print(
             "| cancellations at once | runs | delivered and stored | consumed (sensor + runs) "

@@ -50,13 +50,19 @@ class BillingDatabase(dg.ConfigurableResource):
         return validated.get_secret_value()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        from billing_pipelines.lib.pg import database, migrations
+        from billing_pipelines.lib.pg import database, schema_version
 
         url = self._validated_url()
-        database.check_reachable(url)
         if self.apply_migrations and url not in _MIGRATED:
-            migrations.upgrade_to_head(url)
+            # One query answers "already at the shipped schema" (and proves the server is up);
+            # Alembic (scripts, engine, lock: every fresh run process paid it) runs only when not.
+            if not schema_version.at_shipped_head(url):
+                from billing_pipelines.lib.pg import migrations
+
+                migrations.upgrade_to_head(url)
             _MIGRATED.add(url)
+        else:
+            database.check_reachable(url)
         self._pool = database.open_pool(url, max_size=self.max_connections)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

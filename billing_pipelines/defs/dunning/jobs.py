@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from billing_pipelines.defs.queue_runs import DUNNING_QUEUE, QUEUE_RUN_EXECUTOR, queue_job_tags
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import handler_context, handler_setup
 from billing_pipelines.lib.dunning import steps as dunning
@@ -47,7 +48,7 @@ def execute_dunning_step(
     )
 
 
-@dg.job(tags={"domain": "dunning"})
+@dg.job(tags=queue_job_tags("dunning", DUNNING_QUEUE), executor_def=QUEUE_RUN_EXECUTOR)
 def dunning_step_job() -> None:
     """Run one rung of the dunning ladder for one unpaid invoice."""
     execute_dunning_step()

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.dunning.jobs import DunningStepConfig, dunning_step_job
+from billing_pipelines.defs.queue_runs import DUNNING_INTERVAL_SECONDS
 from billing_pipelines.defs.readiness import stripe_not_ready
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.dunning import steps as dunning
@@ -11,7 +12,7 @@ from billing_pipelines.lib.dunning.ladder import DEFAULT_LADDER
 
 @dg.sensor(
     job=dunning_step_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=DUNNING_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def dunning_sensor(

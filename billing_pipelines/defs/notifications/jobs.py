@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from billing_pipelines.defs.notifications.resources import EmailResource
+from billing_pipelines.defs.queue_runs import OUTBOX_QUEUE, QUEUE_RUN_EXECUTOR, queue_job_tags
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.alerts import store as alerts
@@ -112,7 +113,7 @@ def _alert_dead(conn: "psycopg.Connection[Any]", row: OutboxRow, reason: str) ->
     )
 
 
-@dg.job(tags={"domain": "notifications"})
+@dg.job(tags=queue_job_tags("notifications", OUTBOX_QUEUE), executor_def=QUEUE_RUN_EXECUTOR)
 def notification_delivery_job() -> None:
     """Send queued customer and operator emails."""
     send_notifications()

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from billing_pipelines.defs.notifications.jobs import OutboxBatchConfig, notification_delivery_job
+from billing_pipelines.defs.queue_runs import OUTBOX_INTERVAL_SECONDS
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.pg.queue import batch_run_key, chunks
@@ -14,7 +15,7 @@ MAX_BATCHES_PER_TICK = 4
 
 @dg.sensor(
     job=notification_delivery_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=OUTBOX_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def notification_outbox_sensor(

@@ -6,6 +6,11 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
+from billing_pipelines.defs.queue_runs import (
+    QUEUE_RUN_EXECUTOR,
+    WEBHOOK_EVENTS_QUEUE,
+    queue_job_tags,
+)
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
@@ -126,7 +131,7 @@ def process_webhook_events(
     return dg.Output(counts, metadata=metadata)
 
 
-@dg.job(tags={"domain": "webhooks"})
+@dg.job(tags=queue_job_tags("webhooks", WEBHOOK_EVENTS_QUEUE), executor_def=QUEUE_RUN_EXECUTOR)
 def webhook_events_job() -> None:
     """Apply queued Stripe events to tenants, dunning and notifications."""
     process_webhook_events()

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from billing_pipelines.defs.queue_runs import WEBHOOK_EVENTS_INTERVAL_SECONDS
 from billing_pipelines.defs.readiness import stripe_not_ready
 from billing_pipelines.defs.resources import BillingDatabase
 from billing_pipelines.defs.webhooks.jobs import (
@@ -18,7 +19,7 @@ MAX_BATCHES_PER_TICK = 8
 
 @dg.sensor(
     job=webhook_events_job,
-    minimum_interval_seconds=2,
+    minimum_interval_seconds=WEBHOOK_EVENTS_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def webhook_events_sensor(

@@ -11,9 +11,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 import billing_pipelines.db.migrations as migrations_pkg
+from billing_pipelines.lib.pg.schema_version import VERSION_TABLE
 
 MIGRATIONS_DIR = Path(migrations_pkg.__file__).parent
-VERSION_TABLE = "billing_schema_version"
 
 
 def _sqlalchemy_url(database_url: str) -> str:
