@@ -41,7 +41,9 @@ $(CHROMIUM):
 # own embedded PostgreSQL, chDB bridge and Stripe sandbox on free ports under its own temporary
 # directory; a test module stays on one worker (`--dist loadfile`), so a module's shared set-up
 # (a simulated month) runs once, and the longest modules start first (`--no-loadscope-reorder`
-# keeps the order the suite's conftest gives them). `make test TEST_WORKERS=0` runs serially.
+# keeps the order the suite's conftest gives them; its scheduler, billing_pipelines_tests/
+# xdist_order.py, never queues a long module behind another on one worker). The services'
+# ports are reserved across the workers. `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 4
 test: $(VENV)/.installed lint $(CHROMIUM)
 	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \

@@ -16,6 +16,11 @@ from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
+# With parallel workers, the scheduler that keeps a long module from queueing behind another.
+from billing_pipelines_tests.xdist_order import (
+    pytest_xdist_make_scheduler as pytest_xdist_make_scheduler,
+)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

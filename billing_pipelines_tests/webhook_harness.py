@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ import pytest
 import stripe
 import uvicorn
 from aiosmtpd.controller import Controller
+from billing_sandbox.ports import free_port
 from billing_sandbox.stripe import SandboxHandle
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -43,12 +43,6 @@ from billing_pipelines_tests.support import API_KEY
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 DAY = 86400
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- a fresh billing database per test (cloned from a migrated template) -----------------------

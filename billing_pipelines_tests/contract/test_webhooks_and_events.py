@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import stripe
 import uvicorn
+from billing_sandbox.ports import free_port
 from billing_sandbox.stripe import Chaos, SandboxHandle, SandboxState, run_in_thread
-from billing_sandbox.stripe.server import _free_port
 from billing_sandbox.stripe.webhooks import sign
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,7 +36,7 @@ class Receiver:
             self.bodies.append((await request.body(), request.headers["stripe-signature"]))
             return Response("ok")
 
-        port = _free_port("127.0.0.1")
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}/hook"
         cfg = uvicorn.Config(
             Starlette(routes=[Route("/hook", hook, methods=["POST"])]),

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import dagster as dg
 import psycopg
 import pytest
 from billing_sandbox import month
@@ -44,7 +43,8 @@ def _outage_ends(ctx: month.DayContext) -> None:
     ctx.client.v1.webhook_endpoints.update(_endpoint(ctx), {"disabled": False})
     # Stripe gave up on those deliveries; the daily recovery job lists what we lack.
     recovery = code_location().resolve_job_def("stripe_event_recovery_job")
-    assert recovery.execute_in_process(instance=dg.DagsterInstance.get()).success
+    # On the month's own instance (pooled connections), as every run the tests start.
+    assert recovery.execute_in_process(instance=ctx.pump.instance).success
 
 
 def _cancel_behind_our_back(ctx: month.DayContext) -> None:
@@ -65,13 +65,19 @@ def simulated(embedded_services: dict[str, str]) -> dict[str, Any]:
     def capture(result: month.MonthResult) -> None:
         # Runs while the sandbox still serves: everything that talks to Stripe happens here.
         seen["result"] = result
+        instance = result.instance
+        assert instance is not None
         seen["numbers"] = month.report(result, echo=lambda _: None)
         url = result.database_url
         seen["ledger_before"] = _rows(url, "SELECT count(*) AS n FROM usage_report_ledger")[0]["n"]
         seen["rerun_ok"] = [
             ok
             for _, ok in materialize_days(
-                "usage_to_stripe_job", START + timedelta(days=4), START + timedelta(days=6), None
+                "usage_to_stripe_job",
+                START + timedelta(days=4),
+                START + timedelta(days=6),
+                None,
+                instance=instance,
             )
         ]
         seen["ledger_after"] = _rows(url, "SELECT count(*) AS n FROM usage_report_ledger")[0]["n"]
@@ -81,13 +87,13 @@ def simulated(embedded_services: dict[str, str]) -> dict[str, Any]:
         )[0]
         remediation = code_location().resolve_job_def("subscription_remediation_job")
         seen["remediation_ok"] = remediation.execute_in_process(
-            instance=dg.DagsterInstance.get(),
+            instance=instance,
             run_config={"ops": {"remediate_subscription_state": {"config": {"dry_run": False}}}},
         ).success
         # The endpoint is still down since the drift: the daily recovery job closes the gap.
         recovery = code_location().resolve_job_def("stripe_event_recovery_job")
-        seen["recovery_ok"] = recovery.execute_in_process(instance=dg.DagsterInstance.get()).success
-        month.SensorPump(code_location(), dg.DagsterInstance.get()).pump()
+        seen["recovery_ok"] = recovery.execute_in_process(instance=instance).success
+        month.SensorPump(code_location(), instance).pump()
         ours = set(result.customers.values())
         seen["invoices"] = [
             inv.to_dict()

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
-import dagster as dg
 import psycopg
 import pytest
 from billing_sandbox import month
@@ -129,7 +128,8 @@ class Injector:
         elif undo == "webhook_outage":
             self._endpoint(ctx, disabled=False)
             recovery = code_location().resolve_job_def("stripe_event_recovery_job")
-            assert recovery.execute_in_process(instance=dg.DagsterInstance.get()).success
+            # On the month's own instance (pooled connections), as every run the hook starts.
+            assert recovery.execute_in_process(instance=ctx.pump.instance).success
         fault = self.plan.get(ctx.offset, "none")
         if fault == "none":
             return
@@ -148,7 +148,10 @@ class Injector:
         elif fault == "replayed_push":
             first = max(ctx.day - timedelta(days=2), START_DAY)
             self.reruns_ok += [
-                ok for _, ok in materialize_days("usage_to_stripe_job", first, ctx.day, None)
+                ok
+                for _, ok in materialize_days(
+                    "usage_to_stripe_job", first, ctx.day, None, instance=ctx.pump.instance
+                )
             ]
 
     @staticmethod
@@ -173,11 +176,16 @@ class Injector:
             raise SimulatedCrash  # Stripe accepted these day totals; the ledger never hears of it
 
         with mock.patch.object(ledger, "record_outcomes", dies):
-            for _, ok in materialize_days("usage_to_stripe_job", ctx.day, ctx.day, None):
+            for _, ok in materialize_days(
+                "usage_to_stripe_job", ctx.day, ctx.day, None, instance=ctx.pump.instance
+            ):
                 assert not ok, "the push should have died before recording its outcomes"
                 self.crashed_runs += 1
         self.reruns_ok += [
-            ok for _, ok in materialize_days("usage_to_stripe_job", ctx.day, ctx.day, None)
+            ok
+            for _, ok in materialize_days(
+                "usage_to_stripe_job", ctx.day, ctx.day, None, instance=ctx.pump.instance
+            )
         ]
 
 
@@ -200,7 +208,8 @@ def chaos_month(embedded_services: dict[str, str]) -> dict[str, Any]:
         url = result.database_url
         # Rows in retry backoff (a 429 during a handler) are due again within a minute of
         # real time: pump until the queue holds nothing pending, as the daemon would.
-        pump = month.SensorPump(code_location(), dg.DagsterInstance.get())
+        assert result.instance is not None
+        pump = month.SensorPump(code_location(), result.instance)
         deadline = datetime.now(UTC) + timedelta(seconds=150)
         while datetime.now(UTC) < deadline:
             pump.pump()

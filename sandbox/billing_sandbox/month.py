@@ -353,6 +353,9 @@ class MonthResult:
     findings: dict[str, str] = field(default_factory=dict)
     # The test clock's time when the month ended: the business clock the UI should use.
     business_clock: str | None = None
+    # The month's Dagster instance (pooled storage connections): runs a caller starts while the
+    # month still serves reuse it rather than opening a connection per stored event.
+    instance: dg.DagsterInstance | None = None
 
 
 def simulate(
@@ -577,6 +580,7 @@ def simulate(
             reconciliation_ok=reconciliation.success,
             findings=findings,
             business_clock=os.environ.get("BUSINESS_CLOCK"),
+            instance=instance,
         )
         if on_done is not None:
             on_done(result)

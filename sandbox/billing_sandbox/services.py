@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.pg import migrations
 from billing_pipelines.lib.private_files import private_dir, write_private
 from billing_sandbox import postgres
+from billing_sandbox.ports import free_port as free_port  # reserved across processes
 
 STATE_FILE = "sandbox.json"
 ENV_FILE = "sandbox.env"
@@ -42,13 +42,6 @@ class ServiceState:
     stripe_port: int = 0
     stripe_pid: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    """A TCP port on loopback nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _load_state(home: Path) -> ServiceState:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from ..ports import free_port
 from .app import create_app
 from .store import SandboxState
 
@@ -53,17 +53,11 @@ class SandboxHandle:
         advance_and_wait(self.state, clock_id, frozen_time, timeout)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def run_in_thread(port: int = 0, host: str = "127.0.0.1", **opts: Any) -> SandboxHandle:
     """Start the sandbox on a background thread; the handle has `.url`, `.state`, `.stop()`."""
     state = opts.pop("state", None) or SandboxState(seed=opts.get("seed", 0))
     app = create_app(state, **opts)
-    port = port or _free_port(host)
+    port = port or free_port(host)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
     )
