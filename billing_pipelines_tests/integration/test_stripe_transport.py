@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -17,19 +18,28 @@ API_HOST = "api.billing-transport-test.invalid"
 
 
 class _Proxy(BaseHTTPRequestHandler):
-    """A forward proxy that answers every request itself with an empty list, noting its target."""
+    """A forward proxy that answers every request itself with an empty list, noting its target;
+    gzip-compressed when the client accepts it, as api.stripe.com does."""
 
     seen: list[str] = []
+    compressed: list[bool] = []
 
     def do_GET(self) -> None:
         _Proxy.seen.append(self.path)
         body = json.dumps({"object": "list", "data": [], "has_more": False, "url": "/v1/x"})
+        raw = body.encode()
+        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
+        _Proxy.compressed.append(compressed)
+        if compressed:
+            raw = gzip.compress(raw)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Request-Id", "req_proxy")
-        self.send_header("Content-Length", str(len(body)))
+        if compressed:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
-        self.wfile.write(body.encode())
+        self.wfile.write(raw)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -40,7 +50,7 @@ def proxy() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _Proxy.seen = []
+    _Proxy.seen, _Proxy.compressed = [], []
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
@@ -54,7 +64,7 @@ def _clear_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.upper(), raising=False)
 
 
-def test_requests_go_through_the_proxy_the_environment_names(
+def test_requests_go_through_the_proxy_the_environment_names_and_accept_gzip(
     proxy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _clear_proxy_env(monkeypatch)
@@ -62,8 +72,11 @@ def test_requests_go_through_the_proxy_the_environment_names(
     client = stripe_api.make_client(
         "sk_test_transport", api_base=f"http://{API_HOST}", max_network_retries=0
     )
-    client.v1.customers.list({"limit": 3})
+    first = client.v1.customers.list({"limit": 3})
     client.v1.customers.list({"limit": 4})
+    # The answers came compressed (the client asks for it) and were decoded.
+    assert _Proxy.compressed == [True, True]
+    assert first.data == [] and first.has_more is False
     # A forward proxy receives the absolute URL (the host itself does not resolve at all).
     assert _Proxy.seen == [
         f"http://{API_HOST}/v1/customers?limit=3",

@@ -87,12 +87,14 @@ class PacedRequestsClient(stripe.RequestsClient):
         return manager
 
     def _send(self, method: str, url: str, headers: Any, post_data: Any) -> Response:
+        # Compressed answers, as the `requests` transport asked for them (decoded by urllib3).
+        sent = {"Accept-Encoding": "gzip, deflate", **dict(headers or {})}
         try:
             answer = self._manager(url).request(
                 method.upper(),
                 url,
                 body=post_data,
-                headers=dict(headers or {}),
+                headers=sent,
                 timeout=self._read_timeout,
                 redirect=False,
             )
