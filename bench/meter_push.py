@@ -3,6 +3,9 @@
 Reproduce: `python bench/meter_push.py --tenants 2000 --rate 25 --rate 100`; for the growth with
 size, `--tenants 250 --tenants 500 --tenants 1000 --tenants 2000 --rate 100` (one setup of the
 largest size; each size pushes its own day, holding usage for the first N tenants only).
+At live limits: `python bench/meter_push.py --tenants 5000 --meter-rate 1000 --workers 32`
+(meter events limited apart at 1,000/s, everything else at the account's 100/s and 25/s per
+endpoint, as Stripe limits a live account).
 
 Starts embedded PostgreSQL under a temporary BILLING_HOME and the Stripe sandbox in a separate
 process (as `billing sandbox up` runs it), so server and client do not share one interpreter.
@@ -18,6 +21,14 @@ approaches push the same day:
   (`Subscription.retrieve`, find the metered item) and then the report (a meter event: usage
   records no longer exist), retrying a 429 after 1 s (a naive script would log and drop it).
 
+With `--rate R` the limited server counts every request against R for the account and R per
+endpoint (test mode's rule: meter events count toward the basic limit). With `--meter-rate M`
+it limits like a live account: meter events at M in their own bucket, every other request at
+`--account-rate` (100) and `--endpoint-rate` (25); the push's budget is set the same way
+(`STRIPE_METER_EVENTS_PER_SECOND`). Each push also reports the CPU time per meter event of this
+process (the client: Dagster, ledger, SDK, transport) and of the sandbox's process, to show
+which side a ceiling comes from.
+
 Target: ours <= 1.15 x (events / R) + 2 s.
 """
 
@@ -30,6 +41,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +58,32 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 
 API_KEY = "sk_test_bench_meter_push"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one limited sandbox server enforces, requests/s; meter None: test mode's rule."""
+
+    account: float
+    endpoint: float
+    meter: float | None = None
+
+    @property
+    def push_rate(self) -> float:
+        """The limit the push's meter events run against."""
+        return self.meter or self.account
+
+    @property
+    def label(self) -> str:
+        if self.meter is None:
+            return f"R={self.account:g}/s"
+        return f"meter {self.meter:g}/s, account {self.account:g}/s, endpoint {self.endpoint:g}/s"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _client(url: str) -> stripe.StripeClient:
@@ -92,12 +130,20 @@ def setup(
     return rows
 
 
-def ours(url: str, database_url: str, day: date, rate: float) -> tuple[float, dict[str, Any]]:
-    """The stripe_meter_reports asset, end to end, with the process's Stripe budget set to R."""
+def ours(
+    url: str, database_url: str, day: date, limits: Limits, workers: int
+) -> tuple[float, dict[str, Any]]:
+    """The stripe_meter_reports asset, end to end, with the process's Stripe budget set to the
+    server's limits."""
     # The process-wide Stripe budget defaults to 80 % of test mode's 25/s; here the account is
-    # the limited server, so the budget is R, as `requests_per_second` is.
-    os.environ["STRIPE_REQUESTS_PER_SECOND"] = str(rate)
-    os.environ["STRIPE_ENDPOINT_REQUESTS_PER_SECOND"] = str(rate)
+    # the limited server, so the budget is its limits, as `requests_per_second` is.
+    rate = limits.push_rate
+    os.environ["STRIPE_REQUESTS_PER_SECOND"] = str(limits.account)
+    os.environ["STRIPE_ENDPOINT_REQUESTS_PER_SECOND"] = str(limits.endpoint)
+    if limits.meter is None:
+        os.environ.pop("STRIPE_METER_EVENTS_PER_SECOND", None)
+    else:
+        os.environ["STRIPE_METER_EVENTS_PER_SECOND"] = str(limits.meter)
     started = time.perf_counter()
     result = dg.materialize(
         [stripe_meter_reports],
@@ -110,7 +156,9 @@ def ours(url: str, database_url: str, day: date, rate: float) -> tuple[float, di
         },
         run_config={
             "ops": {
-                "stripe_meter_reports": {"config": {"requests_per_second": rate, "workers": 8}}
+                "stripe_meter_reports": {
+                    "config": {"requests_per_second": rate, "workers": workers}
+                }
             },
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         },
@@ -152,17 +200,21 @@ def naive_push(url: str, rows: list[tuple[str, str, str]], day: date) -> tuple[f
     return time.perf_counter() - started, rate_limited
 
 
-def _serve(ports: dict[str, int], rates: list[float], seed: int) -> None:
-    """Sandbox process: one unlimited server and one per rate, all over the same state."""
+def _serve(ports: dict[str, int], cases: list[Limits], seed: int) -> None:
+    """Sandbox process: one unlimited server and one per set of limits, over the same state."""
     state = SandboxState(seed=seed)
     handles = [
         run_in_thread(port=ports["free"], state=state, rate_limit=None, endpoint_rate_limit=None)
     ]
-    # Each limited server enforces R for the account and per endpoint (the meter events endpoint
-    # is the one that matters here).
     handles += [
-        run_in_thread(port=ports[str(r)], state=state, rate_limit=r, endpoint_rate_limit=r)
-        for r in rates
+        run_in_thread(
+            port=ports[limits.label],
+            state=state,
+            rate_limit=limits.account,
+            endpoint_rate_limit=limits.endpoint,
+            meter_events_rate_limit=limits.meter,
+        )
+        for limits in cases
     ]
     while True:
         time.sleep(3600)
@@ -191,10 +243,23 @@ def _wait_up(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, action="append", help="size(s), default 2000")
-    parser.add_argument("--rate", type=float, action="append", help="sandbox limit, req/s")
+    parser.add_argument(
+        "--rate", type=float, action="append", help="test-mode limit R for every request, req/s"
+    )
+    parser.add_argument(
+        "--meter-rate",
+        type=float,
+        action="append",
+        help="live-mode limit for meter events alone, req/s (others: --account-rate)",
+    )
+    parser.add_argument("--account-rate", type=float, default=100.0, help="live account, req/s")
+    parser.add_argument("--endpoint-rate", type=float, default=25.0, help="per endpoint, req/s")
+    parser.add_argument("--workers", type=int, default=8, help="the push's worker threads")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    rates = args.rate or [25.0, 100.0]
+    limits = [Limits(r, r) for r in args.rate or []]
+    limits += [Limits(args.account_rate, args.endpoint_rate, m) for m in args.meter_rate or []]
+    limits = limits or [Limits(25.0, 25.0), Limits(100.0, 100.0)]
     sizes = args.tenants or [2000]
     day = datetime.now(UTC).date() - timedelta(days=1)
     home = Path(tempfile.mkdtemp(prefix="bench-meter-push-"))
@@ -202,38 +267,47 @@ def main() -> None:
     database_url = env["DATABASE_URL"]
     import multiprocessing
 
-    ports = {"free": _free_port(), **{str(r): _free_port() for r in rates}}
+    ports = {"free": _free_port(), **{lim.label: _free_port() for lim in limits}}
     server = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(ports, rates, 11), daemon=True
+        target=_serve, args=(ports, limits, 11), daemon=True
     )
     server.start()
+    assert server.pid is not None
     free_url = f"http://127.0.0.1:{ports['free']}"
     table = []
     try:
         _wait_up(free_url)
         t = time.perf_counter()
-        # A day per (rate, size): every measured push sends new identifiers (none already
+        # A day per (limits, size): every measured push sends new identifiers (none already
         # delivered), and a day holds usage for exactly the tenants of its size.
-        cases = [(rate, n) for rate in rates for n in sizes]
+        cases = [(lim, n) for lim in limits for n in sizes]
         days = [(day - timedelta(days=i), n) for i, (_, n) in enumerate(cases)]
         rows = setup(free_url, database_url, max(sizes), days)
         print(f"setup: {len(rows)} tenants in {time.perf_counter() - t:.1f}s (not timed)")
         print(
             f"python {platform.python_version()}, {platform.machine()}, day {day}, "
+            f"{os.cpu_count()} CPUs, workers {args.workers}, "
             f"load average {os.getloadavg()[0]:.2f}"
         )
-        for (rate, n), (day, _) in zip(cases, days, strict=True):
-            url = f"http://127.0.0.1:{ports[str(rate)]}"
+        for (lim, n), (day, _) in zip(cases, days, strict=True):
+            url = f"http://127.0.0.1:{ports[lim.label]}"
+            rate = lim.push_rate
             time.sleep(1.1)  # let the sandbox's bucket fill, as an idle account's would
             events = n
             budget = 1.15 * events / rate + 2
-            elapsed, meta = ours(url, database_url, day, rate)
+            load_before = os.getloadavg()[0]
+            cpu_client, cpu_server = _cpu_seconds(os.getpid()), _cpu_seconds(server.pid)
+            elapsed, meta = ours(url, database_url, day, lim, args.workers)
+            cpu_client = _cpu_seconds(os.getpid()) - cpu_client
+            cpu_server = _cpu_seconds(server.pid) - cpu_server
             assert meta["sent"] == events, meta
             print(
-                f"R={rate:g}/s events={events}: stripe_meter_reports {elapsed:.1f}s "
+                f"{lim.label} events={events}: stripe_meter_reports {elapsed:.1f}s "
                 f"(ideal {events / rate:.1f}s, budget {budget:.1f}s, "
                 f"{'OK' if elapsed <= budget else 'OVER'}), sent={meta['sent']}, "
-                f"push {meta['push_seconds']}s, retried {meta['retried_requests']}",
+                f"push {meta['push_seconds']}s, retried {meta['retried_requests']}; CPU per "
+                f"event: client {1000 * cpu_client / events:.2f} ms, sandbox "
+                f"{1000 * cpu_server / events:.2f} ms; load average {load_before:.1f}",
                 flush=True,
             )
             base, limited_count = float("nan"), 0
@@ -241,22 +315,26 @@ def main() -> None:
                 time.sleep(1.1)
                 base, limited_count = naive_push(url, rows[:n], day)
                 print(
-                    f"R={rate:g}/s events={events}: naive {base:.1f}s "
+                    f"{lim.label} events={events}: naive {base:.1f}s "
                     f"({2 * events} requests, {limited_count} answered 429), "
                     f"{base / elapsed:.1f}x slower",
                     flush=True,
                 )
-            table.append((rate, events, elapsed, meta, base, limited_count))
+            table.append((lim, events, elapsed, meta, base, cpu_client, cpu_server))
         print(
-            "\n| R (req/s) | events | ideal events/R | stripe_meter_reports (push alone) | "
-            "events/s as a fraction of R | naive | naive / ours |"
+            "\n| limits | events | ideal events/R | stripe_meter_reports (push alone) | "
+            "events/s as a fraction of R: run (push alone) | CPU ms per event: client / "
+            "sandbox | naive | naive / ours |"
         )
-        print("|---|---|---|---|---|---|---|")
-        for rate, events, elapsed, meta, base, _ in table:
+        print("|---|---|---|---|---|---|---|---|")
+        for lim, events, elapsed, meta, base, cpu_client, cpu_server in table:
+            rate = lim.push_rate
+            push = float(meta["push_seconds"])
             print(
-                f"| {rate:g} | {events:,} | {events / rate:.1f} s | {elapsed:.1f} s "
-                f"({meta['push_seconds']} s) | {events / elapsed / rate:.2f} | {base:.1f} s | "
-                f"{base / elapsed:.1f}x |"
+                f"| {lim.label} | {events:,} | {events / rate:.1f} s | {elapsed:.1f} s "
+                f"({push} s) | {events / elapsed / rate:.2f} ({events / push / rate:.2f}) | "
+                f"{1000 * cpu_client / events:.2f} / {1000 * cpu_server / events:.2f} | "
+                f"{base:.1f} s | {base / elapsed:.1f}x |"
             )
         print(f"load average {os.getloadavg()[0]:.2f} at end")
     finally:

@@ -216,3 +216,70 @@ def test_global_api_base_style(stripe_sandbox: SandboxHandle, monkeypatch: pytes
     monkeypatch.setattr(stripe, "api_base", stripe_sandbox.url)
     cus = stripe.Customer.create(email="g@x.io")
     assert stripe.Customer.retrieve(cus.id).email == "g@x.io"
+
+
+def test_live_mode_meter_events_have_their_own_limit_and_spend_no_other():
+    """docs.stripe.com/rate-limits: live-mode meter events have a separate limit (1,000/s) and
+    "don't count against the basic limits"; above their own limit they are answered 429."""
+    h = run_in_thread(rate_limit=3.0, endpoint_rate_limit=3.0, meter_events_rate_limit=40.0)
+    try:
+        with httpx.Client(auth=(API_KEY, "")) as http:
+            meter = http.post(
+                f"{h.url}/v1/billing/meters",
+                data={
+                    "display_name": "q",
+                    "event_name": "q",
+                    "default_aggregation[formula]": "sum",
+                },
+            ).json()
+            customer = http.post(f"{h.url}/v1/customers", data={"name": "c"}).json()
+            assert meter["object"] == "billing.meter" and customer["object"] == "customer"
+            time.sleep(1.1)  # refill every bucket
+            started = time.monotonic()
+
+            def event(i: int) -> int:
+                return http.post(
+                    f"{h.url}/v1/billing/meter_events",
+                    data={
+                        "event_name": "q",
+                        "identifier": f"e-{i}",
+                        "payload[stripe_customer_id]": customer["id"],
+                        "payload[value]": "1",
+                    },
+                ).status_code
+
+            # Ten events at once: far above the account's 3/s and the endpoint's 3/s, inside
+            # their own 40 ...
+            assert [event(i) for i in range(10)] == [200] * 10
+            # ... and they spent nothing of the account's budget: three calls still fit it.
+            assert [http.get(f"{h.url}/v1/customers").status_code for _ in range(3)] == [200] * 3
+            answers = [event(100 + i) for i in range(120)]
+            elapsed = time.monotonic() - started
+        # Their own bucket (40 at once plus 40 a second, 10 spent above) stops the rest.
+        assert 429 in answers
+        assert 10 + answers.count(200) <= 40 + 40 * elapsed + 1
+        assert h.throttled == answers.count(429)
+    finally:
+        h.stop()
+
+
+def test_test_mode_meter_events_count_against_the_account_limit():
+    """docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api ("Rate limits"): in
+    test and sandbox mode, meter events count toward the basic limit (the sandbox's default)."""
+    h = run_in_thread(rate_limit=3.0, endpoint_rate_limit=None)
+    try:
+        with httpx.Client(auth=(API_KEY, "")) as http:
+            started = time.monotonic()
+            answers = [
+                http.post(
+                    f"{h.url}/v1/billing/meter_events",
+                    data={"event_name": "none", "payload[value]": "1"},
+                ).status_code
+                for _ in range(20)
+            ]
+            elapsed = time.monotonic() - started
+        # The account's bucket (3 at once plus 3 a second) answers the rest 429.
+        assert 429 in answers
+        assert len(answers) - answers.count(429) <= 3 + 3.0 * elapsed + 1
+    finally:
+        h.stop()

@@ -37,6 +37,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CLICKHOUSE_URL", "http://app:hunter2@ch:99999/usage", "port"),
         ("STRIPE_API_BASE", "api.stripe.com", "http(s) base address"),
         ("STRIPE_MAX_NETWORK_RETRIES", "-1", "greater than or equal to 0"),
+        ("STRIPE_METER_EVENTS_PER_SECOND", "0", "greater than 0"),
     ],
 )
 def test_malformed_setting_is_one_line_naming_it(

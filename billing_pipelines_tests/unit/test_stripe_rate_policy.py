@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import stripe
 
 from billing_pipelines.lib.stripe import buckets, pacing
@@ -103,3 +104,43 @@ def test_limiters_in_one_process_do_not_share_permits() -> None:
     assert fresh._limiter.try_acquire(fresh._name, blocking=False)
     spent.close()
     fresh.close()
+
+
+def test_an_explicit_meter_events_budget_keeps_meter_events_off_the_account_budget() -> None:
+    # A test account standing in for a live one (STRIPE_METER_EVENTS_PER_SECOND): meter events
+    # take permits from their own budget only, every other call from the account's and its
+    # endpoint's, as live mode counts them (docs.stripe.com/rate-limits).
+    limits = RateLimits.for_key("sk_test_x", global_per_second=50, meter_events_per_second=700)
+    assert limits.meter_events_per_second == 700
+    assert RateLimits.for_key("sk_test_x").meter_events_per_second is None
+    budget = stripe_api.RequestBudget(limits)
+    taken: list[str] = []
+
+    class Counting:
+        def __init__(self, name: str, inner: pacing.RateLimiter) -> None:
+            self.name, self.inner = name, inner
+
+        def acquire(self) -> None:
+            taken.append(self.name)
+            self.inner.acquire()
+
+    budget._global = Counting("account", budget._global)  # type: ignore[assignment]
+    assert budget._meter is not None
+    budget._meter = Counting("meter", budget._meter)  # type: ignore[assignment]
+    for _ in range(3):
+        budget.acquire("post", "/v1/billing/meter_events")
+    budget.acquire("get", "/v1/subscriptions")
+    assert taken == ["meter", "meter", "meter", "account"]
+
+
+def test_the_meter_events_setting_reaches_the_clients_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from billing_pipelines.defs.resources import StripeResource
+    from billing_pipelines.lib.stripe.transport import PacedRequestsClient
+
+    monkeypatch.setenv("STRIPE_METER_EVENTS_PER_SECOND", "900")
+    client = StripeResource(api_key="sk_test_x", api_base="http://127.0.0.1:9").client()
+    transport = client._requestor._client
+    assert isinstance(transport, PacedRequestsClient)
+    assert transport.budget.limits.meter_events_per_second == 900

@@ -33,6 +33,12 @@ from .wire import StripeError, parse_form
 # a bucket holds one second of requests.
 TEST_MODE_GLOBAL_LIMIT = 25.0
 TEST_MODE_ENDPOINT_LIMIT = 25.0
+# Live mode, for a sandbox that stands in for a live account (benchmarks): "Calls to the Meter
+# events endpoint in live mode are subject to a separate rate limit, and don't count against the
+# basic limits. The limit is 1000 calls per second per Stripe account" (docs.stripe.com/
+# rate-limits; docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api, "Rate
+# limits", says the same, and that in test and sandbox mode they count toward the basic limit).
+LIVE_MODE_METER_EVENTS_LIMIT = 1000.0
 
 
 class TokenBucket:
@@ -82,6 +88,7 @@ def create_app(
     *,
     rate_limit: float | None = TEST_MODE_GLOBAL_LIMIT,
     endpoint_rate_limit: float | None = TEST_MODE_ENDPOINT_LIMIT,
+    meter_events_rate_limit: float | None = None,
     fault_rate: float = 0.0,
     fault_after_rate: float = 0.0,
     throttle_rate: float = 0.0,
@@ -104,7 +111,10 @@ def create_app(
     The three rates live in `state.faults` (a FaultRates), so a test can change them while the
     sandbox serves (a bad day, then a good one). `rate_limit` (the account, requests/s) and
     `endpoint_rate_limit` (each named operation) answer real 429s on top, at Stripe's test-mode
-    numbers by default (None or 0 turns one off). `app.state.throttled` counts those 429s by
+    numbers by default (None or 0 turns one off). `meter_events_rate_limit` limits meter events
+    as live mode does: that many per second in their own bucket, spending neither the account's
+    nor the endpoint's (None, the default: test mode, where they count against both).
+    `app.state.throttled` counts those 429s by
     endpoint, `app.state.faults`
     what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
     `app.state.requests` every request received, by method.
@@ -113,6 +123,7 @@ def create_app(
     if st.webhooks is None:
         st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
     bucket = TokenBucket(rate_limit) if rate_limit else None
+    meter_bucket = TokenBucket(meter_events_rate_limit) if meter_events_rate_limit else None
     endpoint_buckets: dict[str, TokenBucket] = {}
     throttled: Counter[str] = Counter()
     if fault_rate or fault_after_rate or throttle_rate:
@@ -147,10 +158,15 @@ def create_app(
                 401, StripeError(401, f"Invalid API Key provided: {shown}").body(), headers
             )
         endpoint = _endpoint(request.method, request.url.path)
-        if bucket is not None and not bucket.take():
+        if meter_bucket is not None and _is_meter_event(request.method, request.url.path):
+            # Live mode: meter events have their own limit and spend no other (see above).
+            if not meter_bucket.take():
+                throttled[endpoint] += 1
+                return _rate_limited(headers)
+        elif bucket is not None and not bucket.take():
             throttled[endpoint] += 1
             return _rate_limited(headers)
-        if endpoint_rate_limit:
+        elif endpoint_rate_limit:
             limiter = endpoint_buckets.get(endpoint)
             if limiter is None:
                 limiter = endpoint_buckets.setdefault(endpoint, TokenBucket(endpoint_rate_limit))
@@ -191,6 +207,11 @@ def create_app(
     app.state.throttled = throttled
     app.state.requests = requests
     return app
+
+
+def _is_meter_event(method: str, path: str) -> bool:
+    """A v1 meter event: the one call live mode limits apart from the account's."""
+    return method == "POST" and path.rstrip("/") == "/v1/billing/meter_events"
 
 
 def _endpoint(method: str, path: str) -> str:
