@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Stripe's documented limit for the key's mode (20 test, 80 live; 20 per endpoint).
     stripe_requests_per_second: float | None = Field(default=None, gt=0)
     stripe_endpoint_requests_per_second: float | None = Field(default=None, gt=0)
+    # Meter events' own budget (requests/s), outside the two above, as Stripe limits them in live
+    # mode; unset: 800 for a live key (80 % of 1,000), none for a test key (they share the above).
+    stripe_meter_events_per_second: float | None = Field(default=None, gt=0)
     # Retries of one request that Stripe answered 429, with exponential backoff and jitter.
     stripe_rate_limit_retries: int = Field(default=8, ge=0, le=20)
     usage_sync_lag_hours: float = Field(default=6.0, gt=0)
@@ -188,6 +191,7 @@ _ENV_NAMES = {
     "stripe_timeout_seconds": "STRIPE_TIMEOUT_SECONDS",
     "stripe_requests_per_second": "STRIPE_REQUESTS_PER_SECOND",
     "stripe_endpoint_requests_per_second": "STRIPE_ENDPOINT_REQUESTS_PER_SECOND",
+    "stripe_meter_events_per_second": "STRIPE_METER_EVENTS_PER_SECOND",
     "stripe_rate_limit_retries": "STRIPE_RATE_LIMIT_RETRIES",
     "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
     "meter_daily_value_ceiling": "METER_DAILY_VALUE_CEILING",

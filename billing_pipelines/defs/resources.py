@@ -157,6 +157,7 @@ class StripeResource(dg.ConfigurableResource):
                 self.api_key,
                 global_per_second=settings.stripe_requests_per_second,
                 endpoint_per_second=settings.stripe_endpoint_requests_per_second,
+                meter_events_per_second=settings.stripe_meter_events_per_second,
                 retries_on_429=settings.stripe_rate_limit_retries,
             ),
         )

@@ -80,17 +80,20 @@ class RateLimits:
         *,
         global_per_second: float | None = None,
         endpoint_per_second: float | None = None,
+        meter_events_per_second: float | None = None,
         retries_on_429: int = 8,
     ) -> RateLimits:
-        """Stripe's limits for the key's mode at DEFAULT_SHARE; explicit values win."""
+        """Stripe's limits for the key's mode at DEFAULT_SHARE; explicit values win.
+
+        An explicit meter events rate gives meter events their own budget whatever the mode (a
+        test key against a sandbox that limits like live mode)."""
         live = is_live_key(api_key)
         glob = STRIPE_LIVE_GLOBAL_LIMIT if live else STRIPE_TEST_GLOBAL_LIMIT
         return cls(
             global_per_second=global_per_second or glob * DEFAULT_SHARE,
             endpoint_per_second=endpoint_per_second or STRIPE_ENDPOINT_LIMIT * DEFAULT_SHARE,
-            meter_events_per_second=(
-                STRIPE_LIVE_METER_EVENTS_LIMIT * DEFAULT_SHARE if live else None
-            ),
+            meter_events_per_second=meter_events_per_second
+            or (STRIPE_LIVE_METER_EVENTS_LIMIT * DEFAULT_SHARE if live else None),
             retries_on_429=retries_on_429,
         )
 

@@ -33,6 +33,11 @@ from .wire import StripeError, parse_form
 # a bucket holds one second of requests.
 TEST_MODE_GLOBAL_LIMIT = 25.0
 TEST_MODE_ENDPOINT_LIMIT = 25.0
+# Live mode, same page: 100 requests/s for the account, 25/s per endpoint by default, and meter
+# events under their own limit of 1,000 calls/s that "don't count against the basic limits".
+LIVE_MODE_GLOBAL_LIMIT = 100.0
+LIVE_MODE_METER_EVENTS_LIMIT = 1000.0
+METER_EVENTS_ENDPOINT = "POST ^/v1/billing/meter_events$"  # as _endpoint names it
 
 
 class TokenBucket:
@@ -82,6 +87,7 @@ def create_app(
     *,
     rate_limit: float | None = TEST_MODE_GLOBAL_LIMIT,
     endpoint_rate_limit: float | None = TEST_MODE_ENDPOINT_LIMIT,
+    meter_events_rate_limit: float | None = None,
     fault_rate: float = 0.0,
     fault_after_rate: float = 0.0,
     throttle_rate: float = 0.0,
@@ -104,7 +110,9 @@ def create_app(
     The three rates live in `state.faults` (a FaultRates), so a test can change them while the
     sandbox serves (a bad day, then a good one). `rate_limit` (the account, requests/s) and
     `endpoint_rate_limit` (each named operation) answer real 429s on top, at Stripe's test-mode
-    numbers by default (None or 0 turns one off). `app.state.throttled` counts those 429s by
+    numbers by default (None or 0 turns one off). `meter_events_rate_limit` gives meter events
+    live mode's separate limit instead (they then count against neither of the other two);
+    unset, they count against both, as in test mode. `app.state.throttled` counts those 429s by
     endpoint, `app.state.faults`
     what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
     `app.state.requests` every request received, by method.
@@ -113,6 +121,7 @@ def create_app(
     if st.webhooks is None:
         st.webhooks = WebhookDispatcher(st, seed=seed, chaos=webhook_chaos)
     bucket = TokenBucket(rate_limit) if rate_limit else None
+    meter_bucket = TokenBucket(meter_events_rate_limit) if meter_events_rate_limit else None
     endpoint_buckets: dict[str, TokenBucket] = {}
     throttled: Counter[str] = Counter()
     if fault_rate or fault_after_rate or throttle_rate:
@@ -147,10 +156,14 @@ def create_app(
                 401, StripeError(401, f"Invalid API Key provided: {shown}").body(), headers
             )
         endpoint = _endpoint(request.method, request.url.path)
-        if bucket is not None and not bucket.take():
+        if meter_bucket is not None and endpoint == METER_EVENTS_ENDPOINT:
+            if not meter_bucket.take():
+                throttled[endpoint] += 1
+                return _rate_limited(headers)
+        elif bucket is not None and not bucket.take():
             throttled[endpoint] += 1
             return _rate_limited(headers)
-        if endpoint_rate_limit:
+        elif endpoint_rate_limit:
             limiter = endpoint_buckets.get(endpoint)
             if limiter is None:
                 limiter = endpoint_buckets.setdefault(endpoint, TokenBucket(endpoint_rate_limit))
