@@ -66,7 +66,8 @@ def _serving(home: str, root: psutil.Process) -> list[psutil.Process]:
 def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
     """One `billing demo --tenants N` in a fresh BILLING_HOME, sampled while it runs."""
     home = tempfile.mkdtemp(prefix=f"bench-month-{tenants}-")
-    env = {**os.environ, "BILLING_HOME": home}
+    # Unbuffered: the progress lines arrive as they are printed, so each is stamped when it was.
+    env = {**os.environ, "BILLING_HOME": home, "PYTHONUNBUFFERED": "1"}
     for key in ("DATABASE_URL", "DAGSTER_POSTGRES_URL", "CLICKHOUSE_URL", "DAGSTER_HOME"):
         env.pop(key, None)
     sample = Sample(tenants)
@@ -98,8 +99,10 @@ def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
     for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip()
         lines.append(line)
-        if "day " in line and "/" in line:
-            print(f"  [{tenants}] {line.strip()}", file=sys.stderr, flush=True)
+        if line.startswith("    ") and len(line) < 300:
+            # Progress (the phases and the days), stamped with the seconds since the start.
+            elapsed = time.monotonic() - started
+            print(f"  [{tenants} {elapsed:7.1f}s] {line.strip()}", file=sys.stderr, flush=True)
     code = proc.wait()
     sample.wall = time.monotonic() - started
     done.set()
