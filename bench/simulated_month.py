@@ -63,15 +63,16 @@ def _serving(home: str, root: psutil.Process) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def run_size(tenants: int, seed: int) -> Sample:
+def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
     """One `billing demo --tenants N` in a fresh BILLING_HOME, sampled while it runs."""
     home = tempfile.mkdtemp(prefix=f"bench-month-{tenants}-")
-    env = {**os.environ, "BILLING_HOME": home}
+    # Unbuffered: the progress lines arrive as they are printed, so each is stamped when it was.
+    env = {**os.environ, "BILLING_HOME": home, "PYTHONUNBUFFERED": "1"}
     for key in ("DATABASE_URL", "DAGSTER_POSTGRES_URL", "CLICKHOUSE_URL", "DAGSTER_HOME"):
         env.pop(key, None)
     sample = Sample(tenants)
     cmd = [sys.executable, "-m", "billing_pipelines.cli", "demo", "--tenants", str(tenants)]
-    cmd += ["--seed", str(seed)]
+    cmd += ["--seed", str(seed), "--stripe-limits", stripe_limits]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
@@ -98,8 +99,10 @@ def run_size(tenants: int, seed: int) -> Sample:
     for raw in proc.stdout:
         line = raw.decode(errors="replace").rstrip()
         lines.append(line)
-        if "day " in line and "/" in line:
-            print(f"  [{tenants}] {line.strip()}", file=sys.stderr, flush=True)
+        if line.startswith("    ") and len(line) < 300:
+            # Progress (the phases and the days), stamped with the seconds since the start.
+            elapsed = time.monotonic() - started
+            print(f"  [{tenants} {elapsed:7.1f}s] {line.strip()}", file=sys.stderr, flush=True)
     code = proc.wait()
     sample.wall = time.monotonic() - started
     done.set()
@@ -199,6 +202,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--generation-only", action="store_true")
     parser.add_argument("--days", type=int, default=1)
+    parser.add_argument(
+        "--stripe-limits",
+        choices=("test", "live"),
+        default="test",
+        help="Stripe's rate limits for the months: test mode's (as `make demo`) or live mode's",
+    )
     parser.add_argument("--generation-child", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generation_child:
@@ -216,7 +225,8 @@ def main() -> None:
             print(run_generation(n, args.days, args.seed), flush=True)
         print(f"load after {os.getloadavg()}", file=sys.stderr)
         return
-    samples = [run_size(n, args.seed) for n in sorted(args.tenants)]
+    print(f"Stripe limits: {args.stripe_limits} mode", file=sys.stderr)
+    samples = [run_size(n, args.seed, args.stripe_limits) for n in sorted(args.tenants)]
     print(f"load after {os.getloadavg()}", file=sys.stderr)
     base = samples[0]
     print(

@@ -837,13 +837,29 @@ def demo_command(
             "default: 00:00 UTC on the first of the month that began at least 45 days ago."
         ),
     ] = None,
+    stripe_limits: Annotated[
+        str,
+        typer.Option(
+            help="Stripe rate limits the sandbox enforces and the clients pace to: test "
+            "(test mode's, the default) or live (live mode's, to measure production cost)."
+        ),
+    ] = "test",
 ) -> None:
     """Simulate a billing month end to end on the embedded services and print the report."""
     instant = parse_utc_instant(start) if start is not None else None
+    if stripe_limits not in ("test", "live"):
+        typer.echo(f"error: --stripe-limits {stripe_limits!r} is not test or live", err=True)
+        raise typer.Exit(2)
     sandbox_mode.enable()
     demo = _sandbox("demo")
 
-    demo.run(tenant_count=tenants, seed=seed, echo=typer.echo, start=instant)
+    demo.run(
+        tenant_count=tenants,
+        seed=seed,
+        echo=typer.echo,
+        start=instant,
+        stripe_limits=stripe_limits,
+    )
 
 
 def parse_utc_instant(text: str) -> datetime:

@@ -193,6 +193,50 @@ def test_the_sandbox_limits_like_test_mode_by_default():
         h.stop()
 
 
+def test_live_meter_events_have_their_own_limit_and_spend_none_of_the_accounts():
+    """docs.stripe.com/rate-limits: in live mode, meter events are "subject to a separate rate
+    limit, and don't count against the basic limits" (1,000/s); the sandbox takes that rate as
+    `meter_events_rate_limit`, here small enough to reach."""
+    h = run_in_thread(rate_limit=3.0, endpoint_rate_limit=3.0, meter_events_rate_limit=12.0)
+    try:
+        with httpx.Client(auth=(API_KEY, "")) as http:
+            customer = http.post(f"{h.url}/v1/customers", data={"name": "m"}).json()["id"]
+            http.post(
+                f"{h.url}/v1/billing/meters",
+                data={
+                    "display_name": "Queries",
+                    "event_name": "queries",
+                    "default_aggregation[formula]": "sum",
+                },
+            ).raise_for_status()
+            time.sleep(1.1)  # refill the account's bucket after those two
+            # Until the first 429 (however slow the machine, the bucket empties eventually).
+            served, limited, started = 0, False, time.monotonic()
+            for i in range(1_000):
+                status = http.post(
+                    f"{h.url}/v1/billing/meter_events",
+                    data={
+                        "event_name": "queries",
+                        "identifier": f"e{i}",
+                        "payload[stripe_customer_id]": customer,
+                        "payload[value]": "1",
+                    },
+                ).status_code
+                if status == 429:
+                    limited = True
+                    break
+                assert status == 200
+                served += 1
+            elapsed = time.monotonic() - started
+            # Far more than the account's 3/s went through, and the meter limit held.
+            assert limited and served > 6
+            assert served <= 12 * (1 + elapsed) + 1
+            # The account's own bucket was not spent by them: three calls still answer.
+            assert [http.get(f"{h.url}/v1/customers").status_code for _ in range(3)] == [200] * 3
+    finally:
+        h.stop()
+
+
 def test_fault_injection_500_and_sdk_retries():
     h = run_in_thread(fault_rate=0.5, seed=3)
     try:

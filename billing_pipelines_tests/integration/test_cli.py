@@ -168,3 +168,12 @@ def test_demo_start_that_is_not_a_utc_instant_is_one_line_before_starting_anythi
         "2026-10-01T14:30:00Z)"
     )
     assert not (tmp_path / "postgres").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("limits", ["production", "LIVE", ""])
+def test_demo_stripe_limits_other_than_test_or_live_is_one_line_before_starting_anything(
+    limits: str, tmp_path: Path
+) -> None:
+    line = _one_error_line(_run(["demo", "--stripe-limits", limits], {}, tmp_path))
+    assert line == f"error: --stripe-limits {limits!r} is not test or live"
+    assert not (tmp_path / "postgres").exists()

@@ -19,8 +19,8 @@ from billing_sandbox.usage_generator import (
     usage_chunks,
 )
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.insert import InsertContext
 
+from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS, USAGE_EVENTS_DDL
 from billing_pipelines.lib.usage.warehouse import daily_usage
 
 TENANTS = ["acme", "globex", "initech"]
@@ -210,7 +210,7 @@ def test_rows_come_one_tenant_day_at_a_time() -> None:
 
 
 class _InsertSizes:
-    """The real client, recording how many rows each insert carried."""
+    """The real client, recording how many rows each usage insert carried."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -219,14 +219,15 @@ class _InsertSizes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
-    def insert(self, *args: Any, context: InsertContext | None = None, **kwargs: Any) -> Any:
-        if context is None:
-            # Not a usage batch: the warehouse migrations record what they applied.
-            assert args and args[0] != "usage_events", "usage rows go through one insert context"
-            return self.client.insert(*args, **kwargs)
-        assert not args and not kwargs
-        self.sizes.append(len(context.data[0]))
-        return self.client.insert(context=context)
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        # Not a usage batch: the warehouse migrations record what they applied.
+        assert args and args[0] != "usage_events", "usage rows go in as Arrow batches"
+        return self.client.insert(*args, **kwargs)
+
+    def insert_arrow(self, table: str, arrow_table: Any, **kwargs: Any) -> Any:
+        assert table == "usage_events" and not kwargs
+        self.sizes.append(arrow_table.num_rows)
+        return self.client.insert_arrow(table, arrow_table)
 
 
 def test_inserts_are_batches_of_days_not_months(port: int) -> None:
@@ -271,3 +272,37 @@ def test_generation_memory_does_not_grow_with_the_days(port: int) -> None:
     short, long = peak(10), peak(90)  # ~21,000 rows against ~190,000
     # Holding the 90 days at once would need far more than 2x the 10 days' peak.
     assert long < 2 * short, (short, long)
+
+
+def test_the_arrow_inserts_store_what_a_row_by_row_insert_of_the_same_events_stores(
+    port: int,
+) -> None:
+    tenants, start, days = ["west", "east"], date(2026, 6, 29), 4  # crosses into July
+    arrow, rows = fresh_client(port), fresh_client(port)
+    summary = generate_usage(arrow, tenants, start, days, seed=21, batch_rows=700)
+    # The reference: the same events as Python values through clickhouse-connect's own
+    # row insert (its Native writer, Python's UUID parsing), one insert per tenant-day.
+    rows.command(USAGE_EVENTS_DDL)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for chunk in usage_chunks(tenants, start, days, seed=21):
+        rows.insert(
+            "usage_events",
+            [
+                [
+                    uuid.UUID(chunk["event_id"][i].decode()),
+                    chunk["query_id"][i].decode(),
+                    str(chunk["tenant_id"][i]),
+                    epoch + timedelta(milliseconds=int(chunk["timestamp"][i])),
+                    str(chunk["event_type"][i]),
+                    int(chunk["tokens_used"][i]),
+                    int(chunk["embeddings_count"][i]),
+                    int(chunk["latency_ms"][i]),
+                    epoch + timedelta(milliseconds=int(chunk["ingested_at"][i])),
+                ]
+                for i in range(chunk["timestamp"].size)
+            ],
+            column_names=list(USAGE_EVENTS_COLUMNS),
+        )
+    expected = rows.query(CONTENT_HASH).result_rows
+    assert expected[0][0] == summary.rows_inserted > 1_000
+    assert arrow.query(CONTENT_HASH).result_rows == expected

@@ -7,6 +7,7 @@ import threading
 import pytest
 import stripe
 
+from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.lib.stripe import buckets, pacing
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe.client import RateLimits, endpoint_of
@@ -42,6 +43,26 @@ def test_budgets_follow_the_key_mode() -> None:
     assert live.meter_events_per_second < stripe_api.STRIPE_LIVE_METER_EVENTS_LIMIT
     chosen = RateLimits.for_key("sk_test_x", global_per_second=3, endpoint_per_second=2)
     assert (chosen.global_per_second, chosen.endpoint_per_second) == (3, 2)
+
+
+def test_a_meter_events_rate_gives_a_test_key_live_modes_separate_meter_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chosen = RateLimits.for_key("sk_test_x", meter_events_per_second=640)
+    assert chosen.meter_events_per_second == 640
+    assert chosen.global_per_second == RateLimits.for_key("sk_test_x").global_per_second
+    # ... and the setting reaches the resource's client (STRIPE_METER_EVENTS_PER_SECOND).
+    monkeypatch.setenv("STRIPE_METER_EVENTS_PER_SECOND", "512")
+    budgets = []
+    real = stripe_api.shared_budget
+
+    def spy(api_base: str, api_key: str, limits: RateLimits) -> stripe_api.RequestBudget:
+        budgets.append(limits)
+        return real(api_base, api_key, limits)
+
+    monkeypatch.setattr(stripe_api, "shared_budget", spy)
+    StripeResource(api_key="sk_test_meter", api_base="http://127.0.0.1:9").client()
+    assert [b.meter_events_per_second for b in budgets] == [512]
 
 
 def test_one_budget_per_account_in_a_process() -> None:

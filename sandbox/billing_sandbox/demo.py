@@ -89,9 +89,16 @@ def generate(
     )
 
 
-def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None = None) -> None:
+def run(
+    tenant_count: int,
+    seed: int,
+    echo: Echo = print,
+    start: datetime | None = None,
+    stripe_limits: str = "test",
+) -> None:
     """Start services, simulate a billing month on a test clock (from `start`, any instant;
-    default the first of the month that began at least 45 days ago), and print the report."""
+    default the first of the month that began at least 45 days ago), and print the report.
+    `stripe_limits`: "test" (Stripe's test-mode rate limits) or "live" (live mode's)."""
     import dagster as dg
 
     from billing_sandbox import instigators, month
@@ -113,7 +120,10 @@ def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None
     settings = load_settings()
     database_url = settings.require_database_url()
     clickhouse_url = settings.require_clickhouse_url()
-    echo("2/3 simulating a billing month day by day on a Stripe test clock ...")
+    echo(
+        "2/3 simulating a billing month day by day on a Stripe test clock "
+        f"(Stripe's {stripe_limits}-mode rate limits) ..."
+    )
 
     def final_report(result: month.MonthResult) -> None:
         echo("3/3 report")
@@ -130,6 +140,7 @@ def run(tenant_count: int, seed: int, echo: Echo = print, start: datetime | None
         start=start if start is not None else first,
         echo=echo,
         on_done=final_report,
+        stripe_limits=stripe_limits,
     )
     # `make ui` on this instance: judged on the month's clock, its partitions, and no
     # schedule or Stripe sensor ticking against the Stripe sandbox that just stopped.

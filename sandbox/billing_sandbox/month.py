@@ -53,6 +53,52 @@ SANDBOX_KEY = "sk_test_billing_pipelines_demo"
 PUMPED_SENSORS = ("webhook_events_sensor", "dunning_sensor", "notification_outbox_sensor")
 
 
+# The budget settings the month sets for its runs (and puts back afterwards).
+LIMIT_SETTINGS = ("STRIPE_REQUESTS_PER_SECOND", "STRIPE_METER_EVENTS_PER_SECOND")
+
+
+@dataclass(frozen=True)
+class MonthLimits:
+    """Stripe's rate limits for the month: the sandbox's, and the budgets of every client."""
+
+    sandbox: dict[str, Any]  # run_in_thread's rate limit options (floats)
+    settings: dict[str, str]  # environment for the runs' clients (LIMIT_SETTINGS)
+    client: stripe_api.RateLimits  # the month's own client (onboarding, stories, report)
+    push_run_config: dict[str, Any] | None  # the meter push's own pace
+
+
+def stripe_rate_limits(mode: str) -> MonthLimits:
+    """Test mode (the sandbox's and the clients' defaults) or live mode's limits.
+
+    Live mode (docs.stripe.com/rate-limits): 100 requests/s for the account, 25/s per endpoint,
+    and meter events under their own 1,000/s; every client takes the usual 80 % share of each.
+    """
+    if mode == "test":
+        return MonthLimits({}, {}, stripe_api.RateLimits.for_key(SANDBOX_KEY), None)
+    if mode != "live":
+        raise ValueError(f"Stripe limits are 'test' or 'live', not {mode!r}")
+    share = stripe_api.DEFAULT_SHARE
+    account = stripe_api.STRIPE_LIVE_GLOBAL_LIMIT * share
+    meters = stripe_api.STRIPE_LIVE_METER_EVENTS_LIMIT * share
+    return MonthLimits(
+        sandbox={
+            "rate_limit": stripe_api.STRIPE_LIVE_GLOBAL_LIMIT,
+            "endpoint_rate_limit": stripe_api.STRIPE_ENDPOINT_LIMIT,
+            "meter_events_rate_limit": stripe_api.STRIPE_LIVE_METER_EVENTS_LIMIT,
+        },
+        settings={
+            "STRIPE_REQUESTS_PER_SECOND": f"{account:g}",
+            "STRIPE_METER_EVENTS_PER_SECOND": f"{meters:g}",
+        },
+        client=stripe_api.RateLimits.for_key(
+            SANDBOX_KEY, global_per_second=account, meter_events_per_second=meters
+        ),
+        push_run_config={
+            "ops": {"stripe_meter_reports": {"config": {"requests_per_second": meters}}}
+        },
+    )
+
+
 @dataclass
 class SensorPump:
     """Evaluates sensors and runs their requests in-process, skipping run_keys seen before."""
@@ -371,13 +417,17 @@ def simulate(
     webhook_chaos: Chaos | None = None,
     hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
     automatic_tax: bool = True,
+    stripe_limits: str = "test",
 ) -> MonthResult:
     """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
 
     `on_done` runs while the sandbox still serves (the report reads invoices from it).
     `automatic_tax`: the month's catalog turns Stripe's automatic tax on (every run of the
     month reads it), and each tenant has a billing address (DEMO_LOCATIONS).
+    `stripe_limits`: "test" (the default) runs under Stripe's test-mode limits; "live" under
+    live mode's (see `LIVE_LIMITS`), for measuring what the month costs an account in production.
     """
+    limits = stripe_rate_limits(stripe_limits)
     started = time.monotonic()
     timings: dict[str, float] = {}  # seconds per phase
     calls: Counter[str] = Counter()  # Stripe requests per phase
@@ -411,8 +461,9 @@ def simulate(
     clickhouse = warehouse.connect(clickhouse_url)
     _reset(database_url, clickhouse)
 
-    # Stripe's test-mode limits (the sandbox's default): every call is paced and retried.
-    sandbox = run_in_thread(port=0, webhook_chaos=webhook_chaos)
+    # Stripe's test-mode limits (the sandbox's default) or live mode's: every call is paced and
+    # retried.
+    sandbox = run_in_thread(port=0, webhook_chaos=webhook_chaos, **limits.sandbox)
     # Stripe retries webhooks for days; a demo month compresses that to seconds.
     # The account's finalization grace period is 48 hours, as the boundary policy requires.
     sandbox.state.settings = Settings(
@@ -422,12 +473,15 @@ def simulate(
     # Runs read Stripe's address from the environment: point them at this sandbox, and put
     # back whatever was there when the month is over.
     saved_env = {
-        key: os.environ.get(key) for key in ("STRIPE_API_BASE", "STRIPE_API_KEY", "BUSINESS_CLOCK")
+        key: os.environ.get(key)
+        for key in ("STRIPE_API_BASE", "STRIPE_API_KEY", "BUSINESS_CLOCK", *LIMIT_SETTINGS)
     }
+    # The runs' clients read their budget from the environment.
+    os.environ.update(limits.settings)
     os.environ["BUSINESS_CLOCK"] = business_instant(t0)
     os.environ["STRIPE_API_BASE"] = sandbox.url
     os.environ["STRIPE_API_KEY"] = SANDBOX_KEY
-    client = stripe_api.make_client(SANDBOX_KEY, api_base=sandbox.url)
+    client = stripe_api.make_client(SANDBOX_KEY, api_base=sandbox.url, limits=limits.client)
     endpoint = client.v1.webhook_endpoints.create(
         {"url": f"http://127.0.0.1:{receiver_port}/webhooks/stripe", "enabled_events": ["*"]}
     )
@@ -514,6 +568,7 @@ def simulate(
                     pushed,
                     pushed,
                     echo=None,
+                    run_config=limits.push_run_config,
                     instance=instance,
                 ):
                     if not ok:

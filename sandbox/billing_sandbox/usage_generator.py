@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.insert import InsertContext
 
-from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS, USAGE_EVENTS_TABLE
+from billing_pipelines.lib.usage.tables import (
+    EVENT_TYPES,
+    USAGE_EVENTS_COLUMNS,
+    USAGE_EVENTS_TABLE,
+)
 from billing_pipelines.lib.usage.warehouse import ensure_usage_schema
 
 __all__ = [
@@ -114,18 +119,44 @@ def planned_daily_queries(
     return planned
 
 
-def _random_hex(rng: np.random.Generator, n: int, width: int) -> list[str]:
-    text = rng.bytes(n * width // 2).hex()
-    return [text[i : i + width] for i in range(0, n * width, width)]
+# Hex digits as ASCII codes: ids are spelled out with array lookups, not per-row Python.
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def _uuid_bytes(rng: np.random.Generator, n: int) -> list[bytes]:
-    """Random version-4 UUIDs as 16 raw bytes each (clickhouse-connect's fastest UUID input)."""
+def hex_ascii(raw: np.ndarray) -> np.ndarray:
+    """Each row of bytes (n, k) as its lowercase hex digits, ASCII codes (n, 2k), as bytes.hex()."""
+    out = np.empty((raw.shape[0], raw.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = _HEX[raw >> 4]
+    out[:, 1::2] = _HEX[raw & 0x0F]
+    return out
+
+
+def _random_ids(rng: np.random.Generator, prefixes: np.ndarray) -> np.ndarray:
+    """Query ids: each row's two-letter prefix and 24 random hex digits, as fixed bytes (S26)."""
+    n = prefixes.size
+    raw = np.frombuffer(rng.bytes(n * 12), dtype=np.uint8).reshape(n, 12)
+    text = np.empty((n, 26), dtype=np.uint8)
+    text[:, :2] = np.frombuffer(prefixes.astype("S2").tobytes(), dtype=np.uint8).reshape(n, 2)
+    text[:, 2:] = hex_ascii(raw)
+    return text.view("S26").ravel()
+
+
+def uuid_text(raw: np.ndarray) -> np.ndarray:
+    """16 raw bytes per row as the canonical UUID text (8-4-4-4-12 hex digits), fixed bytes S36."""
+    digits = hex_ascii(raw)
+    text = np.full((raw.shape[0], 36), ord("-"), dtype=np.uint8)
+    for source, target in ((0, 0), (8, 9), (12, 14), (16, 19), (20, 24)):
+        width = {0: 8, 20: 12}.get(source, 4)
+        text[:, target : target + width] = digits[:, source : source + width]
+    return text.view("S36").ravel()
+
+
+def _uuid4(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random version-4 UUIDs as their canonical text (S36)."""
     raw = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    flat = raw.tobytes()
-    return [flat[i : i + 16] for i in range(0, 16 * n, 16)]
+    return uuid_text(raw)
 
 
 def _tenant_day_counts(
@@ -176,8 +207,7 @@ def _day_events(
     latency = np.where(
         is_query, rng.lognormal(np.log(450), 0.5, n), rng.lognormal(np.log(2500), 0.7, n)
     ).astype(np.uint32)
-    prefix = np.where(is_query, "q_", "e_")
-    ids = np.char.add(prefix, np.array(_random_hex(rng, n, 24), dtype="U24"))
+    ids = _random_ids(rng, np.where(is_query, "q_", "e_"))
 
     # The cache double-logging bug: same query_id, new event_id, logged moments later, same day.
     dup = np.flatnonzero(rng.random(n) < duplicate_rate)
@@ -203,8 +233,8 @@ def _day_events(
     )
     columns["ingested_at"] = columns["timestamp"] + lag
     columns["late"] = late
-    columns["event_id"] = np.array(_uuid_bytes(rng, total), dtype=object)
-    columns["tenant_id"] = np.full(total, tenant, dtype=object)
+    columns["event_id"] = _uuid4(rng, total)
+    columns["tenant_id"] = np.full(total, tenant)
     return columns
 
 
@@ -278,47 +308,49 @@ def generate_usage(
     rows = distinct = duplicates = late_events = embedding_events = 0
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
-    # One insert context for every batch of this call (see _insert).
-    context = client.create_insert_context(
-        USAGE_EVENTS_TABLE, list(USAGE_EVENTS_COLUMNS), column_oriented=True
-    )
-    chunks = usage_chunks(
-        tenants,
-        start,
-        days,
-        seed,
-        events_per_tenant_day,
-        duplicate_rate,
-        late_rate,
-        embedding_rate,
-        monthly_queries,
-    )
-    for cols in chunks:
-        keep = np.ones(cols["timestamp"].size, bool)
-        if after_ms is not None:
-            keep &= cols["ingested_at"] >= after_ms
-        if before_ms is not None:
-            keep &= cols["ingested_at"] < before_ms
-        if not keep.all():
-            cols = {name: values[keep] for name, values in cols.items()}
-        kept = int(cols["timestamp"].size)
-        if kept == 0:
-            continue
-        rows += kept
-        duplicates += int(cols["duplicate"].sum())
-        late_events += int(cols["late"].sum())
-        is_query = cols["event_type"] == "query"
-        embedding_events += int((~is_query).sum())
-        # Query ids are random 96-bit values drawn per day: they never repeat across days, so
-        # the month's distinct count is the sum of the days'.
-        distinct += int(np.unique(cols["query_id"][is_query]).size)
-        pending.append(cols)
-        pending_rows += kept
-        if pending_rows >= batch_rows:
-            _insert(client, context, pending)
-            pending, pending_rows = [], 0
-    if pending_rows:
-        _insert(client, context, pending)
+    # The warehouse stores one batch while the next is drawn: two cores' work overlaps, and
+    # at most one batch waits, so memory stays at about two batches.
+    inflight: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-insert") as inserter:
+        chunks = usage_chunks(
+            tenants,
+            start,
+            days,
+            seed,
+            events_per_tenant_day,
+            duplicate_rate,
+            late_rate,
+            embedding_rate,
+            monthly_queries,
+        )
+        for cols in chunks:
+            keep = np.ones(cols["timestamp"].size, bool)
+            if after_ms is not None:
+                keep &= cols["ingested_at"] >= after_ms
+            if before_ms is not None:
+                keep &= cols["ingested_at"] < before_ms
+            if not keep.all():
+                cols = {name: values[keep] for name, values in cols.items()}
+            kept = int(cols["timestamp"].size)
+            if kept == 0:
+                continue
+            rows += kept
+            duplicates += int(cols["duplicate"].sum())
+            late_events += int(cols["late"].sum())
+            is_query = cols["event_type"] == "query"
+            embedding_events += int((~is_query).sum())
+            # Query ids are random 96-bit values drawn per day: they never repeat across days, so
+            # the month's distinct count is the sum of the days'.
+            distinct += int(np.unique(cols["query_id"][is_query]).size)
+            pending.append(cols)
+            pending_rows += kept
+            if pending_rows >= batch_rows:
+                inflight = _submit(inserter, inflight, client, pending)
+                pending, pending_rows = [], 0
+        if pending_rows:
+            inflight = _submit(inserter, inflight, client, pending)
+        if inflight is not None:
+            inflight.result()
     return GenerationSummary(
         rows_inserted=rows,
         distinct_queries=distinct,
@@ -332,16 +364,72 @@ def generate_usage(
     )
 
 
-def _insert(client: Client, context: InsertContext, parts: list[dict[str, np.ndarray]]) -> None:
-    """One columnar Native insert (clickhouse-connect splits it into blocks on the wire)."""
-    data = []
-    for name in USAGE_EVENTS_COLUMNS:
-        column = np.concatenate([part[name] for part in parts])
-        # Python ints/strs/bytes take clickhouse-connect's fast paths; numpy scalars do not.
-        data.append(column.tolist())
-    # Setting the data replaces the previous batch's: the context refers to itself (it keeps a
-    # bound method of its own), so a context per insert is garbage only the cyclic collector
-    # frees, and in a process with many long-lived objects (Dagster's) that collection is rare
-    # enough for every batch ever inserted to stay resident.
-    context.data = data
-    client.insert(context=context)
+def _fixed_width_text(values: np.ndarray) -> pa.Array:
+    """Fixed-width byte strings (S<n>) as an Arrow string column, with no Python object per row."""
+    width = values.dtype.itemsize
+    data = np.ascontiguousarray(values).view(np.uint8)
+    offsets = np.arange(0, (values.size + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), values.size, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _repeated(labels: list[str], counts: list[int]) -> pa.DictionaryArray:
+    """Runs of repeated labels as a dictionary column: one index per row, each label once."""
+    dictionary = sorted(set(labels))
+    codes = np.array([dictionary.index(label) for label in labels], dtype=np.int32)
+    return pa.DictionaryArray.from_arrays(np.repeat(codes, counts), pa.array(dictionary))
+
+
+def arrow_batch(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """Tenant-days' columns as one Arrow table in usage_events' column order and types."""
+    column = {
+        name: np.concatenate([part[name] for part in parts])
+        for name in USAGE_EVENTS_COLUMNS
+        if name not in ("tenant_id", "event_type")
+    }
+    millis = pa.timestamp("ms", tz="UTC")
+    # A tenant-day is one tenant: its rows are a run of one label.
+    tenants = _repeated(
+        [str(part["tenant_id"][0]) for part in parts], [part["tenant_id"].size for part in parts]
+    )
+    kinds = np.concatenate([part["event_type"] for part in parts])
+    known = np.array(sorted(EVENT_TYPES))
+    codes = np.searchsorted(known, kinds).astype(np.int32)
+    if not (known[np.minimum(codes, known.size - 1)] == kinds).all():
+        raise ValueError(f"event types outside {EVENT_TYPES}")
+    arrays = {
+        # The canonical text: ClickHouse parses it into its UUID type.
+        "event_id": _fixed_width_text(column["event_id"]),
+        "query_id": _fixed_width_text(column["query_id"]),
+        "tenant_id": tenants,
+        "timestamp": pa.array(column["timestamp"].astype(np.int64), millis),
+        "event_type": pa.DictionaryArray.from_arrays(codes, pa.array(known.tolist())),
+        "tokens_used": pa.array(column["tokens_used"].astype(np.uint32)),
+        "embeddings_count": pa.array(column["embeddings_count"].astype(np.uint32)),
+        "latency_ms": pa.array(column["latency_ms"].astype(np.uint32)),
+        "ingested_at": pa.array(column["ingested_at"].astype(np.int64), millis),
+    }
+    return pa.table([arrays[name] for name in USAGE_EVENTS_COLUMNS], names=USAGE_EVENTS_COLUMNS)
+
+
+def _submit(
+    inserter: ThreadPoolExecutor,
+    inflight: Future[None] | None,
+    client: Client,
+    parts: list[dict[str, np.ndarray]],
+) -> Future[None]:
+    """Start inserting a batch once the previous one is stored (its failure is raised here)."""
+    table = arrow_batch(parts)
+    if inflight is not None:
+        inflight.result()
+    return inserter.submit(_insert, client, table)
+
+
+def _insert(client: Client, table: pa.Table) -> None:
+    """One Arrow insert: the columns go over as buffers, with no Python object per row.
+
+    clickhouse-connect's Native writer serializes strings and UUIDs one Python object at a time
+    (most of the generation's time); the Arrow format hands the engine the numpy buffers.
+    """
+    client.insert_arrow(USAGE_EVENTS_TABLE, table)
