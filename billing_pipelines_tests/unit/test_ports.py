@@ -55,7 +55,8 @@ def test_a_half_written_reservations_file_reserves_nothing_and_is_rewritten(
     tmp_path: Path,
 ) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    (tmp_path / "billing-ports.json").write_text('{"4')  # a process killed mid-write
+    reservations = tmp_path / ports.reservations_file().name
+    reservations.write_text('{"4')  # a process killed mid-write
     out = subprocess.run(
         [sys.executable, "-c", "from billing_sandbox.ports import free_port; print(free_port())"],
         env=env,
@@ -65,4 +66,4 @@ def test_a_half_written_reservations_file_reserves_nothing_and_is_rewritten(
     ).stdout
     port = int(out)
     assert 0 < port < 65536
-    assert str(port) in (tmp_path / "billing-ports.json").read_text()
+    assert str(port) in reservations.read_text()

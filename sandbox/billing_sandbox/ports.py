@@ -28,8 +28,11 @@ _ATTEMPTS = 200
 
 
 def reservations_file() -> Path:
-    """The ports handed out lately, with when: in the temporary folder a run's processes share."""
-    return Path(tempfile.gettempdir()) / "billing-ports.json"
+    """The ports handed out lately, with when: in the temporary folder a run's processes share.
+
+    One file per user: another user's file in a shared /tmp could be neither locked nor written.
+    """
+    return Path(tempfile.gettempdir()) / f"billing-ports-{os.geteuid()}.json"
 
 
 def free_port(host: str = HOST) -> int:
