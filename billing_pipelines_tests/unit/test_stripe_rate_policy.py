@@ -165,3 +165,33 @@ def test_the_meter_events_setting_reaches_the_clients_budget(
     transport = client._requestor._client
     assert isinstance(transport, PacedRequestsClient)
     assert transport.budget.limits.meter_events_per_second == 900
+
+
+@pytest.mark.parametrize(
+    ("per_second", "latency", "expected"),
+    [
+        (20.0, 0.25, 8),  # test mode's budget: 5 in flight would do, the floor is 8
+        (33.3, 0.25, 9),  # 8.3 in flight, rounded up
+        (400.0, 0.25, 100),  # the live default: 100 requests in flight at 250 ms
+        (800.0, 0.1, 80),
+        (1000.0, 0.25, 250),
+        (5000.0, 0.25, 256),  # capped
+    ],
+)
+def test_push_workers_keep_rate_times_latency_requests_in_flight(
+    per_second: float, latency: float, expected: int
+) -> None:
+    assert pacing.workers_for(per_second, latency) == expected
+
+
+def test_the_meter_push_derives_its_workers_from_its_rate_unless_set() -> None:
+    from billing_pipelines.definitions import defs
+
+    asset = defs().resolve_assets_def("stripe_meter_reports")
+    schema = asset.op.config_schema
+    assert schema is not None
+    workers = schema.as_field().config_type.fields["workers"]  # type: ignore[attr-defined]
+    # Optional, with no number of its own: the asset derives it from the rate (workers_for).
+    assert workers.is_required is False
+    assert not workers.default_provided or workers.default_value is None
+    assert pacing.workers_for(pacing.DEFAULT_LIVE_MODE_RATE) == 100

@@ -10,6 +10,7 @@ and those threads outlived their limiters, hundreds of them over a long process.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -33,6 +34,18 @@ STRIPE_TEST_MODE_LIMIT = 25.0
 STRIPE_LIVE_METER_EVENTS_LIMIT = 1000.0
 DEFAULT_TEST_MODE_RATE = 20.0
 DEFAULT_LIVE_MODE_RATE = 400.0
+# Stripe's answer time to plan for when choosing worker threads: each worker waits for its
+# answer, so a push keeps rate x latency requests in flight to use its rate (a few hundred
+# milliseconds over the internet; far less against a local sandbox, where more workers are
+# only idle threads).
+PLANNED_LATENCY_SECONDS = 0.25
+MIN_WORKERS = 8
+MAX_WORKERS = 256
+
+
+def workers_for(per_second: float, latency_seconds: float = PLANNED_LATENCY_SECONDS) -> int:
+    """Worker threads that keep `per_second` requests going when each takes `latency_seconds`."""
+    return max(MIN_WORKERS, min(MAX_WORKERS, math.ceil(per_second * latency_seconds)))
 
 
 def default_rate(api_key: str) -> float:

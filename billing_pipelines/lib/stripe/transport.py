@@ -19,10 +19,11 @@ import urllib3
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 
 from billing_pipelines.lib.stripe.client import RequestBudget, Response, _log_retry, _throttled
+from billing_pipelines.lib.stripe.pacing import MAX_WORKERS
 
-# Connections kept per host: at least as many as the push's worker threads, so none of them
-# opens a fresh connection per request.
-POOL_SIZE = 64
+# Connections kept per host: as many as a push's worker threads can be, so none of them opens
+# a fresh connection per request (connections are opened only as threads need them).
+POOL_SIZE = MAX_WORKERS
 
 _CONNECTION_MESSAGE = (
     "Unexpected error communicating with Stripe.  If this problem persists, let us know at "
