@@ -30,9 +30,10 @@ OUTBOX_QUEUE = "notification_outbox"
 
 # One process per run: the step runs inside the run's own process instead of a second
 # interpreter that imports Dagster, loads the definitions and opens the resources again. Safe
-# for these jobs: each is a single op (nothing to parallelise), op retries behave the same in
-# process, and a run whose process dies is ended by run monitoring and its rows taken over when
-# their lease expires, exactly as when a step process died.
+# for these jobs: each is a single op (nothing to parallelise) and op retries behave the same in
+# process. A process that dies now takes the run with it instead of failing only the step: run
+# monitoring fails the run, run retries launch it again (dagster.yaml), and its claimed rows are
+# taken over once their lease expires, as for any run that died.
 QUEUE_RUN_EXECUTOR: dg.ExecutorDefinition = dg.in_process_executor
 
 
