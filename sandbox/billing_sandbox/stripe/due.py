@@ -11,7 +11,8 @@ account made them, then the object's own action order), so a look-up costs what 
 Entries go stale when an object changes. The index is told of changes where they happen: an
 object stored (`put`), fetched by id for a request (`get`/`find`), the subject of an event
 (`emit`: every Stripe-visible change of a subscription or invoice emits one), or acted on by the
-scheduler. Such objects are marked and re-read before the next look-up. An entry left later than
+scheduler; code that edits stored objects directly (a benchmark's set-up) calls `touch`. Such
+objects are marked and re-read before the next look-up. An entry left later than
 its object's real due instant would hide work; one left earlier is harmless, because the head
 entry is always re-checked against its object before it is returned. `verify` (on in the test
 suite, `BILLING_SANDBOX_VERIFY_DUE=1`) compares every answer with the full scan.
