@@ -37,6 +37,15 @@ DEFINITIONS_MODULE = "billing_pipelines.definitions"
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 
 
+def in_process_config(job: dg.JobDefinition) -> dict[str, Any]:
+    """Run config that keeps a job's steps in this process, whatever executor it declares.
+
+    Jobs on Dagster's default executor take `in_process` as their execution config; the queue
+    jobs already declare the in-process executor, whose config has no such entry.
+    """
+    return {} if job.executor_def.name == "in_process" else IN_PROCESS
+
+
 @functools.cache
 def location_origin() -> CodeLocationOrigin | None:
     """The code location as workspace.yaml declares it (None in an install without it)."""
@@ -77,7 +86,7 @@ def execute(
         run_tags["dagster/partition"] = partition_key
     run = instance.create_run_for_job(
         job_def=job,
-        run_config={**(run_config or {}), **IN_PROCESS},
+        run_config={**(run_config or {}), **in_process_config(job)},
         tags=run_tags,
         asset_selection=set(asset_selection) if asset_selection else None,
         remote_job_origin=remote,

@@ -126,3 +126,22 @@ def test_the_generated_dagster_yaml_is_the_shipped_one(tmp_path: Path) -> None:
     assert generated["concurrency"]["runs"]["tag_concurrency_limits"] == [
         {"key": "billing/queue", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     ]
+
+
+def test_every_job_accepts_the_config_that_runs_it_in_this_process(
+    loaded: dg.Definitions,
+) -> None:
+    # The demo's month and the CLI start runs in process (`runs.execute`): the queue jobs'
+    # in-process executor has no `in_process` entry, the default executor needs it.
+    from billing_pipelines import runs
+
+    from dagster._config import process_config
+
+    jobs = [loaded.resolve_job_def(job.name) for job in loaded.resolve_all_job_defs()]
+    assert {job.name for job in jobs} >= set(QUEUE_JOBS)
+    for job in jobs:
+        execution = runs.in_process_config(job).get("execution", {}).get("config", {})
+        checked = process_config(job.executor_def.config_schema.config_type, execution)
+        assert checked.success, (job.name, checked.errors)
+        if job.executor_def.name != "in_process":
+            assert "in_process" in execution, job.name
