@@ -133,9 +133,9 @@ def test_every_job_accepts_the_config_that_runs_it_in_this_process(
 ) -> None:
     # The demo's month and the CLI start runs in process (`runs.execute`): the queue jobs'
     # in-process executor has no `in_process` entry, the default executor needs it.
-    from billing_pipelines import runs
-
     from dagster._config import process_config
+
+    from billing_pipelines import runs
 
     jobs = [loaded.resolve_job_def(job.name) for job in loaded.resolve_all_job_defs()]
     assert {job.name for job in jobs} >= set(QUEUE_JOBS)
