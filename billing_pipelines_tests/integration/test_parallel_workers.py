@@ -50,8 +50,13 @@ def test_a_long_one_test_module_does_not_hold_back_the_next_long_module(tmp_path
         "test_e_short.py": SHORT,
     }.items():
         (tests / name).write_text(text)
+    # The inner run keeps its temporary folders to itself: pytest makes the shared
+    # `pytest-of-<user>` folder private (0700) when it starts, which would lock the embedded
+    # PostgreSQL servers of this run's workers (another user) out of their data directories.
+    (tmp_path / "tmp").mkdir()
     env = {
         **os.environ,
+        "TMPDIR": str(tmp_path / "tmp"),
         "ORDER_SIGNALS": str(signals),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
@@ -71,6 +76,8 @@ def test_a_long_one_test_module_does_not_hold_back_the_next_long_module(tmp_path
             "--dist",
             "loadfile",
             "--no-loadscope-reorder",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
             str(tests),
         ],
         cwd=tmp_path,
