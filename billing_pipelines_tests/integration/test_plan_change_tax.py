@@ -41,6 +41,26 @@ def conn(fresh_database_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
+def _onboard_on_starter(
+    conn: Any, client: stripe.StripeClient, catalog: Catalog, **kw: Any
+) -> tuple[str, str, lifecycle.LifecycleResult]:
+    """A Starter tenant with a card on its own clock at MAR15_0945."""
+    tenant = f"tx-{uuid.uuid4().hex[:8]}"
+    clock = str(client.v1.test_helpers.test_clocks.create({"frozen_time": MAR15_0945}).id)
+    request = lifecycle.OnboardRequest(
+        tenant_id=tenant,
+        name="Acme",
+        email="ops@acme.test",
+        plan="starter",
+        payment_method="pm_card_visa",
+        trial=False,
+        test_clock=clock,
+        **kw,
+    )
+    with conn.transaction():
+        return tenant, clock, lifecycle.onboard(conn, client, catalog, request)
+
+
 def _cents(value: Decimal) -> int:
     # ROUND_HALF_UP rounds half away from zero, negative credits included.
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -54,24 +74,8 @@ def test_a_taxed_plan_change_states_its_tax_and_the_invoice_carries_it(
     conn: Any, stripe_client: stripe.StripeClient, taxed_catalog: Catalog
 ) -> None:
     c = stripe_client
-    tenant = f"tx-{uuid.uuid4().hex[:8]}"
-    clock = str(c.v1.test_helpers.test_clocks.create({"frozen_time": MAR15_0945}).id)
-    with conn.transaction():
-        onboarded = lifecycle.onboard(
-            conn,
-            c,
-            taxed_catalog,
-            lifecycle.OnboardRequest(
-                tenant_id=tenant,
-                name="Acme",
-                email="ops@acme.test",
-                plan="starter",
-                payment_method="pm_card_visa",
-                trial=False,
-                test_clock=clock,
-                tax_location=tax_location(country="us", postal_code="94103", state="CA"),
-            ),
-        )
+    location = tax_location(country="us", postal_code="94103", state="CA")
+    tenant, clock, onboarded = _onboard_on_starter(conn, c, taxed_catalog, tax_location=location)
     customer = str(onboarded.customer_id)
     change = MAR15_0945 + 9 * 86_400 + 5 * 3_600 + 13 * 60  # Mar 24 14:58
     advance(c, clock, change)
@@ -114,23 +118,7 @@ def test_an_untaxed_plan_change_says_nothing_about_tax(
     c = stripe_client
     catalog = load_catalog()
     stripe_catalog.sync_catalog(c, catalog)
-    tenant = f"nt-{uuid.uuid4().hex[:8]}"
-    clock = str(c.v1.test_helpers.test_clocks.create({"frozen_time": MAR15_0945}).id)
-    with conn.transaction():
-        lifecycle.onboard(
-            conn,
-            c,
-            catalog,
-            lifecycle.OnboardRequest(
-                tenant_id=tenant,
-                name="Acme",
-                email="ops@acme.test",
-                plan="starter",
-                payment_method="pm_card_visa",
-                trial=False,
-                test_clock=clock,
-            ),
-        )
+    tenant, clock, _ = _onboard_on_starter(conn, c, catalog)
     advance(c, clock, MAR15_0945 + 3 * 86_400 + 7)
     with conn.transaction():
         preview = lifecycle.preview_plan_change(conn, c, catalog, tenant, "pro")
