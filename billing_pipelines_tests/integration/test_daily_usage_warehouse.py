@@ -182,17 +182,21 @@ def test_migrations_on_a_table_that_already_holds_data_backfill_the_daily_ids(
     rng.shuffle(events)
     for i in range(0, len(events), 97):  # many parts, copies of one id in different ones
         _insert(client, events[i : i + 97])
-
-    assert migrate_warehouse(client) == [m.id for m in MIGRATIONS]
-    assert migrate_warehouse(client) == []  # recorded: a second run changes nothing
-    warehouse.ensure_usage_schema(client)
-    assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[2])
     floor_sql = (
         "SELECT tenant_id, count() FROM usage_events "
         "WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
         " GROUP BY tenant_id"
     )
     start, end = warehouse.day_bounds(DAYS[2])
+    # Before the migrations the table has no day-first projection: they are what adds it.
+    assert USAGE_BY_DAY_PROJECTION not in _projections_used(
+        client, floor_sql, {"start": start, "end": end}
+    )
+
+    assert migrate_warehouse(client) == [m.id for m in MIGRATIONS]
+    assert migrate_warehouse(client) == []  # recorded: a second run changes nothing
+    warehouse.ensure_usage_schema(client)
+    assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[2])
     assert USAGE_BY_DAY_PROJECTION in _projections_used(
         client, floor_sql, {"start": start, "end": end}
     )
