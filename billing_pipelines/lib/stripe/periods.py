@@ -93,3 +93,20 @@ def current_period_start(client: stripe.StripeClient, subscription_id: str) -> d
     starts = [timestamp(item.get("current_period_start")) for item in usage_items(raw)]
     known = [s for s in starts if s is not None]
     return max(known) if known else None
+
+
+def closing_subscriptions(client: stripe.StripeClient, first: date, last: date) -> set[str]:
+    """Subscriptions with a period boundary from `first` to `last` (UTC days): those whose
+    current period ends then and those that already renewed then (their previous period
+    closed). Two filtered listings, each paged by the few it returns."""
+    start, _ = day_bounds(first)
+    _, end = day_bounds(last)
+    bounds = {"gte": int(start.timestamp()), "lt": int(end.timestamp())}
+    out: set[str] = set()
+    # docs.stripe.com/api/subscriptions/list: `current_period_end` "Only return subscriptions
+    # whose minimum item current_period_end falls within the given date interval", and
+    # `current_period_start` likewise with the maximum item current_period_start.
+    for field in ("current_period_end", "current_period_start"):
+        for raw in pages(client, "/v1/subscriptions", {"status": "all", field: bounds}):
+            out.add(raw["id"])
+    return out

@@ -267,6 +267,7 @@ def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
     # (same page): paging.py applies it with the cursor; the rest is checked lazily per object.
     status = params.get("status")
     period_bounds = params.get("current_period_start")
+    end_bounds = params.get("current_period_end")
 
     def match(s: dict[str, Any]) -> bool:
         if status and status != "all":
@@ -285,6 +286,13 @@ def list_subscriptions(ctx: Ctx, params: dict[str, Any]) -> dict[str, Any]:
         # docs.stripe.com/api/subscriptions/list: `current_period_start` "Only return
         # subscriptions whose maximum item current_period_start falls within the given date
         # interval" (an integer is an exact match; gt/gte/lt/lte bound it).
+        if end_bounds is not None and not _in_interval(
+            # Same page: `current_period_end` "Only return subscriptions whose minimum item
+            # current_period_end falls within the given date interval".
+            min(i["current_period_end"] for i in s["items"]["data"]),
+            end_bounds,
+        ):
+            return False
         return period_bounds is None or _in_interval(
             max(i["current_period_start"] for i in s["items"]["data"]), period_bounds
         )
