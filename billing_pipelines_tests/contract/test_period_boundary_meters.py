@@ -153,6 +153,29 @@ def test_subscriptions_listed_by_the_day_their_current_period_started(
     assert sub not in listed(JAN5, JAN5 + DAY)
 
 
+def test_subscriptions_listed_by_the_day_their_current_period_ends(
+    stripe_client: stripe.StripeClient,
+) -> None:
+    # docs.stripe.com/api/subscriptions/list: current_period_end "Only return subscriptions
+    # whose minimum item current_period_end falls within the given date interval".
+    c = stripe_client
+    _, sub, clock, _ = _setup(c)  # period to 2026-02-05 14:30:00
+
+    def listed(**bounds: int) -> list[str]:
+        page = c.v1.subscriptions.list(
+            {"status": "all", "current_period_end": bounds, "limit": 100}  # type: ignore[typeddict-item]
+        )
+        return [s.id for s in page.auto_paging_iter()]
+
+    assert sub in listed(gte=FEB5, lt=FEB5 + DAY)
+    assert sub in listed(gte=FEB5_BOUNDARY, lte=FEB5_BOUNDARY)
+    assert sub not in listed(gt=FEB5_BOUNDARY, lt=FEB5 + 2 * DAY)
+    assert sub not in listed(gte=FEB5 - DAY, lt=FEB5)
+    advance(c, clock, FEB5_BOUNDARY + 60)  # renewed: the period now ends on Mar 5
+    assert sub not in listed(gte=FEB5, lt=FEB5 + DAY)
+    assert sub in listed(gte=FEB5 + 28 * DAY, lt=FEB5 + 29 * DAY)
+
+
 def test_a_month_end_anchor_renews_on_the_last_day_of_february_at_the_same_instant(
     stripe_client: stripe.StripeClient,
 ) -> None:

@@ -117,7 +117,8 @@ def create_app(
     `app.state.throttled` counts those 429s by
     endpoint, `app.state.faults`
     what was injected, by kind and HTTP method (e.g. `("after", "POST")`), and
-    `app.state.requests` every request received, by method.
+    `app.state.requests` every request received, by method, and `app.state.paths` by path
+    (a test counts the requests one endpoint received).
     """
     st = state or SandboxState(seed=seed)
     if st.webhooks is None:
@@ -131,11 +132,13 @@ def create_app(
     fault_rng = random.Random(seed)
     faults: Counter[tuple[str, str]] = Counter()
     requests: Counter[str] = Counter()
+    paths: Counter[str] = Counter()
     counter = {"n": 0}
 
     async def handle(request: Request) -> Response:
         counter["n"] += 1
         requests[request.method] += 1
+        paths[request.url.path] += 1
         request_id = f"req_{seed:02d}{counter['n']:012d}"
         headers = {"Request-Id": request_id, "Stripe-Version": API_VERSION}
         if latency_ms:
@@ -206,6 +209,7 @@ def create_app(
     app.state.faults = faults
     app.state.throttled = throttled
     app.state.requests = requests
+    app.state.paths = paths
     return app
 
 
