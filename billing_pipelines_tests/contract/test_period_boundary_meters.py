@@ -163,7 +163,7 @@ def test_subscriptions_listed_by_the_day_their_current_period_ends(
 
     def listed(**bounds: int) -> list[str]:
         page = c.v1.subscriptions.list(
-            {"status": "all", "current_period_end": bounds, "limit": 100}  # type: ignore[typeddict-item]
+            {"status": "all", "current_period_end": bounds, "limit": 100}  # type: ignore[arg-type]
         )
         return [s.id for s in page.auto_paging_iter()]
 

@@ -143,13 +143,13 @@ def meter_totals_match_warehouse(
     tenant_days = len({(t, d) for t, _, d in expected})
     first_day = rotation.window(day, every_days)[0]
     scope = (
-        f"Compared {len(expected)} total(s) of {len({t for t, _, _ in expected})} of "
-        f"{len(customers)} billable tenant(s) over {tenant_days} tenant-day(s) from "
-        f"{compared_days[0] if compared_days else day} to {day} "
-        f"({', '.join(f'{plan.count(r)} {r}' for r in rotation.REASONS)}); "
-        f"{len(plan.left)} tenant(s) left for their slot days "
-        f"(every tenant's days since {first_day} are read on its slot day, "
-        f"one in {max(1, every_days)} days), in {requests} summaries request(s)."
+        f"Read {len(plan.due)} of {len(customers)} billable tenant(s) "
+        f"({', '.join(f'{plan.count(r)} {r}' for r in rotation.REASONS)}) and compared "
+        f"{len(expected)} total(s) of {len({t for t, _, _ in expected})} of them over "
+        f"{tenant_days} tenant-day(s) from {compared_days[0] if compared_days else day} to "
+        f"{day}, in {requests} summaries request(s); {len(plan.left)} tenant(s) left for their "
+        f"slot days (a tenant's days are read on its slot day, one day in "
+        f"{max(1, every_days)}, back to the day after its previous one: from {first_day} today)."
     )
     bad_days = sorted({m.day for m in mismatches})
     return dg.AssetCheckResult(
