@@ -21,6 +21,7 @@ from billing_sandbox.stripe import SandboxHandle
 from billing_pipelines.definitions import defs
 from billing_pipelines.lib.usage import warehouse as wh
 from billing_pipelines_tests.integration.reconciliation import support
+from billing_pipelines_tests.integration.reconciliation.test_period_boundary_push import insert
 from billing_pipelines_tests.support import API_KEY, advance
 
 TODAY = datetime.now(UTC).date()
@@ -267,3 +268,62 @@ def test_correct_days_pass_with_one_summaries_request_per_tenant_read(
     assert daily.passed
     assert summaries(stripe_sandbox) - before == len(busy)
     assert daily.metadata["tenant_days"].value == len(busy)
+
+
+def test_a_split_day_is_not_compared_again_on_a_later_slot_day(
+    env: str, stripe_sandbox: SandboxHandle, stripe_client: stripe.StripeClient
+) -> None:
+    # A renewal at 14:30 splits its day. Pushed while the closing invoice is a draft, the day's
+    # event carries the part before 14:30; once that invoice is final the part the push would
+    # report is the one after it (sent by the next re-push of that day). A later slot day must
+    # not judge the split day by the whole day's or the other part's total.
+    c = stripe_client
+    target = TODAY - timedelta(days=8)
+    month_ago = date(
+        target.year - (target.month == 1), (target.month - 2) % 12 + 1, min(target.day, 28)
+    )
+    signup = datetime(month_ago.year, month_ago.month, month_ago.day, 14, 30, tzinfo=UTC)
+    renewal = datetime(
+        signup.year + (signup.month == 12), signup.month % 12 + 1, signup.day, 14, 30, tzinfo=UTC
+    )
+    split_day = renewal.date()
+    slot_day = split_day + timedelta(days=3)
+    tenant = tenant_with("rot-s-", lambda s: s == serves(slot_day))
+    customer, sub, clock = support.tenant(c, env, tenant, frozen_time=int(signup.timestamp()))
+    assert c.v1.subscriptions.retrieve(sub)["items"].data[0].current_period_end == int(
+        renewal.timestamp()
+    )
+    days = [split_day + timedelta(days=n) for n in range(-1, 4)]
+    for day in days:
+        if day != split_day:
+            queries(tenant, day, 30)
+    midnight = wh.day_bounds(split_day)[0]
+    insert(tenant, "before-", 60, midnight, renewal)
+    insert(tenant, "after-", 40, renewal, midnight + timedelta(days=1))
+
+    outcomes = {}
+    for day in days:
+        due = wh.day_bounds(day)[1] + timedelta(minutes=10)
+        if day == split_day:
+            due = renewal + timedelta(minutes=10)  # the renewal's invoice is still a draft
+        advance(c, clock, int(due.timestamp()))
+        result = push(day)
+        assert result.success
+        outcomes[day] = check_of(result)
+    assert all(e.passed for e in outcomes.values()), [e.description for e in outcomes.values()]
+    # The split day was read on its own day, against the part before 14:30 ...
+    assert outcomes[split_day].metadata["read_for_split_day"].value == 1
+    meter = next(m for m in c.v1.billing.meters.list().data if m.event_name == "rag_api_queries")
+    (summary,) = c.v1.billing.meters.event_summaries.list(
+        meter.id,
+        {
+            "customer": customer,
+            "start_time": int(midnight.timestamp()),
+            "end_time": int((midnight + timedelta(days=1)).timestamp()),
+        },
+    ).data
+    assert summary.aggregated_value == 60
+    # ... and on the slot day, now that the invoice is final, its other days only.
+    later = outcomes[slot_day]
+    assert later.metadata["read_for_slot"].value == 1
+    assert later.metadata["tenant_days"].value == len(days) - 1
