@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from billing_pipelines.lib.reconciliation import usage_audit
+from billing_pipelines.lib.reconciliation import explain, usage_audit
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.lib.usage.periods import interval_queries, period_truth
 from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
@@ -358,6 +358,16 @@ def test_random_periods_bill_the_policy_count_as_the_sum_of_their_parts(
                 cursor = min(next_midnight, end)
             assert pushed == expected, (tenant, start, end)
             assert period_truth(client, tenant, start, end).queries == expected
+        # `billing explain`'s warehouse count over whole days, bound and pasted as literals.
+        explained = (start_day, end_day) = (
+            datetime.combine(first_day + timedelta(days=rng.randrange(2)), time.min, UTC),
+            datetime.combine(first_day + timedelta(days=rng.randrange(3, days + 2)), time.min, UTC),
+        )
+        pasted = client.query(explain.sql_literal(tenant, *explained)).result_rows[0][0]
+        assert (explain.warehouse_count(client, tenant, *explained), int(pasted)) == (
+            policy_queries(events, tenant, start_day, end_day),
+            policy_queries(events, tenant, start_day, end_day),
+        )
         # Every day: whole day = a random split of it = the policy = the audit's day count.
         audited = usage_audit.warehouse_queries(
             client, [tenant], first_day, first_day + timedelta(days=days + 1)
