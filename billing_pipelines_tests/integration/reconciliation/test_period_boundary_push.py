@@ -2,7 +2,8 @@
 invoice line bills exactly the distinct queries whose timestamps fall in its own period, on
 the sign-up day and on the renewal day (split at 14:30), and the usage audit agrees. Ids logged
 the day before the renewal (before 14:30's time of day) and again after it are copies: the
-renewal day's part from 14:30 does not bill them again.
+renewal day's part from 14:30 does not bill them again; ids re-logged just after a midnight are
+billed on their first day, and the audit's day counts say so too.
 
 The account's finalization grace period is 48 hours here (the boundary policy's requirement):
 the renewal day's part before 14:30 is pushed the next night while its invoice is a draft, and
@@ -107,6 +108,10 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     insert("t-1430", "day-two-", 5_000, midnight(d1), midnight(d1 + timedelta(days=1)))
     insert("t-1430", "renewal-before-", 3_000, midnight(db), renewal)
     insert("t-1430", "renewal-after-", 4_000, renewal, midnight(db + timedelta(days=1)))
+    # 200 queries logged again just after midnight (a cache re-log): billed on the sign-up day.
+    late_evening = midnight(d1) - timedelta(hours=1)
+    insert("t-1430", "re-logged-", 200, late_evening, midnight(d1))
+    insert("t-1430", "re-logged-", 200, midnight(d1), midnight(d1) + timedelta(hours=1))
     # Ids logged the day before the renewal, before 14:30, and again after the renewal: 500
     # queries (billed on the day before, in the first period, not again in the second) and 300
     # ingests whose ids come back as queries (copies: billed in neither period).
@@ -179,12 +184,13 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
             and line.amount != 2900
         ),
     )
-    # Period 1 [14:30 sign-up, 14:30 renewal): 4,000 + 5,000 + 500 (the day before the
-    # renewal) + 3,000 = 12,500 queries, 2,500 over starter's 10,000 at $0.001 = $2.50.
+    # Period 1 [14:30 sign-up, 14:30 renewal): 4,000 + 200 (re-logged after midnight, billed
+    # once) + 5,000 + 500 (the day before the renewal) + 3,000 = 12,700 queries, 2,700 over
+    # starter's 10,000 at $0.001 = $2.70.
     # Period 2 from 14:30: 4,000 + 7,000 = 11,000 (the copies of the day before's ids are not
     # billed again), 1,000 over = $1.00.
     assert metered == [
-        (int(SIGN_UP.timestamp()), 12_500, 250),
+        (int(SIGN_UP.timestamp()), 12_700, 270),
         (renewal_ts, 11_000, 100),
     ]
 
@@ -201,7 +207,8 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     assert [
         (r["warehouse_queries"], r["invoice_quantity"], r["difference_cents"]) for r in rows
     ] == [
-        (12_500, 12_500, 0),
+        (12_700, 12_700, 0),
         (11_000, 11_000, 0),
     ]
-    assert [r["causes"] for r in rows] == [[], []]  # the split renewal day is no finding
+    # The split renewal day is no finding, nor the day whose re-logged copies are not billed.
+    assert [r["causes"] for r in rows] == [[], []]
