@@ -145,12 +145,20 @@ def _python_daily_usage(events: list[Event], day: date) -> pd.DataFrame:
 def _python_interval_queries(
     events: list[Event], tenant: str, start: datetime, end: datetime
 ) -> int:
-    """Query ids whose first event within a day of look-back falls in [start, end)."""
-    first: dict[str, datetime] = {}
-    for e in events:
-        if e.tenant == tenant and e.kind == "query" and start - timedelta(days=1) <= e.at < end:
-            first[e.query_id] = min(first.get(e.query_id, e.at), e.at)
-    return sum(1 for at in first.values() if at >= start)
+    """Query ids billed in [start, end) by daily usage's rule: at their first query event of
+    a UTC day, unless the tenant logged them (any kind) on the day before."""
+    days: dict[str, set[date]] = defaultdict(set)
+    first: dict[tuple[str, date], datetime] = {}
+    for e in (e for e in events if e.tenant == tenant):
+        days[e.query_id].add(e.at.date())
+        if e.kind == "query":
+            key = (e.query_id, e.at.date())
+            first[key] = min(first.get(key, e.at), e.at)
+    return sum(
+        1
+        for (query_id, day), at in first.items()
+        if start <= at < end and day - timedelta(days=1) not in days[query_id]
+    )
 
 
 def _insert(client: Client, events: list[Event]) -> None:

@@ -34,16 +34,25 @@ from billing_pipelines.lib.usage.warehouse import day_bounds
 
 Conn = psycopg.Connection[Any]
 
-# The warehouse truth of a line: distinct query ids per UTC day (as daily_tenant_usage counts
-# them), summed over the days the line bills. Run with bound parameters; shown with literals.
+# The warehouse truth of a line: per UTC day, the query ids the tenant queried that day and
+# logged as no event of any kind the day before (a copy across midnight counts on its first day,
+# as daily_tenant_usage counts them), summed over the billed days. The scan starts a day early
+# for that look-back. Run with bound parameters; shown with literals.
 REPRODUCE_SQL = """SELECT sum(queries) AS billable_queries
 FROM (
-    SELECT toDate(timestamp, 'UTC') AS day, uniqExact(query_id) AS queries
-    FROM usage_events
-    WHERE tenant_id = {tenant:String}
-      AND event_type = 'query'
-      AND timestamp >= {start:DateTime64(3, 'UTC')}
-      AND timestamp < {end:DateTime64(3, 'UTC')}
+    SELECT day, count() AS queries
+    FROM (
+        SELECT query_id,
+               groupUniqArray(toDate(timestamp, 'UTC')) AS logged_days,
+               groupUniqArrayIf(toDate(timestamp, 'UTC'), event_type = 'query') AS queried_days
+        FROM usage_events
+        WHERE tenant_id = {tenant:String}
+          AND timestamp >= {start:DateTime64(3, 'UTC')} - INTERVAL 1 DAY
+          AND timestamp < {end:DateTime64(3, 'UTC')}
+        GROUP BY query_id
+    )
+    ARRAY JOIN queried_days AS day
+    WHERE day >= toDate({start:DateTime64(3, 'UTC')}, 'UTC') AND NOT has(logged_days, day - 1)
     GROUP BY day
 )"""
 
@@ -230,7 +239,8 @@ def render(e: Explanation) -> str:
     out += [
         "",
         f"The warehouse query that reproduces the count ({e.sql_count:,} billable queries: "
-        "distinct query ids per UTC day, summed over the billed days):",
+        "distinct query ids per UTC day, not logged the day before, summed over the billed "
+        "days):",
         "",
         sql_literal(line.tenant_id or "", e.sql_start, e.sql_end),
         "",

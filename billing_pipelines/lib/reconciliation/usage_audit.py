@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from billing_pipelines.lib.catalog.plans import Plan
 from billing_pipelines.lib.notifications.emails import format_money, usage_explanation
 from billing_pipelines.lib.usage.periods import PeriodTruth
-from billing_pipelines.lib.usage.warehouse import day_bounds
+from billing_pipelines.lib.usage.warehouse import DUPLICATE_HORIZON, day_bounds
 
 if TYPE_CHECKING:
     import psycopg
@@ -229,12 +229,24 @@ def audit_line(
 Conn: TypeAlias = "psycopg.Connection[Any]"
 Key = tuple[str, date]  # (tenant_id, day)
 
+# A day's billable queries by daily usage's rule, read from the raw events (not from the daily
+# id table the push reads, so the audit does not share its inputs): ids the tenant logged as a
+# query that day and as no event of any kind the day before (a copy across midnight counts on
+# its first day only). The scan starts a day early for that look-back.
 WAREHOUSE_SQL = """
-SELECT tenant_id, toDate(timestamp, 'UTC') AS day,
-       toInt64(uniqExactIf(query_id, event_type = 'query')) AS queries
-FROM usage_events
-WHERE timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
-  AND tenant_id IN {tenants:Array(String)}
+SELECT tenant_id, day, toInt64(count()) AS queries
+FROM
+(
+    SELECT tenant_id, query_id,
+           groupUniqArray(toDate(timestamp, 'UTC'))                            AS logged_days,
+           groupUniqArrayIf(toDate(timestamp, 'UTC'), event_type = 'query')    AS queried_days
+    FROM usage_events
+    WHERE timestamp >= {lookback:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}
+      AND tenant_id IN {tenants:Array(String)}
+    GROUP BY tenant_id, query_id
+)
+ARRAY JOIN queried_days AS day
+WHERE day >= {first:Date} AND NOT has(logged_days, day - 1)
 GROUP BY tenant_id, day
 """
 
@@ -246,7 +258,13 @@ def warehouse_queries(
     start, _ = day_bounds(first)
     _, end = day_bounds(last)
     result = client.query(
-        WAREHOUSE_SQL, parameters={"start": start, "end": end, "tenants": sorted(set(tenants))}
+        WAREHOUSE_SQL,
+        parameters={
+            "lookback": start - DUPLICATE_HORIZON,
+            "first": first,
+            "end": end,
+            "tenants": sorted(set(tenants)),
+        },
     )
     return {(str(t), d): int(q) for t, d, q in result.result_rows}
 

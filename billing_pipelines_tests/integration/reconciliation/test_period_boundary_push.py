@@ -1,6 +1,9 @@
 """A subscription signed up at 14:30 UTC, pushed day by day as the schedules push it: every
 invoice line bills exactly the distinct queries whose timestamps fall in its own period, on
-the sign-up day and on the renewal day (split at 14:30), and the usage audit agrees.
+the sign-up day and on the renewal day (split at 14:30), and the usage audit agrees. Ids logged
+the day before the renewal (before 14:30's time of day) and again after it are copies: the
+renewal day's part from 14:30 does not bill them again; ids re-logged just after a midnight are
+billed on their first day, and the audit's day counts say so too.
 
 The account's finalization grace period is 48 hours here (the boundary policy's requirement):
 the renewal day's part before 14:30 is pushed the next night while its invoice is a draft, and
@@ -50,8 +53,10 @@ def long_grace(stripe_sandbox: SandboxHandle) -> Iterator[None]:
         settings.finalization_grace_seconds = before
 
 
-def insert(tenant_id: str, prefix: str, count: int, first: datetime, last: datetime) -> None:
-    """`count` distinct queries spread evenly over [first, last)."""
+def insert(
+    tenant_id: str, prefix: str, count: int, first: datetime, last: datetime, kind: str = "query"
+) -> None:
+    """`count` distinct ids logged as `kind` events spread evenly over [first, last)."""
     span = int((last - first).total_seconds())
     wh.connect(os.environ["CLICKHOUSE_URL"]).command(
         """
@@ -60,7 +65,7 @@ def insert(tenant_id: str, prefix: str, count: int, first: datetime, last: datet
         SELECT generateUUIDv4(), concat({prefix:String}, toString(number)), {tenant:String},
                {first:DateTime64(3, 'UTC')} + toIntervalSecond(intDiv(number * {span:UInt64},
                                                                       {count:UInt64})),
-               'query', 10, 1, 30
+               {kind:String}, 10, 1, 30
         FROM numbers({count:UInt64})
         """,
         parameters={
@@ -69,6 +74,7 @@ def insert(tenant_id: str, prefix: str, count: int, first: datetime, last: datet
             "first": first,
             "span": span,
             "count": count,
+            "kind": kind,
         },
     )
 
@@ -102,6 +108,20 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     insert("t-1430", "day-two-", 5_000, midnight(d1), midnight(d1 + timedelta(days=1)))
     insert("t-1430", "renewal-before-", 3_000, midnight(db), renewal)
     insert("t-1430", "renewal-after-", 4_000, renewal, midnight(db + timedelta(days=1)))
+    # 200 queries logged again just after midnight (a cache re-log): billed on the sign-up day.
+    late_evening = midnight(d1) - timedelta(hours=1)
+    insert("t-1430", "re-logged-", 200, late_evening, midnight(d1))
+    insert("t-1430", "re-logged-", 200, midnight(d1), midnight(d1) + timedelta(hours=1))
+    # Ids logged the day before the renewal, before 14:30, and again after the renewal: 500
+    # queries (billed on the day before, in the first period, not again in the second) and 300
+    # ingests whose ids come back as queries (copies: billed in neither period).
+    eve = db - timedelta(days=1)
+    insert("t-1430", "copied-", 500, midnight(eve), midnight(eve) + timedelta(hours=10))
+    insert("t-1430", "copied-", 500, renewal + timedelta(hours=5), midnight(db + timedelta(days=1)))
+    insert(
+        "t-1430", "ingest-", 300, midnight(eve), midnight(eve) + timedelta(hours=10), "embedding"
+    )
+    insert("t-1430", "ingest-", 300, renewal + timedelta(hours=5), midnight(db + timedelta(days=1)))
     insert(
         "t-1430",
         "after-renewal-",
@@ -136,7 +156,7 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
         ]
         assert check.passed, check.description
 
-    for day in (d0, d1):
+    for day in (d0, d1, eve):
         advance(c, clock, int((midnight(day) + timedelta(days=1, minutes=10)).timestamp()))
         push(day)
     # The night after the renewal: its invoice is a draft, so the renewal day's event carries
@@ -164,11 +184,13 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
             and line.amount != 2900
         ),
     )
-    # Period 1 [14:30 sign-up, 14:30 renewal): 4,000 + 5,000 + 3,000 = 12,000 queries,
-    # 2,000 over starter's 10,000 at $0.001 = $2.00. Period 2 from 14:30: 4,000 + 7,000 =
-    # 11,000, 1,000 over = $1.00.
+    # Period 1 [14:30 sign-up, 14:30 renewal): 4,000 + 200 (re-logged after midnight, billed
+    # once) + 5,000 + 500 (the day before the renewal) + 3,000 = 12,700 queries, 2,700 over
+    # starter's 10,000 at $0.001 = $2.70.
+    # Period 2 from 14:30: 4,000 + 7,000 = 11,000 (the copies of the day before's ids are not
+    # billed again), 1,000 over = $1.00.
     assert metered == [
-        (int(SIGN_UP.timestamp()), 12_000, 200),
+        (int(SIGN_UP.timestamp()), 12_700, 270),
         (renewal_ts, 11_000, 100),
     ]
 
@@ -185,7 +207,8 @@ def test_sign_up_and_renewal_days_split_at_14_30_bill_each_period_exactly(
     assert [
         (r["warehouse_queries"], r["invoice_quantity"], r["difference_cents"]) for r in rows
     ] == [
-        (12_000, 12_000, 0),
+        (12_700, 12_700, 0),
         (11_000, 11_000, 0),
     ]
-    assert [r["causes"] for r in rows] == [[], []]  # the split renewal day is no finding
+    # The split renewal day is no finding, nor the day whose re-logged copies are not billed.
+    assert [r["causes"] for r in rows] == [[], []]
