@@ -193,8 +193,10 @@ def make_client(
     """A StripeClient under the process's rate budget: paced, 429s retried, idempotent writes."""
     import stripe
 
+    from billing_pipelines.lib.stripe.sdk_logging import format_sdk_log_lines_only_when_shown
     from billing_pipelines.lib.stripe.transport import PacedRequestsClient
 
+    format_sdk_log_lines_only_when_shown()
     limits = limits or RateLimits.for_key(api_key)
     return stripe.StripeClient(
         api_key=api_key,
