@@ -66,7 +66,7 @@ def test_a_push_from_two_processes_bills_every_tenant_once_and_reports_the_sum(e
 
 
 def _shard_processes() -> list[int]:
-    """This process's children that run a process pool's worker (spawned interpreters)."""
+    """This process's children that run a meter push shard."""
     me = str(os.getpid())
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -75,7 +75,7 @@ def _shard_processes() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if fields[1] == me and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+        if fields[1] == me and b"billing_pipelines.lib.metering.shards" in cmdline:
             found.append(int(stat.parent.name))
     return found
 
@@ -117,11 +117,13 @@ def test_a_shard_killed_mid_push_fails_the_run_and_the_rerun_bills_each_tenant_o
     assert not failed.success
     failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
     assert "shard's process died" in str(failure.event_specific_data)
+    assert "exited with -9" in str(failure.event_specific_data)  # the SIGKILL, named
     customers = {env.customer(t) for t in sizes}
     after_kill = _stripe_events(env, customers)
     assert 8 <= len(after_kill) < 40  # the push stopped part way
     ledger = _ledger(env)
-    # Every row was written before any call; what no shard confirmed is still pending.
+    # Every row was written before any call; what the killed shard did not confirm is still
+    # pending (the other shard finished and confirmed its own).
     assert sum(ledger.values()) == 40 and ledger.get("pending", 0) > 0
     assert ledger.get("delivered", 0) <= len(after_kill)
 

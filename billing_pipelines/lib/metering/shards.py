@@ -18,7 +18,11 @@ import hashlib
 import logging
 import math
 import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -97,44 +101,74 @@ def send_sharded(
 ) -> SendTally:
     """Send `reports` from `shards` processes, each with its share of the budget; the sum.
 
-    Processes are spawned (not forked: the run's process has threads and open connections).
+    Each shard is a fresh interpreter running this module (`python -m`), given its job on
+    stdin and answering its tally on stdout: it imports the client and the ledger only, not
+    whatever the run's process was started from (a multiprocessing spawn re-imports the
+    parent's main module, Dagster and all, about as much CPU as a thousand meter events). A
+    shard that dies does not stop the others: they finish and confirm their rows.
     """
-    # Imported here: the Dagster definitions import this module, and only a sharded push needs it.
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
     parts = split(reports, shards)
     share = pace.share(shards)
     shard_target = ShardTarget(target.stripe.share(shards), target.database_url)
     jobs = [ShardJob(i, part, share, shard_target) for i, part in enumerate(parts) if part]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    running = []
+    for job in jobs:
+        # The interpreter running this process; the command is fixed, its job comes on stdin.
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        running.append((job, process))
+    # One thread per shard hands it its job and waits for its answer, so every shard starts
+    # at once and one that dies is noticed whatever the others do.
+    with ThreadPoolExecutor(max_workers=len(running), thread_name_prefix="shard") as waiters:
+        answers = list(waiters.map(lambda jp: _answer(jp[0], jp[1]), running))
     total = SendTally()
-    if not jobs:
-        return total
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-        running = {pool.submit(push_shard, job): job for job in jobs}
-        try:
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    tally = future.result()
-                    total.add(tally)
-                    log.info(
-                        "shard %d/%d: %d meter events answered (%d delivered, %d failed)",
-                        job.index + 1,
-                        shards,
-                        len(job.reports),
-                        tally.outcomes.delivered,
-                        tally.outcomes.failed,
-                    )
-        except BrokenProcessPool as exc:
-            # The pool stops every shard when one process dies; each one's answered events
-            # are confirmed up to its last batch, the rest stay pending for the re-run.
-            raise ShardLost(
-                f"a meter push shard's process died ({len(running)} of {len(jobs)} shards had "
-                "not finished); their unconfirmed ledger rows stay pending: re-run the "
-                "partition to send them (same identifiers, no double count)"
-            ) from exc
+    lost: list[str] = []
+    for (job, process), tally in zip(running, answers, strict=True):
+        if tally is None:
+            lost.append(f"shard {job.index + 1} exited with {process.returncode}")
+            continue
+        total.add(tally)
+        log.info(
+            "shard %d/%d: %d meter events answered (%d delivered, %d failed)",
+            job.index + 1,
+            shards,
+            len(job.reports),
+            tally.outcomes.delivered,
+            tally.outcomes.failed,
+        )
+    if lost:
+        raise ShardLost(
+            f"a meter push shard's process died ({'; '.join(lost)}; {len(lost)} of {len(jobs)} "
+            "shards); the rows it had not confirmed stay pending: re-run the partition to send "
+            "them (same identifiers, no double count)"
+        )
     return total
+
+
+def _answer(job: ShardJob, process: subprocess.Popen[bytes]) -> SendTally | None:
+    """Give a shard's process its job and wait for its tally (None if it died)."""
+    try:
+        answer, _ = process.communicate(pickle.dumps(job))
+    except BrokenPipeError:  # it died before it read its job
+        process.wait()
+        return None
+    if process.returncode != 0 or not answer:
+        return None
+    tally: SendTally = pickle.loads(answer)  # our own child's answer
+    return tally
+
+
+def _serve_one_job() -> None:
+    """A shard's process: read the job from stdin, push it, write the tally to stdout."""
+    answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the answer
+    job: ShardJob = pickle.load(sys.stdin.buffer)
+    tally = push_shard(job)
+    answer.write(pickle.dumps(tally))
+    answer.close()
+
+
+if __name__ == "__main__":
+    _serve_one_job()
