@@ -187,16 +187,21 @@ def day_parts_of(
                 clients.append(warehouse.client())
             return interval_queries(clients[0], tenant_id, start, end)
 
+        finals: list[set[tuple[str, int]]] = []  # listed once, when a period ends that day
+
+        def invoice_final(tenant: str, end: datetime) -> bool:
+            if end in settled.get(tenant, ()):
+                return True
+            if not finals:
+                finals.append(stripe_periods.final_period_ends(client, day))
+            subscription = accounts[tenant].stripe_subscription_id or ""
+            return (subscription, int(end.timestamp())) in finals[0]
+
         return day_parts(
             day,
             cuts.with_cuts({tenant_of[s]: t for s, t in times.items()}, day_cuts),
             count,
-            lambda tenant, end: (
-                end in settled.get(tenant, ())
-                or stripe_periods.period_invoice_final(
-                    client, accounts[tenant].stripe_subscription_id or "", end
-                )
-            ),
+            invoice_final,
         )
 
     return parts
