@@ -29,8 +29,8 @@ endpoint (test mode's rule: meter events count toward the basic limit). With `--
 it limits like a live account: meter events at M in their own bucket, every other request at
 `--account-rate` (100) and `--endpoint-rate` (25); the push's budget is set the same way
 (`STRIPE_METER_EVENTS_PER_SECOND`). Each push also reports the CPU time per meter event of this
-process (the client: Dagster, ledger, SDK, transport) and of the sandbox's process, to show
-which side a ceiling comes from.
+process and its push shards (the client: Dagster, ledger, SDK, transport) and of the sandbox's
+process, to show which side a ceiling comes from.
 
 Target: ours <= 1.15 x (events / R) + 2 s.
 """

@@ -89,7 +89,7 @@ def test_the_sdk_formats_no_request_log_line_that_no_handler_shows(
     monkeypatch.setattr(stripe, "log", None)
     monkeypatch.setattr(_util, "STRIPE_LOG", None)
     day = datetime.now(UTC).date() - timedelta(days=1)
-    logging.getLogger("stripe").setLevel(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="stripe")  # the default; restored after the test
     meters.send_meter_event(stripe_client, _report(customer, "quiet-1", 1, day))
     assert formatted == []
     # Whoever asks for the SDK's lines still gets them, as the SDK writes them.
