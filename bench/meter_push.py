@@ -5,7 +5,10 @@ size, `--tenants 250 --tenants 500 --tenants 1000 --tenants 2000 --rate 100` (on
 largest size; each size pushes its own day, holding usage for the first N tenants only).
 At live limits: `python bench/meter_push.py --tenants 5000 --meter-rate 1000 --workers 32`
 (meter events limited apart at 1,000/s, everything else at the account's 100/s and 25/s per
-endpoint, as Stripe limits a live account).
+endpoint, as Stripe limits a live account). One process against two, alternating, push alone
+as a fraction of the limit: `python bench/meter_push.py --tenants 5000 --meter-rate 1000
+--workers 32 --shards 1 --shards 2 --repeat 2 --skip-baseline` (`--shards N`: the push's
+processes, each with 1/N of the rate, the workers and the Stripe budgets).
 
 Starts embedded PostgreSQL under a temporary BILLING_HOME and the Stripe sandbox in a separate
 process (as `billing sandbox up` runs it), so server and client do not share one interpreter.
@@ -26,8 +29,8 @@ endpoint (test mode's rule: meter events count toward the basic limit). With `--
 it limits like a live account: meter events at M in their own bucket, every other request at
 `--account-rate` (100) and `--endpoint-rate` (25); the push's budget is set the same way
 (`STRIPE_METER_EVENTS_PER_SECOND`). Each push also reports the CPU time per meter event of this
-process (the client: Dagster, ledger, SDK, transport) and of the sandbox's process, to show
-which side a ceiling comes from.
+process and its push shards (the client: Dagster, ledger, SDK, transport) and of the sandbox's
+process, to show which side a ceiling comes from.
 
 Target: ours <= 1.15 x (events / R) + 2 s.
 """
@@ -80,10 +83,14 @@ class Limits:
         return f"meter {self.meter:g}/s, account {self.account:g}/s, endpoint {self.endpoint:g}/s"
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), with `children` those of
+    its children that ended and were waited for (a sharded push's processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _client(url: str) -> stripe.StripeClient:
@@ -131,7 +138,7 @@ def setup(
 
 
 def ours(
-    url: str, database_url: str, day: date, limits: Limits, workers: int
+    url: str, database_url: str, day: date, limits: Limits, workers: int, shards: int
 ) -> tuple[float, dict[str, Any]]:
     """The stripe_meter_reports asset, end to end, with the process's Stripe budget set to the
     server's limits."""
@@ -157,7 +164,11 @@ def ours(
         run_config={
             "ops": {
                 "stripe_meter_reports": {
-                    "config": {"requests_per_second": rate, "workers": workers}
+                    "config": {
+                        "requests_per_second": rate,
+                        "workers": workers,
+                        "shards": shards,
+                    }
                 }
             },
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
@@ -254,7 +265,18 @@ def main() -> None:
     )
     parser.add_argument("--account-rate", type=float, default=100.0, help="live account, req/s")
     parser.add_argument("--endpoint-rate", type=float, default=25.0, help="per endpoint, req/s")
-    parser.add_argument("--workers", type=int, default=8, help="the push's worker threads")
+    parser.add_argument(
+        "--workers", type=int, default=8, help="the push's worker threads (split among shards)"
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        action="append",
+        help="processes of the push (repeat to compare, e.g. --shards 1 --shards 2), default 1",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the shard counts this many times, alternating"
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     limits = [Limits(r, r) for r in args.rate or []]
@@ -280,8 +302,15 @@ def main() -> None:
         t = time.perf_counter()
         # A day per (limits, size): every measured push sends new identifiers (none already
         # delivered), and a day holds usage for exactly the tenants of its size.
-        cases = [(lim, n) for lim in limits for n in sizes]
-        days = [(day - timedelta(days=i), n) for i, (_, n) in enumerate(cases)]
+        shard_counts = args.shards or [1]
+        cases = [
+            (lim, n, k)
+            for lim in limits
+            for n in sizes
+            for _ in range(args.repeat)
+            for k in shard_counts
+        ]
+        days = [(day - timedelta(days=i), n) for i, (_, n, _) in enumerate(cases)]
         rows = setup(free_url, database_url, max(sizes), days)
         print(f"setup: {len(rows)} tenants in {time.perf_counter() - t:.1f}s (not timed)")
         print(
@@ -289,25 +318,30 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, workers {args.workers}, "
             f"load average {os.getloadavg()[0]:.2f}"
         )
-        for (lim, n), (day, _) in zip(cases, days, strict=True):
+        for (lim, n, shards), (day, _) in zip(cases, days, strict=True):
             url = f"http://127.0.0.1:{ports[lim.label]}"
             rate = lim.push_rate
             time.sleep(1.1)  # let the sandbox's bucket fill, as an idle account's would
             events = n
             budget = 1.15 * events / rate + 2
             load_before = os.getloadavg()[0]
-            cpu_client, cpu_server = _cpu_seconds(os.getpid()), _cpu_seconds(server.pid)
-            elapsed, meta = ours(url, database_url, day, lim, args.workers)
-            cpu_client = _cpu_seconds(os.getpid()) - cpu_client
+            cpu_client = _cpu_seconds(os.getpid(), children=True)
+            cpu_server = _cpu_seconds(server.pid)
+            elapsed, meta = ours(url, database_url, day, lim, args.workers, shards)
+            load_after = os.getloadavg()[0]
+            cpu_client = _cpu_seconds(os.getpid(), children=True) - cpu_client
             cpu_server = _cpu_seconds(server.pid) - cpu_server
             assert meta["sent"] == events, meta
+            assert meta["shards"] == shards, meta
             print(
-                f"{lim.label} events={events}: stripe_meter_reports {elapsed:.1f}s "
+                f"{lim.label} events={events} shards={shards}: stripe_meter_reports {elapsed:.1f}s "
                 f"(ideal {events / rate:.1f}s, budget {budget:.1f}s, "
                 f"{'OK' if elapsed <= budget else 'OVER'}), sent={meta['sent']}, "
                 f"push {meta['push_seconds']}s, retried {meta['retried_requests']}; CPU per "
                 f"event: client {1000 * cpu_client / events:.2f} ms, sandbox "
-                f"{1000 * cpu_server / events:.2f} ms; load average {load_before:.1f}",
+                f"{1000 * cpu_server / events:.2f} ms; load average {load_before:.1f} "
+                f"before, {load_after:.1f} after; push alone "
+                f"{events / float(meta['push_seconds']) / rate:.2f} of the limit",
                 flush=True,
             )
             base, limited_count = float("nan"), 0
@@ -320,19 +354,23 @@ def main() -> None:
                     f"{base / elapsed:.1f}x slower",
                     flush=True,
                 )
-            table.append((lim, events, elapsed, meta, base, cpu_client, cpu_server))
+            table.append(
+                (lim, events, shards, elapsed, meta, base, cpu_client, cpu_server, load_before)
+            )
         print(
-            "\n| limits | events | ideal events/R | stripe_meter_reports (push alone) | "
-            "events/s as a fraction of R: run (push alone) | CPU ms per event: client / "
-            "sandbox | naive | naive / ours |"
+            "\n| limits | events | shards | load average | ideal events/R | "
+            "stripe_meter_reports (push alone) | events/s as a fraction of R: run (push alone) | "
+            "CPU ms per event: client / sandbox | naive | naive / ours |"
         )
-        print("|---|---|---|---|---|---|---|---|")
-        for lim, events, elapsed, meta, base, cpu_client, cpu_server in table:
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for row in table:
+            lim, events, shards, elapsed, meta, base, cpu_client, cpu_server, load = row
             rate = lim.push_rate
             push = float(meta["push_seconds"])
             print(
-                f"| {lim.label} | {events:,} | {events / rate:.1f} s | {elapsed:.1f} s "
-                f"({push} s) | {events / elapsed / rate:.2f} ({events / push / rate:.2f}) | "
+                f"| {lim.label} | {events:,} | {shards} | {load:.1f} | {events / rate:.1f} s | "
+                f"{elapsed:.1f} s ({push} s) | {events / elapsed / rate:.2f} "
+                f"({events / push / rate:.2f}) | "
                 f"{1000 * cpu_client / events:.2f} / {1000 * cpu_server / events:.2f} | "
                 f"{base:.1f} s | {base / elapsed:.1f}x |"
             )

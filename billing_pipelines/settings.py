@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # The largest day total per tenant and metric the meter push sends; above it the value is
     # corrupt (an overflow, a unit mix-up), refused, and the run fails naming it.
     meter_daily_value_ceiling: int = Field(default=1_000_000_000, ge=1)
+    # Processes that send a day's meter events (tenants split by a stable hash, each with
+    # 1/N of the Stripe budget); unset: one per 500 events/s of the push's rate.
+    meter_push_shards: int | None = Field(default=None, ge=1, le=64)
     # Webhooks, dunning and notifications.
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     webhook_max_body_bytes: int = Field(default=512 * 1024, ge=1024)
@@ -195,6 +198,7 @@ _ENV_NAMES = {
     "stripe_rate_limit_retries": "STRIPE_RATE_LIMIT_RETRIES",
     "usage_sync_lag_hours": "USAGE_SYNC_LAG_HOURS",
     "meter_daily_value_ceiling": "METER_DAILY_VALUE_CEILING",
+    "meter_push_shards": "METER_PUSH_SHARDS",
     "webhook_tolerance_seconds": "WEBHOOK_TOLERANCE_SECONDS",
     "webhook_max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
     "webhook_max_attempts": "WEBHOOK_MAX_ATTEMPTS",

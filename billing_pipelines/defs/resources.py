@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
     from psycopg_pool import ConnectionPool
 
-    from billing_pipelines.lib.stripe.client import StripeClient
+    from billing_pipelines.lib.stripe.client import ClientSpec, StripeClient
 
 # Every op or asset that calls Stripe joins this Dagster concurrency pool, so more workers never
 # mean more concurrent Stripe work than the pool's limit.
@@ -145,13 +145,17 @@ class StripeResource(dg.ConfigurableResource):
 
     def client(self) -> StripeClient:
         """A StripeClient with retries and timeouts; the key never appears in logs or metadata."""
+        return self.client_spec().build()
+
+    def client_spec(self) -> ClientSpec:
+        """What builds this resource's client, for another process (a meter push shard)."""
         from billing_pipelines.lib.stripe import client as stripe_api
 
         if not self.api_key:
             raise BillingConfigError("STRIPE_API_KEY is not set")
         settings = load_settings()
-        return stripe_api.make_client(
-            self.api_key,
+        return stripe_api.ClientSpec(
+            api_key=self.api_key,
             api_base=self.api_base or settings.stripe_api_base,
             max_network_retries=(
                 settings.stripe_max_network_retries

@@ -23,9 +23,10 @@ from billing_pipelines.lib.catalog.plans import load_catalog
 from billing_pipelines.lib.errors import describe_connection_error
 from billing_pipelines.lib.markdown import records_table
 from billing_pipelines.lib.metering import cuts, ledger
+from billing_pipelines.lib.metering import shards as metering_shards
 from billing_pipelines.lib.metering.boundaries import DayPart, day_parts
 from billing_pipelines.lib.metering.planning import BillingAccount
-from billing_pipelines.lib.metering.push import MeterPush, Pace, PartsOf, PushResult
+from billing_pipelines.lib.metering.push import MeterPush, Pace, PartsOf, PushResult, ShardTarget
 from billing_pipelines.lib.reconciliation.advice import names
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import pacing
@@ -57,6 +58,17 @@ class MeterPushConfig(dg.Config):
         description=(
             "Concurrent requests to Stripe; unset: enough for the rate at 250 ms per answer "
             "(rate x 0.25, at least 8, at most 256)."
+        ),
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "Processes that send the day's events, tenants split by a stable hash, each with "
+            "1/shards of the rate and of the Stripe budget; unset: METER_PUSH_SHARDS, else one "
+            "per 500 events/s of the rate (1 at Stripe's default live share), at most one per "
+            "CPU and one per 2,000 events of the day."
         ),
     )
     retry_attempts: int = Field(
@@ -114,27 +126,34 @@ def stripe_meter_reports(
             f"no active Stripe meter for {', '.join(missing)}: materialize stripe_catalog first"
         )
     ceiling = config.daily_value_ceiling
+    settings = load_settings()
+    rate = config.requests_per_second or pacing.default_rate(stripe.api_key)
+    shards = config.shards or settings.meter_push_shards  # None: chosen from rate and events
     push = MeterPush(
         day,
         transaction=billing_db.transaction,
         client=client,
         meters=[(m.metric, m.event_name, m.usage_column) for m in catalog.meters.values()],
-        ceiling=load_settings().meter_daily_value_ceiling if ceiling is None else ceiling,
+        ceiling=settings.meter_daily_value_ceiling if ceiling is None else ceiling,
         run_id=context.run.run_id,
         log=context.log,
         parts=day_parts_of(client, warehouse, billing_db),
+        shard_target=ShardTarget(stripe.client_spec(), billing_db.url),
     )
-    rate = config.requests_per_second or pacing.default_rate(stripe.api_key)
     pace = Pace(
         requests_per_second=rate,
         workers=config.workers or pacing.workers_for(rate),
         retry_attempts=config.retry_attempts,
         progress_every_seconds=config.progress_every_seconds,
+        shards=shards,
     )
     # One reporter per day at a time, even outside the pool (the lock ends with the transaction).
     with _database_outage_fails_the_push(day), billing_db.transaction() as lock_conn:
         ledger.lock_day(lock_conn, day)
-        result = push.push(push.plan(), pace)
+        try:
+            result = push.push(push.plan(), pace)
+        except metering_shards.ShardLost as exc:
+            raise dg.Failure(f"meter push for {day}: {exc}") from exc
     problems = result.problems()
     if problems:
         raise dg.Failure("\n".join(problems), metadata=_failure_metadata(result))
@@ -168,16 +187,21 @@ def day_parts_of(
                 clients.append(warehouse.client())
             return interval_queries(clients[0], tenant_id, start, end)
 
+        finals: list[set[tuple[str, int]]] = []  # listed once, when a period ends that day
+
+        def invoice_final(tenant: str, end: datetime) -> bool:
+            if end in settled.get(tenant, ()):
+                return True
+            if not finals:
+                finals.append(stripe_periods.final_period_ends(client, day))
+            subscription = accounts[tenant].stripe_subscription_id or ""
+            return (subscription, int(end.timestamp())) in finals[0]
+
         return day_parts(
             day,
             cuts.with_cuts({tenant_of[s]: t for s, t in times.items()}, day_cuts),
             count,
-            lambda tenant, end: (
-                end in settled.get(tenant, ())
-                or stripe_periods.period_invoice_final(
-                    client, accounts[tenant].stripe_subscription_id or "", end
-                )
-            ),
+            invoice_final,
         )
 
     return parts
@@ -208,6 +232,7 @@ def _push_metadata(result: PushResult) -> dict[str, dg.MetadataValue]:
         "requests_per_second_limit": dg.MetadataValue.float(float(result.requests_per_second)),
         "push_seconds": dg.MetadataValue.float(round(result.push_seconds, 2)),
         "retried_requests": dg.MetadataValue.int(result.retried_requests),
+        "shards": dg.MetadataValue.int(result.shards),
     }
 
 

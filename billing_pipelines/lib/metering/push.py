@@ -8,10 +8,11 @@ pending; the next run re-sends it with the same identifier and Stripe recognises
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe.meters import RetryableStripeError, SendOutcome
 
 if TYPE_CHECKING:
-    from billing_pipelines.lib.stripe.client import StripeClient
+    from billing_pipelines.lib.stripe.client import ClientSpec, StripeClient
 
 # Ledger confirmations are flushed every this many outcomes or seconds, whichever comes first.
 CONFIRM_BATCH = 25
@@ -48,18 +49,38 @@ Transaction = Callable[[], AbstractContextManager[ledger.Conn]]
 
 Confirmation = tuple[int, str, str | None]  # (ledger id, outcome status, error)
 
+
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where a shard's process sends and confirms: Stripe's client settings, the ledger's URL."""
+
+    stripe: ClientSpec
+    database_url: str = field(repr=False)  # carries the database password
+
+
 # Per tenant whose day a period boundary splits: the part to report now (boundaries.day_parts).
 PartsOf = Callable[[date, Mapping[str, BillingAccount]], Mapping[str, DayPart]]
 
 
 @dataclass(frozen=True)
 class Pace:
-    """How fast a push goes: requests per second, worker threads, attempts per event."""
+    """How fast a push goes: requests per second, worker threads, attempts per event, and
+    how many processes share them (each shard sends its tenants at 1/shards of the rate)."""
 
     requests_per_second: float
     workers: int = 8
     retry_attempts: int = 6
     progress_every_seconds: float = 10.0
+    shards: int | None = 1  # None: chosen from the rate and the day's events (shards_for)
+
+    def share(self, shards: int) -> Pace:
+        """One of `shards` shards' pace: 1/shards of the rate and of the workers (at least one)."""
+        return replace(
+            self,
+            requests_per_second=self.requests_per_second / shards,
+            workers=max(1, math.ceil(self.workers / shards)),
+            shards=1,
+        )
 
 
 @dataclass
@@ -97,6 +118,85 @@ class Outcomes:
     def sent(self) -> int:
         """Events this run added to Stripe (deliveries Stripe did not already have)."""
         return self.delivered - self.duplicate
+
+    def add(self, other: Outcomes) -> None:
+        """Add another sender's counts (a shard's) to these."""
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.out_of_window += other.out_of_window
+        self.duplicate += other.duplicate
+
+
+@dataclass
+class SendTally:
+    """What one sender (the run's process, or one shard's) did with its meter events."""
+
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    retried: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (identifier, why it failed)
+
+    def add(self, other: SendTally) -> None:
+        """Add another sender's tally to this one."""
+        self.outcomes.add(other.outcomes)
+        self.retried += other.retried
+        self.errors.extend(other.errors)
+
+
+class EventSender:
+    """Sends meter events paced and retried, and confirms each one's ledger row in batches.
+
+    The ledger rows exist (pending) before `send` is called; a row is confirmed only after
+    Stripe answered its event, so a sender that dies leaves its unanswered rows pending.
+    """
+
+    def __init__(self, client: StripeClient, transaction: Transaction) -> None:
+        self._client = client
+        self._transaction = transaction
+        self._tally = SendTally()
+        self._confirmations = ConfirmBuffer(self._write_confirmations)
+
+    def send(
+        self,
+        reports: list[MeterReport],
+        pace: Pace,
+        on_progress: Callable[[pacing.Progress], object] = lambda p: None,
+    ) -> SendTally:
+        """Send every report at `pace` (one process), confirm the outcomes, count them."""
+        exhausted = pacing.run_paced(
+            reports,
+            self._send,
+            self._confirm,
+            limiter=pacing.RateLimiter(pace.requests_per_second),
+            retryable=RetryableStripeError,
+            retry=pacing.RetryPolicy(attempts=pace.retry_attempts),
+            workers=pace.workers,
+            on_progress=on_progress,
+            progress_every_seconds=pace.progress_every_seconds,
+        )
+        for report, error in exhausted:
+            self._confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
+        self._confirmations.flush()
+        return self._tally
+
+    def _send(self, report: MeterReport) -> SendOutcome:
+        """One meter event (on a worker thread); a retryable failure is counted and re-raised."""
+        try:
+            return stripe_meters.send_meter_event(self._client, report)
+        except RetryableStripeError:
+            self._tally.retried += 1  # a lost race for a slot is not worth a log line each
+            raise
+
+    def _confirm(self, report: MeterReport, outcome: SendOutcome) -> None:
+        """Count one answer (on the calling thread) and queue its ledger confirmation."""
+        assert report.ledger_id is not None
+        self._tally.outcomes.count(outcome)
+        if outcome.status == FAILED:
+            self._tally.errors.append((report.identifier, outcome.error or ""))
+        self._confirmations.add(report.ledger_id, outcome)
+
+    def _write_confirmations(self, rows: list[Confirmation]) -> None:
+        with self._transaction() as conn:
+            ledger.record_outcomes(conn, rows)
 
 
 class ConfirmBuffer:
@@ -153,6 +253,7 @@ class PushResult:
     requests_per_second: float
     push_seconds: float
     retried_requests: int = 0
+    shards: int = 1
 
     @property
     def totals(self) -> dict[str, int]:
@@ -210,18 +311,17 @@ class MeterPush:
         run_id: str,
         log: logging.Logger,
         parts: PartsOf | None = None,
+        shard_target: ShardTarget | None = None,
     ) -> None:
         self.day = day
         self._parts = parts
+        self._shard_target = shard_target
         self.meters = meters
         self.ceiling = ceiling
         self._transaction = transaction
         self._client = client
         self._run_id = run_id
         self._log = log
-        self._outcomes = Outcomes()
-        self._confirmations: ConfirmBuffer | None = None
-        self._retried = 0
 
     def plan(self) -> PushPlan:
         """Read the ledger and stored usage: what to send, what is settled, what is refused."""
@@ -281,29 +381,25 @@ class MeterPush:
             plan.unchanged,
             pace.requests_per_second,
         )
-        confirmations = self._confirmations = ConfirmBuffer(self._write_confirmations)
         started = time.monotonic()
-        exhausted = pacing.run_paced(
-            to_send,
-            self._send,
-            self._confirm,
-            limiter=pacing.RateLimiter(pace.requests_per_second),
-            retryable=RetryableStripeError,
-            retry=pacing.RetryPolicy(attempts=pace.retry_attempts),
-            workers=pace.workers,
-            on_progress=self._progress,
-            progress_every_seconds=pace.progress_every_seconds,
-        )
-        for report, error in exhausted:
-            self._confirm(report, SendOutcome(FAILED, error=f"retries exhausted: {error}"))
-        confirmations.flush()
+        from billing_pipelines.lib.metering import shards
+
+        count = pace.shards or shards.shards_for(pace.requests_per_second, len(to_send))
+        if count > 1:
+            if self._shard_target is None:
+                raise ValueError("a sharded push needs the database and Stripe settings")
+            tally = shards.send_sharded(to_send, pace, count, self._shard_target, self._log)
+        else:
+            tally = EventSender(self._client, self._transaction).send(to_send, pace, self._progress)
+        for identifier, error in tally.errors:
+            self._log.error("%s: %s", identifier, error)
         push_seconds = time.monotonic() - started
         with self._transaction() as conn:
             stranded = ledger.out_of_window(conn, self.day)
         return PushResult(
             day=self.day,
             attempted=len(to_send),
-            outcomes=self._outcomes,
+            outcomes=tally.outcomes,
             unchanged=plan.unchanged,
             stranded=stranded,
             desired=planned.desired,
@@ -311,29 +407,9 @@ class MeterPush:
             meters=self.meters,
             requests_per_second=pace.requests_per_second,
             push_seconds=push_seconds,
-            retried_requests=self._retried,
+            retried_requests=tally.retried,
+            shards=count,
         )
-
-    def _send(self, report: MeterReport) -> SendOutcome:
-        """One meter event (on a worker thread); a retryable failure is counted and re-raised."""
-        try:
-            return stripe_meters.send_meter_event(self._client, report)
-        except RetryableStripeError:
-            self._retried += 1  # a lost race for a slot is not worth a log line each
-            raise
-
-    def _confirm(self, report: MeterReport, outcome: SendOutcome) -> None:
-        """Count one answer (on the calling thread) and queue its ledger confirmation."""
-        assert report.ledger_id is not None
-        self._outcomes.count(outcome)
-        if outcome.status == FAILED:
-            self._log.error("%s: %s", report.identifier, outcome.error)
-        assert self._confirmations is not None
-        self._confirmations.add(report.ledger_id, outcome)
-
-    def _write_confirmations(self, rows: list[Confirmation]) -> None:
-        with self._transaction() as conn:
-            ledger.record_outcomes(conn, rows)
 
     def _progress(self, progress: pacing.Progress) -> None:
         self._log.info(progress.line(f"meter events for {self.day}"))

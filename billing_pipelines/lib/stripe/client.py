@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -193,8 +193,10 @@ def make_client(
     """A StripeClient under the process's rate budget: paced, 429s retried, idempotent writes."""
     import stripe
 
+    from billing_pipelines.lib.stripe.sdk_logging import format_sdk_log_lines_only_when_shown
     from billing_pipelines.lib.stripe.transport import PacedRequestsClient
 
+    format_sdk_log_lines_only_when_shown()
     limits = limits or RateLimits.for_key(api_key)
     return stripe.StripeClient(
         api_key=api_key,
@@ -204,6 +206,44 @@ def make_client(
             shared_budget(api_base, api_key, limits), timeout=timeout_seconds
         ),
     )
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything `make_client` needs, picklable: another process builds the same client."""
+
+    api_key: str = field(repr=False)  # a secret: never in a repr, a log or an error
+    api_base: str
+    max_network_retries: int
+    timeout_seconds: float
+    limits: RateLimits
+
+    def build(self) -> stripe.StripeClient:
+        """A client under this process's budget for these limits."""
+        return make_client(
+            self.api_key,
+            api_base=self.api_base,
+            max_network_retries=self.max_network_retries,
+            timeout_seconds=self.timeout_seconds,
+            limits=self.limits,
+        )
+
+    def share(self, parts: int) -> ClientSpec:
+        """The same client with 1/parts of every budget: `parts` processes together stay within
+        the account's limits (each process paces only itself)."""
+        if parts < 1:
+            raise ValueError(f"parts must be >= 1, got {parts}")
+        limits = self.limits
+        meter = limits.meter_events_per_second
+        return replace(
+            self,
+            limits=replace(
+                limits,
+                global_per_second=limits.global_per_second / parts,
+                endpoint_per_second=limits.endpoint_per_second / parts,
+                meter_events_per_second=None if meter is None else meter / parts,
+            ),
+        )
 
 
 # The client type and the errors that code outside this package names: it annotates and catches

@@ -55,18 +55,21 @@ def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOu
     import stripe
 
     try:
-        created = client.v1.billing.meter_events.create(
-            {
-                "event_name": report.event_name,
-                "identifier": report.identifier,
-                "timestamp": report.timestamp,
-                "payload": {
-                    "stripe_customer_id": report.stripe_customer_id,
-                    "value": str(report.value),
-                },
+        # The SDK's raw request: the same encoding, headers, retries and errors as
+        # `meter_events.create`, without turning the answer into a StripeObject that is never
+        # read (a third of the SDK's own CPU per event at 1,000 events/s).
+        answer = client.raw_request(
+            "post",
+            stripe_api.METER_EVENTS_PATH,
+            event_name=report.event_name,
+            identifier=report.identifier,
+            timestamp=report.timestamp,
+            payload={
+                "stripe_customer_id": report.stripe_customer_id,
+                "value": str(report.value),
             },
             # The same key on every retry of this version: Stripe replays instead of re-applying.
-            {"idempotency_key": f"meter-event-{report.identifier}"},
+            idempotency_key=f"meter-event-{report.identifier}",
         )
     except stripe.StripeError as exc:
         if is_duplicate_identifier(exc):
@@ -77,8 +80,7 @@ def send_meter_event(client: stripe.StripeClient, report: MeterReport) -> SendOu
             return SendOutcome(OUT_OF_WINDOW, error=_describe(exc))
         return SendOutcome(FAILED, error=_describe(exc))
     # A replay of our own earlier request (same idempotency key): it was delivered before.
-    response = getattr(created, "last_response", None)
-    replayed = response is not None and response.headers.get("Idempotent-Replayed") == "true"
+    replayed = answer.headers.get("Idempotent-Replayed") == "true"
     return SendOutcome(DELIVERED, duplicate=replayed)
 
 

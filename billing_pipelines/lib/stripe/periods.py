@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.metering.boundaries import SubscriptionTimes
 from billing_pipelines.lib.stripe.client import retry_reads
-from billing_pipelines.lib.stripe.objects import timestamp
+from billing_pipelines.lib.stripe.objects import object_id, timestamp
 from billing_pipelines.lib.stripe.snapshots import pages
 from billing_pipelines.lib.usage.warehouse import day_bounds
 
@@ -83,6 +83,28 @@ def period_invoice_final(client: stripe.StripeClient, subscription_id: str, end:
     listed = client.v1.invoices.list({"subscription": subscription_id, "limit": 10})
     stamp = int(end.timestamp())
     return any(inv.period_end == stamp and inv.status not in (None, "draft") for inv in listed.data)
+
+
+def final_period_ends(client: stripe.StripeClient, day: date) -> set[tuple[str, int]]:
+    """(subscription id, period end) of every subscription invoice created since the UTC day
+    began that has left draft: what `period_invoice_final` answers for one subscription, for
+    every subscription whose period ends that day, in one paged listing (100 a page) instead
+    of one listing per subscription.
+
+    "Stripe generates an invoice for every subscription billing period"
+    (docs.stripe.com/subscriptions/invoices) when the period renews, so the invoice of a period
+    ending during the day was created at that end or later, never before the day began; later
+    days' invoices only add rows no one asks about.
+    """
+    start, _ = day_bounds(day)
+    out: set[tuple[str, int]] = set()
+    for raw in pages(client, "/v1/invoices", {"created": {"gte": int(start.timestamp())}}):
+        details = (raw.get("parent") or {}).get("subscription_details") or {}
+        subscription = object_id(details.get("subscription"))
+        period_end = raw.get("period_end")
+        if subscription and period_end is not None and raw.get("status") not in (None, "draft"):
+            out.add((subscription, int(period_end)))
+    return out
 
 
 @retry_reads

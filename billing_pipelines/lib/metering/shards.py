@@ -1,0 +1,174 @@
+"""A day's meter push split by tenant across processes, under one Stripe budget.
+
+One Python process tops out below Stripe's live meter-event limit (the SDK and the transport
+hold the GIL for about a millisecond of CPU per event), so a push at a higher rate sends its
+events from `shards` processes. Each tenant belongs to one shard by a stable hash of its id
+(the same shard in every run and process), and each shard gets 1/shards of the rate and of
+the client's budgets, so the shards together never exceed the account's limits.
+
+The ledger's rules do not change: every row is pending (committed by the run) before any
+shard starts, and each shard confirms its own rows after Stripe answered them. A shard whose
+process dies leaves its unanswered rows pending; the run fails and a re-run re-sends them
+with the same identifiers (Stripe recognises each one: no double count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from billing_pipelines.lib.metering import ledger
+from billing_pipelines.lib.metering.planning import MeterReport
+from billing_pipelines.lib.metering.push import EventSender, Pace, SendTally, ShardTarget
+
+# Meter events per second one push process is given before the push is sharded: one process
+# spends about 1 ms of client CPU per event (BENCHMARKS.md, "Meter reporting"), so 500/s keeps
+# it at about half a core, with room for a loaded host; Stripe's live default share (400/s)
+# stays in one process.
+RATE_PER_SHARD = 500.0
+# Events a shard must have to be worth its process: spawning one and importing the client
+# costs one to a few seconds of CPU, about what a thousand events cost in the run's process.
+EVENTS_PER_SHARD = 2000
+
+
+class ShardLost(RuntimeError):
+    """A shard's process died before it reported: its unanswered ledger rows are pending."""
+
+
+def shard_of(tenant_id: str, shards: int) -> int:
+    """The shard a tenant's events go to: a stable hash of its id (not Python's salted hash)."""
+    digest = hashlib.blake2b(tenant_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def shards_for(rate: float, events: int, cpus: int | None = None) -> int:
+    """Processes a push of `events` at `rate` events/s needs: one per RATE_PER_SHARD of the
+    rate, at most one per CPU and one per EVENTS_PER_SHARD events (1 for a small day)."""
+    cpus = cpus or os.cpu_count() or 1
+    by_rate = math.ceil(rate / RATE_PER_SHARD)
+    return max(1, min(cpus, by_rate, events // EVENTS_PER_SHARD))
+
+
+def split(reports: list[MeterReport], shards: int) -> list[list[MeterReport]]:
+    """The reports of each shard, in the push's order (a tenant's events all in one shard)."""
+    parts: list[list[MeterReport]] = [[] for _ in range(shards)]
+    for report in reports:
+        parts[shard_of(report.tenant_id, shards)].append(report)
+    return parts
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's work, sent to its process: its reports, its pace, where to send and confirm."""
+
+    index: int
+    reports: list[MeterReport]
+    pace: Pace
+    target: ShardTarget = field(repr=False)
+
+
+def push_shard(job: ShardJob) -> SendTally:
+    """Send one shard's events from this process (its own Stripe client and ledger connection)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    client = job.target.stripe.build()
+    with psycopg.connect(job.target.database_url, autocommit=True, row_factory=dict_row) as conn:
+
+        @contextmanager
+        def transaction() -> Iterator[ledger.Conn]:
+            with conn.transaction():
+                yield conn
+
+        return EventSender(client, transaction).send(job.reports, job.pace)
+
+
+def send_sharded(
+    reports: list[MeterReport],
+    pace: Pace,
+    shards: int,
+    target: ShardTarget,
+    log: logging.Logger,
+) -> SendTally:
+    """Send `reports` from `shards` processes, each with its share of the budget; the sum.
+
+    Each shard is a fresh interpreter running this module (`python -m`), given its job on
+    stdin and answering its tally on stdout: it imports the client and the ledger only, not
+    whatever the run's process was started from (a multiprocessing spawn re-imports the
+    parent's main module, Dagster and all, about as much CPU as a thousand meter events). A
+    shard that dies does not stop the others: they finish and confirm their rows.
+    """
+    parts = split(reports, shards)
+    share = pace.share(shards)
+    shard_target = ShardTarget(target.stripe.share(shards), target.database_url)
+    jobs = [ShardJob(i, part, share, shard_target) for i, part in enumerate(parts) if part]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    running = []
+    for job in jobs:
+        # The interpreter running this process; the command is fixed, its job comes on stdin.
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        running.append((job, process))
+    # One thread per shard hands it its job and waits for its answer, so every shard starts
+    # at once and one that dies is noticed whatever the others do.
+    with ThreadPoolExecutor(max_workers=len(running), thread_name_prefix="shard") as waiters:
+        answers = list(waiters.map(lambda jp: _answer(jp[0], jp[1]), running))
+    total = SendTally()
+    lost: list[str] = []
+    for (job, process), tally in zip(running, answers, strict=True):
+        if tally is None:
+            lost.append(f"shard {job.index + 1} exited with {process.returncode}")
+            continue
+        total.add(tally)
+        log.info(
+            "shard %d/%d: %d meter events answered (%d delivered, %d failed)",
+            job.index + 1,
+            shards,
+            len(job.reports),
+            tally.outcomes.delivered,
+            tally.outcomes.failed,
+        )
+    if lost:
+        raise ShardLost(
+            f"a meter push shard's process died ({'; '.join(lost)}; {len(lost)} of {len(jobs)} "
+            "shards); the rows it had not confirmed stay pending: re-run the partition to send "
+            "them (same identifiers, no double count)"
+        )
+    return total
+
+
+def _answer(job: ShardJob, process: subprocess.Popen[bytes]) -> SendTally | None:
+    """Give a shard's process its job and wait for its tally (None if it died)."""
+    try:
+        answer, _ = process.communicate(pickle.dumps(job))
+    except BrokenPipeError:  # it died before it read its job
+        process.wait()
+        return None
+    if process.returncode != 0 or not answer:
+        return None
+    tally: SendTally = pickle.loads(answer)  # our own child's answer
+    return tally
+
+
+def _serve_one_job() -> None:
+    """A shard's process: read the job from stdin, push it, write the tally to stdout."""
+    answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the answer
+    job: ShardJob = pickle.load(sys.stdin.buffer)
+    tally = push_shard(job)
+    answer.write(pickle.dumps(tally))
+    answer.close()
+
+
+if __name__ == "__main__":
+    _serve_one_job()
