@@ -69,7 +69,10 @@ def _graphql(url: str, query: str) -> dict[str, Any]:
     return body["data"]
 
 
-@pytest.fixture
+# One webserver for the module's tests: each query reads the instance's runs and instigator
+# states afresh, so the tests need no server of their own (a start loads Dagster and the
+# definitions twice, in the server and in its code server).
+@pytest.fixture(scope="module")
 def webserver(embedded_services: dict[str, str]) -> Iterator[str]:
     """dagster-webserver on the same Postgres-backed instance the CLI and demo use."""
     port = free_port()
