@@ -25,7 +25,6 @@ import dagster as dg
 import pytest
 from billing_sandbox.services import free_port
 from playwright.sync_api import Page, expect, sync_playwright
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from billing_pipelines.definitions import defs
 from billing_pipelines.lib.stripe import client as stripe_api
@@ -55,6 +54,20 @@ ALL_NODES_SHOWN = """names => {
   return names.every(n => shown.includes(n) ||
     cut.some(([a, b]) => a.length >= 3 && n.startsWith(a) && n.endsWith(b)));
 }"""
+# True once every node is drawn, or once the drawn nodes (names and places) have not moved for
+# `quiet` ms: the graph has settled after loading or zooming, and what it shows is final. A
+# zoom is animated and the graph draws what comes into view as it goes, so "not all shown" is
+# only an answer once nothing moves any more.
+SHOWN_OR_SETTLED = """([names, quiet]) => {
+  const all = (ALL_NODES_SHOWN)(names);
+  const drawn = JSON.stringify([...document.querySelectorAll('[class*="AssetNode_assetName"]')]
+    .map(e => { const r = e.getBoundingClientRect();
+                return [e.innerText.trim(), Math.round(r.left), Math.round(r.top)]; }));
+  const now = performance.now();
+  if (window.__drawnNodes !== drawn) { window.__drawnNodes = drawn; window.__drawnSince = now; }
+  return all || now - window.__drawnSince >= quiet;
+}""".replace("ALL_NODES_SHOWN", ALL_NODES_SHOWN)
+SETTLED_MS = 1500  # far above a zoom's animation, and one frame, on a loaded machine
 
 
 def _wait_for_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
@@ -224,12 +237,14 @@ def test_data_team_works_in_the_dagster_ui_in_chromium(
             expect(page.locator('[class*="AssetNode_assetName"]').first).to_be_visible()
             zoom_out = page.locator("button").filter(has=page.locator('[aria-label="zoom_out"]'))
             names = sorted(upstream | {"usage_invoice_audit"})
-            for _ in range(4):
-                try:
-                    page.wait_for_function(ALL_NODES_SHOWN, arg=names, timeout=15_000)
+            # Each step waits for the graph to settle, then zooms out only if a node is missing
+            # (no fixed wait per step: the graph's first zoom needs three steps out).
+            for zooms in range(5):
+                page.evaluate("() => { window.__drawnNodes = null; }")  # settle from now on
+                page.wait_for_function(SHOWN_OR_SETTLED, arg=[names, SETTLED_MS], polling=100)
+                if zooms == 4 or page.evaluate(ALL_NODES_SHOWN, names):
                     break
-                except PlaywrightTimeoutError:
-                    zoom_out.click()
+                zoom_out.click()
             assert page.evaluate(ALL_NODES_SHOWN, names), "the lineage does not fit on screen"
             shots.take("lineage")
 

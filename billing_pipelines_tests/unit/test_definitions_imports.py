@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # Each is imported by code that runs inside an op, a sensor tick or a resource's setup.
 DEFERRED = (
     "stripe",
@@ -27,34 +29,51 @@ DEFERRED = (
     "pyrate_limiter",
 )
 
+# One fresh interpreter for both tests (each start loads Dagster and the definitions): it
+# reports the deferred modules loaded by the definitions, then imports one of them itself and
+# reports again, so the second report shows the check is not blind.
 CHILD = """
 import json, sys
 from billing_pipelines.definitions import defs
+
+def report(loaded):
+    print(json.dumps({
+        "assets": len(list(loaded.resolve_all_asset_keys())),
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] in %r),
+    }))
+
 loaded = defs()
-print(json.dumps({
-    "assets": len(list(loaded.resolve_all_asset_keys())),
-    "modules": sorted(m for m in sys.modules if m.split(".")[0] in %r),
-}))
+report(loaded)
+import psycopg
+report(loaded)
 """
 
 
-def _load_in_fresh_interpreter(code: str) -> dict[str, object]:
+@pytest.fixture(scope="module")
+def reports() -> list[dict[str, object]]:
+    """The child's two reports: after loading the definitions, then after importing psycopg."""
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=240
+        [sys.executable, "-c", CHILD % (DEFERRED,)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    lines = out.stdout.strip().splitlines()[-2:]
+    return [json.loads(line) for line in lines]
 
 
-def test_loading_the_definitions_imports_none_of_the_deferred_modules() -> None:
-    result = _load_in_fresh_interpreter(CHILD % (DEFERRED,))
+def test_loading_the_definitions_imports_none_of_the_deferred_modules(
+    reports: list[dict[str, object]],
+) -> None:
+    result = reports[0]
     # The definitions really loaded (an empty Definitions would import nothing either).
     assert isinstance(result["assets"], int) and result["assets"] > 10
     assert result["modules"] == []
 
 
-def test_the_check_sees_a_deferred_module_when_one_is_imported() -> None:
+def test_the_check_sees_a_deferred_module_when_one_is_imported(
+    reports: list[dict[str, object]],
+) -> None:
     """The child's report is not blind: a module imported next to the definitions shows up."""
-    code = CHILD.replace("loaded = defs()", "import psycopg\nloaded = defs()")
-    result = _load_in_fresh_interpreter(code % (DEFERRED,))
-    assert "psycopg" in result["modules"]  # type: ignore[operator]
+    assert "psycopg" in reports[1]["modules"]  # type: ignore[operator]
