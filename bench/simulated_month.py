@@ -1,10 +1,13 @@
 """The simulated month (`make demo`): wall time and peak memory by tenant count.
 
 Each size runs `billing demo --tenants N` as its own process under a fresh BILLING_HOME (so
-PostgreSQL, the chDB bridge and the Dagster instance start empty), samples the resident memory
-of the demo process and of every process serving that BILLING_HOME twice a second, and reads
-the demo's own report (`done in`, `time by phase`, events generated, runs launched). The
-baseline is the smallest size of the same run: the table shows each cost as a multiple of it.
+PostgreSQL, the chDB bridge and the Dagster instance start empty), samples twice a second the
+memory of the demo's process tree and of every process tree serving that BILLING_HOME
+(PostgreSQL's backends included, as the postmaster's children): the sum of their PSS (shared
+pages divided among the processes that map them, so PostgreSQL's shared buffers count once) and
+of their RSS, with when the PSS peak came, what held it and the last progress line before it;
+and reads the demo's own report (`done in`, `time by phase`, events generated, runs launched).
+The baseline is the smallest size of the same run: the table shows each cost as a multiple of it.
 
     python bench/simulated_month.py --tenants 50 150 500
 
