@@ -1,10 +1,13 @@
 """The simulated month (`make demo`): wall time and peak memory by tenant count.
 
 Each size runs `billing demo --tenants N` as its own process under a fresh BILLING_HOME (so
-PostgreSQL, the chDB bridge and the Dagster instance start empty), samples the resident memory
-of the demo process and of every process serving that BILLING_HOME twice a second, and reads
-the demo's own report (`done in`, `time by phase`, events generated, runs launched). The
-baseline is the smallest size of the same run: the table shows each cost as a multiple of it.
+PostgreSQL, the chDB bridge and the Dagster instance start empty), samples twice a second the
+memory of the demo's process tree and of every process tree serving that BILLING_HOME
+(PostgreSQL's backends included, as the postmaster's children): the sum of their PSS (shared
+pages divided among the processes that map them, so PostgreSQL's shared buffers count once) and
+of their RSS, with when the PSS peak came, what held it and the last progress line before it;
+and reads the demo's own report (`done in`, `time by phase`, events generated, runs launched).
+The baseline is the smallest size of the same run: the table shows each cost as a multiple of it.
 
     python bench/simulated_month.py --tenants 50 150 500
 
@@ -42,7 +45,14 @@ class Sample:
     tenants: int
     wall: float = 0.0
     demo_rss: int = 0
-    all_rss: int = 0
+    all_rss: int = (
+        0  # the peak of the sum of every serving process's RSS (shared pages counted in each)
+    )
+    all_pss: int = 0  # the peak of the sum of their PSS (shared pages divided among their users)
+    peak_at: float = 0.0  # seconds from the start to the PSS peak
+    peak_during: str = ""  # the last progress line before the PSS peak
+    peak_parts: dict[str, int] = field(default_factory=dict)  # PSS by kind at the peak
+    processes: int = 0  # the most serving processes seen in one sample
     events: int = 0
     runs: int = 0
     phases: dict[str, float] = field(default_factory=dict)
@@ -50,17 +60,39 @@ class Sample:
 
 
 def _serving(home: str, root: psutil.Process) -> list[psutil.Process]:
-    """The demo process tree and every process whose command line names this BILLING_HOME."""
+    """The demo's process tree and every process tree whose command line names this BILLING_HOME.
+
+    PostgreSQL's backends (one per connection) name only their database on the command line,
+    so they are found as the children of the postmaster, which names its data folder.
+    """
     procs = {root.pid: root}
-    try:
-        for child in root.children(recursive=True):
-            procs[child.pid] = child
-    except psutil.NoSuchProcess:
-        pass
+    tops = [root]
     for proc in psutil.process_iter(["cmdline"]):
         if any(home in part for part in (proc.info["cmdline"] or [])):
             procs[proc.pid] = proc
+            tops.append(proc)
+    for top in tops:
+        try:
+            for child in top.children(recursive=True):
+                procs[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
     return list(procs.values())
+
+
+def _kind(proc: psutil.Process, root: psutil.Process) -> str:
+    """Which part of the month a process is: the demo, PostgreSQL, the chDB bridge or other."""
+    if proc.pid == root.pid:
+        return "demo"
+    try:
+        text = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return "other"
+    if "postgres" in text:
+        return "postgres"
+    if "clickhouse_bridge" in text or "chdb" in text:
+        return "bridge"
+    return "other"
 
 
 def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
@@ -78,18 +110,33 @@ def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
     root = psutil.Process(proc.pid)
     done = threading.Event()
 
+    progress = {"line": "starting"}
+
     def sampler() -> None:
         while not done.is_set():
-            total = 0
-            for p in _serving(home, root):
+            rss_total = pss_total = 0
+            parts: dict[str, int] = {}
+            procs = _serving(home, root)
+            for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    # PSS (from smaps_rollup) divides PostgreSQL's shared buffers among its
+                    # backends; summing RSS would count them once per backend.
+                    info = p.memory_full_info()
                 except psutil.Error:
                     continue
-                total += rss
+                rss_total += info.rss
+                pss_total += info.pss
+                kind = _kind(p, root)
+                parts[kind] = parts.get(kind, 0) + info.pss
                 if p.pid == root.pid:
-                    sample.demo_rss = max(sample.demo_rss, rss)
-            sample.all_rss = max(sample.all_rss, total)
+                    sample.demo_rss = max(sample.demo_rss, info.rss)
+            sample.all_rss = max(sample.all_rss, rss_total)
+            sample.processes = max(sample.processes, len(procs))
+            if pss_total > sample.all_pss:
+                sample.all_pss = pss_total
+                sample.peak_at = time.monotonic() - started
+                sample.peak_during = progress["line"]
+                sample.peak_parts = parts
             done.wait(0.5)
 
     thread = threading.Thread(target=sampler, daemon=True)
@@ -102,6 +149,7 @@ def run_size(tenants: int, seed: int, stripe_limits: str = "test") -> Sample:
         if line.startswith("    ") and len(line) < 300:
             # Progress (the phases and the days), stamped with the seconds since the start.
             elapsed = time.monotonic() - started
+            progress["line"] = line.strip()[:120]
             print(f"  [{tenants} {elapsed:7.1f}s] {line.strip()}", file=sys.stderr, flush=True)
     code = proc.wait()
     sample.wall = time.monotonic() - started
@@ -230,18 +278,29 @@ def main() -> None:
     print(f"load after {os.getloadavg()}", file=sys.stderr)
     base = samples[0]
     print(
-        "| tenants | usage events | wall (s) | × smallest | sensor runs | push runs (s) | "
-        "sensors + runs (s) | generation (s) | demo process peak RSS | all processes peak RSS |"
+        "| tenants | usage events | wall (s) | × smallest | sensor runs | onboarding (s) | "
+        "sensors + runs (s) | generation (s) | push runs (s) | clock (s) | reconciliation (s) | "
+        "demo process peak RSS | all processes peak PSS | all processes peak RSS (sum) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in samples:
+        phase = s.phases.get
         print(
             f"| {s.tenants} | {s.events:,} | {s.wall:.0f} | {s.wall / base.wall:.2f} | "
-            f"{s.runs} | {s.phases.get('usage and meter push runs', 0):.0f} | "
-            f"{s.phases.get('sensors and their runs', 0):.0f} | "
-            f"{s.phases.get('usage generation', 0):.0f} | {s.demo_rss / MIB:,.0f} MiB | "
+            f"{s.runs} | {phase('onboarding', 0):.0f} | {phase('sensors and their runs', 0):.0f} | "
+            f"{phase('usage generation', 0):.0f} | {phase('usage and meter push runs', 0):.0f} | "
+            f"{phase('stripe clock and webhooks', 0):.0f} | {phase('reconciliation', 0):.0f} | "
+            f"{s.demo_rss / MIB:,.0f} MiB | {s.all_pss / MIB:,.0f} MiB | "
             f"{s.all_rss / MIB:,.0f} MiB |"
         )
+    for s in samples:
+        parts = ", ".join(f"{k} {v / MIB:,.0f} MiB" for k, v in sorted(s.peak_parts.items()))
+        print(
+            f"{s.tenants} tenants: PSS peak at {s.peak_at:.0f} s ({parts}; up to {s.processes} "
+            f"processes), during: {s.peak_during}",
+            file=sys.stderr,
+        )
+        print(f"{s.tenants} tenants, the demo's report:\n{s.report[-4000:]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

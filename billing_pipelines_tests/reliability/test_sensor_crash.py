@@ -43,6 +43,7 @@ from psycopg import sql
 
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.jobs import webhook_events_job
+from billing_pipelines.defs.webhooks.sensors import BATCH_SIZE
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixtures
     Harness,
@@ -231,8 +232,9 @@ def test_daemon_killed_after_creating_then_after_launching_a_run_leaves_one_run_
 ) -> None:
     """kill -9 right after create_run, restart, kill -9 right after submit_run, restart: one
     run per batch of queue rows; with runs executed ("sync"), each row handled exactly once."""
-    rows = queue_rows(harness, tenants=3)
-    assert len(rows) > 25  # two batches: a crash leaves the second request unsubmitted
+    # Enough tenants' events for two batches: a crash leaves the second request unsubmitted.
+    rows = queue_rows(harness, tenants=BATCH_SIZE // 8 + 2)
+    assert len(rows) > BATCH_SIZE
     env = daemon_env(harness, dagster_storage, dagster_home(tmp_path, launcher))
     launched = "SUCCESS" if launcher == "sync" else "QUEUED"
 

@@ -11,6 +11,7 @@ import stripe
 import stripe.params as P
 
 from ..clock import DAY, HOUR, customer_now
+from ..meter_index import index_of
 from ..router import Ctx, route
 from ..store import SandboxState
 from ..wire import StripeError, list_object
@@ -247,13 +248,8 @@ def _events_for(
     state: SandboxState, meter: dict[str, Any], customer: str, start: int, end: int
 ) -> list[dict[str, Any]]:
     ck = meter["customer_mapping"]["event_payload_key"]
-    evs = [
-        e
-        for e in state.data.meter_events
-        if e["event_name"] == meter["event_name"]
-        and not e["canceled"]
-        and e["payload"].get(ck) == customer
-    ]
+    mine = index_of(state.data).events(state.data.meter_events, meter["event_name"], ck, customer)
+    evs = [e for e in mine if not e["canceled"]]
     window = WINDOWS.get(meter.get("event_time_window") or "")
     if window:
         # docs.stripe.com/billing/subscriptions/usage-based/recording-usage ("Event
