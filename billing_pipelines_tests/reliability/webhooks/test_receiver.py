@@ -248,19 +248,27 @@ def test_replay_of_an_accepted_event(billing_db_url: str) -> None:
         server.stop()
 
 
-def test_fast_acknowledgement(receiver: ReceiverServer) -> None:
+def test_events_are_acknowledged_as_queued_and_left_for_the_sensors_to_handle(
+    receiver: ReceiverServer, billing_db_url: str
+) -> None:
+    # Acknowledging fast means storing and answering, not handling: every event is answered
+    # as received and is still pending in the queue afterwards. How fast is measured in
+    # bench/webhook_receiver.py, not asserted here.
+    ids = [f"evt_queued_{i}" for i in range(50)]
     with httpx.Client() as client:
-        timings = []
-        for i in range(50):
-            body = _event(f"evt_fast_{i}")
-            started = time.perf_counter()
+        for event_id in ids:
+            body = _event(event_id)
             response = client.post(
                 receiver.webhook_url, content=body, headers={"Stripe-Signature": _sig(body)}
             )
-            timings.append(time.perf_counter() - started)
-            assert response.status_code == 200
-    timings.sort()
-    assert timings[len(timings) // 2] < 0.05  # milliseconds, not a round trip to Stripe
+            assert (response.status_code, response.json()) == (
+                200,
+                {"received": True, "duplicate": False},
+            )
+    rows = query(billing_db_url, "SELECT event_id, status FROM webhook_events")
+    assert sorted((r["event_id"], r["status"]) for r in rows) == sorted(
+        (event_id, "pending") for event_id in ids
+    )
 
 
 # ---- the database goes away ---------------------------------------------------------------------
