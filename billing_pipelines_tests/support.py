@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import stripe
 
@@ -42,3 +46,17 @@ def advance(
         if time.monotonic() > deadline:
             raise TimeoutError(clock_id)
         time.sleep(0.01)
+
+
+@contextmanager
+def scratch_warehouse_url(clickhouse_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty ClickHouse database named `prefix_<random>`, dropped afterwards."""
+    from billing_pipelines.lib.usage import warehouse
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = warehouse.connect(clickhouse_url)
+    admin.command(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit(urlsplit(clickhouse_url)._replace(path=f"/{name}"))
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import pytest
@@ -34,6 +33,7 @@ from billing_pipelines.lib.usage.tables import (
     USAGE_EVENTS_DDL,
     USAGE_IDS_BY_DAY_TABLE,
 )
+from billing_pipelines_tests.support import scratch_warehouse_url
 
 # Four days across a month boundary: two monthly partitions, and a look-back that reaches into
 # the previous month.
@@ -64,21 +64,11 @@ class Event:
         ]
 
 
-def _database_url(base_url: str, name: str) -> str:
-    parts = urlsplit(base_url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture
 def fresh_url(embedded_services: dict[str, str]) -> Iterator[str]:
     """A new, empty ClickHouse database on the bridge, dropped afterwards."""
-    name = f"usage_{uuid.uuid4().hex[:12]}"
-    admin = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
-    admin.command(f"CREATE DATABASE {name}")
-    try:
-        yield _database_url(embedded_services["CLICKHOUSE_URL"], name)
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {name}")
+    with scratch_warehouse_url(embedded_services["CLICKHOUSE_URL"], "usage") as url:
+        yield url
 
 
 def _random_events(rng: random.Random, per_tenant_day: int, prefix: str = "") -> list[Event]:

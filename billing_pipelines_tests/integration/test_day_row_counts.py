@@ -13,18 +13,17 @@ projection off.
 from __future__ import annotations
 
 import importlib.util
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from billing_pipelines.lib.usage import warehouse
+from billing_pipelines_tests.support import scratch_warehouse_url
 
 
 def _bench_module() -> Any:
@@ -47,19 +46,12 @@ Plan = list[tuple[str, date, int]]
 @pytest.fixture
 def client(embedded_services: dict[str, str]) -> Iterator[Client]:
     """A new, empty ClickHouse database on the bridge with the warehouse migrated, merges off."""
-    name = f"daycount_{uuid.uuid4().hex[:12]}"
-    admin = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
-    admin.command(f"CREATE DATABASE {name}")
-    try:
-        parts = urlsplit(embedded_services["CLICKHOUSE_URL"])
-        url = urlunsplit(parts._replace(path=f"/{name}"))
+    with scratch_warehouse_url(embedded_services["CLICKHOUSE_URL"], "daycount") as url:
         db = warehouse.connect(url)
         warehouse.ensure_usage_schema(db)
         # Parts stay as inserted: the layout under test is the one merges have not reached yet.
         db.command("SYSTEM STOP MERGES usage_events")
         yield db
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 def _insert(client: Client, plan: Plan) -> None:

@@ -32,7 +32,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -41,6 +40,7 @@ from billing_pipelines.lib.reconciliation import explain, usage_audit
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.lib.usage.periods import interval_queries, period_truth
 from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
+from billing_pipelines_tests.support import scratch_warehouse_url
 
 DAY = date(2026, 3, 1)  # its day before is in February: another monthly partition
 MIDNIGHT = datetime.combine(DAY, time.min, UTC)
@@ -92,16 +92,10 @@ def policy_queries(events: Iterable[Event], tenant: str, start: datetime, end: d
 @pytest.fixture
 def client(embedded_services: dict[str, str]) -> Iterator[Client]:
     """A client on a new, migrated ClickHouse database of its own, dropped afterwards."""
-    name = f"split_{uuid.uuid4().hex[:12]}"
-    admin = warehouse.connect(embedded_services["CLICKHOUSE_URL"])
-    admin.command(f"CREATE DATABASE {name}")
-    try:
-        url = urlunsplit(urlsplit(embedded_services["CLICKHOUSE_URL"])._replace(path=f"/{name}"))
+    with scratch_warehouse_url(embedded_services["CLICKHOUSE_URL"], "split") as url:
         own = warehouse.connect(url)
         warehouse.ensure_usage_schema(own)
         yield own
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {name}")
 
 
 def insert_shuffled(client: Client, events: list[Event], rng: random.Random) -> None:
