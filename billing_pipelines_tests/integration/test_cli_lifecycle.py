@@ -51,9 +51,9 @@ def test_operator_lifecycle_commands(embedded_services: dict[str, str], billing_
     assert portal.returncode == 0, portal.stderr
     assert portal.stdout.startswith("https://billing.stripe.com/p/session/")
 
-    cancelled = _fields(
-        _billing(["tenant", "cancel", "--tenant", tenant, "--now"], env, billing_home).stdout
-    )
+    cancel = _billing(["tenant", "cancel", "--tenant", tenant, "--now"], env, billing_home)
+    assert cancel.returncode == 0, cancel.stderr
+    cancelled = _fields(cancel.stdout)
     assert cancelled["subscription_status"] == "canceled"
     assert cancelled["api_access_enabled"] == "False"
 

@@ -156,6 +156,11 @@ def up(
             _save_state(home, state)
             _wait_http(clickhouse_ping, state.clickhouse_pid, "clickhouse", home)
         env["CLICKHOUSE_URL"] = f"http://default@{HOST}:{state.clickhouse_port}/default"
+        # As PostgreSQL gets its migrations: the usage tables exist before anything reads them
+        # (a cancellation's final count in a sandbox that has never seen usage, for one).
+        from billing_pipelines.lib.usage import warehouse
+
+        warehouse.ensure_usage_schema(warehouse.connect(env["CLICKHOUSE_URL"]))
 
     if with_stripe and stripe_sandbox_available():
         state.stripe_port = state.stripe_port or free_port()
