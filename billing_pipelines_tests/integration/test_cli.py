@@ -138,7 +138,7 @@ def test_usage_push_rejects_a_bad_date(embedded_services: dict[str, str], tmp_pa
 
 
 def test_catalog_sync_then_usage_push_from_the_shell(
-    embedded_services: dict[str, str], tmp_path: Path
+    embedded_services: dict[str, str], fresh_database_url: str, tmp_path: Path
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -148,10 +148,13 @@ def test_catalog_sync_then_usage_push_from_the_shell(
     warehouse.ensure_usage_schema(client)
     warehouse.clear_usage_events(client)  # no other test's tenants on this day
     day = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
-    synced = _run(["catalog", "sync"], embedded_services, tmp_path)
+    # A billing database of the test's own: the push's totals check reads every billable
+    # tenant's pushed days in its window, and no other module's tenants belong in it.
+    env = {**embedded_services, "DATABASE_URL": fresh_database_url}
+    synced = _run(["catalog", "sync"], env, tmp_path)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "in sync with plans.toml" in synced.stdout
-    pushed = _run(["usage", "push", "--date", day], embedded_services, tmp_path)
+    pushed = _run(["usage", "push", "--date", day], env, tmp_path)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert f"usage_to_stripe_job {day}: ok" in pushed.stdout
 

@@ -139,15 +139,15 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 
 @pytest.fixture
-def env(embedded_services: dict[str, str]) -> Iterator[Env]:
+def env(embedded_services: dict[str, str], fresh_database_url: str) -> Iterator[Env]:
     # A sandbox with its own seed: its object ids never collide with other tests' leftovers.
     handle = run_in_thread(port=0, seed=random.randrange(1, 10**9))
     handle.state.settings = Settings(webhook_backoff_seconds=[0.05])
     client = stripe_api.make_client(API_KEY, api_base=handle.url, max_network_retries=0)
-    database_url, clickhouse_url = (
-        embedded_services["DATABASE_URL"],
-        embedded_services["CLICKHOUSE_URL"],
-    )
+    # A billing database of the test's own: the totals check reads every billable tenant's
+    # pushed days in its window, and another module's tenants (billed through another Stripe
+    # sandbox) must not be among them.
+    database_url, clickhouse_url = fresh_database_url, embedded_services["CLICKHOUSE_URL"]
     ch = wh.connect(clickhouse_url)
     wh.ensure_usage_schema(ch)
     wh.clear_usage_events(ch)
