@@ -191,3 +191,38 @@ def test_settling_gives_up_after_the_timeout_with_what_still_differs() -> None:
     ]
     assert [m.difference for m in result] == [2, 3]
     assert now[0] == 3
+
+
+def test_a_total_missing_from_stripe_counts_as_zero_and_only_expected_days_are_judged() -> None:
+    d = date(2026, 8, 4)
+    expected = {("a", "q", d): 3, ("b", "q", d): 0, ("c", "q", d): 1}
+    # Stripe lacks a (3 -> 0: a mismatch) and b (an expected 0: none); it holds an extra key
+    # the check did not ask about, which is not this comparison's to judge.
+    stripe = {("c", "q", d): 1, ("z", "q", d): 4}
+    assert rotation.compare_day_totals(expected, stripe) == [
+        rotation.DayMismatch("a", "q", d, 3, 0)
+    ]
+    # A 1 on either side is never hidden by a default of 1.
+    assert rotation.compare_day_totals({("a", "q", d): 1}, {}) != []
+    assert rotation.compare_day_totals({("a", "q", d): 0}, {("a", "q", d): 1}) != []
+
+
+def test_settling_pauses_two_seconds_by_default_and_reads_last_at_the_deadline() -> None:
+    d = date(2026, 8, 5)
+    now = [0.0]
+    pauses: list[float] = []
+    reads: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    def fetch(keys: list[rotation.DayKey]) -> dict[rotation.DayKey, int]:
+        reads.append(now[0])
+        return {("a", "q", d): 0}
+
+    left = rotation.settle_day_totals(
+        {("a", "q", d): 1}, fetch, timeout_seconds=4, sleep=sleep, clock=lambda: now[0]
+    )
+    # Reads at 0, 2 and 4 s: the read at exactly the deadline is the last one.
+    assert pauses == [2.0, 2.0] and reads == [0.0, 2.0, 4.0] and len(left) == 1

@@ -19,12 +19,10 @@ from billing_pipelines.lib.metering.planning import (
     BillingAccount,
     DayTotal,
     LedgerEntry,
-    compare_totals,
     desired_totals,
     event_timestamp,
     identifier_for,
     screen_usage,
-    settle_totals,
 )
 
 DAY = date(2026, 7, 9)
@@ -67,37 +65,6 @@ def test_each_refusal_has_its_exact_reason(value: object, reason: str) -> None:
         DAY, {"t1": {"billable_queries": value}}, ["billable_queries"], 10
     )
     assert clean == {} and [r.reason for r in refused] == [reason]
-
-
-def test_a_key_missing_on_either_side_counts_as_zero() -> None:
-    found = compare_totals({("a", "q"): 3, ("b", "q"): 0}, {("b", "q"): 2, ("c", "q"): 0})
-    assert [(m.tenant_id, m.warehouse, m.stripe) for m in found] == [("a", 3, 0), ("b", 0, 2)]
-    # A key Stripe alone holds is a mismatch from 0; a 0 Stripe lacks is none.
-    assert [(m.warehouse, m.stripe) for m in compare_totals({("a", "q"): 0}, {("c", "q"): 4})] == [
-        (0, 4)
-    ]
-    # 1 and 1 by default would hide a 1 on one side.
-    assert compare_totals({("a", "q"): 1}, {}) != []
-    assert compare_totals({}, {("a", "q"): 1}) != []
-
-
-def test_settle_pauses_two_seconds_between_reads_and_stops_at_the_deadline() -> None:
-    now = [0.0]
-    pauses: list[object] = []
-
-    def sleep(seconds: object) -> None:
-        pauses.append(seconds)
-        now[0] += 2.0
-
-    left = settle_totals(
-        {("a", "q"): 1},
-        lambda keys: {("a", "q"): 0},
-        timeout_seconds=4,
-        sleep=sleep,
-        clock=lambda: now[0],
-    )
-    # Reads at 0, 2 and 4 s: the read at exactly the deadline is the last one.
-    assert pauses == [2.0, 2.0] and len(left) == 1
 
 
 def _entry(tenant: str, metric: str, value: int, customer: str = "cus_old") -> LedgerEntry:

@@ -13,12 +13,10 @@ from billing_pipelines.lib.metering.planning import (
     BillingAccount,
     DayTotal,
     LedgerEntry,
-    compare_totals,
     desired_totals,
     event_timestamp,
     identifier_for,
     plan_day,
-    settle_totals,
 )
 from billing_pipelines.lib.stripe import pacing
 from billing_pipelines.lib.stripe.meters import is_duplicate_identifier, is_retryable
@@ -105,23 +103,6 @@ def test_desired_totals_split_billable_and_unbillable_and_retract_deleted_usage(
     desired = desired_totals(usage, accounts, METERS, deleted)
     assert [(t.tenant_id, t.value) for t in desired.totals] == [("t1", 5), ("t9", 0)]
     assert desired.unbillable == {"t2": {"queries": 7}}
-
-
-def test_settle_rereads_only_differing_totals_until_they_agree() -> None:
-    reads: list[list[tuple[str, str]]] = []
-    stripe_side = {("a", "queries"): 5, ("b", "queries"): 1}
-
-    def fetch(keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        reads.append(keys)
-        result = {k: stripe_side[k] for k in keys}
-        stripe_side[("b", "queries")] = 2  # the summary catches up after the first read
-        return result
-
-    expected = {("a", "queries"): 5, ("b", "queries"): 2}
-    assert settle_totals(expected, fetch, timeout_seconds=5, sleep=lambda s: None) == []
-    assert reads == [[("a", "queries"), ("b", "queries")], [("b", "queries")]]
-    (left,) = compare_totals({("a", "m"): 3}, {("a", "m"): 5})
-    assert left.difference == 2
 
 
 def test_paced_calls_respect_the_rate_and_retry_retryable_errors() -> None:

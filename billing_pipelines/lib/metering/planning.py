@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -345,53 +344,3 @@ def desired_totals(
                 )
             )
     return out
-
-
-@dataclass(frozen=True)
-class TotalMismatch:
-    """A tenant and metric whose Stripe day total differs from the warehouse."""
-
-    tenant_id: str
-    metric: str
-    warehouse: int
-    stripe: int
-
-    @property
-    def difference(self) -> int:
-        """Stripe minus warehouse: positive means over-billing."""
-        return self.stripe - self.warehouse
-
-
-def compare_totals(
-    warehouse: Mapping[Key, int], stripe_totals: Mapping[Key, int]
-) -> list[TotalMismatch]:
-    """Every (tenant, metric) whose totals differ; a key missing on one side counts as 0."""
-    keys = sorted(set(warehouse) | set(stripe_totals))
-    return [
-        TotalMismatch(t, m, warehouse.get((t, m), 0), stripe_totals.get((t, m), 0))
-        for t, m in keys
-        if warehouse.get((t, m), 0) != stripe_totals.get((t, m), 0)
-    ]
-
-
-def settle_totals(
-    expected: Mapping[Key, int],
-    fetch: Callable[[list[Key]], Mapping[Key, int]],
-    *,
-    timeout_seconds: float,
-    poll_seconds: float = 2.0,
-    sleep: Callable[[float], object] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> list[TotalMismatch]:
-    """Compare eventually consistent totals: re-read only the differing keys until they agree
-    or `timeout_seconds` pass; returns what still differs."""
-    deadline = clock() + timeout_seconds
-    keys = sorted(expected)
-    seen: dict[Key, int] = {}
-    while True:
-        seen.update(fetch(keys))
-        mismatches = compare_totals({k: expected[k] for k in seen}, seen)
-        if not mismatches or clock() >= deadline:
-            return mismatches
-        keys = [(m.tenant_id, m.metric) for m in mismatches]
-        sleep(poll_seconds)
