@@ -166,7 +166,7 @@ class EventSender:
             reports,
             self._send,
             self._confirm,
-            limiter=pacing.RateLimiter(pace.requests_per_second),
+            limiter=stripe_meters.event_limiter(self._client, pace.requests_per_second),
             retryable=RetryableStripeError,
             retry=pacing.RetryPolicy(attempts=pace.retry_attempts),
             workers=pace.workers,
