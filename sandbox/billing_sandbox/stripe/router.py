@@ -53,9 +53,9 @@ def route(
 
 
 def match(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-    literal = LITERALS.get((method, path))
-    if literal is not None:
-        return literal, {}
+    found = LITERALS.get((method, path))
+    if found is not None:
+        return found, {}
     # literal routes (`/v1/prices/search`) win over parametrised ones (`/v1/prices/{id}`)
     for literal in (True, False):
         for r in ROUTES:
