@@ -240,7 +240,7 @@ def _free_port() -> int:
 
 
 def _wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180  # a loaded host takes a while to start the sandbox
     while True:
         try:
             _client(url).v1.billing.meters.list()

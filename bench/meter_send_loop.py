@@ -105,7 +105,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         setup = stripe.StripeClient(api_key=API_KEY, base_addresses={"api": url})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a loaded host takes a while to start the sandbox
         while True:
             try:
                 setup.v1.billing.meters.create(
