@@ -109,19 +109,24 @@ def send_sharded(
 ) -> SendTally:
     """Send `reports` from `shards` processes, each with its share of the budget; the sum.
 
-    Each shard is a fresh interpreter running this module (`python -m`), given its job on
-    stdin and answering its tally on stdout: it imports the client and the ledger only, not
-    whatever the run's process was started from (a multiprocessing spawn re-imports the
-    parent's main module, Dagster and all, about as much CPU as a thousand meter events). A
-    shard that dies does not stop the others: they finish and confirm their rows.
+    The first shard is sent from this process (it is idle while the others send, and has the
+    SDK and the ledger's driver loaded already); every other shard is a fresh interpreter
+    running this module (`python -m`), given its job on stdin and answering its tally on
+    stdout: it imports the client and the ledger only, not whatever the run's process was
+    started from (a multiprocessing spawn re-imports the parent's main module, Dagster and
+    all, about as much CPU as a thousand meter events). A shard that dies or fails does not
+    stop the others: they finish and confirm their rows.
     """
     parts = split(reports, shards)
     share = pace.share(shards)
     shard_target = ShardTarget(target.stripe.share(shards), target.database_url)
     jobs = [ShardJob(i, part, share, shard_target) for i, part in enumerate(parts) if part]
+    if not jobs:
+        return SendTally()
+    local, remote = jobs[0], jobs[1:]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     running = []
-    for job in jobs:
+    for job in remote:
         # The interpreter running this process; the command is fixed (with this process's id, so
         # the shard stops when this process dies), its job comes on stdin.
         process = subprocess.Popen(
@@ -131,18 +136,22 @@ def send_sharded(
             env=env,
         )
         running.append((job, process))
-    # One thread per shard hands it its job and waits for its answer, so every shard starts
-    # at once and one that dies is noticed whatever the others do.
-    with ThreadPoolExecutor(max_workers=len(running), thread_name_prefix="shard") as waiters:
+    # One thread sends this process's shard; one per other shard hands it its job and waits for
+    # its answer, so every shard starts at once and one that dies is noticed whatever the others
+    # do.
+    with ThreadPoolExecutor(max_workers=1 + len(running), thread_name_prefix="shard") as waiters:
+        here = waiters.submit(_push_here, local)
         answers = list(waiters.map(lambda jp: _answer(jp[0], jp[1]), running))
+        answers.insert(0, here.result())
     total = SendTally()
     lost: list[str] = []
-    for (job, process), tally in zip(running, answers, strict=True):
+    for job, child, tally in zip(jobs, [None, *(p for _, p in running)], answers, strict=True):
         if isinstance(tally, ShardFailed):
             lost.append(f"shard {job.index + 1} failed: {tally.error}")
             continue
         if tally is None:
-            lost.append(f"shard {job.index + 1} exited with {process.returncode}")
+            returncode = child.returncode if child is not None else None
+            lost.append(f"shard {job.index + 1} exited with {returncode}")
             continue
         total.add(tally)
         log.info(
@@ -160,6 +169,20 @@ def send_sharded(
             "partition to send them (same identifiers, no double count)"
         )
     return total
+
+
+def _push_here(job: ShardJob) -> SendTally | ShardFailed:
+    """Send one shard from this process, with its own client (its share of the budget) and
+    its own ledger connection, as a shard's process would; its error as a shard's would be."""
+    try:
+        return push_shard(job)
+    except Exception as exc:  # named in the run's failure, as another shard's would be
+        return ShardFailed(_error_line(exc))
+
+
+def _error_line(exc: BaseException) -> str:
+    """A shard's error for the run's failure: its class and message."""
+    return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
 
 
 def _answer(job: ShardJob, process: subprocess.Popen[bytes]) -> SendTally | ShardFailed | None:
@@ -229,7 +252,7 @@ def _serve_one_job(parent: int | None) -> None:
     try:
         told: SendTally | ShardFailed = push_shard(job)
     except Exception as exc:  # handed to the run, which fails with it
-        told = ShardFailed(f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
+        told = ShardFailed(_error_line(exc))
     answer.write(pickle.dumps(told))
     answer.close()
     if isinstance(told, ShardFailed):
