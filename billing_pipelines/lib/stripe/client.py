@@ -20,6 +20,7 @@ import functools
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -136,6 +137,15 @@ class RequestBudget:
                 self._endpoints[endpoint] = limiter
             return limiter
 
+    @property
+    def meter_events_per_second(self) -> float:
+        """The rate this budget holds meter events to: their own limit, else the account's and
+        the meter-event endpoint's, whichever is lower."""
+        limits = self.limits
+        if self._meter is not None and limits.meter_events_per_second:
+            return limits.meter_events_per_second
+        return min(limits.global_per_second, limits.endpoint_per_second)
+
     def acquire(self, method: str, path: str) -> None:
         """Block until a request to this endpoint fits the account's budget."""
         if self._meter is not None and path.rstrip("/") == METER_EVENTS_PATH:
@@ -159,6 +169,18 @@ def shared_budget(api_base: str, api_key: str, limits: RateLimits) -> RequestBud
             budget = RequestBudget(limits)
             _BUDGETS[key] = budget
         return budget
+
+
+# The budget each client of `make_client` sends under, by client (gone with the client).
+_CLIENT_BUDGETS: weakref.WeakKeyDictionary[Any, RequestBudget] = weakref.WeakKeyDictionary()
+
+
+def budget_of(client: object) -> RequestBudget | None:
+    """The process budget a client of `make_client` sends under (None for any other client)."""
+    try:
+        return _CLIENT_BUDGETS.get(client)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return None
 
 
 Response = tuple[bytes, int, Mapping[str, str]]
@@ -198,14 +220,15 @@ def make_client(
 
     format_sdk_log_lines_only_when_shown()
     limits = limits or RateLimits.for_key(api_key)
-    return stripe.StripeClient(
+    budget = shared_budget(api_base, api_key, limits)
+    client = stripe.StripeClient(
         api_key=api_key,
         base_addresses={"api": api_base},
         max_network_retries=max_network_retries,
-        http_client=PacedRequestsClient(
-            shared_budget(api_base, api_key, limits), timeout=timeout_seconds
-        ),
+        http_client=PacedRequestsClient(budget, timeout=timeout_seconds),
     )
+    _CLIENT_BUDGETS[client] = budget
+    return client
 
 
 @dataclass(frozen=True)

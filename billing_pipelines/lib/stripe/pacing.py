@@ -124,7 +124,7 @@ def run_paced(
     call: Callable[[T], R],
     on_result: Callable[[T, R], object],
     *,
-    limiter: RateLimiter,
+    limiter: RateLimiter | None,
     retryable: type[BaseException] | tuple[type[BaseException], ...],
     retry: RetryPolicy = RetryPolicy(),
     workers: int = 8,
@@ -135,7 +135,8 @@ def run_paced(
 
     `on_result` runs on the calling thread as results complete (e.g. to confirm a ledger row):
     if it raises, no new work starts and the exception propagates. Items whose retries ran out
-    are returned with their last error; other exceptions from `call` propagate.
+    are returned with their last error; other exceptions from `call` propagate. `limiter` None:
+    `call` is paced by itself (e.g. by the client's own budget: `meters.event_limiter`).
     """
     todo = list(items)
     failures: list[tuple[T, BaseException]] = []
@@ -147,8 +148,25 @@ def run_paced(
     )
 
     def attempt(item: T) -> R:
-        limiter.acquire()
+        if limiter is not None:
+            limiter.acquire()
         return call(item)
+
+    def attempts(item: T, retried: Retrying) -> R:
+        # The first attempt goes without tenacity's bookkeeping (most items need no other); a
+        # retryable failure is handed to the retry loop as its own first attempt, so the
+        # attempts and the waits are the policy's exactly.
+        try:
+            return attempt(item)
+        except retryable as first:
+            failed: list[BaseException] = [first]
+
+            def again() -> R:
+                if failed:
+                    raise failed.pop()
+                return attempt(item)
+
+            return retried(again)
 
     # Workers pull the next item from one shared iterator and hand each answer back through one
     # queue: no future, waiter or executor hand-off per item (at 1,000 events/s those cost the
@@ -168,7 +186,7 @@ def run_paced(
                 if item is _END:
                     return
                 try:
-                    answers.put((item, True, retried(attempt, item)))  # type: ignore[arg-type]
+                    answers.put((item, True, attempts(item, retried)))  # type: ignore[arg-type]
                 except BaseException as exc:  # handed to the calling thread, which decides
                     answers.put((item, False, exc))  # type: ignore[arg-type]
         finally:

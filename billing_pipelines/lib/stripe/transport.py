@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from typing import Any, NoReturn, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import stripe
 import urllib3
@@ -66,15 +66,15 @@ class PacedRequestsClient(stripe.RequestsClient):
         }
         self._direct = urllib3.PoolManager(**self._pool_options)
         self._proxied: dict[str, urllib3.ProxyManager] = {}
-        self._routes: dict[tuple[str, str], urllib3.PoolManager] = {}
+        # Per scheme and host: its connection pool when it is reached directly, else its proxy.
+        self._routes: dict[tuple[str, str], urllib3.HTTPConnectionPool | urllib3.PoolManager] = {}
         self._lock = threading.Lock()
 
-    def _manager(self, url: str) -> urllib3.PoolManager:
-        """The pool for this URL's scheme and host: direct, or through the environment's proxy."""
-        parts = urlsplit(url)
+    def _route(self, parts: SplitResult) -> urllib3.HTTPConnectionPool | urllib3.PoolManager:
+        """This host's connection pool when it is reached directly, else its proxy's manager."""
         key = (parts.scheme, parts.netloc)
-        manager = self._routes.get(key)
-        if manager is None:
+        route = self._routes.get(key)
+        if route is None:
             proxy = urllib.request.getproxies().get(parts.scheme)
             with self._lock:
                 if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
@@ -82,23 +82,41 @@ class PacedRequestsClient(stripe.RequestsClient):
                     if manager is None:
                         manager = urllib3.ProxyManager(proxy, **self._pool_options)
                         self._proxied[proxy] = manager
+                    route = manager
                 else:
-                    manager = self._direct
-                self._routes[key] = manager
-        return manager
+                    route = self._direct.connection_from_host(
+                        parts.hostname, parts.port, parts.scheme
+                    )
+                self._routes[key] = route
+        return route
 
     def _send(self, method: str, url: str, headers: Any, post_data: Any) -> Response:
         # Compressed answers, as the `requests` transport asked for them (decoded by urllib3).
         sent = {"Accept-Encoding": "gzip, deflate", **dict(headers or {})}
+        parts = urlsplit(url)
+        route = self._route(parts)
         try:
-            answer = self._manager(url).request(
-                method.upper(),
-                url,
-                body=post_data,
-                headers=sent,
-                timeout=self._read_timeout,
-                redirect=False,
-            )
+            if isinstance(route, urllib3.PoolManager):  # through a proxy: it needs the whole URL
+                answer = route.request(
+                    method.upper(),
+                    url,
+                    body=post_data,
+                    headers=sent,
+                    timeout=self._read_timeout,
+                    redirect=False,
+                )
+            else:
+                # Straight to the host's pool: the manager's per-request URL parsing and pool
+                # lookup are done once per host (a tenth of the client's CPU per meter event).
+                answer = route.urlopen(
+                    method.upper(),
+                    f"{parts.path}?{parts.query}" if parts.query else parts.path or "/",
+                    body=post_data,
+                    headers=sent,
+                    timeout=self._read_timeout,
+                    redirect=False,
+                    retries=False,
+                )
         except urllib3.exceptions.HTTPError as exc:
             _connection_error(exc)
         return answer.data, answer.status, answer.headers
@@ -112,7 +130,15 @@ class PacedRequestsClient(stripe.RequestsClient):
     ) -> Response:
         # Each attempt (the SDK's own retries included) takes a permit; the same headers, and so
         # the same Idempotency-Key, go out on every attempt.
-        return cast(Response, self._retrying(self._once, method, url, headers, post_data))
+        first = self._once(method, url, headers, post_data)
+        if not _throttled(first):
+            return first  # most requests: no retry loop's bookkeeping
+        answers = [first]  # the retry loop's first attempt is this one: same attempts and waits
+
+        def again(method: str, url: str, headers: Any, post_data: Any) -> Response:
+            return answers.pop() if answers else self._once(method, url, headers, post_data)
+
+        return cast(Response, self._retrying(again, method, url, headers, post_data))
 
     def close(self) -> None:
         """Close every pooled connection."""

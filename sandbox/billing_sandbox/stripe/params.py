@@ -82,9 +82,23 @@ def _literal_values(opts: list[Any]) -> list[Any]:
     return vals
 
 
+@cache
+def _cached_options(tp: Any, module: str) -> tuple[Any, ...]:
+    return tuple(o for o in _options(tp, module) if o is not type(None))
+
+
+def _options_of(tp: Any, module: str) -> list[Any]:
+    """The annotation's alternatives without None, worked out once per annotation (every
+    request of a kind walks the same ones)."""
+    try:
+        return list(_cached_options(tp, module))
+    except TypeError:  # an annotation that cannot be a cache key
+        return [o for o in _options(tp, module) if o is not type(None)]
+
+
 def coerce(value: Any, tp: Any, path: str, module: str = "typing") -> Any:
     """Coerce a parsed form value to the annotated type; raise StripeError on mismatch."""
-    opts = [o for o in _options(tp, module) if o is not type(None)]
+    opts = _options_of(tp, module)
     if value == "" and len(opts) >= 1:
         return value  # empty string means "unset" in Stripe's form encoding
     for o in opts:

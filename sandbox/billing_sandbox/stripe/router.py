@@ -31,6 +31,9 @@ class Route:
 
 
 ROUTES: list[Route] = []
+# Routes without a path parameter by (method, path): found by one lookup instead of a scan of
+# every route's pattern (the meter-event endpoint is hit a thousand times a second).
+LITERALS: dict[tuple[str, str], Route] = {}
 
 
 def route(
@@ -40,13 +43,19 @@ def route(
     rx = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
     def deco(fn: Handler) -> Handler:
-        ROUTES.append(Route(method.upper(), rx, fn, params_cls))
+        registered = Route(method.upper(), rx, fn, params_cls)
+        ROUTES.append(registered)
+        if rx.groups == 0 and re.escape(pattern) == pattern:
+            LITERALS.setdefault((registered.method, pattern), registered)  # the first one wins
         return fn
 
     return deco
 
 
 def match(method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    found = LITERALS.get((method, path))
+    if found is not None:
+        return found, {}
     # literal routes (`/v1/prices/search`) win over parametrised ones (`/v1/prices/{id}`)
     for literal in (True, False):
         for r in ROUTES:

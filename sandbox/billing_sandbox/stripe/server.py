@@ -18,7 +18,9 @@ from .store import SandboxState
 def serve(host: str = "127.0.0.1", port: int = 12111, **opts: Any) -> None:
     """Serve the sandbox in the foreground (`billing sandbox stripe`). `opts` go to create_app."""
     app = create_app(**opts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # No access log: at the warning level it would never show, and it is asked for per request.
+    # uvicorn's "auto" picks httptools and uvloop (both installed with the sandbox).
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 @dataclass
