@@ -33,15 +33,17 @@ from billing_pipelines.lib.stripe import client as stripe_api
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_FILE = ROOT / "workspace.yaml"
 DEFINITIONS_MODULE = "billing_pipelines.definitions"
-# Runs started here execute in this process (one step after another), as before.
+# Runs started here execute in this process (one step after another). Every job of the code
+# location declares the in-process executor (defs/executor.py), whose config has no entry to
+# give; a job declaring Dagster's default executor would take this one instead.
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 
 
 def in_process_config(job: dg.JobDefinition) -> dict[str, Any]:
     """Run config that keeps a job's steps in this process, whatever executor it declares.
 
-    Jobs on Dagster's default executor take `in_process` as their execution config; the queue
-    jobs already declare the in-process executor, whose config has no such entry.
+    The location's jobs run on the in-process executor already (nothing to add); a job on
+    Dagster's default executor takes `in_process` as its execution config.
     """
     return {} if job.executor_def.name == "in_process" else IN_PROCESS
 

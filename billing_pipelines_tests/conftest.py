@@ -14,6 +14,7 @@ from billing_sandbox.stripe import SandboxHandle, Settings, run_in_thread
 
 from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.stripe import client as stripe_api
+from billing_pipelines_tests import dagster_schema_answers
 from billing_pipelines_tests.support import API_KEY
 
 # With parallel workers, the scheduler that keeps a long module from queueing behind another.
@@ -38,6 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Every sandbox in the suite (in-process or a subprocess) checks each answer of its
     # due-work index against a scan of every object, so the index is proven on every test.
     os.environ["BILLING_SANDBOX_VERIFY_DUE"] = "1"
+    # Dagster's storages stop asking PostgreSQL's catalog the same schema question on every
+    # run and event (a tenth of a simulated month); see the module for why that is safe.
+    dagster_schema_answers.install()
 
 
 def _longest_timeout(item: pytest.Item) -> float:

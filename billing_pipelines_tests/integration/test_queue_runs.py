@@ -37,14 +37,23 @@ def test_queue_jobs_run_their_op_in_the_run_process(loaded: dg.Definitions, job_
     assert job.tags["billing/queue"] == QUEUE_JOBS[job_name]
 
 
-def test_other_jobs_keep_dagster_default_executor_and_no_queue_tag(
-    loaded: dg.Definitions,
-) -> None:
+def test_every_job_runs_its_steps_in_the_run_process(loaded: dg.Definitions) -> None:
+    # What the daemon launches: the asset jobs, the implicit asset job behind the UI's
+    # materializations and backfills, the admin and lifecycle jobs. None starts a step process.
+    jobs = {job.name: job for job in loaded.resolve_all_job_defs()}
+    implicit = loaded.resolve_implicit_global_asset_job_def()
+    jobs[implicit.name] = implicit
+    assert {"usage_to_stripe_job", "reconciliation_job", "daily_usage_job"} <= set(jobs)
+    assert len(jobs) > 15
+    executors = {name: job.executor_def.name for name, job in jobs.items()}
+    assert executors == dict.fromkeys(jobs, "in_process")
+
+
+def test_other_jobs_carry_no_queue_tag(loaded: dg.Definitions) -> None:
     others = [j for j in loaded.resolve_all_job_defs() if j.name not in QUEUE_JOBS]
     assert len(others) > 10
     for job in others:
-        # Asset jobs keep parallel steps; the recovery and requeue jobs are no queue consumers.
-        assert job.executor_def.name == "multi_or_in_process_executor", job.name
+        # The recovery and requeue jobs are no queue consumers.
         assert "billing/queue" not in job.tags, job.name
 
 
@@ -131,15 +140,25 @@ def test_the_generated_dagster_yaml_is_the_shipped_one(tmp_path: Path) -> None:
 def test_every_job_accepts_the_config_that_runs_it_in_this_process(
     loaded: dg.Definitions,
 ) -> None:
-    # The demo's month and the CLI start runs in process (`runs.execute`): the queue jobs'
-    # in-process executor has no `in_process` entry, the default executor needs it.
+    # The demo's month and the CLI start runs in process (`runs.execute`): the in-process
+    # executor has no `in_process` entry, Dagster's default executor needs it (the job below
+    # declares it, as a job of the location could).
     from dagster._config import process_config
 
     from billing_pipelines import runs
 
+    @dg.op
+    def step() -> None:
+        pass
+
+    @dg.job(executor_def=dg.multi_or_in_process_executor)
+    def on_default_executor() -> None:
+        step()
+
     jobs = [loaded.resolve_job_def(job.name) for job in loaded.resolve_all_job_defs()]
     assert {job.name for job in jobs} >= set(QUEUE_JOBS)
-    for job in jobs:
+    assert runs.in_process_config(on_default_executor) == runs.IN_PROCESS
+    for job in [*jobs, on_default_executor]:
         execution = runs.in_process_config(job).get("execution", {}).get("config", {})
         checked = process_config(job.executor_def.config_schema.config_type, execution)
         assert checked.success, (job.name, checked.errors)

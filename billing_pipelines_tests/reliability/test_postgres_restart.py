@@ -25,13 +25,15 @@ import pytest
 import stripe
 from billing_sandbox import postgres
 from billing_sandbox.stripe import SandboxHandle, SandboxState, Settings
+from billing_sandbox.stripe.app import TEST_MODE_GLOBAL_LIMIT
 
 from billing_pipelines.defs.metering.assets import stripe_catalog, stripe_meter_reports
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource, UsageWarehouse
 from billing_pipelines.lib.pg import database, migrations
+from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.webhooks import ReceiverConfig
-from billing_pipelines_tests.integration.test_meter_reports import DAY, Env, metadata
+from billing_pipelines_tests.integration.test_meter_reports import DAY, PREFIX, metadata
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (
     ReceiverServer,
@@ -211,6 +213,42 @@ def test_webhook_burst_across_a_postgres_restart_is_stored_exactly_once(
 QUERIES_EVENT = "rag_api_queries"  # the catalog's one metered metric
 
 
+def _billable_tenants(client: stripe.StripeClient, db_url: str, count: int) -> list[str]:
+    """`count` tenants on the pro plan, each a Stripe customer with a card and a subscription.
+
+    What the push needs of a tenant, in three requests each (customer, card, subscription with
+    the card as its default) and one price lookup for all, instead of five each.
+    """
+    prices = client.v1.prices.list(
+        {"lookup_keys": ["pro_base_monthly", "pro_queries_overage_monthly"]}
+    ).data
+    assert len(prices) == 2
+
+    def one(_: int) -> tuple[str, str, str]:
+        tenant_id = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+        customer = client.v1.customers.create({"metadata": {"tenant_id": tenant_id}})
+        card = client.v1.payment_methods.attach("pm_card_visa", {"customer": customer.id})
+        subscription = client.v1.subscriptions.create(
+            {
+                "customer": customer.id,
+                "items": [{"price": p.id} for p in prices],
+                "default_payment_method": card.id,
+            }
+        )
+        assert subscription.status == "active"
+        return tenant_id, customer.id, subscription.id
+
+    with ThreadPoolExecutor(4) as workers:  # overlaps the SDK's round trips under one budget
+        made = list(workers.map(one, range(count)))
+    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO tenants (tenant_id, name, email, plan, stripe_customer_id, "
+            "stripe_subscription_id) VALUES (%s, %s, %s, 'pro', %s, %s)",
+            [(t, t, f"{t}@example.com", cus, sub) for t, cus, sub in made],
+        )
+    return [tenant_id for tenant_id, _, _ in made]
+
+
 def _accepted(state: SandboxState) -> list[dict[str, Any]]:
     """Meter events the sandbox accepted (a duplicate identifier is refused, not stored)."""
     with state.lock:
@@ -218,9 +256,7 @@ def _accepted(state: SandboxState) -> list[dict[str, Any]]:
 
 
 def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
-    server: RestartablePostgres,
-    stripe_sandbox: SandboxHandle,
-    stripe_client: stripe.StripeClient,
+    server: RestartablePostgres, stripe_sandbox: SandboxHandle
 ) -> None:
     db_url = server.fresh_database()
     resources = {
@@ -232,11 +268,21 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
         "warehouse": UsageWarehouse(url="http://127.0.0.1:9/unused"),
     }
     assert dg.materialize([stripe_catalog], resources=resources).success
+    # The set-up and the final reads are the test's own requests, not the push's: they use the
+    # sandbox's whole test-mode limit (the fixture's client keeps a share of it for others).
+    setup = stripe_api.make_client(
+        API_KEY,
+        api_base=stripe_sandbox.url,
+        max_network_retries=0,
+        limits=stripe_api.RateLimits(
+            global_per_second=TEST_MODE_GLOBAL_LIMIT,
+            endpoint_per_second=TEST_MODE_GLOBAL_LIMIT,
+            meter_events_per_second=None,
+        ),
+    )
     # The warehouse is not part of this fault: the day's usage is stored as daily_tenant_usage
     # stores it, and the push reads it from the database that restarts.
-    env = Env(stripe_sandbox, stripe_client, db_url, clickhouse_url="", resources=resources)
-    with ThreadPoolExecutor(4) as workers:  # set-up only: overlaps the SDK's round trips
-        tenants = list(workers.map(lambda _: env.tenant(), range(TENANTS)))
+    tenants = _billable_tenants(setup, db_url, TENANTS)
     usage = {tenant: 1_000 + 37 * i for i, tenant in enumerate(tenants)}
     with psycopg.connect(db_url) as conn, conn.cursor() as cur:
         cur.executemany(
@@ -313,9 +359,9 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
     assert len({e["identifier"] for e in accepted}) == TENANTS
     assert sorted(e["payload"]["stripe_customer_id"] for e in accepted) == sorted(stored)
     # ... and its day totals (the meter event summaries API) equal the stored usage exactly.
-    meter_id = stripe_meters.active_meter_ids(stripe_client)[QUERIES_EVENT]
+    meter_id = stripe_meters.active_meter_ids(setup)[QUERIES_EVENT]
     billed = {
-        customer: int(stripe_meters.day_total(stripe_client, meter_id, customer, DAY))
+        customer: int(stripe_meters.day_total(setup, meter_id, customer, DAY))
         for customer in stored
     }
     assert billed == stored

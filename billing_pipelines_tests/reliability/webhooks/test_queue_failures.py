@@ -15,6 +15,7 @@ from billing_pipelines.defs.dunning.jobs import trial_reminders_job
 from billing_pipelines.defs.resources import StripeResource
 from billing_pipelines.defs.webhooks.jobs import webhook_events_job
 from billing_pipelines.lib.pg.queue import Dispatched, RetryPolicy
+from billing_pipelines.lib.stripe import reads as stripe_reads
 from billing_pipelines.lib.webhooks import queue as webhook_queue
 from billing_pipelines_tests.support import API_KEY, advance
 from billing_pipelines_tests.webhook_harness import DAY, T0, Harness, free_port, query
@@ -78,7 +79,14 @@ def test_handler_failures_retry_with_backoff_then_dead_letter_with_alert(
         {"id": subscription.id, "customer": customer.id},
     )
     unknown = _store(h.db_url, "evt_unknown", "radar.early_fraud_warning.created", {"id": "x"})
-    # Stripe is unreachable for this run: the handler fails, the row is retried later.
+    # Stripe is unreachable for this run: the handler fails, the row is retried later. The
+    # handler's read still tries Stripe 8 times in each run; only its waits between tries (about
+    # 35 s a run, the back-off that carries a snapshot through an outage) are recorded instead
+    # of slept, since the queue's retry and dead letter below are what this test is about.
+    read_waits: list[float] = []
+    # tenacity keeps the decorator's Retrying on the function; each call copies its sleep.
+    retrying = vars(stripe_reads.fetch_subscription)["retry"]
+    monkeypatch.setattr(retrying, "sleep", read_waits.append)
     broken = {
         **h.resources(),
         "stripe": StripeResource(
@@ -91,6 +99,7 @@ def test_handler_failures_retry_with_backoff_then_dead_letter_with_alert(
     )
     assert result.success
     assert result.output_for_node("process_webhook_events")["failed"] == 1
+    assert len(read_waits) == 7 and min(read_waits) > 0  # 8 tries, each after a back-off
     [row] = query(h.db_url, "SELECT * FROM webhook_events WHERE id = %s", (row_id,))
     assert row["status"] == "failed" and row["attempts"] == 1
     assert "APIConnectionError" in row["last_error"] and API_KEY not in row["last_error"]
@@ -110,6 +119,7 @@ def test_handler_failures_retry_with_backoff_then_dead_letter_with_alert(
         run_config=config, instance=h.instance, resources=broken, raise_on_error=False
     )
     assert not result.success  # a dead letter fails the run: visible in the UI
+    assert len(read_waits) == 14
     [row] = query(h.db_url, "SELECT status, attempts FROM webhook_events WHERE id = %s", (row_id,))
     assert row == {"status": "dead", "attempts": 2}
     [alert] = query(h.db_url, "SELECT kind, severity, summary, details FROM alerts")
