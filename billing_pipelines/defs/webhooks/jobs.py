@@ -13,13 +13,15 @@ from billing_pipelines.defs.queue_runs import (
 )
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
+from billing_pipelines.defs.webhooks.context import HandlerSetup, describe_error, handler_setup
 from billing_pipelines.lib.alerts import store as alerts
-from billing_pipelines.lib.pg.queue import RetryPolicy
+from billing_pipelines.lib.pg.queue import LeasedQueue, RetryPolicy
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 from billing_pipelines.lib.webhooks import queue as webhook_queue
+from billing_pipelines.lib.webhooks.batch_reads import BatchReads
 from billing_pipelines.lib.webhooks.handlers import HANDLERS
+from billing_pipelines.lib.webhooks.queue import ClaimedEvent
 from billing_pipelines.settings import load_settings
 
 
@@ -58,10 +60,42 @@ def process_webhook_events(
     """Claim the batch's rows one by one, apply each effect once, record outcomes and retries."""
     queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run.run_id
+    reads = BatchReads()
     handlers = handler_setup(
-        stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode()
+        stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode(), reads=reads
     )
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0, "not_claimed": 0}
+    # Each handled event's outcome, logged as one message when the run ends (each row also
+    # keeps its own outcome): one stored log event per run rather than one per event.
+    handled: list[str] = []
+    try:
+        _handle_rows(context, config, billing_db, queue, owner, handlers, counts, handled)
+    finally:
+        if handled:
+            context.log.info(
+                f"{len(handled)} event(s) handled, {reads.reused} Stripe read(s) reused:\n"
+                + "\n".join(handled)
+            )
+    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
+    metadata["stripe_reads_reused"] = dg.MetadataValue.int(reads.reused)
+    if counts["dead"]:
+        raise dg.Failure(
+            f"{counts['dead']} webhook event(s) dead-lettered (alert raised)", metadata=metadata
+        )
+    return dg.Output(counts, metadata=metadata)
+
+
+def _handle_rows(
+    context: dg.OpExecutionContext,
+    config: WebhookBatchConfig,
+    billing_db: BillingDatabase,
+    queue: LeasedQueue[ClaimedEvent],
+    owner: str,
+    handlers: HandlerSetup,
+    counts: dict[str, int],
+    handled: list[str],
+) -> None:
+    """Claim, handle and record each of the run's rows in turn, counting the outcomes."""
     for row_id in sorted(set(config.row_ids)):
         # One row claimed at a time, just before it is handled: an event that kills the run
         # spends only its own attempt, never those of the rows queued behind it.
@@ -98,7 +132,7 @@ def process_webhook_events(
                 outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
                 queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
             counts[outcome.status] += 1
-            context.log.info(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
+            handled.append(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
         except Exception as exc:  # every failure is recorded on the row, never lost
             error = describe_error(exc)
             with billing_db.transaction() as conn:
@@ -123,12 +157,6 @@ def process_webhook_events(
             context.log.warning(
                 f"{row.event_type} {row.event_id} attempt {row.attempts} {status}: {error}"
             )
-    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
-    if counts["dead"]:
-        raise dg.Failure(
-            f"{counts['dead']} webhook event(s) dead-lettered (alert raised)", metadata=metadata
-        )
-    return dg.Output(counts, metadata=metadata)
 
 
 @dg.job(tags=queue_job_tags("webhooks", WEBHOOK_EVENTS_QUEUE), executor_def=QUEUE_RUN_EXECUTOR)
