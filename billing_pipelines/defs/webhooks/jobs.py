@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -15,7 +16,7 @@ from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
 from billing_pipelines.defs.webhooks.context import HandlerSetup, describe_error, handler_setup
 from billing_pipelines.lib.alerts import store as alerts
-from billing_pipelines.lib.pg.queue import LeasedQueue, RetryPolicy
+from billing_pipelines.lib.pg.queue import Claim, LeasedQueue, RetryPolicy
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 from billing_pipelines.lib.webhooks import queue as webhook_queue
@@ -23,6 +24,9 @@ from billing_pipelines.lib.webhooks.batch_reads import BatchReads
 from billing_pipelines.lib.webhooks.handlers import HANDLERS
 from billing_pipelines.lib.webhooks.queue import ClaimedEvent
 from billing_pipelines.settings import load_settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def retry_policy(max_attempts: int | None = None) -> RetryPolicy:
@@ -85,6 +89,30 @@ def process_webhook_events(
     return dg.Output(counts, metadata=metadata)
 
 
+def _claim_row(
+    conn: "psycopg.Connection[Any]",
+    queue: LeasedQueue[ClaimedEvent],
+    row_id: int,
+    owner: str,
+    alert_email: str | None,
+) -> Claim[ClaimedEvent]:
+    """Claim one row in the caller's transaction; a row whose runs kept dying (attempts used up
+    while claimed) is dead-lettered by the claim instead, with an alert."""
+    claim = queue.claim_due(conn, [row_id], owner=owner)
+    for dead in claim.dead:
+        alerts.raise_alert(
+            conn,
+            dedup_key=f"webhook_dead:{dead.event_id}",
+            kind="webhook_dead_letter",
+            severity="critical",
+            summary=f"Stripe event {dead.event_id} ({dead.event_type}) dead-lettered: "
+            f"its {dead.attempts} attempts were used up by runs that never finished",
+            details={"event": dead.event_id, "type": dead.event_type, "attempts": dead.attempts},
+            notify=alert_email,
+        )
+    return claim
+
+
 def _handle_rows(
     context: dg.OpExecutionContext,
     config: WebhookBatchConfig,
@@ -95,30 +123,26 @@ def _handle_rows(
     counts: dict[str, int],
     handled: list[str],
 ) -> None:
-    """Claim, handle and record each of the run's rows in turn, counting the outcomes."""
-    for row_id in sorted(set(config.row_ids)):
-        # One row claimed at a time, just before it is handled: an event that kills the run
-        # spends only its own attempt, never those of the rows queued behind it.
-        with billing_db.transaction() as conn:
-            claim = queue.claim_due(conn, [row_id], owner=owner)
-            # A row whose runs kept dying (attempts used up while claimed) ends here, alerted.
-            for dead in claim.dead:
-                alerts.raise_alert(
-                    conn,
-                    dedup_key=f"webhook_dead:{dead.event_id}",
-                    kind="webhook_dead_letter",
-                    severity="critical",
-                    summary=f"Stripe event {dead.event_id} ({dead.event_type}) dead-lettered: "
-                    f"its {dead.attempts} attempts were used up by runs that never finished",
-                    details={
-                        "event": dead.event_id,
-                        "type": dead.event_type,
-                        "attempts": dead.attempts,
-                    },
-                    notify=handlers.alert_email,
-                )
-                counts["dead"] += 1
-                context.log.warning(f"{dead.event_type} {dead.event_id}: dead (attempts used up)")
+    """Claim, handle and record each of the run's rows in turn, counting the outcomes.
+
+    One row is claimed at a time, just before it is handled: an event that kills the run
+    spends only its own attempt, never those of the rows queued behind it. The next row's
+    claim commits in the transaction that records this row's outcome (one commit per row
+    rather than two): it still happens after this row is done and before the next is handled,
+    so a crash leaves exactly what a separate claim would have left.
+    """
+    row_ids = sorted(set(config.row_ids))
+    taken: Claim[ClaimedEvent] | None = None  # the next row's claim, already committed
+    for index, row_id in enumerate(row_ids):
+        following = row_ids[index + 1] if index + 1 < len(row_ids) else None
+        claim = taken
+        taken = None
+        if claim is None:
+            with billing_db.transaction() as conn:
+                claim = _claim_row(conn, queue, row_id, owner, handlers.alert_email)
+        for dead in claim.dead:
+            counts["dead"] += 1
+            context.log.warning(f"{dead.event_type} {dead.event_id}: dead (attempts used up)")
         if not claim.claimed:
             counts["not_claimed"] += 0 if claim.dead else 1
             continue
@@ -131,9 +155,12 @@ def _handle_rows(
                     continue
                 outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
                 queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
+                if following is not None:
+                    taken = _claim_row(conn, queue, following, owner, handlers.alert_email)
             counts[outcome.status] += 1
             handled.append(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
         except Exception as exc:  # every failure is recorded on the row, never lost
+            taken = None  # rolled back with the row's transaction: claimed again on its own
             error = describe_error(exc)
             with billing_db.transaction() as conn:
                 status = queue.record_failure(conn, row.id, row.attempts, error, owner=owner)
@@ -153,6 +180,8 @@ def _handle_rows(
                         details={"event": row.event_id, "type": row.event_type, "error": error},
                         notify=handlers.alert_email,
                     )
+                if following is not None:
+                    taken = _claim_row(conn, queue, following, owner, handlers.alert_email)
             counts[status] += 1
             context.log.warning(
                 f"{row.event_type} {row.event_id} attempt {row.attempts} {status}: {error}"
