@@ -120,8 +120,11 @@ class UsageWarehouse(dg.ConfigurableResource):
     send_receive_timeout_seconds: int = 300
 
     def client(self) -> Client:
-        """A fresh client; clickhouse-connect clients are cheap and not shared across threads."""
-        return warehouse.connect(self.url, send_receive_timeout=self.send_receive_timeout_seconds)
+        """This thread's client (built on first use, then reused: building one asks the server
+        for its settings); clickhouse-connect clients are not shared across threads."""
+        return warehouse.reused_client(
+            self.url, send_receive_timeout=self.send_receive_timeout_seconds
+        )
 
     def daily_usage(self, day: date) -> pd.DataFrame:
         """Per-tenant billable usage for one UTC day, distinct query ids only."""

@@ -302,3 +302,24 @@ def _state(conn: psycopg.Connection[Any], item_id: int) -> tuple[Any, ...]:
     ).fetchone()
     assert row is not None
     return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+def test_a_claim_committed_with_earlier_work_starts_its_lease_at_the_claim(queue_url: str) -> None:
+    """A run commits the next row's claim with the previous row's outcome: the lease is counted
+    from the claim statement, not from the start of that longer transaction."""
+    queue = LeasedQueue(TABLE, POLICY, Item)
+    first, second = _add(queue_url, 2)
+    with psycopg.connect(queue_url, row_factory=dict_row) as conn:
+        [item] = queue.claim(conn, [first], owner="run-1")
+        conn.commit()
+        with conn.transaction():
+            began = conn.execute("SELECT now() AS t").fetchone()
+            conn.execute("SELECT pg_sleep(1.5)")  # the previous row's handler, taking a while
+            queue.complete(conn, first, status="done", outcome="ok")
+            assert [i.item_id for i in queue.claim(conn, [second], owner="run-1")] == [second]
+        leased = conn.execute(
+            "SELECT leased_at FROM work_items WHERE item_id = %s", (second,)
+        ).fetchone()
+    assert began is not None and leased is not None
+    assert (leased["leased_at"] - began["t"]).total_seconds() >= 1.5
+    assert item.tries == 1

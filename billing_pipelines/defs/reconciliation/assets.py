@@ -1,7 +1,7 @@
 """Reconciliation: Stripe snapshots, the tenant DB against them, usage against invoices, health."""
 
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
@@ -31,6 +31,7 @@ from billing_pipelines.lib.reconciliation import (
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
+from billing_pipelines.lib.reconciliation.read_ahead import ReadAhead
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
 from billing_pipelines.lib.usage.periods import PeriodTruth, period_truth
@@ -301,6 +302,14 @@ class UsageAuditConfig(dg.Config):
     lookback_days: int = 40
 
 
+def _days_read(line: usage_audit.BilledLine) -> bool:
+    """True when the audit compares Stripe's total on some day of the line: every day of its
+    period but the one its end instant splits."""
+    end = line.period_end.astimezone(UTC)
+    split = None if end == end.replace(hour=0, minute=0, second=0, microsecond=0) else end.date()
+    return any(d != split for d in usage_audit.period_days(line.period_start, line.period_end))
+
+
 def audit_table(rows: list[usage_audit.AuditRow], limit: int = 50) -> str:
     """Differences as a markdown table: tenant, period, amount, causes."""
     return markdown.table(
@@ -400,32 +409,38 @@ def usage_invoice_audit(
             return None
         return period_truth(usage_client, line.tenant_id, line.period_start, line.period_end)
 
-    # One summaries list per line (grouped by day), read on the line's first day.
-    per_line: dict[tuple[str, str, datetime, datetime], dict[date, Decimal]] = {}
+    # One summaries list per line (grouped by day). The lists are read ahead in a few threads,
+    # in the lines' order, while this thread counts each line's truth in the warehouse: the
+    # same requests (paced by the client), overlapped with the warehouse's queries.
+    SummaryKey = tuple[str, str, datetime, datetime]
+
+    def summary_key(line: usage_audit.BilledLine) -> SummaryKey:
+        assert line.meter_id is not None
+        return (line.meter_id, line.customer_id, line.period_start, line.period_end)
+
+    def read_summaries(key: SummaryKey) -> dict[date, Decimal]:
+        meter_id, customer_id, start, end = key
+        period = usage_audit.period_days(start, end)
+        if not period:
+            return {}
+        return stripe_meters.daily_totals(client, meter_id, customer_id, period[0], period[-1])
 
     def stripe_day_total(line: usage_audit.BilledLine, day: date) -> int:
         if line.meter_id is None:
             return 0
-        key = (line.meter_id, line.customer_id, line.period_start, line.period_end)
-        if key not in per_line:
-            period = usage_audit.period_days(line.period_start, line.period_end)
-            per_line[key] = (
-                stripe_meters.daily_totals(
-                    client, line.meter_id, line.customer_id, period[0], period[-1]
-                )
-                if period
-                else {}
-            )
-        return int(per_line[key].get(day, Decimal(0)))
+        return int(summaries.get(summary_key(line)).get(day, Decimal(0)))
 
-    rows = usage_audit.audit_lines(
-        lines,
-        warehouse=warehouse_truth,
-        stored=stored,
-        ledger=delivered,
-        stripe_day_total=stripe_day_total,
-        truth_of=truth_of,
-    )
+    # Only the lines the audit reads Stripe for: a metered line with a day besides a split one.
+    read = [ln for ln in lines if ln.meter_id is not None and _days_read(ln)]
+    with ReadAhead(read_summaries, [summary_key(ln) for ln in read]) as summaries:
+        rows = usage_audit.audit_lines(
+            lines,
+            warehouse=warehouse_truth,
+            stored=stored,
+            ledger=delivered,
+            stripe_day_total=stripe_day_total,
+            truth_of=truth_of,
+        )
     with billing_db.transaction() as conn:
         usage_audit.store(conn, audit_date, rows)
         fees = usage_audit.fee_explanations(

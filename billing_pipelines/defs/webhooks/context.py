@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from billing_pipelines.lib.catalog.plans import Catalog, load_catalog
 from billing_pipelines.lib.stripe.client import describe_error as describe_stripe_error
+from billing_pipelines.lib.webhooks.batch_reads import BatchReads
 from billing_pipelines.lib.webhooks.handlers import HandlerContext
 from billing_pipelines.settings import load_settings
 
@@ -22,6 +23,8 @@ class HandlerSetup:
     catalog: Catalog
     alert_email: str | None
     livemode: bool | None = None
+    # Set for a webhook run: the Stripe objects its events concern are read once per run.
+    reads: BatchReads | None = None
 
     def context(self, conn: "psycopg.Connection[Any]", actor: str) -> HandlerContext:
         """A HandlerContext for one transaction; `actor` names the run and the trigger."""
@@ -32,16 +35,21 @@ class HandlerSetup:
             actor=actor,
             alert_email=self.alert_email,
             livemode=self.livemode,
+            reads=self.reads,
         )
 
 
 def handler_setup(
-    client: "StripeClient", *, alert_email: str | None = None, livemode: bool | None = None
+    client: "StripeClient",
+    *,
+    alert_email: str | None = None,
+    livemode: bool | None = None,
+    reads: BatchReads | None = None,
 ) -> HandlerSetup:
     """Read the catalog and the alert address (unset: ALERT_EMAIL) for one run's handlers."""
     if alert_email is None:
         alert_email = load_settings().alert_email
-    return HandlerSetup(client, load_catalog(), alert_email, livemode)
+    return HandlerSetup(client, load_catalog(), alert_email, livemode, reads)
 
 
 def handler_context(

@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -13,14 +14,19 @@ from billing_pipelines.defs.queue_runs import (
 )
 from billing_pipelines.defs.requeue import RequeueConfig, requeue_from_config
 from billing_pipelines.defs.resources import BillingDatabase, StripeResource
-from billing_pipelines.defs.webhooks.context import describe_error, handler_setup
+from billing_pipelines.defs.webhooks.context import HandlerSetup, describe_error, handler_setup
 from billing_pipelines.lib.alerts import store as alerts
-from billing_pipelines.lib.pg.queue import RetryPolicy
+from billing_pipelines.lib.pg.queue import Claim, LeasedQueue, RetryPolicy
 from billing_pipelines.lib.stripe import reads as stripe_state
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 from billing_pipelines.lib.webhooks import queue as webhook_queue
+from billing_pipelines.lib.webhooks.batch_reads import BatchReads
 from billing_pipelines.lib.webhooks.handlers import HANDLERS
+from billing_pipelines.lib.webhooks.queue import ClaimedEvent
 from billing_pipelines.settings import load_settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def retry_policy(max_attempts: int | None = None) -> RetryPolicy:
@@ -58,33 +64,85 @@ def process_webhook_events(
     """Claim the batch's rows one by one, apply each effect once, record outcomes and retries."""
     queue = webhook_queue.events_queue(retry_policy(config.max_attempts))
     owner = context.run.run_id
+    reads = BatchReads()
     handlers = handler_setup(
-        stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode()
+        stripe.client(), alert_email=config.alert_email, livemode=stripe.livemode(), reads=reads
     )
     counts = {"processed": 0, "ignored": 0, "failed": 0, "dead": 0, "not_claimed": 0}
-    for row_id in sorted(set(config.row_ids)):
-        # One row claimed at a time, just before it is handled: an event that kills the run
-        # spends only its own attempt, never those of the rows queued behind it.
-        with billing_db.transaction() as conn:
-            claim = queue.claim_due(conn, [row_id], owner=owner)
-            # A row whose runs kept dying (attempts used up while claimed) ends here, alerted.
-            for dead in claim.dead:
-                alerts.raise_alert(
-                    conn,
-                    dedup_key=f"webhook_dead:{dead.event_id}",
-                    kind="webhook_dead_letter",
-                    severity="critical",
-                    summary=f"Stripe event {dead.event_id} ({dead.event_type}) dead-lettered: "
-                    f"its {dead.attempts} attempts were used up by runs that never finished",
-                    details={
-                        "event": dead.event_id,
-                        "type": dead.event_type,
-                        "attempts": dead.attempts,
-                    },
-                    notify=handlers.alert_email,
-                )
-                counts["dead"] += 1
-                context.log.warning(f"{dead.event_type} {dead.event_id}: dead (attempts used up)")
+    # Each handled event's outcome, logged as one message when the run ends (each row also
+    # keeps its own outcome): one stored log event per run rather than one per event.
+    handled: list[str] = []
+    try:
+        _handle_rows(context, config, billing_db, queue, owner, handlers, counts, handled)
+    finally:
+        if handled:
+            context.log.info(
+                f"{len(handled)} event(s) handled, {reads.reused} Stripe read(s) reused:\n"
+                + "\n".join(handled)
+            )
+    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
+    metadata["stripe_reads_reused"] = dg.MetadataValue.int(reads.reused)
+    if counts["dead"]:
+        raise dg.Failure(
+            f"{counts['dead']} webhook event(s) dead-lettered (alert raised)", metadata=metadata
+        )
+    return dg.Output(counts, metadata=metadata)
+
+
+def _claim_row(
+    conn: "psycopg.Connection[Any]",
+    queue: LeasedQueue[ClaimedEvent],
+    row_id: int,
+    owner: str,
+    alert_email: str | None,
+) -> Claim[ClaimedEvent]:
+    """Claim one row in the caller's transaction; a row whose runs kept dying (attempts used up
+    while claimed) is dead-lettered by the claim instead, with an alert."""
+    claim = queue.claim_due(conn, [row_id], owner=owner)
+    for dead in claim.dead:
+        alerts.raise_alert(
+            conn,
+            dedup_key=f"webhook_dead:{dead.event_id}",
+            kind="webhook_dead_letter",
+            severity="critical",
+            summary=f"Stripe event {dead.event_id} ({dead.event_type}) dead-lettered: "
+            f"its {dead.attempts} attempts were used up by runs that never finished",
+            details={"event": dead.event_id, "type": dead.event_type, "attempts": dead.attempts},
+            notify=alert_email,
+        )
+    return claim
+
+
+def _handle_rows(
+    context: dg.OpExecutionContext,
+    config: WebhookBatchConfig,
+    billing_db: BillingDatabase,
+    queue: LeasedQueue[ClaimedEvent],
+    owner: str,
+    handlers: HandlerSetup,
+    counts: dict[str, int],
+    handled: list[str],
+) -> None:
+    """Claim, handle and record each of the run's rows in turn, counting the outcomes.
+
+    One row is claimed at a time, just before it is handled: an event that kills the run
+    spends only its own attempt, never those of the rows queued behind it. The next row's
+    claim commits in the transaction that records this row's outcome (one commit per row
+    rather than two): it still happens after this row is done and before the next is handled,
+    so a crash leaves exactly what a separate claim would have left.
+    """
+    row_ids = sorted(set(config.row_ids))
+    taken: Claim[ClaimedEvent] | None = None  # the next row's claim, already committed
+    for index, row_id in enumerate(row_ids):
+        following = row_ids[index + 1] if index + 1 < len(row_ids) else None
+        claim = taken
+        taken = None
+        if claim is None:
+            with billing_db.transaction() as conn:
+                claim = _claim_row(conn, queue, row_id, owner, handlers.alert_email)
+        for dead in claim.dead:
+            counts["dead"] += 1
+            context.log.warning(f"{dead.event_type} {dead.event_id}: dead (attempts used up)")
         if not claim.claimed:
             counts["not_claimed"] += 0 if claim.dead else 1
             continue
@@ -97,9 +155,12 @@ def process_webhook_events(
                     continue
                 outcome = webhook_handlers.handle(handlers.context(conn, actor), row.payload)
                 queue.complete(conn, row.id, status=outcome.status, outcome=outcome.detail)
+                if following is not None:
+                    taken = _claim_row(conn, queue, following, owner, handlers.alert_email)
             counts[outcome.status] += 1
-            context.log.info(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
+            handled.append(f"{row.event_type} {row.event_id}: {outcome.status}: {outcome.detail}")
         except Exception as exc:  # every failure is recorded on the row, never lost
+            taken = None  # rolled back with the row's transaction: claimed again on its own
             error = describe_error(exc)
             with billing_db.transaction() as conn:
                 status = queue.record_failure(conn, row.id, row.attempts, error, owner=owner)
@@ -119,16 +180,12 @@ def process_webhook_events(
                         details={"event": row.event_id, "type": row.event_type, "error": error},
                         notify=handlers.alert_email,
                     )
+                if following is not None:
+                    taken = _claim_row(conn, queue, following, owner, handlers.alert_email)
             counts[status] += 1
             context.log.warning(
                 f"{row.event_type} {row.event_id} attempt {row.attempts} {status}: {error}"
             )
-    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
-    if counts["dead"]:
-        raise dg.Failure(
-            f"{counts['dead']} webhook event(s) dead-lettered (alert raised)", metadata=metadata
-        )
-    return dg.Output(counts, metadata=metadata)
 
 
 @dg.job(tags=queue_job_tags("webhooks", WEBHOOK_EVENTS_QUEUE), executor_def=QUEUE_RUN_EXECUTOR)

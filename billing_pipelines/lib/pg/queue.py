@@ -211,7 +211,8 @@ class LeasedQueue(Generic[Row]):
         """Take the given rows that are due and not held by a live run (SKIP LOCKED).
 
         Due means pending, or failed with its backoff over, or claimed by a run whose lease
-        expired. A claimed row counts one more attempt and starts its lease now; `owner` (the
+        expired. A claimed row counts one more attempt and starts its lease at the claim (the
+        statement's time, not its transaction's: a claim may commit with earlier work); `owner` (the
         run id) is recorded when the table keeps one, so a run can later check it was not taken
         over. A due row whose attempts are already used up (its runs kept dying before they
         could record a failure) is dead-lettered instead and returned in `dead`, for an alert.
@@ -282,7 +283,8 @@ class LeasedQueue(Generic[Row]):
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE {table} q
-            SET {status} = %(claimed)s, {attempts} = q.{attempts} + 1, {claimed_at} = now()
+            SET {status} = %(claimed)s, {attempts} = q.{attempts} + 1,
+                {claimed_at} = statement_timestamp()
                 {set_owner}
             FROM mine WHERE q.{key} = mine.{key}
             RETURNING {returning}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -78,6 +79,26 @@ def connect(url: str, *, connect_timeout: int = 10, send_receive_timeout: int = 
         raise ServiceUnavailableError(
             f"CLICKHOUSE_URL: cannot reach {redact_url(url)} ({describe_connection_error(exc)})"
         ) from None
+
+
+_THREAD_CLIENTS = threading.local()
+
+
+def reused_client(url: str, *, send_receive_timeout: int = 300) -> Client:
+    """This thread's client for the warehouse at `url`, built once and then reused.
+
+    Building a client asks the server for its version and settings (a round trip and a query
+    of `system.settings`), which a run paid again for every warehouse read. A client is not
+    shared between threads, so each thread keeps its own; its HTTP connections reconnect by
+    themselves after the server restarts.
+    """
+    clients: dict[tuple[str, int], Client] | None = getattr(_THREAD_CLIENTS, "clients", None)
+    if clients is None:
+        clients = _THREAD_CLIENTS.clients = {}
+    key = (url, send_receive_timeout)
+    if key not in clients:
+        clients[key] = connect(url, send_receive_timeout=send_receive_timeout)
+    return clients[key]
 
 
 def ensure_usage_schema(client: Client) -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from billing_pipelines.lib.stripe.client import StripeClient
+    from billing_pipelines.lib.webhooks.batch_reads import BatchReads
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,21 @@ class HandlerContext:
     # The Stripe key's mode (True: sk_live_/rk_live_); an event of the other mode is not
     # applied. None only where no event is handled (a dunning step re-reads its own invoice).
     livemode: bool | None = None
+    # A webhook run's reads, shared by its events (see `batch_reads`); None reads every time.
+    reads: BatchReads | None = None
+
+    def subscription(self, subscription_id: str) -> stripe_state.SubscriptionView:
+        """The subscription as Stripe has it now (once per webhook run)."""
+        plans = set(self.catalog.plans)
+        if self.reads is not None:
+            return self.reads.subscription(self.client, subscription_id, known_plans=plans)
+        return stripe_state.fetch_subscription(self.client, subscription_id, known_plans=plans)
+
+    def invoice(self, invoice_id: str) -> stripe_state.InvoiceView:
+        """The invoice as Stripe has it now (once per webhook run)."""
+        if self.reads is not None:
+            return self.reads.invoice(self.client, invoice_id)
+        return stripe_state.fetch_invoice(self.client, invoice_id)
 
 
 @dataclass(frozen=True)
@@ -97,9 +113,7 @@ def converge_tenant(
     state = tenant.state
     sub_id = state.stripe_subscription_id or subscription_id
     if subscription is None and sub_id:
-        subscription = stripe_state.fetch_subscription(
-            ctx.client, sub_id, known_plans=set(ctx.catalog.plans)
-        )
+        subscription = ctx.subscription(sub_id)
     if subscription is not None:
         state = replace(
             state,
@@ -153,7 +167,7 @@ def sync_invoice(ctx: HandlerContext, event: dict[str, Any]) -> Outcome:
     tenant = tenant_state.lock_by_customer(ctx.conn, customer) if customer else None
     if tenant is None:
         return Outcome("ignored", f"no tenant for customer {customer}")
-    invoice = stripe_state.fetch_invoice(ctx.client, _object_id(event))
+    invoice = ctx.invoice(_object_id(event))
     return apply_invoice_state(ctx, tenant, invoice, event_created=event.get("created"))
 
 
@@ -254,7 +268,7 @@ def apply_invoice_state(
 
 def finalization_failed(ctx: HandlerContext, event: dict[str, Any]) -> Outcome:
     """invoice.finalization_failed: the invoice is stuck in draft; an operator must act."""
-    invoice = stripe_state.fetch_invoice(ctx.client, _object_id(event))
+    invoice = ctx.invoice(_object_id(event))
     if invoice.status != "draft":
         return Outcome("ignored", f"invoice {invoice.id} is {invoice.status} now")
     customer = invoice.customer
@@ -287,9 +301,7 @@ def sync_subscription(ctx: HandlerContext, event: dict[str, Any]) -> Outcome:
     tenant = tenant_state.lock_by_customer(ctx.conn, customer) if customer else None
     if tenant is None:
         return Outcome("ignored", f"no tenant for customer {customer}")
-    subscription = stripe_state.fetch_subscription(
-        ctx.client, _object_id(event), known_plans=set(ctx.catalog.plans)
-    )
+    subscription = ctx.subscription(_object_id(event))
     known = tenant.state.stripe_subscription_id
     if known and known != subscription.id and subscription.status == "canceled":
         # An old subscription ending does not touch the tenant's current one.
@@ -314,9 +326,7 @@ def trial_will_end(ctx: HandlerContext, event: dict[str, Any]) -> Outcome:
     tenant = tenant_state.lock_by_customer(ctx.conn, customer) if customer else None
     if tenant is None:
         return Outcome("ignored", f"no tenant for customer {customer}")
-    subscription = stripe_state.fetch_subscription(
-        ctx.client, _object_id(event), known_plans=set(ctx.catalog.plans)
-    )
+    subscription = ctx.subscription(_object_id(event))
     converge_tenant(ctx, tenant, subscription=subscription, reason="trial ending soon")
     sent = remind_trial_ending(ctx, tenant, subscription)
     return Outcome("processed" if sent else "ignored", sent or "no reminder needed")
