@@ -9,12 +9,11 @@ from pathlib import Path
 import psycopg
 import pytest
 import stripe
-from billing_sandbox import services
+from billing_sandbox import instance_probes, services
 from billing_sandbox.stripe import SandboxHandle, Settings, run_in_thread
 
 from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.stripe import client as stripe_api
-from billing_pipelines_tests import dagster_schema_answers
 from billing_pipelines_tests.support import API_KEY
 
 # With parallel workers, the scheduler that keeps a long module from queueing behind another.
@@ -41,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["BILLING_SANDBOX_VERIFY_DUE"] = "1"
     # Dagster's storages stop asking PostgreSQL's catalog the same schema question on every
     # run and event (a tenth of a simulated month); see the module for why that is safe.
-    dagster_schema_answers.install()
+    instance_probes.install()
 
 
 def _longest_timeout(item: pytest.Item) -> float:

@@ -1,4 +1,4 @@
-"""The simulated month's Dagster instance reflects its storages' schema once, not on every run."""
+"""Dagster's storages reflect their schema once per storage, not on every run (month and suite)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import sqlalchemy
-from billing_sandbox.instance_probes import remember_schema_probes
+from billing_sandbox import instance_probes
 
 
 @dg.op
@@ -49,24 +49,30 @@ def _three_runs(instance: dg.DagsterInstance) -> None:
 
 
 @pytest.mark.parametrize("remembered", [False, True])
-def test_runs_on_the_months_instance_reflect_the_schema_only_on_the_first_probe(
+def test_runs_reflect_the_schema_only_on_the_first_probe(
     embedded_services: dict[str, str], remembered: bool
 ) -> None:
-    storage = {"postgres": {"postgres_url": embedded_services["DAGSTER_POSTGRES_URL"]}}
-    with dg.instance_for_test(overrides={"storage": storage}) as instance:
-        before = {
-            "stats": instance.run_storage.has_run_stats_index_cols(),  # type: ignore[attr-defined]
-            "status_cache": instance.event_log_storage.can_read_asset_status_cache(),
-        }
-        if remembered:
-            kept = remember_schema_probes(instance)
-            assert "PostgresRunStorage.has_run_stats_index_cols" in kept
-        _three_runs(instance)  # the first answers (kept, when remembered)
-        with catalog_queries() as seen:
-            _three_runs(instance)
-        # The answers themselves do not change: a migrated instance has every column.
-        assert instance.run_storage.has_run_stats_index_cols() == before["stats"]  # type: ignore[attr-defined]
-        assert instance.event_log_storage.can_read_asset_status_cache() == before["status_cache"]
+    # The suite installs the remembered answers for its whole session (as the month does for
+    # its process): the case without them takes Dagster's own methods back for its duration.
+    if not remembered:
+        instance_probes.uninstall()
+    try:
+        storage = {"postgres": {"postgres_url": embedded_services["DAGSTER_POSTGRES_URL"]}}
+        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+            before = {
+                "stats": instance.run_storage.has_run_stats_index_cols(),  # type: ignore[attr-defined]
+                "status_cache": instance.event_log_storage.can_read_asset_status_cache(),
+            }
+            _three_runs(instance)  # the first answers (kept, when remembered)
+            with catalog_queries() as seen:
+                _three_runs(instance)
+            # The answers themselves do not change: a migrated instance has every column.
+            assert instance.run_storage.has_run_stats_index_cols() == before["stats"]  # type: ignore[attr-defined]
+            assert (
+                instance.event_log_storage.can_read_asset_status_cache() == before["status_cache"]
+            )
+    finally:
+        instance_probes.install()
     if remembered:
         assert seen == []
     else:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from billing_sandbox import instance_probes
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster_postgres.event_log.event_log import PostgresEventLogStorage
-
-from billing_pipelines_tests import dagster_schema_answers
 
 
 class Catalog:
@@ -27,8 +26,8 @@ class Catalog:
         return "start_time" in self.columns
 
 
-Catalog.has_column = dagster_schema_answers.remember_true(Catalog.has_column)  # type: ignore[method-assign]
-Catalog.has_stats = dagster_schema_answers.remember_true(Catalog.has_stats)  # type: ignore[method-assign]
+Catalog.has_column = instance_probes.remember_true(Catalog.has_column)  # type: ignore[method-assign]
+Catalog.has_stats = instance_probes.remember_true(Catalog.has_stats)  # type: ignore[method-assign]
 
 
 def test_a_true_answer_is_kept_per_storage_and_name_and_a_false_one_asked_again() -> None:
@@ -49,12 +48,12 @@ def test_a_true_answer_is_kept_per_storage_and_name_and_a_false_one_asked_again(
 
 def test_the_suite_installs_it_on_dagsters_storages_once() -> None:
     # The suite's conftest installed it at start-up; installing again wraps nothing twice.
-    dagster_schema_answers.install()
-    for cls, names in dagster_schema_answers.QUESTIONS.items():
+    instance_probes.install()
+    for cls, names in instance_probes.QUESTIONS.items():
         for name in names:
             method = cls.__dict__[name]
             inner = method.__wrapped__
             assert getattr(inner, "__wrapped__", None) is None, (cls.__name__, name)
     assert {SqlRunStorage, SqlEventLogStorage, PostgresEventLogStorage} == set(
-        dagster_schema_answers.QUESTIONS
+        instance_probes.QUESTIONS
     )

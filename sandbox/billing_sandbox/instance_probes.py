@@ -1,71 +1,73 @@
-"""The month's Dagster instance answers its storages' schema probes once, not on every call.
+"""Dagster's SQL storages, answering "is this column or table there?" once per storage object.
 
-Dagster's SQL run and event log storages ask the database which columns their tables have
-(SQLAlchemy reflection: several catalog queries) on most reads and writes, so that an instance
-not yet migrated keeps working: storing a run event, reading a run record or an asset record
-each reflects a table again. The month owns its instance from start to end and no migration
-runs meanwhile, so the answers cannot change: the first one is kept for the month. (A
-long-lived webserver or daemon pays the same probes; this is the month's own instance only.)
+Dagster 1.13's run and event-log storages ask PostgreSQL's catalog whether a column or table
+exists each time they create a run, store an event or read asset records (SQLAlchemy
+reflection: a catalog query each, and a connection for some): about a tenth of a simulated
+month's wall time, with nothing else learnt. Within a process a column or table, once there,
+stays there (migrations only add them), so a True answer is kept on the storage object; a False
+one is asked again, so a table created later is still seen. Installed by the simulated month
+for its own process and by the test suite for its session; the project's production processes
+(daemon, webserver, runs) keep Dagster's behaviour.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-import dagster as dg
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+from dagster_postgres.event_log.event_log import PostgresEventLogStorage
 
-# Probes of the run storage that take no argument and reflect the runs or bulk actions table.
-RUN_STORAGE_PROBES = (
-    "has_run_stats_index_cols",
-    "has_backfill_id_column",
-    "has_bulk_actions_selector_cols",
-    "has_bulk_action_job_name_column",
-)
-# Probes of the event log storage, by the table or column they ask about.
-EVENT_STORAGE_PROBES = ("has_asset_key_col", "has_table")
-# The asset-key column probe made on the caller's connection (inside a transaction).
-EVENT_STORAGE_CONNECTION_PROBE = "_has_asset_key_col_on_connection"
+SEEN_ATTRIBUTE = "_billing_schema_seen"
 
-
-def _remembered(probe: Callable[..., bool]) -> Callable[..., bool]:
-    answers: dict[tuple[Any, ...], bool] = {}
-
-    def ask(*args: Any) -> bool:
-        if args not in answers:
-            answers[args] = probe(*args)
-        return answers[args]
-
-    return ask
+# The catalog questions, by class: each answer depends only on the storage's schema (and the
+# column or table name passed in).
+QUESTIONS: dict[type, tuple[str, ...]] = {
+    SqlRunStorage: (
+        "has_run_stats_index_cols",
+        "has_bulk_actions_selector_cols",
+        "has_backfill_id_column",
+        "has_bulk_action_job_name_column",
+        "has_backfill_tags_table",
+    ),
+    SqlEventLogStorage: ("has_table", "has_asset_key_col", "_has_asset_key_col_on_connection"),
+    PostgresEventLogStorage: ("has_table",),
+}
 
 
-def _remembered_on_connection(probe: Callable[[Any, str], bool]) -> Callable[[Any, str], bool]:
-    """The same for a probe made on the caller's connection: the answer is the column's."""
-    answers: dict[str, bool] = {}
+def remember_true(question: Callable[..., bool]) -> Callable[..., bool]:
+    """`question` asked once per storage object and names, once it has answered True."""
+    if getattr(question, "__wrapped__", None) is not None:
+        return question  # installed already
 
-    def ask(conn: Any, column_name: str) -> bool:
-        if column_name not in answers:
-            answers[column_name] = probe(conn, column_name)
-        return answers[column_name]
+    @functools.wraps(question)
+    def asked(self: Any, *args: Any) -> bool:
+        # The names asked about (a column, a table); a connection argument is not part of it.
+        key = (question.__name__, *(a for a in args if isinstance(a, str)))
+        seen: set[tuple[str, ...]] = self.__dict__.setdefault(SEEN_ATTRIBUTE, set())
+        if key in seen:
+            return True
+        answer = question(self, *args)
+        if answer:
+            seen.add(key)
+        return answer
 
-    return ask
+    return asked
 
 
-def remember_schema_probes(instance: dg.DagsterInstance) -> list[str]:
-    """Keep each schema probe's first answer on this instance's storages; returns the probes."""
-    kept: list[str] = []
-    for storage, names in (
-        (instance.run_storage, RUN_STORAGE_PROBES),
-        (instance.event_log_storage, EVENT_STORAGE_PROBES),
-    ):
+def install() -> None:
+    """Put `remember_true` around Dagster's catalog questions, once per process."""
+    for cls, names in QUESTIONS.items():
         for name in names:
-            probe = getattr(storage, name, None)
-            if callable(probe):
-                setattr(storage, name, _remembered(probe))
-                kept.append(f"{type(storage).__name__}.{name}")
-    storage = instance.event_log_storage
-    on_connection = getattr(storage, EVENT_STORAGE_CONNECTION_PROBE, None)
-    if callable(on_connection):
-        setattr(storage, EVENT_STORAGE_CONNECTION_PROBE, _remembered_on_connection(on_connection))
-        kept.append(f"{type(storage).__name__}.{EVENT_STORAGE_CONNECTION_PROBE}")
-    return kept
+            setattr(cls, name, remember_true(cls.__dict__[name]))
+
+
+def uninstall() -> None:
+    """Give Dagster's catalog questions back their own methods (every call asks again)."""
+    for cls, names in QUESTIONS.items():
+        for name in names:
+            inner = getattr(cls.__dict__[name], "__wrapped__", None)
+            if inner is not None:
+                setattr(cls, name, inner)

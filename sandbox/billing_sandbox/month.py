@@ -41,9 +41,8 @@ from billing_pipelines.lib.tax.location import TaxLocation, tax_location
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
-from billing_sandbox import usage_generator
+from billing_sandbox import instance_probes, usage_generator
 from billing_sandbox.demo import demo_tenants
-from billing_sandbox.instance_probes import remember_schema_probes
 from billing_sandbox.parallel import each_in_threads
 from billing_sandbox.services import free_port
 from billing_sandbox.stripe import Chaos, SandboxHandle, Settings, run_in_thread
@@ -503,7 +502,7 @@ def simulate(
     # a long-lived process; the month is one, and ~120 runs of event writes add up.
     instance.optimize_for_webserver(statement_timeout=60_000, pool_recycle=3600, max_overflow=4)
     # Its storages would reflect their tables' columns again on most reads and writes.
-    remember_schema_probes(instance)
+    instance_probes.install()
     _end_orphaned_runs(instance)
     month_began = datetime.now(UTC)
     pump = SensorPump(definitions, instance)
