@@ -306,3 +306,43 @@ def test_the_arrow_inserts_store_what_a_row_by_row_insert_of_the_same_events_sto
     expected = rows.query(CONTENT_HASH).result_rows
     assert expected[0][0] == summary.rows_inserted > 1_000
     assert arrow.query(CONTENT_HASH).result_rows == expected
+
+
+# What the warehouse held (CONTENT_HASH) for these seeds before the generator's drawing and id
+# spelling were made faster: recorded from the earlier code, so any change to a draw, its order
+# or how an id is spelled (not only a change between two runs of today's code) fails here.
+PINNED = [
+    (
+        {"tenants": ["acme", "globex"], "start": date(2026, 2, 26), "days": 5, "seed": 13},
+        (1949, 1872586634230948353),
+        (1815, 35, 18, 102),
+    ),
+    (
+        {
+            "tenants": ["a", "b"],
+            "start": date(2025, 11, 1),
+            "days": 10,
+            "seed": 7,
+            "ingested_after": datetime(2025, 11, 4, tzinfo=UTC),
+            "batch_rows": 777,
+        },
+        (5818, 3036120264379180421),
+        (5428, 111, 75, 284),
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "content", "counts"), PINNED)
+def test_a_seed_draws_the_events_it_drew_before_the_generator_was_made_faster(
+    port: int, kwargs: dict[str, Any], content: tuple[int, int], counts: tuple[int, ...]
+) -> None:
+    client = fresh_client(port)
+    summary = generate_usage(client, **kwargs)
+    assert client.query(CONTENT_HASH).result_rows == [content]
+    assert summary.rows_inserted == content[0]
+    assert (
+        summary.distinct_queries,
+        summary.duplicates,
+        summary.late_events,
+        summary.embedding_events,
+    ) == counts
