@@ -218,6 +218,9 @@ def stop_with_parent(parent: int) -> None:
     import signal
     import threading
 
+    # An ignored signal stays ignored across fork and exec: a shard started under a parent that
+    # ignores SIGTERM (some process supervisors and test runners do) would outlive its run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     armed = False
     if sys.platform.startswith("linux"):
         import ctypes
