@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,3 +62,18 @@ def scratch_warehouse_url(clickhouse_url: str, prefix: str) -> Iterator[str]:
         yield urlunsplit(urlsplit(clickhouse_url)._replace(path=f"/{name}"))
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def shard_processes(parent: int | None = None) -> list[int]:
+    """The processes whose parent is `parent` (default this one) running a meter push shard."""
+    wanted = str(parent if parent is not None else os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields[1] == wanted and b"billing_pipelines.lib.metering.shards" in cmdline:
+            found.append(int(stat.parent.name))
+    return found

@@ -21,7 +21,7 @@ from billing_pipelines.lib.metering.planning import MeterReport
 from billing_pipelines.lib.metering.push import Pace, ShardTarget
 from billing_pipelines.lib.metering.shards import ShardLost, send_sharded
 from billing_pipelines.lib.stripe.client import ClientSpec, RateLimits
-from billing_pipelines_tests.support import API_KEY
+from billing_pipelines_tests.support import API_KEY, shard_processes
 
 EVENT_NAME = "orphan_check_queries"
 EVENTS = 400
@@ -48,20 +48,6 @@ spec = ClientSpec(key, url, 0, 10.0, RateLimits.for_key(key))
 send_sharded(reports, Pace(requests_per_second=4.0, workers=2), 2,
              ShardTarget(spec, database_url), logging.getLogger("run"))
 """
-
-
-def _children_running_shards(parent: int) -> list[int]:
-    """The processes whose parent is `parent` and that run a meter push shard."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if fields[1] == str(parent) and b"billing_pipelines.lib.metering.shards" in cmdline:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -101,8 +87,8 @@ def test_shards_stop_sending_when_the_run_that_started_them_is_killed(
     )
     try:
         # Two shards: one sends from the run's process, the other from a process of its own.
-        _wait_for(lambda: sent() >= 4 and len(_children_running_shards(run.pid)) == 1, "sending")
-        shards.extend(_children_running_shards(run.pid))
+        _wait_for(lambda: sent() >= 4 and len(shard_processes(run.pid)) == 1, "sending")
+        shards.extend(shard_processes(run.pid))
         os.kill(run.pid, signal.SIGKILL)  # the run's process, by its id
         run.wait()
         _wait_for(lambda: not any(_alive(pid) for pid in shards), "the shards stopped", 30.0)
@@ -114,7 +100,7 @@ def test_shards_stop_sending_when_the_run_that_started_them_is_killed(
         if run.poll() is None:
             run.kill()
             run.wait()
-        for pid in shards or _children_running_shards(run.pid):
+        for pid in shards or shard_processes(run.pid):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)  # the test's own shards, if they outlived the run
         sandbox.stop()

@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,6 +20,7 @@ from billing_pipelines_tests.integration.test_meter_reports import (
     metadata,
 )
 from billing_pipelines_tests.integration.test_meter_reports import env as env
+from billing_pipelines_tests.support import shard_processes
 
 
 def _tenants(env: Env, count: int) -> dict[str, int]:
@@ -65,21 +65,6 @@ def test_a_push_from_two_processes_bills_every_tenant_once_and_reports_the_sum(e
     assert len(events) == 16 == len({e["identifier"] for e in events})
 
 
-def _shard_processes() -> list[int]:
-    """This process's children that run a meter push shard."""
-    me = str(os.getpid())
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if fields[1] == me and b"billing_pipelines.lib.metering.shards" in cmdline:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.fixture
 def killer(env: Env) -> Iterator[dict[str, object]]:
     """Kills one shard's process once Stripe has some of the day's events (by its pid)."""
@@ -89,7 +74,7 @@ def killer(env: Env) -> Iterator[dict[str, object]]:
     def watch() -> None:
         while not stop.is_set():
             delivered = len(env.sandbox.state.data.meter_events)
-            shards = _shard_processes()
+            shards = shard_processes()
             if delivered >= 8 and shards:
                 seen["events_then"] = delivered
                 os.kill(shards[0], signal.SIGKILL)
