@@ -53,6 +53,7 @@ import dagster as dg
 import psycopg
 import stripe
 from billing_sandbox import services
+from billing_sandbox.ports import free_port
 from billing_sandbox.stripe import SandboxState, run_in_thread
 
 from billing_pipelines.defs.metering.assets import stripe_meter_reports
@@ -231,14 +232,6 @@ def _serve(ports: dict[str, int], cases: list[Limits], seed: int) -> None:
         time.sleep(3600)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_up(url: str) -> None:
     deadline = time.monotonic() + 180  # a loaded host takes a while to start the sandbox
     while True:
@@ -289,7 +282,7 @@ def main() -> None:
     database_url = env["DATABASE_URL"]
     import multiprocessing
 
-    ports = {"free": _free_port(), **{lim.label: _free_port() for lim in limits}}
+    ports = {"free": free_port(), **{lim.label: free_port() for lim in limits}}
     server = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(ports, limits, 11), daemon=True
     )

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import stripe
+from billing_sandbox.ports import free_port
 
 from billing_pipelines.lib.metering.planning import MeterReport
 from billing_pipelines.lib.stripe import meters as stripe_meters
@@ -49,14 +50,6 @@ def _serve(port: int, meter_rate: float) -> None:
                   meter_events_rate_limit=meter_rate)  # fmt: skip
     while True:
         time.sleep(3600)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -96,7 +89,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(port, args.meter_rate), daemon=True
     )
