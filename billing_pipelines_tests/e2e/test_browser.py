@@ -70,6 +70,21 @@ SHOWN_OR_SETTLED = """([names, quiet]) => {
 SETTLED_MS = 1500  # far above a zoom's animation, and one frame, on a loaded machine
 
 
+# `dagster-daemon run`, with the loop of its backfill daemon shortened from Dagster's fixed 30 s
+# (`DEFAULT_DAEMON_INTERVAL_SECONDS`, read by that loop each time it starts; no setting exists).
+# The test proves the daemon runs a backfill launched from the UI, not Dagster's cadence: at 30 s
+# the wait for the backfill's first and last tick moved the test by up to a minute.
+BACKFILL_LOOP_SECONDS = 3
+DAEMON_WITH_SHORT_LOOP = f"""
+import sys
+import dagster._daemon.controller as controller
+controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_LOOP_SECONDS}
+from dagster._daemon.cli import main
+sys.argv[0] = "dagster-daemon"
+sys.exit(main())
+"""
+
+
 def _wait_for_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 300
     while True:
@@ -105,7 +120,8 @@ def dagster_ui(embedded_services: dict[str, str], tmp_path: Path) -> Iterator[st
     port = free_port()
     try:
         server = start("dagster-webserver", "-h", "127.0.0.1", "-p", str(port))
-        start("dagster-daemon", "run")
+        # The real daemon, with its backfill loop every few seconds (see DAEMON_WITH_SHORT_LOOP).
+        start("python", "-c", DAEMON_WITH_SHORT_LOOP, "run")
         url = f"http://127.0.0.1:{port}"
         _wait_for_http(f"{url}/server_info", server, "dagster-webserver")
         yield url
