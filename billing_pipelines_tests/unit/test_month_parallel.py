@@ -1,12 +1,11 @@
-"""The simulated month's independent work (each tenant's onboarding, the usage drawn beside the
-sign-ups) runs a few at a time."""
+"""The simulated month's independent work (each tenant's onboarding) runs a few at a time."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
-from billing_sandbox.parallel import Background, each_in_threads
+from billing_sandbox.parallel import each_in_threads
 
 
 def test_items_run_up_to_the_worker_count_at_once_and_results_keep_the_items_order() -> None:
@@ -56,21 +55,3 @@ def test_an_error_in_one_item_is_raised_with_no_item_left_running() -> None:
 def test_no_workers_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         each_in_threads([1], lambda item: item, 0)
-
-
-def test_background_work_runs_beside_the_caller_and_hands_back_its_value() -> None:
-    # The work waits for the caller to reach the barrier: it cannot be run in the caller.
-    both = threading.Barrier(2, timeout=10)
-    work = Background(lambda: (both.wait(), threading.current_thread().name)[1], name="drawing")
-    both.wait()
-    assert work.result() == "drawing"
-    assert work.result() == "drawing"  # asked again: the same answer
-
-
-def test_background_work_that_failed_raises_its_error_to_whoever_asks() -> None:
-    def refuse() -> int:
-        raise RuntimeError("the warehouse refused the insert")
-
-    work = Background(refuse, name="drawing")
-    with pytest.raises(RuntimeError, match="refused the insert"):
-        work.result()

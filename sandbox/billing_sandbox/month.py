@@ -43,7 +43,7 @@ from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
 from billing_sandbox import instance_probes, usage_generator
 from billing_sandbox.demo import demo_tenants
-from billing_sandbox.parallel import Background, each_in_threads
+from billing_sandbox.parallel import each_in_threads
 from billing_sandbox.services import free_port
 from billing_sandbox.stripe import Chaos, SandboxHandle, Settings, run_in_thread
 
@@ -514,24 +514,6 @@ def simulate(
             raise RuntimeError("stripe_catalog failed")
         clock = str(client.v1.test_helpers.test_clocks.create({"frozen_time": t0}).id)
         people = cast(tenant_count, seed)
-        # The month's usage is drawn into the warehouse while the tenants sign up and their
-        # first webhooks are handled: nothing there reads the warehouse (sign-ups, webhook,
-        # dunning and email runs touch Stripe and PostgreSQL only), and both wait mostly on
-        # something else (Stripe's pacing, the warehouse's inserts). It is all in before the
-        # first day is pushed.
-        generation = Background(
-            lambda: usage_generator.generate_usage(
-                clickhouse,
-                [p.tenant_id for p in people],
-                start=first,
-                days=days,
-                seed=seed,
-                monthly_queries={
-                    p.tenant_id: max(1, int(p.monthly_queries * usage_scale)) for p in people
-                },
-            ),
-            name="usage-generation",
-        )
         onboarding: Counter[str] = Counter()
         customers: dict[str, str] = {}
         echo(f"    onboarding {len(people)} tenants on a test clock at {first} ...")
@@ -553,13 +535,21 @@ def simulate(
         mark = timed("onboarding", mark)
         pump.pump()
         mark = timed("sensors and their runs", mark)
-        summary = generation.result()
+        summary = usage_generator.generate_usage(
+            clickhouse,
+            [p.tenant_id for p in people],
+            start=first,
+            days=days,
+            seed=seed,
+            monthly_queries={
+                p.tenant_id: max(1, int(p.monthly_queries * usage_scale)) for p in people
+            },
+        )
         echo(
             f"    {summary.rows_inserted:,} usage events for {first} .. "
             f"{first + timedelta(days=days - 1)} ({summary.duplicates:,} cache duplicates, "
             f"{summary.late_events:,} late)"
         )
-        # What is left of generation once the tenants and their first runs are done.
         timed("usage generation", mark)
         # Day by day through the period, then ten days of renewal, finalization and retries.
         # Days holding a period boundary when the month does not start at 00:00 UTC: trial
