@@ -203,6 +203,19 @@ def remember(home: Path, values: dict[str, str]) -> None:
     _write_env(home, {**env, **values})
 
 
+# The sandbox's runs capture their steps' output into the files the UI shows without echoing
+# it to the terminal: Dagster's own manager starts four processes per run for the echo, and the
+# simulated month and the tests run most runs in one process (see billing_sandbox.compute_logs).
+SANDBOX_COMPUTE_LOGS = """
+# Added by the sandbox (development only): step output to files, no echo to the terminal.
+compute_logs:
+  module: billing_sandbox.compute_logs
+  class: FileComputeLogManager
+  config:
+    base_dir: {storage}
+"""
+
+
 def _dagster_home(home: Path) -> Path:
     """DAGSTER_HOME with the project's dagster.yaml (Postgres storage from the environment)."""
     dagster_home = home / "dagster"
@@ -210,7 +223,9 @@ def _dagster_home(home: Path) -> Path:
     source = Path(__file__).resolve().parents[2] / "dagster.yaml"
     target = dagster_home / "dagster.yaml"
     if source.exists():
-        target.write_text(source.read_text())
+        # Where Dagster's own manager keeps them: DAGSTER_HOME's storage folder.
+        logs = SANDBOX_COMPUTE_LOGS.format(storage=json.dumps(str(dagster_home / "storage")))
+        target.write_text(source.read_text() + logs)
     return dagster_home
 
 
