@@ -126,10 +126,17 @@ def test_one_run_per_queue_at_a_time_and_queues_do_not_block_each_other(
 
 
 def test_the_generated_dagster_yaml_is_the_shipped_one(tmp_path: Path) -> None:
-    """What `billing sandbox up` writes under BILLING_HOME carries the same run queue settings."""
+    """What `billing sandbox up` writes under BILLING_HOME is the shipped file, plus the sandbox's
+    compute-log manager (no echo processes; see billing_sandbox.compute_logs)."""
     home = services._dagster_home(tmp_path)
     generated = yaml.safe_load((home / "dagster.yaml").read_text())
     shipped = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert "compute_logs" not in shipped  # production keeps Dagster's own manager
+    assert generated.pop("compute_logs") == {
+        "module": "billing_sandbox.compute_logs",
+        "class": "FileComputeLogManager",
+        "config": {"base_dir": str(home / "storage")},
+    }
     assert generated == shipped
     assert generated["run_coordinator"]["config"]["dequeue_interval_seconds"] == 1
     assert generated["concurrency"]["runs"]["tag_concurrency_limits"] == [
