@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import stripe
+from billing_sandbox.parallel import each_in_threads
 from billing_sandbox.stripe import SandboxHandle, run_in_thread
 
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY, expanded, present
 
-
-def concurrently(send: Callable[[int], int], count: int, threads: int = 8) -> list[int]:
-    """The answers to `count` requests sent from `threads` threads at once, in order.
-
-    One client sending in turn outruns a limit of N a second only while its round trip is under
-    1/N s, which a loaded host does not promise; eight in flight outrun it at eight times that.
-    """
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(send, range(count)))
+# The rate-limit tests send from this many threads at once: one client sending in turn outruns
+# a limit of N a second only while its round trip is under 1/N s, which a loaded host does not
+# promise; eight in flight outrun it at eight times that.
+IN_FLIGHT = 8
 
 
 def test_missing_or_live_key_is_401_with_stripe_error_shape(stripe_sandbox: SandboxHandle):
@@ -196,7 +190,9 @@ def test_the_sandbox_limits_like_test_mode_by_default():
     try:
         with httpx.Client(auth=(API_KEY, "")) as http:
             started = time.monotonic()
-            answers = concurrently(lambda _: http.get(f"{h.url}/v1/customers").status_code, 120)
+            answers = each_in_threads(
+                range(120), lambda _: http.get(f"{h.url}/v1/customers").status_code, IN_FLIGHT
+            )
             elapsed = time.monotonic() - started
         # 25/s in test mode (a one-second bucket): what passed fits the limit, the rest is 429.
         assert set(answers) == {200, 429}
@@ -223,7 +219,8 @@ def test_live_meter_events_have_their_own_limit_and_spend_none_of_the_accounts()
             ).raise_for_status()
             time.sleep(1.1)  # refill the account's bucket after those two
             started = time.monotonic()
-            answers = concurrently(
+            answers = each_in_threads(
+                range(120),
                 lambda i: (
                     http.post(
                         f"{h.url}/v1/billing/meter_events",
@@ -235,7 +232,7 @@ def test_live_meter_events_have_their_own_limit_and_spend_none_of_the_accounts()
                         },
                     ).status_code
                 ),
-                120,
+                IN_FLIGHT,
             )
             elapsed = time.monotonic() - started
             assert set(answers) == {200, 429}
@@ -309,7 +306,7 @@ def test_live_mode_meter_events_have_their_own_limit_and_spend_no_other():
             assert [event(i) for i in range(10)] == [200] * 10
             # ... and they spent nothing of the account's budget: three calls still fit it.
             assert [http.get(f"{h.url}/v1/customers").status_code for _ in range(3)] == [200] * 3
-            answers = concurrently(lambda i: event(100 + i), 120)
+            answers = each_in_threads(range(100, 220), event, IN_FLIGHT)
             elapsed = time.monotonic() - started
         # Their own bucket (15 at once plus 15 a second, 10 spent above) stops the rest.
         assert 429 in answers
