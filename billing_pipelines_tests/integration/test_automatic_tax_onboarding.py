@@ -6,8 +6,6 @@ carry tax (the sandbox's TEST DATA rate for the US is 5 %)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -25,6 +23,7 @@ from billing_pipelines.lib.lifecycle import actions as lifecycle
 from billing_pipelines.lib.stripe import catalog as catalog_sync
 from billing_pipelines.lib.tax.location import TaxLocationError, tax_location
 from billing_pipelines.runs import code_location
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import query
 
@@ -264,7 +263,6 @@ def test_billing_tenant_create_and_update_address_refuse_in_one_line_before_star
         "BILLING_HOME": str(tmp_path / "home"),
         CATALOG_PATH_ENV: str(taxed),
     }
-    cli = [sys.executable, "-m", "billing_pipelines.cli", "tenant"]
     cases = [
         (
             ["create", "--tenant", "acme", "--plan", "pro", "--email", "ops@acme.example"],
@@ -282,9 +280,7 @@ def test_billing_tenant_create_and_update_address_refuse_in_one_line_before_star
         ),
     ]
     for args, fragment in cases:
-        done = subprocess.run(
-            cli + args, env=env, capture_output=True, text=True, timeout=120, check=False
-        )
+        done = run_billing(["tenant", *args], env)
         lines = done.stderr.splitlines()
         assert (done.returncode, done.stdout, len(lines)) == (2, "", 1), done.stderr
         assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
+from billing_pipelines_tests.cli_process import run_billing
 
 
 def _run(args: list[str], env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
@@ -19,7 +19,7 @@ def _run(args: list[str], env: dict[str, str], home: Path) -> subprocess.Complet
         if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_"))
     }
     clean.update({"BILLING_HOME": str(home), **env})
-    return subprocess.run([*BILLING, *args], env=clean, capture_output=True, text=True, timeout=120)
+    return run_billing(args, clean)
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -180,3 +180,29 @@ def test_demo_stripe_limits_other_than_test_or_live_is_one_line_before_starting_
     line = _one_error_line(_run(["demo", "--stripe-limits", limits], {}, tmp_path))
     assert line == f"error: --stripe-limits {limits!r} is not test or live"
     assert not (tmp_path / "postgres").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--help"], {}),
+        (["db", "migrate"], {"DATABASE_URL": "mysql://app:hunter2@db/billing"}),
+        (["tenant", "create", "--tenant", "a;b", "--plan", "pro", "--email", "a@b.test"], {}),
+    ],
+)
+def test_the_forked_command_answers_as_the_installed_script_does(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The suite's `billing` runs are forks of a process that imported it; same answers."""
+    installed = str(Path(sys.executable).with_name("billing"))
+    clean = {**os.environ, "BILLING_HOME": str(tmp_path), **env}
+    real = subprocess.run(
+        [installed, *args], env=clean, capture_output=True, text=True, timeout=120
+    )
+    forked = run_billing(args, clean)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        real.returncode,
+        real.stdout,
+        real.stderr,
+    )
+    assert real.stdout or real.stderr

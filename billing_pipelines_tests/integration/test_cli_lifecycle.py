@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import psycopg
 
-BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
+from billing_pipelines_tests.cli_process import run_billing
 
 
 def _billing(args: list[str], env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **env, "BILLING_HOME": str(home)}
-    return subprocess.run([*BILLING, *args], env=full, capture_output=True, text=True, timeout=180)
+    return run_billing(args, full, timeout=180)
 
 
 def _fields(stdout: str) -> dict[str, str]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
+from billing_pipelines_tests.cli_process import run_billing
+
 SCRUBBED = ("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "SMTP_", "ALERT_", "BILLING_")
 
 
@@ -23,9 +23,7 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(SCRUBBED)}
     clean.update({"BILLING_HOME": str(home), **env})
-    return subprocess.run(
-        [*BILLING, *args], env=clean, capture_output=True, text=True, timeout=timeout
-    )
+    return run_billing(args, clean, timeout)
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

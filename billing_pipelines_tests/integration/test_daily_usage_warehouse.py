@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from billing_pipelines.lib.usage.tables import (
     USAGE_EVENTS_DDL,
     USAGE_IDS_BY_DAY_TABLE,
 )
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.support import scratch_warehouse_url
 
 # Four days across a month boundary: two monthly partitions, and a look-back that reaches into
@@ -385,12 +384,12 @@ def test_billing_db_migrate_warehouse_adds_the_projection_once(
         if not k.startswith(("DATABASE_", "CLICKHOUSE_", "STRIPE_", "DAGSTER_", "BILLING_"))
     }
     env.update({"BILLING_HOME": str(tmp_path), "CLICKHOUSE_URL": fresh_url})
-    command = [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    command = ["db", "migrate-warehouse"]
+    first = run_billing(command, env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.strip() == "applied " + ", ".join(m.id for m in MIGRATIONS)
     assert USAGE_COUNTS_BY_DAY_PROJECTION in _plan(client, DAYS[0])
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    again = run_billing(command, env)
     assert again.stdout.strip() == "warehouse up to date", again.stdout + again.stderr
 
 
@@ -409,13 +408,7 @@ def test_migrate_warehouse_without_a_usable_url_is_one_line(
     env["BILLING_HOME"] = str(tmp_path)
     if clickhouse_url:
         env["CLICKHOUSE_URL"] = clickhouse_url
-    result = subprocess.run(
-        [sys.executable, "-m", "billing_pipelines.cli", "db", "migrate-warehouse"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_billing(["db", "migrate-warehouse"], env)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

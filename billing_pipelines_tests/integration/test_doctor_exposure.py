@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-BILLING = [sys.executable, "-m", "billing_pipelines.cli"]
+from billing_pipelines_tests.cli_process import run_billing
 
 
 def _doctor(env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
@@ -20,9 +19,7 @@ def _doctor(env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]
         )
     }
     clean.update({"BILLING_HOME": str(home), **env})
-    return subprocess.run(
-        [*BILLING, "doctor"], env=clean, capture_output=True, text=True, timeout=120
-    )
+    return run_billing(["doctor"], clean)
 
 
 def test_doctor_reports_each_exposure_in_one_line(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from billing_pipelines.lib.lifecycle import actions as lifecycle
 from billing_pipelines.lib.notifications.recipients import InvalidRecipientError
 from billing_pipelines.lib.stripe import catalog as catalog_sync
 from billing_pipelines.runs import code_location
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import query
 
@@ -114,13 +114,8 @@ def test_billing_tenant_create_refuses_a_bad_email_in_one_line_before_starting_a
         "BILLING_HOME": str(tmp_path / "home"),
     }
     for email, fragment in BAD_EMAILS[:2]:
-        done = subprocess.run(
-            [sys.executable, "-m", "billing_pipelines.cli", "tenant", "create"]
-            + ["--tenant", "acme", "--plan", "pro", "--email", email],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        done = run_billing(
+            ["tenant", "create", "--tenant", "acme", "--plan", "pro", "--email", email], env
         )
         lines = done.stderr.splitlines()
         assert (done.returncode, done.stdout, len(lines)) == (2, "", 1), done.stderr
@@ -155,13 +150,7 @@ def test_billing_doctor_names_an_alert_or_sender_address_that_cannot_work(
     }
 
     def doctor(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "billing_pipelines.cli", "doctor"],
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_billing(["doctor"], {**env, **extra})
 
     good = doctor({"ALERT_EMAIL": "oncall@ops.example"})
     assert good.returncode == 0, good.stderr

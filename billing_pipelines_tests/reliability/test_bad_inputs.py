@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +45,7 @@ from billing_pipelines.lib.usage.tables import USAGE_EVENTS_COLUMNS
 from billing_pipelines.lib.webhooks.signature import expected_signature
 from billing_pipelines.settings import load_settings
 from billing_pipelines.webhooks import ReceiverConfig
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixtures
     Harness,
@@ -340,24 +339,9 @@ def test_billing_tenant_create_refuses_a_bad_id_in_one_line_before_starting_anyt
     }
     outputs = []
     for bad in (BAD_TENANT_IDS[0], "租户-ünïcode"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "billing_pipelines.cli",
-                "tenant",
-                "create",
-                "--tenant",
-                bad,
-                "--plan",
-                "pro",
-                "--email",
-                "ops@acme.test",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        done = run_billing(
+            ["tenant", "create", "--tenant", bad, "--plan", "pro", "--email", "ops@acme.test"],
+            env,
         )
         outputs.append((done.returncode, done.stdout, done.stderr.splitlines()))
     [(rc1, out1, err1), (rc2, out2, err2)] = outputs

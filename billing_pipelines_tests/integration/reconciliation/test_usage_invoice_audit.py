@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from billing_pipelines.lib.metering.planning import (
 )
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.usage import warehouse as wh
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.integration.reconciliation import support
 from billing_pipelines_tests.support import API_KEY, advance
 from billing_pipelines_tests.webhook_harness import query
@@ -257,10 +257,4 @@ def test_seeded_double_count_fails_the_audit_and_the_untampered_period_is_exact(
 
 def _explain(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """`billing explain ARGS` as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "billing_pipelines.cli", "explain", *args],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_billing(["explain", *args], env, timeout=180)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from billing_pipelines.lib.notifications import emails as notifications
 from billing_pipelines.lib.pg import database
 from billing_pipelines.lib.webhooks import handlers as webhook_handlers
 from billing_pipelines.runs import code_location
+from billing_pipelines_tests.cli_process import run_billing
 from billing_pipelines_tests.support import API_KEY
 from billing_pipelines_tests.webhook_harness import Harness, query
 
@@ -165,13 +165,7 @@ def test_billing_notifications_requeue_from_the_cli(
     (tmp_path / "dagster").mkdir()
 
     def billing(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "billing_pipelines.cli", "notifications", "requeue", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return run_billing(["notifications", "requeue", *args], env, timeout=180)
 
     bad = billing("--reason", "smtp back")  # no selection
     assert (bad.returncode, bad.stderr.strip()) == (
