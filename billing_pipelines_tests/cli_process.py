@@ -4,11 +4,12 @@ Every call is a new process with its own environment, arguments, standard stream
 status, as `python -m billing_pipelines.cli` gives. Only the imports are shared: the suite runs
 the command about a hundred times, and importing Dagster, the Stripe SDK and the code location
 costs about one and a half seconds of CPU each time. multiprocessing's fork server imports them
-once per test worker and forks a child per call; the child then sets its environment, points
-its stdout and stderr at files and runs `billing_pipelines.cli.main`, exactly what the
-installed `billing` script runs. Modules only define things when imported (none reads the
-environment at import), so what a call sees is what a fresh interpreter would see, except the
-warnings a module raises while it is imported, which the fork server already raised.
+once per test worker (`cli_preload`) and forks a child per call; the child then sets its
+environment, points its stdout and stderr at files and runs `billing_pipelines.cli.main`,
+exactly what the installed `billing` script runs. The code location's own modules are left for
+each call to import, because they read a setting when imported (the first partition day); the
+modules kept read nothing from the environment at import, so a call sees what a fresh
+interpreter would, except the warnings those modules raise when imported.
 """
 
 from __future__ import annotations
@@ -27,18 +28,16 @@ from pathlib import Path
 COMMAND = [sys.executable, "-m", "billing_pipelines.cli"]
 
 
-def _preloaded() -> list[str]:
-    """What the fork server imports: the command, the job runner and every module of defs/."""
-    # Named from the files, so that this process imports none of them itself.
+def location_modules() -> list[str]:
+    """The code location's own modules (billing_pipelines.defs), named from its files."""
     spec = importlib.util.find_spec("billing_pipelines")
     assert spec is not None and spec.submodule_search_locations
     package = Path(spec.submodule_search_locations[0])
-    domain = [
+    return [
         ".".join(path.relative_to(package.parent).with_suffix("").parts)
         for path in sorted((package / "defs").rglob("*.py"))
         if path.name != "__init__.py"
     ]
-    return ["billing_pipelines.cli", "billing_pipelines.runs", *domain]
 
 
 _context: multiprocessing.context.ForkServerContext | None = None
@@ -48,7 +47,7 @@ def _fork_server() -> multiprocessing.context.ForkServerContext:
     global _context
     if _context is None:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_preloaded())
+        context.set_forkserver_preload(["billing_pipelines_tests.cli_preload"])
         _context = context
     return _context
 

@@ -206,3 +206,23 @@ def test_the_forked_command_answers_as_the_installed_script_does(
         real.stderr,
     )
     assert real.stdout or real.stderr
+
+
+def test_a_forked_command_reads_the_first_partition_day_from_its_own_environment(
+    embedded_services: dict[str, str], tmp_path: Path
+) -> None:
+    """The partitions are built when the code location is imported, under the call's settings."""
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("")
+    for start in ("2026-09-14", "2025-12-31"):
+        env = {
+            **os.environ,
+            **embedded_services,
+            "BILLING_SANDBOX": "",
+            "BILLING_HOME": str(tmp_path),
+            "DAGSTER_HOME": str(tmp_path / "dagster"),
+            "USAGE_START_DATE": start,
+        }
+        result = run_billing(["usage", "materialize", "--start", "2020-01-01"], env)
+        line = _one_error_line(result)
+        assert line.startswith(f"error: no partition for 2020-01-01: days run from {start} ")
