@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import stripe
+
+if TYPE_CHECKING:
+    from billing_sandbox.stripe import SandboxState
 
 T = TypeVar("T")
 
@@ -77,3 +80,17 @@ def shard_processes(parent: int | None = None) -> list[int]:
         if fields[1] == wanted and b"billing_pipelines.lib.metering.shards" in cmdline:
             found.append(int(stat.parent.name))
     return found
+
+
+@contextmanager
+def unthrottled_client(state: SandboxState) -> Iterator[stripe.StripeClient]:
+    """A client for a test's own set-up: a second door over the same sandbox state, with no
+    rate limit, so a few hundred customers take seconds instead of test mode's 25 requests a
+    second. What the test then exercises still goes through the door with Stripe's limits."""
+    from billing_sandbox.stripe.server import run_in_thread
+
+    door = run_in_thread(port=0, state=state, rate_limit=None, endpoint_rate_limit=None)
+    try:
+        yield stripe.StripeClient(API_KEY, base_addresses={"api": door.url}, max_network_retries=0)
+    finally:
+        door.stop()

@@ -34,7 +34,7 @@ from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.webhooks import ReceiverConfig
 from billing_pipelines_tests.integration.test_meter_reports import DAY, PREFIX, metadata
-from billing_pipelines_tests.support import API_KEY
+from billing_pipelines_tests.support import API_KEY, unthrottled_client
 from billing_pipelines_tests.webhook_harness import (
     ReceiverServer,
     free_port,
@@ -268,8 +268,8 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
         "warehouse": UsageWarehouse(url="http://127.0.0.1:9/unused"),
     }
     assert dg.materialize([stripe_catalog], resources=resources).success
-    # The set-up and the final reads are the test's own requests, not the push's: they use the
-    # sandbox's whole test-mode limit (the fixture's client keeps a share of it for others).
+    # The final reads are the test's own requests, not the push's: they use the sandbox's
+    # whole test-mode limit (the fixture's client keeps a share of it for others).
     setup = stripe_api.make_client(
         API_KEY,
         api_base=stripe_sandbox.url,
@@ -282,7 +282,8 @@ def test_meter_push_across_a_postgres_restart_bills_every_tenant_exactly_once(
     )
     # The warehouse is not part of this fault: the day's usage is stored as daily_tenant_usage
     # stores it, and the push reads it from the database that restarts.
-    tenants = _billable_tenants(setup, db_url, TENANTS)
+    with unthrottled_client(stripe_sandbox.state) as unthrottled:
+        tenants = _billable_tenants(unthrottled, db_url, TENANTS)
     usage = {tenant: 1_000 + 37 * i for i, tenant in enumerate(tenants)}
     with psycopg.connect(db_url) as conn, conn.cursor() as cur:
         cur.executemany(

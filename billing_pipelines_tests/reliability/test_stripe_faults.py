@@ -41,7 +41,7 @@ from billing_pipelines_tests.integration.test_meter_reports import (  # noqa: F4
     env,
     metadata,
 )
-from billing_pipelines_tests.support import API_KEY
+from billing_pipelines_tests.support import API_KEY, unthrottled_client
 from billing_pipelines_tests.webhook_harness import (  # noqa: F401 - fixture
     billing_db_url,
     query,
@@ -104,7 +104,11 @@ def _insert_queries(meters: Env, counts: dict[str, int]) -> None:
 
 def _billable_tenants(meters: Env, count: int) -> dict[str, str]:
     """`count` tenants with a Stripe customer and a Pro subscription; tenant -> customer."""
-    c = meters.client
+    with unthrottled_client(meters.sandbox.state) as c:
+        return _created_tenants(meters, c, count)
+
+
+def _created_tenants(meters: Env, c: stripe.StripeClient, count: int) -> dict[str, str]:
     prices = [
         p.id
         for p in c.v1.prices.list(
@@ -227,7 +231,6 @@ def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_reconciliation_with_20_percent_faults_on_reads_matches_a_fault_free_run(
     stripe_sandbox: SandboxHandle,
-    stripe_client: stripe.StripeClient,
     billing_db_url: str,  # noqa: F811 - the imported fixture
     small_pages: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -236,15 +239,15 @@ def test_reconciliation_with_20_percent_faults_on_reads_matches_a_fault_free_run
     remediation under faults converges every flagged tenant and writes nothing to Stripe."""
     monkeypatch.delenv("ALERT_EMAIL", raising=False)
     monkeypatch.delenv("ALERT_CHAT_WEBHOOK_URL", raising=False)
-    c = stripe_client
-    recon.catalog(c)
-    subscriptions = {
-        f"t-{i:02d}": recon.tenant(c, billing_db_url, f"t-{i:02d}")[1] for i in range(36)
-    }
-    # Drift the tenant database cannot see: cancelled in Stripe directly, no webhook.
     leaking = ["t-03", "t-17", "t-29"]
-    for tenant_id in leaking:
-        c.v1.subscriptions.cancel(subscriptions[tenant_id])
+    with unthrottled_client(stripe_sandbox.state) as c:
+        recon.catalog(c)
+        subscriptions = {
+            f"t-{i:02d}": recon.tenant(c, billing_db_url, f"t-{i:02d}")[1] for i in range(36)
+        }
+        # Drift the tenant database cannot see: cancelled in Stripe directly, no webhook.
+        for tenant_id in leaking:
+            c.v1.subscriptions.cancel(subscriptions[tenant_id])
 
     clean = dg.materialize(DIFF, resources=recon.resources(stripe_sandbox.url, billing_db_url))
     assert clean.success
@@ -304,7 +307,10 @@ def test_event_recovery_listing_with_30_percent_faults_returns_every_event_once(
     sandbox = run_in_thread(port=0, seed=5)
     try:
         client = stripe_api.make_client(API_KEY, api_base=sandbox.url, max_network_retries=0)
-        created = {str(client.v1.customers.create({"email": f"r{i}@x.io"}).id) for i in range(250)}
+        with unthrottled_client(sandbox.state) as setup:
+            created = {
+                str(setup.v1.customers.create({"email": f"r{i}@x.io"}).id) for i in range(250)
+            }
         since = datetime.now(UTC) - timedelta(hours=1)
         clean = [e["id"] for e in stripe_state.events_since(client, since)]
         sandbox.state.faults = FaultRates(throttle=0.1, before=0.1, after=0.1)
