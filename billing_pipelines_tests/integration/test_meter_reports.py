@@ -27,7 +27,13 @@ from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe.catalog import sync_catalog
 from billing_pipelines.lib.usage import warehouse as wh
-from billing_pipelines_tests.support import API_KEY, SimulatedCrash, advance, present
+from billing_pipelines_tests.support import (
+    API_KEY,
+    SimulatedCrash,
+    advance,
+    present,
+    unthrottled_client,
+)
 
 PREFIX = "mt-"
 TODAY = datetime.now(UTC).date()
@@ -41,6 +47,8 @@ class Env:
     database_url: str
     clickhouse_url: str
     resources: dict[str, Any]
+    # The tests' own set-up requests, through a door without rate limits (support.py).
+    setup: stripe.StripeClient
 
     def tenant(self, plan: str = "pro", clock: str | None = None, billable: bool = True) -> str:
         """A tenant in the billing DB, with a Stripe customer and subscription when billable."""
@@ -50,15 +58,15 @@ class Env:
             params: dict[str, Any] = {"metadata": {"tenant_id": tenant_id}}
             if clock:
                 params["test_clock"] = clock
-            cus = self.client.v1.customers.create(params)  # type: ignore[arg-type]
-            pm = self.client.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
-            self.client.v1.customers.update(
+            cus = self.setup.v1.customers.create(params)  # type: ignore[arg-type]
+            pm = self.setup.v1.payment_methods.attach("pm_card_visa", {"customer": cus.id})
+            self.setup.v1.customers.update(
                 cus.id, {"invoice_settings": {"default_payment_method": pm.id}}
             )
-            prices = self.client.v1.prices.list(
+            prices = self.setup.v1.prices.list(
                 {"lookup_keys": [f"{plan}_base_monthly", f"{plan}_queries_overage_monthly"]}
             ).data
-            sub = self.client.v1.subscriptions.create(
+            sub = self.setup.v1.subscriptions.create(
                 {"customer": cus.id, "items": [{"price": p.id} for p in prices]}
             )
             customer, subscription = cus.id, sub.id
@@ -164,7 +172,8 @@ def env(embedded_services: dict[str, str], fresh_database_url: str) -> Iterator[
     _cleanup(database_url)
     assert dg.materialize([stripe_catalog], resources=resources).success
     try:
-        yield Env(handle, client, database_url, clickhouse_url, resources)
+        with unthrottled_client(handle.state) as setup:
+            yield Env(handle, client, database_url, clickhouse_url, resources, setup)
     finally:
         handle.stop()
         _cleanup(database_url)
