@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,7 +123,10 @@ def embedded_services(billing_home: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def stripe_sandbox() -> Iterator[SandboxHandle]:
     """A fresh in-process Stripe sandbox (empty state) per test; webhook retries in milliseconds."""
-    handle = run_in_thread(port=0)
+    # A seed of its own: ids are a sequence number and characters drawn from the seed, so two
+    # sandboxes on one seed hand out the same ids in the same order, and a tenant row written by
+    # one test would collide with another's in the session's database (the CLI tests use it).
+    handle = run_in_thread(port=0, seed=random.randrange(1, 10**9))
     handle.state.settings = Settings(webhook_backoff_seconds=[0.05, 0.1, 0.2])
     try:
         yield handle
