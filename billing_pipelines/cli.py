@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import secrets
 import sys
 import warnings
 from collections.abc import Callable
@@ -221,11 +222,19 @@ def sandbox_stripe(
     endpoint_rate_limit: Annotated[
         float, typer.Option(help="Requests/s per endpoint (Stripe: 25; 0: off).")
     ] = 25.0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of object ids and request ids (default: a new one each start)."),
+    ] = None,
 ) -> None:
     """Serve the stateful Stripe API emulator on loopback, limited as Stripe's test mode is."""
     serve = _sandbox("stripe").serve
 
-    serve(host, port, rate_limit=rate_limit, endpoint_rate_limit=endpoint_rate_limit)
+    # The emulator keeps its objects in memory and the billing database outlives it: a restart
+    # on the same seed would hand out the ids of the objects it lost, which tenant rows still
+    # name, so each start draws a seed of its own unless one is asked for.
+    chosen = seed if seed is not None else secrets.randbelow(10**9) + 1
+    serve(host, port, rate_limit=rate_limit, endpoint_rate_limit=endpoint_rate_limit, seed=chosen)
 
 
 # --- db ----------------------------------------------------------------------------------------

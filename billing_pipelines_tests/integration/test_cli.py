@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -226,3 +230,46 @@ def test_a_forked_command_reads_the_first_partition_day_from_its_own_environment
         result = run_billing(["usage", "materialize", "--start", "2020-01-01"], env)
         line = _one_error_line(result)
         assert line.startswith(f"error: no partition for 2020-01-01: days run from {start} ")
+
+
+def _first_customer_of_a_fresh_emulator(seed: list[str]) -> str:
+    """Start `billing sandbox stripe`, create one customer, stop it; the customer's id."""
+    from billing_sandbox.ports import free_port
+
+    port = free_port()
+    installed = str(Path(sys.executable).with_name("billing"))
+    server = subprocess.Popen(
+        [installed, "sandbox", "stripe", "--port", str(port), *seed],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers: it is up
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{url}/v1/customers",
+            data=b"email=a%40b.test",
+            headers={"Authorization": "Bearer sk_test_restart"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return str(json.load(answer)["id"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_restarted_stripe_emulator_never_repeats_an_id_unless_seeded() -> None:
+    """The billing database outlives the in-memory emulator: a restart must not reuse its ids."""
+    restarts = {_first_customer_of_a_fresh_emulator([]) for _ in range(2)}
+    assert len(restarts) == 2
+    seeded = {_first_customer_of_a_fresh_emulator(["--seed", "7"]) for _ in range(2)}
+    assert len(seeded) == 1
