@@ -41,7 +41,7 @@ from billing_pipelines.lib.tax.location import TaxLocation, tax_location
 from billing_pipelines.lib.usage import warehouse
 from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
-from billing_sandbox import instance_probes, usage_generator
+from billing_sandbox import generation_process, instance_probes
 from billing_sandbox.demo import demo_tenants
 from billing_sandbox.parallel import each_in_threads
 from billing_sandbox.services import free_port
@@ -424,6 +424,7 @@ def simulate(
     hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
     automatic_tax: bool = True,
     stripe_limits: str = "test",
+    after_days: Callable[[date, int], object] | None = None,
 ) -> MonthResult:
     """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
 
@@ -432,6 +433,8 @@ def simulate(
     month reads it), and each tenant has a billing address (DEMO_LOCATIONS).
     `stripe_limits`: "test" (the default) runs under Stripe's test-mode limits; "live" under
     live mode's (see `LIVE_LIMITS`), for measuring what the month costs an account in production.
+    `after_days(first day, days)` runs once the last day's runs are done, before the final
+    deliveries and reconciliation: no usage is drawn or pushed after it.
     """
     limits = stripe_rate_limits(stripe_limits)
     started = time.monotonic()
@@ -509,11 +512,26 @@ def simulate(
     cleanup = ExitStack()
     try:
         pump.resources = cleanup.enter_context(sensor_resources(definitions))
+        people = cast(tenant_count, seed)
+        # The month's usage is drawn in a process of its own while the catalog syncs, the
+        # tenants sign up and their first webhook runs go: nothing before the first push reads
+        # the warehouse.
+        generation = cleanup.enter_context(
+            generation_process.drawing(
+                clickhouse_url,
+                [p.tenant_id for p in people],
+                start=first,
+                days=days,
+                seed=seed,
+                monthly_queries={
+                    p.tenant_id: max(1, int(p.monthly_queries * usage_scale)) for p in people
+                },
+            )
+        )
         echo(f"    Stripe sandbox {sandbox.url}, webhook receiver :{receiver_port}")
         if not materialize_asset("stripe_catalog"):
             raise RuntimeError("stripe_catalog failed")
         clock = str(client.v1.test_helpers.test_clocks.create({"frozen_time": t0}).id)
-        people = cast(tenant_count, seed)
         onboarding: Counter[str] = Counter()
         customers: dict[str, str] = {}
         echo(f"    onboarding {len(people)} tenants on a test clock at {first} ...")
@@ -535,21 +553,15 @@ def simulate(
         mark = timed("onboarding", mark)
         pump.pump()
         mark = timed("sensors and their runs", mark)
-        summary = usage_generator.generate_usage(
-            clickhouse,
-            [p.tenant_id for p in people],
-            start=first,
-            days=days,
-            seed=seed,
-            monthly_queries={
-                p.tenant_id: max(1, int(p.monthly_queries * usage_scale)) for p in people
-            },
-        )
+        drawn = generation.result()
+        summary = drawn.summary
         echo(
             f"    {summary.rows_inserted:,} usage events for {first} .. "
             f"{first + timedelta(days=days - 1)} ({summary.duplicates:,} cache duplicates, "
-            f"{summary.late_events:,} late)"
+            f"{summary.late_events:,} late), drawn in {drawn.seconds:.0f}s beside the sign-ups "
+            f"({time.monotonic() - mark:.0f}s of it after them)"
         )
+        # What the month waited for once the sign-ups and their runs were done.
         timed("usage generation", mark)
         # Day by day through the period, then ten days of renewal, finalization and retries.
         # Days holding a period boundary when the month does not start at 00:00 UTC: trial
@@ -601,6 +613,8 @@ def simulate(
                 f"    day {offset + 1:>2}/{days + 10} {day}: {what}, {launched} sensor run(s), "
                 f"{time.monotonic() - started:.0f}s"
             )
+        if after_days is not None:
+            after_days(first, days)
         # Let the last finalizations, payments and deliveries land.
         _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
