@@ -6,7 +6,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -127,37 +126,23 @@ def run(
         f"(Stripe's {stripe_limits}-mode rate limits) ..."
     )
 
-    # The report's own distinct count of the month's queries reads only the warehouse, whose
-    # usage is final once the last day is pushed: it runs in the warehouse while the month's
-    # last deliveries and reconciliation run (mostly waiting on Stripe).
-    counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinct-count")
-    truth: list[Future[int]] = []
-
-    def count_truth(first_day: date, days: int) -> None:
-        start, _ = warehouse.day_bounds(first_day)
-        _, end = warehouse.day_bounds(first_day + timedelta(days=days - 1))
-        client = warehouse.connect(clickhouse_url)
-        truth.append(counting.submit(distinct_queries, client, start, end))
-
     def final_report(result: month.MonthResult) -> None:
         echo("3/3 report")
         month.report(result, echo)
         last = result.start + timedelta(days=result.days - 1)
         client = warehouse.connect(clickhouse_url)
-        _print_summary(database_url, client, result.start, last, echo, truth[0] if truth else None)
+        _print_summary(database_url, client, result.start, last, echo)
 
-    with counting:  # waits for a count still running if the month failed
-        result = month.simulate(
-            database_url=database_url,
-            clickhouse_url=clickhouse_url,
-            tenant_count=tenant_count,
-            seed=seed,
-            start=start if start is not None else first,
-            echo=echo,
-            on_done=final_report,
-            stripe_limits=stripe_limits,
-            after_days=count_truth,
-        )
+    result = month.simulate(
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        tenant_count=tenant_count,
+        seed=seed,
+        start=start if start is not None else first,
+        echo=echo,
+        on_done=final_report,
+        stripe_limits=stripe_limits,
+    )
     # `make ui` on this instance: judged on the month's clock, its partitions, and no
     # schedule or Stripe sensor ticking against the Stripe sandbox that just stopped.
     remembered = {"USAGE_START_DATE": first.isoformat()}
@@ -221,14 +206,7 @@ def distinct_queries(
     )
 
 
-def _print_summary(
-    database_url: str,
-    client: object,
-    first: date,
-    last: date,
-    echo: Echo,
-    counted: Future[int] | None = None,
-) -> None:
+def _print_summary(database_url: str, client: object, first: date, last: date, echo: Echo) -> None:
     catalog = load_catalog()
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
@@ -244,8 +222,7 @@ def _print_summary(
         ).fetchall()
     start, _ = warehouse.day_bounds(first)
     _, end = warehouse.day_bounds(last)
-    # Counted beside the month's last runs when the month started it (same days, same table).
-    truth = counted.result() if counted is not None else distinct_queries(client, start, end)
+    truth = distinct_queries(client, start, end)
     stored = sum(r[2] for r in rows)
     verdict = "match" if stored == truth else f"MISMATCH by {stored - truth:+,}"
     echo(f"    warehouse distinct queries {truth:,} vs daily_tenant_usage {stored:,}: {verdict}")

@@ -424,7 +424,6 @@ def simulate(
     hooks: Mapping[int, Callable[[DayContext], object]] | None = None,
     automatic_tax: bool = True,
     stripe_limits: str = "test",
-    after_days: Callable[[date, int], object] | None = None,
 ) -> MonthResult:
     """Onboard tenants on a test clock, then drive one full period and its renewal day by day.
 
@@ -433,8 +432,6 @@ def simulate(
     month reads it), and each tenant has a billing address (DEMO_LOCATIONS).
     `stripe_limits`: "test" (the default) runs under Stripe's test-mode limits; "live" under
     live mode's (see `LIVE_LIMITS`), for measuring what the month costs an account in production.
-    `after_days(first day, days)` runs once the last day's runs are done, before the final
-    deliveries and reconciliation: no usage is drawn or pushed after it.
     """
     limits = stripe_rate_limits(stripe_limits)
     started = time.monotonic()
@@ -613,8 +610,6 @@ def simulate(
                 f"    day {offset + 1:>2}/{days + 10} {day}: {what}, {launched} sensor run(s), "
                 f"{time.monotonic() - started:.0f}s"
             )
-        if after_days is not None:
-            after_days(first, days)
         # Let the last finalizations, payments and deliveries land.
         _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()
