@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import clickhouse_connect
 import pytest
+from billing_sandbox import generation_process
 from billing_sandbox.clickhouse_bridge import spawn_bridge
 from billing_sandbox.usage_generator import (
     GenerationSummary,
@@ -44,11 +48,16 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         proc.wait(timeout=30)
 
 
-def fresh_client(port: int) -> Client:
-    """A client on a new database, so each generation starts from an empty usage_events."""
+def fresh_database(port: int) -> str:
+    """A new, empty database on the bridge; its name."""
     name = f"gen_{uuid.uuid4().hex[:12]}"
     clickhouse_connect.get_client(host="127.0.0.1", port=port).command(f"CREATE DATABASE {name}")
-    return clickhouse_connect.get_client(host="127.0.0.1", port=port, database=name)
+    return name
+
+
+def fresh_client(port: int) -> Client:
+    """A client on a new database, so each generation starts from an empty usage_events."""
+    return clickhouse_connect.get_client(host="127.0.0.1", port=port, database=fresh_database(port))
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +355,99 @@ def test_a_seed_draws_the_events_it_drew_before_the_generator_was_made_faster(
         summary.late_events,
         summary.embedding_events,
     ) == counts
+
+
+# The month's usage drawn in a child process (the simulated month's way): the same rows as drawn
+# here, errors and exits reported, nothing drawn after the month gives up on it.
+FEBRUARY = date(2026, 2, 1)
+MONTHLY = {"acme": 900, "globex": 12_000, "initech": 45_000}
+
+
+def test_a_drawing_in_its_own_process_inserts_what_one_here_inserts(port: int) -> None:
+    here, there = fresh_client(port), fresh_database(port)
+    # February and other sizes than the module's month: the drawing assumes neither.
+    expected = generate_usage(here, TENANTS, FEBRUARY, 28, seed=5, monthly_queries=MONTHLY)
+    with generation_process.drawing(
+        f"http://127.0.0.1:{port}/{there}",
+        TENANTS,
+        start=FEBRUARY,
+        days=28,
+        seed=5,
+        monthly_queries=MONTHLY,
+    ) as job:
+        assert job.process.pid != os.getpid()
+        drawn = job.result()
+    assert drawn.summary == expected
+    assert drawn.seconds > 0
+    drawn_there = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=there)
+    hashes = [client.query(CONTENT_HASH) for client in (here, drawn_there)]
+    assert hashes[0].result_rows == hashes[1].result_rows
+    assert hashes[0].result_rows[0][0] == expected.rows_inserted > 0
+
+
+def test_an_error_in_the_process_is_raised_with_its_message(port: int) -> None:
+    with (
+        generation_process.drawing(
+            f"http://127.0.0.1:{port}/{fresh_database(port)}",
+            TENANTS,
+            start=FEBRUARY,
+            days=0,
+            seed=5,
+        ) as job,
+        pytest.raises(generation_process.GenerationFailed, match="days must be positive, got 0"),
+    ):
+        job.result()
+    assert job.process.exitcode == 0  # it reported the error and ended normally
+
+
+def test_a_process_killed_mid_drawing_is_reported_with_its_exit_code(port: int) -> None:
+    database = fresh_database(port)
+    with _large_drawing(port, database) as job:
+        assert job.process.pid is not None
+        os.kill(job.process.pid, signal.SIGKILL)
+        with pytest.raises(generation_process.GenerationFailed, match="exited with code -9"):
+            job.result()
+
+
+def test_leaving_before_the_result_stops_the_drawing(port: int) -> None:
+    database = fresh_database(port)
+    with _large_drawing(port, database) as job:
+        pass  # left as soon as the first rows landed
+    assert not job.process.is_alive()
+    assert job.process.exitcode == -signal.SIGTERM
+    # Whatever was in flight has landed by now; nothing more arrives after that.
+    time.sleep(1.0)
+    settled = _rows(port, database)
+    time.sleep(2.0)
+    assert _rows(port, database) == settled
+    # 200 tenants' month is about 1.7 M events: the drawing was stopped well short of it.
+    assert settled < 1_000_000
+
+
+@contextmanager
+def _large_drawing(port: int, database: str) -> Iterator[generation_process.GenerationJob]:
+    """200 tenants' month (about 1.7 M events) drawn by a child, once its first rows landed."""
+    with generation_process.drawing(
+        f"http://127.0.0.1:{port}/{database}",
+        [f"tenant_{i}" for i in range(200)],
+        start=FEBRUARY,
+        days=28,
+        seed=5,
+    ) as job:
+        _wait_for_rows(port, database)
+        yield job
+
+
+def _rows(port: int, database: str) -> int:
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=database)
+    if not client.query("EXISTS TABLE usage_events").result_rows[0][0]:
+        return 0
+    return int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
+
+
+def _wait_for_rows(port: int, database: str) -> None:
+    """Until the child's first batch is in the warehouse (the drawing is under way)."""
+    deadline = time.monotonic() + 60
+    while _rows(port, database) == 0:
+        assert time.monotonic() < deadline, "the generation process inserted nothing in 60 s"
+        time.sleep(0.1)
