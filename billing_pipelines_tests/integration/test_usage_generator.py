@@ -357,6 +357,68 @@ def test_a_seed_draws_the_events_it_drew_before_the_generator_was_made_faster(
     ) == counts
 
 
+DAILY_CONTENT = (
+    "SELECT toDate(timestamp, 'UTC') AS day, count(), sum(cityHash64(event_id, query_id, "
+    "tenant_id, timestamp, event_type, tokens_used, embeddings_count, latency_ms, ingested_at)) "
+    "FROM usage_events GROUP BY day ORDER BY day"
+)
+
+
+def _daily_content(client: Client) -> dict[date, tuple[int, int]]:
+    """Each UTC day's row count and content hash, as the warehouse holds them."""
+    return {day: (n, h) for day, n, h in client.query(DAILY_CONTENT).result_rows}
+
+
+def test_drawn_day_by_day_the_rows_are_the_same_and_each_day_is_whole_when_reported(
+    port: int,
+) -> None:
+    tenants = [f"t{i}" for i in range(7)]
+    # A leap February's end and batches far smaller than a day, so a day spans several inserts
+    # and a batch would span days if the day's end did not store it.
+    kwargs: dict[str, Any] = {
+        "tenants": tenants,
+        "start": date(2028, 2, 25),
+        "days": 6,
+        "seed": 31,
+        "events_per_tenant_day": 90.0,
+        "batch_rows": 700,
+    }
+    tenant_first, day_first = fresh_client(port), fresh_client(port)
+    expected_summary = generate_usage(tenant_first, **kwargs)
+    expected = _daily_content(tenant_first)
+    assert list(expected) == [date(2028, 2, 25) + timedelta(days=d) for d in range(6)]
+    seen: list[tuple[date, dict[date, tuple[int, int]]]] = []
+    summary = generate_usage(
+        day_first,
+        on_day_stored=lambda day: seen.append((day, _daily_content(day_first))),
+        **kwargs,
+    )
+    assert summary == expected_summary
+    assert _daily_content(day_first) == expected
+    # Reported once per day, in order; at each report the table held that day and the days
+    # before it in full, and nothing of the days after.
+    assert [day for day, _ in seen] == list(expected)
+    for day, held in seen:
+        assert held == {d: content for d, content in expected.items() if d <= day}
+
+
+def test_days_without_rows_are_reported_too(port: int) -> None:
+    seen: list[date] = []
+    client = fresh_client(port)
+    # Rows only ingested before the second day began: the later days have none.
+    generate_usage(
+        client,
+        ["solo"],
+        date(2026, 3, 1),
+        4,
+        seed=3,
+        ingested_before=datetime(2026, 3, 2, tzinfo=UTC),
+        on_day_stored=seen.append,
+    )
+    assert seen == [date(2026, 3, d) for d in range(1, 5)]
+    assert set(_daily_content(client)) <= {date(2026, 3, 1)}
+
+
 # The month's usage drawn in a child process (the simulated month's way): the same rows as drawn
 # here, errors and exits reported, nothing drawn after the month gives up on it.
 FEBRUARY = date(2026, 2, 1)
@@ -376,10 +438,23 @@ def test_a_drawing_in_its_own_process_inserts_what_one_here_inserts(port: int) -
         monthly_queries=MONTHLY,
     ) as job:
         assert job.process.pid != os.getpid()
+        drawn_there = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=there)
+        by_day = _daily_content(here)
+        waited = job.wait_through(FEBRUARY + timedelta(days=9))
+        assert waited >= 0
+        assert job.stored_through is not None
+        assert job.stored_through >= FEBRUARY + timedelta(days=9)
+        # The tenth day and those before it are whole (later ones may be under way).
+        held = _daily_content(drawn_there)
+        assert {d: held[d] for d in held if d < FEBRUARY + timedelta(days=10)} == {
+            d: content for d, content in by_day.items() if d < FEBRUARY + timedelta(days=10)
+        }
+        # A day after the window has no rows: it is stored once the drawing is done.
+        job.wait_through(date(2026, 3, 5))
+        assert job.stored_through == date(2026, 2, 28)
         drawn = job.result()
     assert drawn.summary == expected
     assert drawn.seconds > 0
-    drawn_there = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=there)
     hashes = [client.query(CONTENT_HASH) for client in (here, drawn_there)]
     assert hashes[0].result_rows == hashes[1].result_rows
     assert hashes[0].result_rows[0][0] == expected.rows_inserted > 0

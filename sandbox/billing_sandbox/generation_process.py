@@ -3,8 +3,9 @@
 Onboarding and the webhook runs after it mostly wait on Stripe's pacing and read nothing from
 the warehouse, and drawing a month of usage is CPU work in the generator and in the warehouse.
 A thread would share the month's interpreter lock with the Stripe sandbox and the runs; a
-process does not, so the two overlap on separate cores and the month waits only for what is
-left of the drawing when its first day is pushed.
+process does not, so the two overlap on separate cores. The month is drawn day by day and
+each stored day is reported, so the month waits before a day's push only for that day's rows
+(and the next day's, which its clock has entered), not for the whole month.
 """
 
 from __future__ import annotations
@@ -40,27 +41,48 @@ class GenerationFailed(RuntimeError):
 
 @dataclass
 class GenerationJob:
-    """Usage being drawn into the warehouse by a child process."""
+    """Usage being drawn into the warehouse by a child process, day by day."""
 
     process: multiprocessing.process.BaseProcess
     results: Connection
+    stored_through: date | None = None  # every row of this day and the days before is stored
+    _drawn: Drawn | None = None
+
+    def wait_through(self, day: date) -> float:
+        """Wait until every row of `day` and the days before it is stored; the seconds waited.
+
+        A day after the drawn window is stored once the drawing is done (it has no rows).
+        """
+        began = time.monotonic()
+        while self._drawn is None and (self.stored_through is None or self.stored_through < day):
+            self._receive()
+        return time.monotonic() - began
 
     def result(self) -> Drawn:
         """Wait for the drawing to finish; its error, or the process's exit, is raised here."""
+        while self._drawn is None:
+            self._receive()
+        return self._drawn
+
+    def _receive(self) -> None:
+        """One message from the child: a day stored, the summary, or its error."""
         try:
             kind, value, seconds = self.results.recv()
         except EOFError:
+            self.results.close()
             self.process.join()
             raise GenerationFailed(
                 f"the usage generation process (pid {self.process.pid}) exited with code "
                 f"{self.process.exitcode} before it reported a result"
             ) from None
-        finally:
-            self.results.close()
+        if kind == "day":
+            self.stored_through = value
+            return
+        self.results.close()
         self.process.join()
         if kind == "error":
             raise GenerationFailed(f"usage generation failed in its process:\n{value}")
-        return Drawn(summary=value, seconds=seconds)
+        self._drawn = Drawn(summary=value, seconds=seconds)
 
 
 @contextmanager
@@ -110,7 +132,12 @@ def _draw(
     try:
         client = warehouse.connect(clickhouse_url)
         try:
-            summary = usage_generator.generate_usage(client, tenants, **options)
+            summary = usage_generator.generate_usage(
+                client,
+                tenants,
+                on_day_stored=lambda day: results.send(("day", day, time.monotonic() - began)),
+                **options,
+            )
         finally:
             client.close()
     except BaseException:

@@ -510,9 +510,10 @@ def simulate(
     try:
         pump.resources = cleanup.enter_context(sensor_resources(definitions))
         people = cast(tenant_count, seed)
-        # The month's usage is drawn in a process of its own while the catalog syncs, the
-        # tenants sign up and their first webhook runs go: nothing before the first push reads
-        # the warehouse.
+        # The month's usage is drawn day by day in a process of its own while the catalog
+        # syncs, the tenants sign up, their first webhook runs go and the first days are pushed:
+        # nothing reads a day's usage before the business clock has entered it, and the month
+        # waits for each day's rows before its clock enters that day.
         generation = cleanup.enter_context(
             generation_process.drawing(
                 clickhouse_url,
@@ -549,17 +550,9 @@ def simulate(
             )
         mark = timed("onboarding", mark)
         pump.pump()
-        mark = timed("sensors and their runs", mark)
-        drawn = generation.result()
-        summary = drawn.summary
-        echo(
-            f"    {summary.rows_inserted:,} usage events for {first} .. "
-            f"{first + timedelta(days=days - 1)} ({summary.duplicates:,} cache duplicates, "
-            f"{summary.late_events:,} late), drawn in {drawn.seconds:.0f}s beside the sign-ups "
-            f"({time.monotonic() - mark:.0f}s of it after them)"
-        )
-        # What the month waited for once the sign-ups and their runs were done.
-        timed("usage generation", mark)
+        timed("sensors and their runs", mark)
+        last_drawn = first + timedelta(days=days - 1)
+        waited = 0.0  # what the month waited for the drawing, after the sign-ups
         # Day by day through the period, then ten days of renewal, finalization and retries.
         # Days holding a period boundary when the month does not start at 00:00 UTC: trial
         # ends and the renewal, at the start's time of day.
@@ -571,6 +564,9 @@ def simulate(
         for offset in range(days + 10):
             day = first + timedelta(days=offset)
             mark = time.monotonic()
+            # The clock is about to enter the next day: its rows and today's must be stored.
+            waited += generation.wait_through(min(day + timedelta(days=1), last_drawn))
+            mark = timed("usage generation", mark)
             # 00:30 the next morning, as the 00:10 schedule pushes yesterday.
             _advance(sandbox, clock, midnight0 + (offset + 1) * DAY + 30 * 60)
             mark = timed("stripe clock and webhooks", mark)
@@ -610,6 +606,14 @@ def simulate(
                 f"    day {offset + 1:>2}/{days + 10} {day}: {what}, {launched} sensor run(s), "
                 f"{time.monotonic() - started:.0f}s"
             )
+        drawn = generation.result()
+        summary = drawn.summary
+        echo(
+            f"    {summary.rows_inserted:,} usage events for {first} .. {last_drawn} "
+            f"({summary.duplicates:,} cache duplicates, {summary.late_events:,} late), drawn day "
+            f"by day in {drawn.seconds:.0f}s beside the sign-ups and the first days "
+            f"(the month waited {waited:.0f}s for it)"
+        )
         # Let the last finalizations, payments and deliveries land.
         _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
         pump.pump()

@@ -8,7 +8,7 @@ distinct query_id of kind "query" is what billing must charge.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -253,15 +253,56 @@ def usage_chunks(
     monthly_queries: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The synthetic usage one tenant-day at a time, tenants in order, days in order."""
+    for _, columns in _tenant_days(
+        tenants,
+        start,
+        days,
+        seed,
+        events_per_tenant_day,
+        duplicate_rate,
+        late_rate,
+        embedding_rate,
+        monthly_queries,
+        days_first=False,
+    ):
+        yield columns
+
+
+def _tenant_days(
+    tenants: Sequence[str],
+    start: date,
+    days: int,
+    seed: int,
+    events_per_tenant_day: float | Mapping[str, float],
+    duplicate_rate: float,
+    late_rate: float,
+    embedding_rate: float,
+    monthly_queries: Mapping[str, int] | None,
+    *,
+    days_first: bool,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Each tenant-day's rows with its day's offset, tenant by tenant or day by day.
+
+    The order changes nothing drawn: each tenant's counts come from its own stream over the
+    whole window and each tenant-day from its own stream, so both orders yield the same rows.
+    """
     means = _daily_means(tenants, seed, events_per_tenant_day, monthly_queries)
-    for tenant in tenants:
-        queries, ingests = _tenant_day_counts(
-            tenant, means[tenant], start, days, seed, embedding_rate
-        )
-        for offset in range(days):
-            if queries[offset] + ingests[offset] == 0:
-                continue
-            yield _day_events(
+    counts = {
+        tenant: _tenant_day_counts(tenant, means[tenant], start, days, seed, embedding_rate)
+        for tenant in tenants
+    }
+    order = (
+        ((tenant, offset) for offset in range(days) for tenant in tenants)
+        if days_first
+        else ((tenant, offset) for tenant in tenants for offset in range(days))
+    )
+    for tenant, offset in order:
+        queries, ingests = counts[tenant]
+        if queries[offset] + ingests[offset] == 0:
+            continue
+        yield (
+            offset,
+            _day_events(
                 tenant,
                 start + timedelta(days=offset),
                 int(queries[offset]),
@@ -269,7 +310,8 @@ def usage_chunks(
                 seed,
                 duplicate_rate,
                 late_rate,
-            )
+            ),
+        )
 
 
 def generate_usage(
@@ -286,6 +328,7 @@ def generate_usage(
     ingested_after: datetime | None = None,
     ingested_before: datetime | None = None,
     batch_rows: int = BATCH_ROWS,
+    on_day_stored: Callable[[date], object] | None = None,
 ) -> GenerationSummary:
     """Insert seeded synthetic usage for tenants over [start, start + days) into usage_events.
 
@@ -296,6 +339,9 @@ def generate_usage(
     with the same seed and adjacent windows deliver one data set in two waves (late arrivals).
     Rows are generated one tenant-day at a time and inserted in batches of about batch_rows, so
     memory stays bounded whatever the number of tenants and days.
+    on_day_stored: the rows are drawn day by day instead (the same rows), and it is called with
+    each day once every row of that day is in the warehouse, so a reader can start on the first
+    days while later ones are drawn.
     """
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
@@ -315,7 +361,7 @@ def generate_usage(
     # at most one batch waits, so memory stays at about two batches.
     inflight: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-insert") as inserter:
-        chunks = usage_chunks(
+        chunks = _tenant_days(
             tenants,
             start,
             days,
@@ -325,9 +371,28 @@ def generate_usage(
             late_rate,
             embedding_rate,
             monthly_queries,
+            days_first=on_day_stored is not None,
         )
         windowed = after_ms is not None or before_ms is not None
-        for cols in chunks:
+        reported = 0  # days before this offset have been reported stored
+
+        def report_through(offset: int) -> None:
+            """Store what is pending, then report every day before `offset` stored."""
+            nonlocal inflight, pending, pending_rows, reported
+            if on_day_stored is None or offset <= reported:
+                return
+            if pending_rows:
+                inflight = _submit(inserter, inflight, client, pending)
+                pending, pending_rows = [], 0
+            if inflight is not None:
+                inflight.result()
+                inflight = None
+            for done in range(reported, offset):
+                on_day_stored(start + timedelta(days=done))
+            reported = offset
+
+        for offset, cols in chunks:
+            report_through(offset)
             if windowed:
                 keep = np.ones(cols["timestamp"].size, bool)
                 if after_ms is not None:
@@ -355,8 +420,10 @@ def generate_usage(
                 pending, pending_rows = [], 0
         if pending_rows:
             inflight = _submit(inserter, inflight, client, pending)
+            pending, pending_rows = [], 0
         if inflight is not None:
             inflight.result()
+        report_through(days)
     return GenerationSummary(
         rows_inserted=rows,
         distinct_queries=distinct,
