@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -176,33 +176,66 @@ _MONTH_QUERIES = (
     "FROM usage_events WHERE event_type = 'query' AND timestamp >= {start:DateTime64(3, 'UTC')} "
     "AND timestamp < {end:DateTime64(3, 'UTC')}"
 )
-_MONTH_EVENTS_SQL = "SELECT count() " + _MONTH_QUERIES
-_MONTH_DISTINCT_SLICE_SQL = (
-    "SELECT uniqExact(query_id) "
-    + _MONTH_QUERIES
-    + " AND cityHash64(query_id) % {slices:UInt64} = {part:UInt64}"
+_MONTH_EVENTS_BY_TENANT_SQL = (
+    "SELECT tenant_id, count() " + _MONTH_QUERIES + " GROUP BY tenant_id ORDER BY tenant_id"
 )
+_MONTH_DISTINCT_SLICE_SQL = (
+    "SELECT uniqExact(tenant_id, query_id) "
+    + _MONTH_QUERIES
+    + " AND tenant_id >= {low:String} AND tenant_id <= {high:String}"
+    + " AND cityHash64(query_id) % {parts:UInt64} = {part:UInt64}"
+)
+
+
+def tenant_slices(
+    events_by_tenant: Sequence[tuple[str, int]], per_slice: int
+) -> list[tuple[str, str, int]]:
+    """Consecutive tenants (in id order) grouped into ranges of at most per_slice events each,
+    as (first tenant, last tenant, hash parts); a tenant with more events than that is a range
+    of its own, split into parts by its query ids' hash."""
+    slices: list[tuple[str, str, int]] = []
+    low = high = ""
+    held = 0
+    for tenant, events in events_by_tenant:
+        if held and held + events > per_slice:
+            slices.append((low, high, max(1, -(-held // per_slice))))
+            held = 0
+        if not held:
+            low = tenant
+        high = tenant
+        held += events
+    if held:
+        slices.append((low, high, max(1, -(-held // per_slice))))
+    return slices
 
 
 def distinct_queries(
     client: Any, start: datetime, end: datetime, per_slice: int = DISTINCT_IDS_PER_SLICE
 ) -> int:
-    """Distinct query ids with timestamps in [start, end), counted a slice of ids at a time.
+    """Distinct queries with timestamps in [start, end): (tenant, query id) pairs, since a query
+    is billed to the tenant that made it, counted a range of tenants at a time.
 
     One `uniqExact` over the whole month holds every id of the month in the warehouse at once
-    (the month's memory peak, growing with its events); slices of the ids' hash are disjoint,
-    so their counts add up to the same number while only one slice's ids are held.
+    (the month's memory peak, growing with its events). Ranges of tenants are disjoint and
+    each reads only its own granules (the table is ordered by tenant first), so their counts
+    add up to the same number while only one range's ids are held and the month is read once.
     """
     bounds = {"start": start, "end": end}
-    events = int(client.query(_MONTH_EVENTS_SQL, parameters=bounds).result_rows[0][0])
-    slices = max(1, -(-events // per_slice))
+    by_tenant = [
+        (str(tenant), int(events))
+        for tenant, events in client.query(
+            _MONTH_EVENTS_BY_TENANT_SQL, parameters=bounds
+        ).result_rows
+    ]
     return sum(
         int(
             client.query(
-                _MONTH_DISTINCT_SLICE_SQL, parameters={**bounds, "slices": slices, "part": part}
+                _MONTH_DISTINCT_SLICE_SQL,
+                parameters={**bounds, "low": low, "high": high, "parts": parts, "part": part},
             ).result_rows[0][0]
         )
-        for part in range(slices)
+        for low, high, parts in tenant_slices(by_tenant, per_slice)
+        for part in range(parts)
     )
 
 
