@@ -203,17 +203,17 @@ def test_rows_come_one_tenant_day_at_a_time() -> None:
     start = date(2026, 2, 25)  # crosses the end of February
     chunks = list(usage_chunks(tenants, start, 6, seed=11, events_per_tenant_day=80.0))
     seen = []
-    for chunk in chunks:
+    for day, chunk in chunks:
         (tenant,) = set(chunk["tenant_id"])
         days = {datetime.fromtimestamp(int(ms) // 1000, UTC).date() for ms in chunk["timestamp"]}
-        assert len(days) == 1
-        seen.append((tenant, days.pop()))
+        assert days == {day}
+        seen.append((tenant, day))
     # Tenants in order, each tenant's days in order, every tenant-day once (at ~80 queries a
     # day no day is empty).
     assert seen == [(t, start + timedelta(days=d)) for t in tenants for d in range(6)]
     # Each chunk holds that tenant-day's planned distinct queries.
     planned = planned_daily_queries(tenants, start, 6, 11, 80.0)
-    for chunk, key in zip(chunks, seen, strict=True):
+    for (_, chunk), key in zip(chunks, seen, strict=True):
         queries = chunk["query_id"][chunk["event_type"] == "query"]
         assert len(set(queries.tolist())) == planned[key]
 
@@ -293,7 +293,7 @@ def test_the_arrow_inserts_store_what_a_row_by_row_insert_of_the_same_events_sto
     # row insert (its Native writer, Python's UUID parsing), one insert per tenant-day.
     rows.command(USAGE_EVENTS_DDL)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for chunk in usage_chunks(tenants, start, days, seed=21):
+    for _, chunk in usage_chunks(tenants, start, days, seed=21):
         rows.insert(
             "usage_events",
             [

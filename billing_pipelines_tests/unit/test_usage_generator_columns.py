@@ -32,7 +32,7 @@ def test_uuid_text_is_the_canonical_spelling_of_the_same_sixteen_bytes() -> None
 
 def test_generated_event_ids_are_version_4_uuids_and_query_ids_carry_their_kind() -> None:
     chunks = list(usage_chunks(["north"], date(2026, 5, 4), 2, seed=5, events_per_tenant_day=60))
-    for chunk in chunks:
+    for _, chunk in chunks:
         for event_id in chunk["event_id"]:
             parsed = uuid.UUID(event_id.decode())
             assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
@@ -43,11 +43,12 @@ def test_generated_event_ids_are_version_4_uuids_and_query_ids_carry_their_kind(
 
 
 def test_an_arrow_batch_holds_every_row_of_its_tenant_days_in_table_order() -> None:
-    chunks = list(
-        usage_chunks(
+    chunks = [
+        chunk
+        for _, chunk in usage_chunks(
             ["b-tenant", "a-tenant"], date(2026, 2, 27), 3, seed=9, events_per_tenant_day=40
         )
-    )
+    ]
     table = arrow_batch(chunks)
     assert table.column_names == list(USAGE_EVENTS_COLUMNS)
     rows = table.to_pylist()
@@ -74,8 +75,31 @@ def test_an_arrow_batch_holds_every_row_of_its_tenant_days_in_table_order() -> N
 
 
 def test_an_arrow_batch_refuses_an_unknown_event_kind() -> None:
-    (chunk,) = usage_chunks(["solo"], date(2026, 1, 5), 1, seed=1, events_per_tenant_day=30)
+    ((_, chunk),) = usage_chunks(["solo"], date(2026, 1, 5), 1, seed=1, events_per_tenant_day=30)
     chunk["event_type"] = chunk["event_type"].astype("U9")
     chunk["event_type"][0] = "refund"
     with pytest.raises(ValueError, match="event types"):
         arrow_batch([chunk])
+
+
+def test_drawn_day_by_day_the_tenant_days_are_the_same_in_day_order() -> None:
+    tenants = ["zeta", "alpha", "mid"]
+    # Across a year end, sizes from a few events a day to hundreds.
+    kwargs = {"events_per_tenant_day": {"zeta": 3.0, "alpha": 250.0, "mid": 40.0}}
+    start = date(2026, 12, 29)
+    by_tenant = list(usage_chunks(tenants, start, 5, seed=4, **kwargs))  # type: ignore[arg-type]
+    by_day = list(usage_chunks(tenants, start, 5, seed=4, days_first=True, **kwargs))  # type: ignore[arg-type]
+
+    def key(item: tuple[date, dict[str, np.ndarray]]) -> tuple[date, str]:
+        return item[0], str(item[1]["tenant_id"][0])
+
+    # Day by day: days in order, the tenants in the order given within a day.
+    assert [key(item) for item in by_day] == sorted(
+        (key(item) for item in by_tenant), key=lambda k: (k[0], tenants.index(k[1]))
+    )
+    drawn = {key(item): item[1] for item in by_tenant}
+    for item in by_day:
+        expected = drawn[key(item)]
+        assert item[1].keys() == expected.keys()
+        for name, values in item[1].items():
+            assert np.array_equal(values, expected[name]), name

@@ -251,37 +251,11 @@ def usage_chunks(
     late_rate: float = 0.01,
     embedding_rate: float = 0.05,
     monthly_queries: Mapping[str, int] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """The synthetic usage one tenant-day at a time, tenants in order, days in order."""
-    for _, columns in _tenant_days(
-        tenants,
-        start,
-        days,
-        seed,
-        events_per_tenant_day,
-        duplicate_rate,
-        late_rate,
-        embedding_rate,
-        monthly_queries,
-        days_first=False,
-    ):
-        yield columns
-
-
-def _tenant_days(
-    tenants: Sequence[str],
-    start: date,
-    days: int,
-    seed: int,
-    events_per_tenant_day: float | Mapping[str, float],
-    duplicate_rate: float,
-    late_rate: float,
-    embedding_rate: float,
-    monthly_queries: Mapping[str, int] | None,
     *,
-    days_first: bool,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Each tenant-day's rows with its day's offset, tenant by tenant or day by day.
+    days_first: bool = False,
+) -> Iterator[tuple[date, dict[str, np.ndarray]]]:
+    """The synthetic usage one tenant-day at a time with its day: tenant by tenant, days in
+    order, or (days_first) day by day, tenants in order.
 
     The order changes nothing drawn: each tenant's counts come from its own stream over the
     whole window and each tenant-day from its own stream, so both orders yield the same rows.
@@ -300,11 +274,12 @@ def _tenant_days(
         queries, ingests = counts[tenant]
         if queries[offset] + ingests[offset] == 0:
             continue
+        day = start + timedelta(days=offset)
         yield (
-            offset,
+            day,
             _day_events(
                 tenant,
-                start + timedelta(days=offset),
+                day,
                 int(queries[offset]),
                 int(ingests[offset]),
                 seed,
@@ -361,7 +336,7 @@ def generate_usage(
     # at most one batch waits, so memory stays at about two batches.
     inflight: Future[None] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-insert") as inserter:
-        chunks = _tenant_days(
+        chunks = usage_chunks(
             tenants,
             start,
             days,
@@ -391,8 +366,8 @@ def generate_usage(
                 on_day_stored(start + timedelta(days=done))
             reported = offset
 
-        for offset, cols in chunks:
-            report_through(offset)
+        for day, cols in chunks:
+            report_through((day - start).days)
             if windowed:
                 keep = np.ones(cols["timestamp"].size, bool)
                 if after_ms is not None:
