@@ -161,3 +161,17 @@ def test_subscription_times_come_from_the_items_periods_trial_start_and_end() ->
     assert times.boundaries == (START, trial_end, NEXT)
     before, after = day_segments(date(2027, 2, 14), times)
     assert before.end == trial_end and before.closes_period and after.start == trial_end
+
+
+def test_a_period_that_began_without_a_start_date_or_before_it_is_not_taken_as_the_first() -> None:
+    from billing_pipelines.lib.stripe.periods import in_first_period
+
+    item = {"price": {"recurring": {"usage_type": "metered"}}, "current_period_start": 1_000}
+    assert in_first_period({"start_date": 1_000, "items": {"data": [item]}})
+    assert not in_first_period({"start_date": 2_000, "items": {"data": [item]}})  # backdated
+    assert not in_first_period({"items": {"data": [item]}})
+    assert not in_first_period({"start_date": 1_000, "items": {"data": []}})
+    # The latest metered item's start decides: a yearly base item's older start does not.
+    base = {"price": {"recurring": {"usage_type": "licensed"}}, "current_period_start": 500}
+    renewed = {**item, "current_period_start": 3_000}
+    assert not in_first_period({"start_date": 1_000, "items": {"data": [base, renewed]}})

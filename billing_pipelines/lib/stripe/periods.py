@@ -120,7 +120,8 @@ def current_period_start(client: stripe.StripeClient, subscription_id: str) -> d
 def closing_subscriptions(client: stripe.StripeClient, first: date, last: date) -> set[str]:
     """Subscriptions with a period boundary from `first` to `last` (UTC days): those whose
     current period ends then and those that already renewed then (their previous period
-    closed). Two filtered listings, each paged by the few it returns."""
+    closed), not those that only began then (no period of theirs has closed). Two filtered
+    listings, each paged by the few it returns."""
     start, _ = day_bounds(first)
     _, end = day_bounds(last)
     bounds = {"gte": int(start.timestamp()), "lt": int(end.timestamp())}
@@ -128,7 +129,27 @@ def closing_subscriptions(client: stripe.StripeClient, first: date, last: date) 
     # docs.stripe.com/api/subscriptions/list: `current_period_end` "Only return subscriptions
     # whose minimum item current_period_end falls within the given date interval", and
     # `current_period_start` likewise with the maximum item current_period_start.
-    for field in ("current_period_end", "current_period_start"):
-        for raw in pages(client, "/v1/subscriptions", {"status": "all", field: bounds}):
+    for raw in pages(client, "/v1/subscriptions", {"status": "all", "current_period_end": bounds}):
+        out.add(raw["id"])
+    for raw in pages(
+        client, "/v1/subscriptions", {"status": "all", "current_period_start": bounds}
+    ):
+        if not in_first_period(raw):
             out.add(raw["id"])
     return out
+
+
+def in_first_period(raw: dict[str, Any]) -> bool:
+    """True while the subscription's current usage period is its first: it began when the
+    subscription did, so no period of it has closed yet.
+
+    `start_date` is "the original start date of the entire subscription, even if the plan
+    configuration has changed over time" (docs.stripe.com/changelog/2019-10-17/replaces-
+    subscription-start-field); a renewal, a trial's end or a cycle reset starts a period
+    after it. A current period that began before `start_date` (a backdated one) or without
+    either time is not taken as the first: the caller then reads the tenant, the safe way.
+    """
+    began = timestamp(raw.get("start_date"))
+    starts = [timestamp(item.get("current_period_start")) for item in usage_items(raw)]
+    known = [s for s in starts if s is not None]
+    return began is not None and bool(known) and max(known) == began
