@@ -479,6 +479,11 @@ def test_a_process_killed_mid_drawing_is_reported_with_its_exit_code(port: int) 
     database = fresh_database(port)
     with _large_drawing(port, database) as job:
         assert job.process.pid is not None
+        # It draws at a lower priority than the month that started it.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, job.process.pid) == min(
+            19, ours + generation_process.NICENESS
+        )
         os.kill(job.process.pid, signal.SIGKILL)
         with pytest.raises(generation_process.GenerationFailed, match="exited with code -9"):
             job.result()
