@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -135,6 +136,9 @@ def _draw(
     from billing_sandbox import usage_generator
 
     began = time.monotonic()
+    # A parent that ignores SIGTERM (as some supervisors and test runners make processes do)
+    # passes that on across exec, and the month could then not stop the drawing.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         os.nice(NICENESS)
         client = warehouse.connect(clickhouse_url)
