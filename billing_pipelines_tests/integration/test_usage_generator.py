@@ -440,8 +440,7 @@ def test_a_drawing_in_its_own_process_inserts_what_one_here_inserts(port: int) -
         assert job.process.pid != os.getpid()
         drawn_there = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=there)
         by_day = _daily_content(here)
-        waited = job.wait_through(FEBRUARY + timedelta(days=9))
-        assert waited >= 0
+        job.wait_through(FEBRUARY + timedelta(days=9))
         assert job.stored_through is not None
         assert job.stored_through >= FEBRUARY + timedelta(days=9)
         # The tenth day and those before it are whole (later ones may be under way).

@@ -55,15 +55,13 @@ class GenerationJob:
     stored_through: date | None = None  # every row of this day and the days before is stored
     _drawn: Drawn | None = None
 
-    def wait_through(self, day: date) -> float:
-        """Wait until every row of `day` and the days before it is stored; the seconds waited.
+    def wait_through(self, day: date) -> None:
+        """Wait until every row of `day` and the days before it is stored.
 
         A day after the drawn window is stored once the drawing is done (it has no rows).
         """
-        began = time.monotonic()
         while self._drawn is None and (self.stored_through is None or self.stored_through < day):
             self._receive()
-        return time.monotonic() - began
 
     def result(self) -> Drawn:
         """Wait for the drawing to finish; its error, or the process's exit, is raised here."""

@@ -351,17 +351,22 @@ def generate_usage(
         windowed = after_ms is not None or before_ms is not None
         reported = 0  # days before this offset have been reported stored
 
-        def report_through(offset: int) -> None:
-            """Store what is pending, then report every day before `offset` stored."""
-            nonlocal inflight, pending, pending_rows, reported
-            if on_day_stored is None or offset <= reported:
-                return
+        def store_pending() -> None:
+            """Insert what is pending and wait until every batch is stored."""
+            nonlocal inflight, pending, pending_rows
             if pending_rows:
                 inflight = _submit(inserter, inflight, client, pending)
                 pending, pending_rows = [], 0
             if inflight is not None:
                 inflight.result()
                 inflight = None
+
+        def report_through(offset: int) -> None:
+            """Store what is pending, then report every day before `offset` stored."""
+            nonlocal reported
+            if on_day_stored is None or offset <= reported:
+                return
+            store_pending()
             for done in range(reported, offset):
                 on_day_stored(start + timedelta(days=done))
             reported = offset
@@ -393,11 +398,7 @@ def generate_usage(
             if pending_rows >= batch_rows:
                 inflight = _submit(inserter, inflight, client, pending)
                 pending, pending_rows = [], 0
-        if pending_rows:
-            inflight = _submit(inserter, inflight, client, pending)
-            pending, pending_rows = [], 0
-        if inflight is not None:
-            inflight.result()
+        store_pending()
         report_through(days)
     return GenerationSummary(
         rows_inserted=rows,
