@@ -286,15 +286,27 @@ def test_separate_processes_share_the_warehouse(bridge: tuple[int, Path]) -> Non
 
 
 def test_make_server_runs_in_a_thread(tmp_path: Path) -> None:
-    # chDB allows one data path per process, so this runs in a fresh interpreter.
+    # chDB allows one data path per process, so this runs in a fresh interpreter. It also
+    # records whether each accepted connection sends without Nagle's delay: a reply is written
+    # as headers, then body, and with Nagle on the body waits up to 40 ms for the client's ACK.
     script = textwrap.dedent(
         f"""
+        import socket
         import threading
         from pathlib import Path
         import clickhouse_connect
         from billing_sandbox.clickhouse_bridge import make_server
 
         server = make_server(Path({str(tmp_path / "data")!r}))
+        handler = server.RequestHandlerClass
+        original_setup = handler.setup
+        nodelay = []
+
+        def setup(self):
+            original_setup(self)
+            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        handler.setup = setup
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         client = clickhouse_connect.get_client(host="127.0.0.1", port=server.server_address[1])
@@ -302,11 +314,11 @@ def test_make_server_runs_in_a_thread(tmp_path: Path) -> None:
         server.shutdown()
         thread.join(10)
         server.server_close()
-        print("ok", not thread.is_alive())
+        print("ok", not thread.is_alive(), "nodelay", bool(nodelay) and all(nodelay))
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "ok True" in result.stdout
+    assert "ok True nodelay True" in result.stdout

@@ -227,6 +227,10 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as urllib3's pool expects
+    # A reply goes out as two writes (headers, then body). With Nagle's algorithm on, the body
+    # waits for the client to acknowledge the headers, and the client delays that ACK by up to
+    # 40 ms: every query would pay it.
+    disable_nagle_algorithm = True
     server: BridgeServer
 
     def log_message(self, format: str, *args: Any) -> None:
