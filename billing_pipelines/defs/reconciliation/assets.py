@@ -31,10 +31,11 @@ from billing_pipelines.lib.reconciliation import (
 from billing_pipelines.lib.reconciliation import audit_table as audit_view
 from billing_pipelines.lib.reconciliation import diff as reconciliation
 from billing_pipelines.lib.reconciliation.invoice_totals import billed_totals
+from billing_pipelines.lib.reconciliation.period_truths import period_truths
 from billing_pipelines.lib.reconciliation.read_ahead import ReadAhead
 from billing_pipelines.lib.stripe import meters as stripe_meters
 from billing_pipelines.lib.stripe import prices as stripe_prices
-from billing_pipelines.lib.usage.periods import PeriodTruth, period_truth
+from billing_pipelines.lib.usage.periods import PeriodTruth
 from billing_pipelines.settings import load_settings
 
 GROUP = "reconciliation"
@@ -392,25 +393,8 @@ def usage_invoice_audit(
     lines = late_usage.with_corrections(lines, done)
     tenants = [ln.tenant_id for ln in lines if ln.tenant_id]
     days = [d for ln in lines for d in usage_audit.period_days(ln.period_start, ln.period_end)]
-    warehouse_truth: dict[usage_audit.Key, int] = {}
-    stored: dict[usage_audit.Key, int] = {}
-    delivered: dict[usage_audit.Key, int] = {}
-    if tenants and days:
-        first, last = min(days), max(days)
-        warehouse_truth = usage_audit.warehouse_queries(warehouse.client(), tenants, first, last)
-        with billing_db.transaction() as conn:
-            stored = usage_audit.stored_queries(conn, tenants, first, last)
-            delivered = usage_audit.ledger_queries(conn, tenants, first, last)
-    usage_client = warehouse.client() if tenants else None
-
-    def truth_of(line: usage_audit.BilledLine) -> PeriodTruth | None:
-        # Truth by event timestamps over the line's own period, never by whole days.
-        if usage_client is None or line.tenant_id is None:
-            return None
-        return period_truth(usage_client, line.tenant_id, line.period_start, line.period_end)
-
     # One summaries list per line (grouped by day). The lists are read ahead in a few threads,
-    # in the lines' order, while this thread counts each line's truth in the warehouse: the
+    # in the lines' order, while this thread reads the warehouse and the billing database: the
     # same requests (paced by the client), overlapped with the warehouse's queries.
     SummaryKey = tuple[str, str, datetime, datetime]
 
@@ -433,6 +417,31 @@ def usage_invoice_audit(
     # Only the lines the audit reads Stripe for: a metered line with a day besides a split one.
     read = [ln for ln in lines if ln.meter_id is not None and _days_read(ln)]
     with ReadAhead(read_summaries, [summary_key(ln) for ln in read]) as summaries:
+        warehouse_truth: dict[usage_audit.Key, int] = {}
+        stored: dict[usage_audit.Key, int] = {}
+        delivered: dict[usage_audit.Key, int] = {}
+        # Truth by event timestamps over each line's own period, never by whole days: every
+        # line's at once, in slices of tenants.
+        truths: dict[tuple[str, datetime, datetime], PeriodTruth] = {}
+        if tenants and days:
+            first, last = min(days), max(days)
+            usage = warehouse.client()
+            warehouse_truth = usage_audit.warehouse_queries(usage, tenants, first, last)
+            with billing_db.transaction() as conn:
+                stored = usage_audit.stored_queries(conn, tenants, first, last)
+                delivered = usage_audit.ledger_queries(conn, tenants, first, last)
+        if tenants:
+            truths = period_truths(
+                warehouse.client(),
+                [(ln.tenant_id, ln.period_start, ln.period_end) for ln in lines if ln.tenant_id],
+            )
+
+        def truth_of(line: usage_audit.BilledLine) -> PeriodTruth | None:
+            if line.tenant_id is None:
+                return None
+            start, end = line.period_start.astimezone(UTC), line.period_end.astimezone(UTC)
+            return truths[(line.tenant_id, start, end)]
+
         rows = usage_audit.audit_lines(
             lines,
             warehouse=warehouse_truth,

@@ -114,16 +114,38 @@ class PeriodTruth:
         return midnight_on_or_before(self.end) == self.end
 
 
-def period_truth(client: Client, tenant_id: str, start: datetime, end: datetime) -> PeriodTruth:
-    """The line's truth by event timestamps, plus the boundary days split at its instants."""
-    queries = interval_queries(client, tenant_id, start, end)
+def truth_intervals(start: datetime, end: datetime) -> dict[str, tuple[datetime, datetime]]:
+    """What a line's truth counts, by PeriodTruth field: its period, and the parts of the
+    boundary days it splits (only where a boundary is not at 00:00 UTC)."""
     first_midnight = min(midnight_on_or_after(start), end)
     last_midnight = max(midnight_on_or_before(end), first_midnight)
-    head = tail = head_before = tail_after = 0
+    intervals = {"queries": (start, end)}
     if first_midnight != start:
-        head = interval_queries(client, tenant_id, start, first_midnight)
-        head_before = interval_queries(client, tenant_id, midnight_on_or_before(start), start)
+        intervals["head"] = (start, first_midnight)
+        intervals["head_before"] = (midnight_on_or_before(start), start)
     if last_midnight != end:
-        tail = interval_queries(client, tenant_id, last_midnight, end)
-        tail_after = interval_queries(client, tenant_id, end, midnight_on_or_after(end))
-    return PeriodTruth(start, end, queries, head, tail, head_before, tail_after)
+        intervals["tail"] = (last_midnight, end)
+        intervals["tail_after"] = (end, midnight_on_or_after(end))
+    return intervals
+
+
+def period_truth(client: Client, tenant_id: str, start: datetime, end: datetime) -> PeriodTruth:
+    """The line's truth by event timestamps, plus the boundary days split at its instants."""
+    counts = {
+        name: interval_queries(client, tenant_id, low, high)
+        for name, (low, high) in truth_intervals(start, end).items()
+    }
+    return truth_from_counts(start, end, counts)
+
+
+def truth_from_counts(start: datetime, end: datetime, counts: dict[str, int]) -> PeriodTruth:
+    """A PeriodTruth from the counts of its `truth_intervals` (an interval not counted is 0)."""
+    return PeriodTruth(
+        start,
+        end,
+        counts["queries"],
+        counts.get("head", 0),
+        counts.get("tail", 0),
+        counts.get("head_before", 0),
+        counts.get("tail_after", 0),
+    )
