@@ -133,6 +133,19 @@ def test_every_run_succeeded(simulated: dict[str, Any]) -> None:
     assert simulated["result"].failed_runs == []
 
 
+def test_the_month_is_judged_with_the_webhook_queue_drained(
+    simulated: dict[str, Any], embedded_services: dict[str, str]
+) -> None:
+    left = _rows(
+        embedded_services["DATABASE_URL"],
+        "SELECT status, count(*) AS n FROM webhook_events GROUP BY status",
+    )
+    by_status = {r["status"]: r["n"] for r in left}
+    assert sum(by_status.values()) > 100
+    assert simulated["result"].webhook_events_left == 0
+    assert not {"pending", "failed", "processing"} & set(by_status), by_status
+
+
 def test_failure_1_missed_webhooks_are_recovered(
     simulated: dict[str, Any], embedded_services: dict[str, str]
 ) -> None:

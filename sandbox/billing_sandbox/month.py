@@ -54,6 +54,10 @@ SANDBOX_KEY = "sk_test_billing_pipelines_demo"
 PUMPED_SENSORS = ("webhook_events_sensor", "dunning_sensor", "notification_outbox_sensor")
 
 
+# Pumps after the last day before the month is judged, each of up to 20 rounds: enough for the
+# backlog thousands of tenants leave, bounded so that a sensor that never settles cannot hang it.
+FINAL_PUMPS = 50
+
 # Tenants onboarded at once: enough that Stripe's pacing (80 requests/s at live limits, 20/s
 # per endpoint), not the round trips of one sign-up after another, bounds the phase; few enough
 # that the billing database's connections and the GIL are not the bottleneck instead.
@@ -117,6 +121,9 @@ class SensorPump:
     cursors: dict[str, str | None] = field(default_factory=dict)
     runs: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)
+    # Whether the last pump ended with a round in which no sensor asked for a new run (False:
+    # it stopped at max_rounds with work still being asked for).
+    settled: bool = True
 
     def pump(self, max_rounds: int = 20) -> int:
         """Tick every sensor until none requests a new run; returns the runs launched."""
@@ -156,7 +163,9 @@ class SensorPump:
                     new += 1
             launched += new
             if new == 0:
+                self.settled = True
                 return launched
+        self.settled = False
         return launched
 
 
@@ -354,6 +363,16 @@ def _end_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return [r.dagster_run.run_id for r in unfinished]
 
 
+def unhandled_webhook_events(database_url: str) -> int:
+    """Webhook events not yet processed, ignored or dead-lettered."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM webhook_events WHERE status IN ('pending', 'failed', "
+            "'processing')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _advance(sandbox: SandboxHandle, clock: str, to: int) -> None:
     sandbox.advance_clock(clock, to)
     # The business clock follows the test clock: health, lag and snapshot dates are judged on
@@ -408,6 +427,8 @@ class MonthResult:
     # The month's Dagster instance (pooled storage connections): runs a caller starts while the
     # month still serves reuse it rather than opening a connection per stored event.
     instance: dg.DagsterInstance | None = None
+    # Webhook events still queued (pending, failed or claimed) when the month was judged.
+    webhook_events_left: int = 0
 
 
 def simulate(
@@ -613,9 +634,15 @@ def simulate(
             f"by day in {drawn.seconds:.0f}s beside the sign-ups and the first days "
             f"(the month waited {timings['usage generation']:.0f}s for it)"
         )
-        # Let the last finalizations, payments and deliveries land.
+        # Let the last finalizations, payments and deliveries land. A pump stops after 20
+        # rounds; the month is judged only once every sensor has nothing new to run (at
+        # thousands of tenants the sign-ups alone queue tens of thousands of webhook events).
         _advance(sandbox, clock, midnight0 + (days + 10) * DAY + 2 * HOUR)
-        pump.pump()
+        for _ in range(FINAL_PUMPS):
+            pump.pump()
+            if pump.settled:
+                break
+        events_left = unhandled_webhook_events(database_url)
         mark = time.monotonic()
         reconciliation = execute(
             "reconciliation_job",
@@ -663,6 +690,7 @@ def simulate(
             findings=findings,
             business_clock=os.environ.get("BUSINESS_CLOCK"),
             instance=instance,
+            webhook_events_left=events_left,
         )
         if on_done is not None:
             on_done(result)
@@ -829,7 +857,8 @@ def report(result: MonthResult, echo: Echo = print) -> dict[str, int]:
     echo(
         f"    runs launched by sensors: {sum(result.runs.values())} "
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.runs.items()))}); "
-        f"failed runs: {len(result.failed_runs)}"
+        f"failed runs: {len(result.failed_runs)}; webhook events left unhandled: "
+        f"{result.webhook_events_left}"
     )
     failing = sorted(name for name, passed in result.checks.items() if not passed)
     numbers["failing_checks"] = len(failing)
