@@ -39,6 +39,7 @@ from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines.lib.stripe.snapshots import tax_cents
 from billing_pipelines.lib.tax.location import TaxLocation, tax_location
 from billing_pipelines.lib.usage import warehouse
+from billing_pipelines.lib.webhooks import queue as webhook_queue
 from billing_pipelines.runs import execute
 from billing_pipelines.webhooks.app import ReceiverConfig, create_app
 from billing_sandbox import generation_process, instance_probes
@@ -364,13 +365,14 @@ def _end_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def unhandled_webhook_events(database_url: str) -> int:
-    """Webhook events not yet processed, ignored or dead-lettered."""
+    """Webhook events not yet processed, ignored or dead-lettered (pending, failed or claimed)."""
+    table = webhook_queue.EVENTS_TABLE
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM webhook_events WHERE status IN ('pending', 'failed', "
-            "'processing')"
-        ).fetchone()
-    return int(row[0]) if row else 0
+        depth = webhook_queue.events_queue().depth(conn)
+    return sum(
+        depth.get(status, 0)
+        for status in (table.pending_status, table.failed_status, table.claimed_status)
+    )
 
 
 def _advance(sandbox: SandboxHandle, clock: str, to: int) -> None:
