@@ -7,7 +7,7 @@ export BILLING_HOME ?= $(CURDIR)/.billing
 # ones (development only; refused next to a live Stripe key). Only these targets set it.
 SANDBOX := BILLING_SANDBOX=1
 
-.PHONY: demo test lint mutate ui up down status clean screenshots
+.PHONY: demo test lint lint-beside suite mutate ui up down status clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,14 +40,27 @@ $(CHROMIUM):
 # daemons and clocks rather than compute, so more workers than cores pays). Each worker starts its
 # own embedded PostgreSQL, chDB bridge and Stripe sandbox on free ports under its own temporary
 # directory; a test module stays on one worker (`--dist loadfile`), so a module's shared set-up
-# (a simulated month) runs once, and the longest modules start first (`--no-loadscope-reorder`
-# keeps the order the suite's conftest gives them; its scheduler, billing_pipelines_tests/
-# xdist_order.py, never queues a long module behind another on one worker). The services'
-# ports are reserved across the workers. `make test TEST_WORKERS=0` runs serially.
+# (a simulated month) runs once, and the modules run longest first by their recorded seconds
+# (`--no-loadscope-reorder` keeps that order; billing_pipelines_tests/xdist_order.py orders
+# them, never queues a long module behind another on one worker, and rewrites the record after
+# a passing run with `PYTEST_ARGS=--record-module-seconds`). The services' ports are reserved
+# across the workers. `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 4
-test: $(VENV)/.installed lint $(CHROMIUM)
+# The linters run beside the suite rather than before it, at a lower CPU priority: mypy is
+# single-threaded and the suite leaves a core idle at times (its workers waiting on services and
+# clocks, its last module running alone), so the linters mostly take what would be idle. Their
+# output is printed in one piece when they end; `make test` fails if either fails.
+# PYTEST_ARGS passes options to pytest (`make test PYTEST_ARGS="-k dunning"`).
+test: $(VENV)/.installed $(CHROMIUM)
+	$(MAKE) --no-print-directory -j2 lint-beside suite
+
+lint-beside: $(VENV)/.installed
+	@out=$$(nice -n 10 $(MAKE) --no-print-directory lint 2>&1); status=$$?; \
+	printf '\n%s\n' "$$out"; exit $$status
+
+suite: $(VENV)/.installed $(CHROMIUM)
 	$(SANDBOX) $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
-		--no-loadscope-reorder
+		--no-loadscope-reorder $(PYTEST_ARGS)
 
 # Mutation testing of the money logic, driven by the unit tests: a score per module, failing
 # below a module's recorded score (mutation/scores.toml) or below 90 % (mutation/ratchet.py).

@@ -17,10 +17,9 @@ from billing_pipelines import sandbox_mode
 from billing_pipelines.lib.stripe import client as stripe_api
 from billing_pipelines_tests.support import API_KEY
 
-# With parallel workers, the scheduler that keeps a long module from queueing behind another.
-from billing_pipelines_tests.xdist_order import (
-    pytest_xdist_make_scheduler as pytest_xdist_make_scheduler,
-)
+# The order modules run in (longest first, by their recorded seconds) and, with parallel
+# workers, the scheduler that keeps a long module from queueing behind another.
+pytest_plugins = ("billing_pipelines_tests.xdist_order",)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,35 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     instance_probes.install()
 
 
-def _longest_timeout(item: pytest.Item) -> float:
-    marker = item.get_closest_marker("timeout")
-    return float(marker.args[0]) if marker and marker.args else 0.0
-
-
-def _long_modules_first(items: list[pytest.Item]) -> None:
-    """Modules whose tests declare a long timeout run first, longest first, each kept whole.
-
-    With parallel workers (`make test`: pytest-xdist, a module per worker at a time) the
-    simulated months and the browser test then start at once on different workers instead of
-    being the tail of the run; the order of tests inside a module does not change.
-    """
-    longest: dict[str, float] = {}
-    first_seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        module = item.nodeid.split("::", 1)[0]
-        longest[module] = max(longest.get(module, 0.0), _longest_timeout(item))
-        first_seen.setdefault(module, index)
-    items.sort(
-        key=lambda item: (
-            -longest[item.nodeid.split("::", 1)[0]],
-            first_seen[item.nodeid.split("::", 1)[0]],
-        )
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long modules first; stripe_live tests run only when asked for, with a test-mode key."""
-    _long_modules_first(items)
+    """stripe_live tests run only when asked for, with a test-mode key."""
     key = os.environ.get("STRIPE_API_KEY", "")
     if config.getoption("--stripe-live") and key.startswith(("sk_test_", "rk_test_")):
         return
