@@ -82,7 +82,7 @@ def test_a_long_one_test_module_does_not_hold_back_the_next_long_module(tmp_path
     tests, signals = tmp_path / "tests", tmp_path / "signals"
     tests.mkdir()
     signals.mkdir()
-    # Collected in this order (the suite's conftest puts its long modules first the same way).
+    # Run in this order, longest first: none is in the suite's record, so none moves.
     for name, text in {
         "test_a_long.py": FIRST,
         "test_b_long.py": SECOND,
