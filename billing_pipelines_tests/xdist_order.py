@@ -1,10 +1,10 @@
 """Parallel workers (pytest-xdist, `--dist loadfile`): longest modules first, none queued behind.
 
-The suite's conftest orders the modules by the seconds each took in a recorded run of the whole
-suite (`module_seconds.toml` beside this file), longest first: the simulated months and the
-browser test start at once, each on its own worker, and the run ends on modules of a second or
-less, so no worker is left alone with a long module while the others idle. A module the record
-does not know yet is placed as if it took `UNRECORDED_SECONDS`.
+This plugin (loaded by the suite's conftest) orders the modules by the seconds each took in a
+recorded run of the whole suite (`module_seconds.toml` beside this file), longest first: the
+simulated months and the browser test start at once, each on its own worker, and the run ends
+on modules of a second or less, so no worker is left alone with a long module while the others
+idle. A module the record does not know yet is placed as if it took `UNRECORDED_SECONDS`.
 
 pytest-xdist hands a worker its next module ahead of time, as soon as at most two of its tests
 are left to run: a worker that just took a module of one or two tests (the browser test) is
@@ -54,11 +54,8 @@ def write_module_seconds(seconds: Mapping[str, float], path: Path = MODULE_SECON
 
 def longest_first(modules: Iterable[str], seconds: Mapping[str, float]) -> list[str]:
     """Modules by recorded seconds, longest first; ties and unrecorded ones keep their order."""
-    listed = list(dict.fromkeys(modules))
-    return sorted(
-        listed,
-        key=lambda module: (-seconds.get(module, UNRECORDED_SECONDS), listed.index(module)),
-    )
+    # sorted() is stable: modules of equal seconds stay in the order they came in.
+    return sorted(dict.fromkeys(modules), key=lambda m: -seconds.get(m, UNRECORDED_SECONDS))
 
 
 class ModuleSecondsRecorder:
@@ -136,10 +133,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the browser test start at once on different workers, and the run ends on short modules
     that spread evenly over the workers.
     """
-    module = {id(item): item.nodeid.split("::", 1)[0] for item in items}
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
     seconds = read_module_seconds(config.getoption(ORDER_OPTION))
-    rank = {name: index for index, name in enumerate(longest_first(module.values(), seconds))}
-    items.sort(key=lambda item: rank[module[id(item)]])
+    rank = {name: index for index, name in enumerate(longest_first(map(module, items), seconds))}
+    items.sort(key=lambda item: rank[module(item)])
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:
